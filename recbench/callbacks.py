@@ -1,0 +1,67 @@
+"""Training-time measurements that end up in ``metrics.json``."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import pytorch_lightning as pl
+import torch
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+class Throughput(pl.Callback):
+    """Train samples/s over all ranks, per epoch, measured from the epoch's first batch to the
+    start of its validation (evaluation time excluded). The first epoch is warm-up and is dropped
+    when there are later ones."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[int, int, float]] = []  # (rows, steps, seconds)
+        self._t0: float | None = None
+        self._rows = 0
+        self._steps = 0
+
+    def _sync(self, trainer: pl.Trainer) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync(trainer)
+        self._t0 = time.perf_counter()
+        self._rows = 0
+        self._steps = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._rows += len(batch["label"])
+        self._steps += 1
+
+    def _close(self, trainer: pl.Trainer) -> None:
+        if self._t0 is None or self._steps == 0:
+            return
+        self._sync(trainer)
+        seconds = time.perf_counter() - self._t0
+        self.epochs.append((self._rows * trainer.world_size, self._steps, seconds))
+        self._t0 = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if trainer.training:
+            self._close(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        self._close(trainer)
+
+    def summary(self) -> dict[str, float]:
+        if not self.epochs:
+            return {}
+        steady = self.epochs[1:] or self.epochs
+        rows = sum(e[0] for e in steady)
+        steps = sum(e[1] for e in steady)
+        seconds = sum(e[2] for e in steady)
+        return {
+            "train_samples_per_sec": rows / seconds,
+            "step_ms": 1000.0 * seconds / steps,
+            "train_seconds": sum(e[2] for e in self.epochs),
+        }

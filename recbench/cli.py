@@ -1,0 +1,170 @@
+"""`recbench <command> [hydra overrides]`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from recbench.errors import RecbenchError
+
+console = Console(stderr=True)
+
+
+def config_dir() -> str:
+    """The packaged configs: ``configs/`` beside the package (source and editable installs)."""
+    env = os.environ.get("RECBENCH_CONFIG_DIR")
+    if env:
+        return str(Path(env).resolve())
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").exists():
+            return str(candidate)
+    raise SystemExit("recbench: cannot find its configs/ folder; set RECBENCH_CONFIG_DIR")
+
+
+def _fail(exc: BaseException) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    sys.exit(2)
+
+
+def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], None]:
+    def command(args: list[str]) -> None:
+        import hydra
+
+        @hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")
+        def entry(cfg):
+            try:
+                return body(cfg)
+            except RecbenchError as exc:
+                _fail(exc)
+
+        sys.argv = [f"recbench {config_name}", *args]
+        entry()
+
+    return command
+
+
+def _train(cfg):
+    from recbench.train import run
+
+    return run(cfg)
+
+
+def _compare(cfg):
+    from recbench.compare import run as compare_run
+
+    return compare_run(cfg)
+
+
+def _bench(cfg):
+    from recbench.bench import run as bench_run
+
+    return bench_run(cfg)
+
+
+def _compose(config_name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        _fail(exc)
+
+
+def _data(args: list[str]) -> None:
+    if not args or args[0] not in ("prepare", "info"):
+        _fail(RecbenchError("usage: recbench data prepare|info [dataset=<name>] [overrides]"))
+    from recbench.data.pipeline import prepare
+
+    cfg = _compose("data", args[1:])
+    data = prepare(cfg.dataset, force=bool(cfg.force) and args[0] == "prepare",
+                   log=lambda m: console.print(m))
+    _print_data_info(data)
+
+
+def _print_data_info(data) -> None:
+    from rich.table import Table
+
+    out = Console()
+    info = data.info
+    out.print(f"[bold]{info['name']}[/]: {info['users']:,} users, {info['items']:,} items; "
+              f"cache {info.get('cache_dir', '')}")
+    t = Table(title="splits")
+    for c in ("split", "rows", "label rate", "unseen-user rows", "unseen-item rows"):
+        t.add_column(c, justify="right")
+    for split, rows in info["rows"].items():
+        unseen = info["unseen"].get(split, {})
+        t.add_row(split, f"{rows:,}", f"{info['label_rate'][split]:.3f}",
+                  str(unseen.get("user_rows", "-")), str(unseen.get("item_rows", "-")))
+    out.print(t)
+    f = Table(title="schema")
+    for c in ("field", "kind", "vocab", "max_len", "shares"):
+        f.add_column(c)
+    for fld in data.schema.fields:
+        f.add_row(fld.name, fld.kind, str(fld.vocab_size or "-"),
+                  str(fld.max_len) if fld.kind in ("multi", "sequence") else "-",
+                  fld.shares or "-")
+    out.print(f)
+    if "oracle_auc" in info:
+        o = info["oracle_auc"]["test"]
+        out.print("oracle test AUC: " + ", ".join(f"{k}={v:.4f}" for k, v in o.items()))
+
+
+def _models(args: list[str]) -> None:
+    from rich.table import Table
+
+    from recbench.lineage import NODES
+
+    have = {p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")}
+    t = Table(title="the recbench lineage")
+    for c in ("model", "name", "family", "parents", "rule", "paper", "idea"):
+        t.add_column(c)
+    for n in NODES:
+        mark = n.model if n.model in have else f"[dim]{n.model} (planned)[/]"
+        t.add_row(mark, n.title, n.family, ", ".join(n.parents) or "-", n.rule, n.paper, n.idea)
+    Console().print(t)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "train": (_hydra_command("train", _train), "train and evaluate one model (or a -m sweep)"),
+    "compare": (_hydra_command("compare", _compare),
+                "train a lineage path over seeds and report deltas"),
+    "bench": (_hydra_command("bench", _bench), "measure training throughput and memory"),
+    "data": (_data, "prepare | info: build or describe a dataset's cached tensors"),
+    "models": (_models, "list the lineage: models, parents, papers"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: recbench <command> [hydra overrides]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Each command takes Hydra overrides, --help and --cfg job, e.g.",
+              "  recbench train model=din dataset=movielens-100k trainer.max_epochs=5"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    cmd, rest = args[0], args[1:]
+    if cmd not in COMMANDS:
+        console.print(f"[bold red]error:[/] unknown command {cmd!r}; known commands: "
+                      f"{', '.join(COMMANDS)}")
+        sys.exit(2)
+    try:
+        COMMANDS[cmd][0](rest)
+    except RecbenchError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Amazon review sequences as prepared by S3-Rec (Zhou et al., CIKM 2020): Beauty, Toys_and_Games,
+Sports_and_Outdoors (5-core, from McAuley et al.'s 2014 Amazon dumps).
+
+``<name>.txt`` holds one user per line, ``user_id item_1 item_2 ...`` with the items in time
+order and no timestamps; ``<name>_item2attributes.json`` maps each item id (a string key) to its
+attribute ids (category path tokens and brand), used as the item's ``categories``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recbench.data.adapters.base import RawData, find_root, malformed
+from recbench.errors import ConfigError
+
+CATEGORIES = ("Beauty", "Toys_and_Games", "Sports_and_Outdoors")
+
+
+class AmazonS3Rec:
+    """One S3-Rec Amazon category as implicit feedback: every event is a click (label 1).
+
+    ``timestamp`` is the event's position in the user's sequence (0, 1, ...), since the files
+    keep only the order. ``categories`` is the item's attribute ids (empty where the item has
+    none). ``name`` picks the category; the dataset's name is ``amazon-<name in lower case>``.
+    """
+
+    subdir = "amazon-seq-s3rec"
+
+    def __init__(self, name: str, root: str | None = None) -> None:
+        if name not in CATEGORIES:
+            raise ConfigError(f"unknown Amazon category {name!r}; choose one of {CATEGORIES}")
+        self.category = name
+        self.name = f"amazon-{name.lower()}"
+        self.root = root
+
+    def load(self) -> RawData:
+        sequences = f"{self.category}.txt"
+        attributes = f"{self.category}_item2attributes.json"
+        root = find_root(self.name, self.root, self.subdir, required=(sequences, attributes))
+        users, items, positions = _read_sequences(root / sequences)
+        categories = _read_attributes(root / attributes)
+        events = pl.DataFrame(
+            {
+                "user_id": users,
+                "item_id": items,
+                "timestamp": positions,
+                "label": np.ones(len(items), dtype=np.int64),
+            }
+        )
+        table = pl.DataFrame(
+            {"item_id": list(categories), "categories": list(categories.values())},
+            schema={"item_id": pl.Int64, "categories": pl.List(pl.Int64)},
+        )
+        events = events.join(table, on="item_id", how="left", maintain_order="left")
+        events = events.with_columns(pl.col("categories").fill_null(pl.lit([], pl.List(pl.Int64))))
+        return RawData(
+            events=events,
+            multi=("categories",),
+            item_attributes=("categories",),
+            files=(root / sequences, root / attributes),
+            implicit=True,
+        )
+
+
+def _read_sequences(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users, items and positions (int64 arrays, one entry per event) of a sequence file."""
+    users: list[int] = []
+    items: list[int] = []
+    positions: list[int] = []
+    first_line: dict[int, int] = {}
+    with open(path, encoding="utf8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            try:
+                ids = [int(t) for t in tokens]
+            except ValueError:
+                bad = next(t for t in tokens if not _is_int(t))
+                raise malformed(path, line_no, f"token {bad!r} is not an integer id") from None
+            user, seq = ids[0], ids[1:]
+            if not seq:
+                raise malformed(path, line_no, f"user {user} has no items")
+            if user in first_line:
+                raise malformed(
+                    path, line_no, f"user {user} already has a line (line {first_line[user]})"
+                )
+            first_line[user] = line_no
+            users.extend([user] * len(seq))
+            items.extend(seq)
+            positions.extend(range(len(seq)))
+    if not items:
+        raise malformed(path, 1, "the file holds no user sequences")
+    return (
+        np.asarray(users, dtype=np.int64),
+        np.asarray(items, dtype=np.int64),
+        np.asarray(positions, dtype=np.int64),
+    )
+
+
+def _read_attributes(path: Path) -> dict[int, list[int]]:
+    """``{item id: [attribute ids]}`` from the JSON attribute map."""
+    text = path.read_text(encoding="utf8")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise malformed(path, exc.lineno, f"not valid JSON ({exc.msg})") from None
+    if not isinstance(raw, dict):
+        raise malformed(path, 1, "expected a JSON object mapping item ids to attribute lists")
+    out: dict[int, list[int]] = {}
+    for key, values in raw.items():
+        if not _is_int(key):
+            raise malformed(path, _line_of(text, key), f"item key {key!r} is not an integer id")
+        if not isinstance(values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            raise malformed(
+                path, _line_of(text, key), f"item {key}: attributes must be a list of integers"
+            )
+        out[int(key)] = values
+    return out
+
+
+def _is_int(token: str) -> bool:
+    try:
+        int(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _line_of(text: str, key: str) -> int:
+    """1-based line of the first occurrence of ``"key"`` in a JSON text (1 if not found)."""
+    at = text.find(json.dumps(key))
+    return text.count("\n", 0, at) + 1 if at >= 0 else 1

@@ -1,0 +1,65 @@
+"""Lightning glue: the prepared tensors served by ``BatchLoader``s, sharded by rank."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from recbench.data.loader import BatchLoader
+from recbench.data.pipeline import PreparedData
+
+
+class RecDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        data: PreparedData,
+        batch_size: int = 1024,
+        eval_batch_size: int = 8192,
+        seed: int = 0,
+        device_resident: bool | str = "auto",
+    ) -> None:
+        super().__init__()
+        self.data = data
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.device_resident = device_resident
+        self.splits = data.splits
+        self._train: BatchLoader | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        resident = self.device_resident
+        if resident == "auto":
+            resident = device.type == "cuda"
+        if resident and device.type != "cpu":
+            self.splits = {
+                name: {k: t.to(device) for k, t in split.items()}
+                for name, split in self.data.splits.items()
+            }
+
+    @property
+    def _rank_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> BatchLoader:
+        rank, world = self._rank_world
+        if self._train is None:  # one loader for the whole fit, so its epoch counter advances
+            self._train = BatchLoader(
+                self.splits["train"], self.batch_size, shuffle=True, seed=self.seed,
+                rank=rank, world_size=world,
+            )
+        return self._train
+
+    def _eval(self, split: str) -> BatchLoader:
+        rank, world = self._rank_world
+        return BatchLoader(self.splits[split], self.eval_batch_size, rank=rank, world_size=world)
+
+    def val_dataloader(self) -> BatchLoader:
+        return self._eval("val")
+
+    def test_dataloader(self) -> BatchLoader:
+        return self._eval("test")

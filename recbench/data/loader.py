@@ -1,0 +1,95 @@
+"""Whole-batch loading by index over contiguous tensors.
+
+A batch is one gather per tensor (``t[idx]``), or a slice when the order is sequential — no
+per-row ``__getitem__`` and no Python collate. The tensors may live on the accelerator
+(``device_resident``), in which case a batch never crosses the PCIe bus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor
+
+
+class BatchLoader:
+    """Batches of ``tensors`` (all with the same first dimension).
+
+    Training (``shuffle=True``): every epoch draws one permutation from a generator seeded by
+    ``(seed, epoch)``, identical on every rank; rank ``r`` of ``w`` takes positions ``r::w`` of it,
+    padded by wrapping so all ranks run the same number of steps (as DDP needs).
+    Evaluation (``shuffle=False``): rank ``r`` takes rows ``r::w`` of the natural order, without
+    padding, so over all ranks every row is seen exactly once.
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, Tensor],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors differ in length: { {k: len(t) for k, t in tensors.items()} }")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.tensors = dict(tensors)
+        self.n = lengths.pop()
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.tensors.values())).device
+
+    def rows_per_rank(self) -> int:
+        if self.shuffle:
+            return math.ceil(self.n / self.world_size)
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        rows = self.rows_per_rank()
+        return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> Tensor | None:
+        """This rank's row order for the current epoch; None means 0..n-1 in order."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            perm = torch.randperm(self.n, generator=g)
+            if self.world_size > 1:
+                total = self.rows_per_rank() * self.world_size
+                perm = torch.cat([perm, perm[: total - self.n]])[self.rank :: self.world_size]
+            return perm.to(self.device)
+        if self.world_size > 1:
+            return torch.arange(min(self.rank, self.n), self.n, self.world_size, device=self.device)
+        return None
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        idx = self.indices()
+        self.epoch += 1  # the next pass draws a new permutation
+        rows = self.n if idx is None else len(idx)
+        bs = self.batch_size
+        stop = rows - rows % bs if self.drop_last else rows
+        for start in range(0, stop, bs):
+            end = min(start + bs, rows)
+            if idx is None:
+                yield {k: t[start:end] for k, t in self.tensors.items()}  # views, no copy
+            else:
+                sel = idx[start:end]
+                yield {k: t[sel] for k, t in self.tensors.items()}

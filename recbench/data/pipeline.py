@@ -1,0 +1,317 @@
+"""Feature pipeline: raw events → split → histories → negatives → vocabularies → tensors.
+
+Everything fitted (vocabularies, normalisation, buckets) sees the training split only, in a
+deterministic order. The result is cached under a key of the raw files' sha256, the adapter and
+pipeline config, and ``PIPELINE_VERSION``; a second run loads it instead of redoing the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recbench.data.adapters.base import RawData, cache_root, sha256_file
+from recbench.data.schema import OOV, Field, FeatureSchema
+from recbench.data.splits import SPLIT_NAMES, assign_split
+from recbench.errors import ConfigError
+from recbench.metrics import auc
+
+PIPELINE_VERSION = 1
+HISTORY = "hist_item_id"
+HISTORY_NEG = "hist_item_id_neg"
+
+
+@dataclass
+class PreparedData:
+    schema: FeatureSchema
+    splits: dict[str, dict[str, torch.Tensor]]  # "train" | "val" | "test" → batch-layout tensors
+    info: dict[str, Any]
+    key: str
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "data.pt.tmp"
+        torch.save(
+            {
+                "fields": [f.__dict__ for f in self.schema.fields],
+                "user": self.schema.user,
+                "item": self.schema.item,
+                "item_attributes": self.schema.item_attributes,
+                "splits": self.splits,
+                "info": self.info,
+                "key": self.key,
+            },
+            tmp,
+        )
+        os.replace(tmp, path / "data.pt")
+        (path / "info.json").write_text(json.dumps(self.info, indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: Path) -> PreparedData:
+        blob = torch.load(path / "data.pt", weights_only=False)
+        schema = FeatureSchema(
+            tuple(Field(**f) for f in blob["fields"]),
+            blob["user"],
+            blob["item"],
+            blob["item_attributes"],
+        )
+        return cls(schema, blob["splits"], blob["info"], blob["key"])
+
+
+# ---------------------------------------------------------------------------- caching
+
+
+def _pipeline_cfg(cfg: DictConfig) -> dict:
+    keep = ("split", "features", "negatives")
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keep if k in cfg}
+
+
+def cache_key(cfg: DictConfig, adapter: Any) -> str:
+    files = adapter.files() if hasattr(adapter, "files") else ()
+    adapter_cfg = OmegaConf.to_container(cfg.adapter, resolve=True)
+    adapter_cfg.pop("root", None)  # where the files live does not change them; their hash does
+    material = {
+        "version": PIPELINE_VERSION,
+        "adapter": adapter_cfg,
+        "pipeline": _pipeline_cfg(cfg),
+        "files": {Path(f).name: sha256_file(Path(f)) for f in files},
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
+    """Prepared tensors for ``cfg`` (a dataset config), from the cache when it holds them."""
+    adapter = instantiate(cfg.adapter)
+    key = cache_key(cfg, adapter)
+    path = cache_root() / "prepared" / f"{cfg.name}-{key[:16]}"
+    if (path / "data.pt").exists() and not force:
+        return PreparedData.load(path)
+    t0 = time.perf_counter()
+    log(f"preparing {cfg.name} (cache: {path})")
+    raw = adapter.load()
+    data = build(raw, cfg, key)
+    data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
+    data.info["cache_dir"] = str(path)
+    data.save(path)
+    return data
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
+    feats = cfg.features
+    ev = raw.events.with_row_index("row").with_columns(  # "row" = position in the source file
+        pl.col("label").cast(pl.Int64), pl.col("timestamp").cast(pl.Int64)
+    )
+    ev = ev.sort(["user_id", "timestamp", "item_id", "row"], maintain_order=True)
+    ev = assign_split(ev, cfg.split)
+    hist_cfg = feats.get("history") or {}
+    max_len = int(hist_cfg.get("max_len") or 0)
+    neg_cfg = cfg.get("negatives") or {}
+    seed = int(neg_cfg.get("seed", 0))
+
+    # raw item index space shared by histories and the negative sampler
+    items = ev.select(pl.col("item_id").unique().sort())["item_id"]
+    item_idx = ev.select(pl.col("item_id").replace_strict(items, pl.int_range(len(items), eager=True),
+                                                          return_dtype=pl.Int64))["item_id"].to_numpy()
+    user_idx = ev.select(pl.col("user_id").rank("dense") - 1)["user_id"].to_numpy().astype(np.int64)
+    sampler = NegativeSampler(user_idx, item_idx, len(items))
+
+    hist_pos = history_positions(ev["user_id"].to_numpy(), ev["timestamp"].to_numpy(), max_len)
+    ev = ev.with_columns(pl.Series("_user", user_idx), pl.Series("_event", np.arange(ev.height)))
+    min_len = int(hist_cfg.get("min_len") or 0)
+    if min_len:
+        ev = ev.filter(pl.Series((hist_pos >= 0).sum(1) >= min_len))
+    if raw.implicit:
+        ev = _add_negatives(ev, raw, sampler, items, int(neg_cfg.get("per_positive", 1)), seed)
+    ev = ev.sort(["_user", "_event", "label"], descending=[False, False, True], maintain_order=True)
+
+    train = ev.filter(pl.col("split") == 0)
+    min_count = int(feats.get("min_count", 2))
+    sparse_cols = ["user_id", "item_id", *raw.sparse]
+    vocabs: dict[str, pl.Series] = {}
+    for col in sparse_cols:
+        vocabs[col] = _fit_vocab(train[col].drop_nulls(), min_count)
+    for col in raw.multi:
+        vocabs[col] = _fit_vocab(train[col].explode().drop_nulls(), min_count)
+    buckets = dict(feats.get("buckets") or {})
+    unknown = [c for c in buckets if c not in raw.dense]
+    if unknown:
+        raise ConfigError(f"features.buckets names {unknown}, which are not dense columns "
+                          f"(dense: {list(raw.dense)})")
+    edges = {c: _quantile_edges(train[c], int(n)) for c, n in buckets.items()}
+    dense_cols = [c for c in raw.dense if c not in buckets]
+    stats = {c: (float(train[c].mean() or 0.0), float(train[c].std() or 1.0) or 1.0)
+             for c in dense_cols}
+
+    fields: list[Field] = [Field(c, "sparse", vocab_size=len(vocabs[c]) + 2) for c in sparse_cols]
+    fields += [Field(c, "sparse", vocab_size=len(edges[c]) + 3) for c in buckets]
+    widths = {c: max(1, min(int(feats.get("multi_max_len", 10)), int(ev[c].list.len().max() or 1)))
+              for c in raw.multi}
+    fields += [Field(c, "multi", vocab_size=len(vocabs[c]) + 2, max_len=widths[c]) for c in raw.multi]
+    fields += [Field(c, "dense") for c in dense_cols]
+    if max_len:
+        fields += [Field(HISTORY, "sequence", max_len=max_len, shares="item_id"),
+                   Field(HISTORY_NEG, "sequence", max_len=max_len, shares="item_id")]
+
+    # item code of every source event (histories index source events, dropped ones included)
+    enc_item = _encode(pl.Series(items.to_numpy()[item_idx]), vocabs["item_id"])
+    neg_items = sampler.sample(np.arange(len(hist_pos)), np.random.default_rng([seed, 1]))
+    enc_neg = _encode(pl.Series(items.to_numpy()[neg_items]), vocabs["item_id"]).copy()
+    enc_neg[neg_items < 0] = 0  # no negative exists: padding
+
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    info: dict[str, Any] = {"name": cfg.name, "key": key, "rows": {}, "unseen": {},
+                            "label_rate": {}, "pipeline_version": PIPELINE_VERSION}
+    item_tables = {c: np.zeros((len(vocabs["item_id"]) + 2, widths[c]), dtype=np.int32)
+                   for c in raw.item_attributes if c in raw.multi}
+    for sid, name in enumerate(SPLIT_NAMES):
+        part = ev.filter(pl.col("split") == sid)
+        t: dict[str, torch.Tensor] = {}
+        sparse = [_encode(part[c], vocabs[c]) for c in sparse_cols]
+        sparse += [np.searchsorted(edges[c], part[c].fill_null(np.nan).to_numpy(), side="right")
+                   .astype(np.int32) + 2 for c in buckets]
+        t["sparse"] = torch.from_numpy(np.stack(sparse, 1).astype(np.int32))
+        if dense_cols:
+            d = np.stack([((part[c].fill_null(stats[c][0]).to_numpy() - stats[c][0]) / stats[c][1])
+                          for c in dense_cols], 1)
+            t["dense"] = torch.from_numpy(d.astype(np.float32))
+        for c in raw.multi:
+            arr = _encode_lists(part[c], vocabs[c], widths[c])
+            t[c] = torch.from_numpy(arr)
+            if c in item_tables and sid == 0:
+                codes = t["sparse"][:, 1].numpy()
+                item_tables[c][codes[codes > OOV]] = arr[codes > OOV]
+        if max_len:
+            pos = hist_pos[part["_event"].to_numpy()]
+            t[HISTORY] = torch.from_numpy(np.where(pos >= 0, enc_item[pos], 0).astype(np.int32))
+            t[HISTORY_NEG] = torch.from_numpy(np.where(pos >= 0, enc_neg[pos], 0).astype(np.int32))
+        t["label"] = torch.from_numpy(part["label"].to_numpy().astype(np.float32))
+        t["group"] = torch.from_numpy(part["_user"].to_numpy().astype(np.int64))
+        if "oracle_p" in part.columns:
+            t["oracle"] = torch.from_numpy(part["oracle_p"].to_numpy().astype(np.float32))
+            info.setdefault("oracle_auc", {})[name] = {
+                c: auc(torch.from_numpy(part[c].to_numpy()), t["label"])
+                for c in part.columns if c.startswith("oracle_p")
+            }
+        tensors[name] = t
+        info["rows"][name] = part.height
+        info["label_rate"][name] = float(part["label"].mean()) if part.height else float("nan")
+        if sid:
+            info["unseen"][name] = {
+                "user_rows": int((t["sparse"][:, 0] == OOV).sum()),
+                "item_rows": int((t["sparse"][:, 1] == OOV).sum()),
+            }
+    attrs = {c: torch.from_numpy(tab) for c, tab in item_tables.items()}
+    schema = FeatureSchema(tuple(fields), "user_id", "item_id", attrs)
+    info["fields"] = {f.name: {"kind": f.kind, "vocab_size": f.vocab_size, "max_len": f.max_len}
+                      for f in fields}
+    info["users"], info["items"] = int(user_idx.max() + 1), len(items)
+    return PreparedData(schema, tensors, info, key)
+
+
+def history_positions(users: np.ndarray, ts: np.ndarray, max_len: int) -> np.ndarray:
+    """For events sorted by (user, timestamp, tie-breakers): the event positions forming each
+    event's history — the user's events with a strictly earlier timestamp, the last ``max_len``,
+    oldest first, right-padded with -1. (N, max_len)."""
+    n = len(users)
+    if max_len == 0:
+        return np.full((n, 0), -1, dtype=np.int64)
+    ar = np.arange(n)
+    new_user = np.r_[True, users[1:] != users[:-1]]
+    new_ts = new_user | np.r_[True, ts[1:] != ts[:-1]]
+    user_start = np.maximum.accumulate(np.where(new_user, ar, 0))
+    first_same_ts = np.maximum.accumulate(np.where(new_ts, ar, 0))
+    length = np.minimum(max_len, first_same_ts - user_start)
+    idx = (first_same_ts - length)[:, None] + np.arange(max_len)[None, :]
+    return np.where(np.arange(max_len)[None, :] < length[:, None], idx, -1)
+
+
+class NegativeSampler:
+    """Uniform items each user never interacted with (over the whole data, so no negative is
+    ever one of the user's items, past or future)."""
+
+    def __init__(self, user_idx: np.ndarray, item_idx: np.ndarray, n_items: int) -> None:
+        self.n_items = n_items
+        self.user_idx = user_idx
+        self.keys = np.unique(user_idx.astype(np.int64) * n_items + item_idx)
+
+    def sample(self, events: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative item index for each source event position in ``events``; -1 where the
+        user interacted with (nearly) every item and no negative was found."""
+        users = self.user_idx[events].astype(np.int64)
+        out = rng.integers(0, self.n_items, len(events))
+        bad = np.ones(len(events), dtype=bool)
+        for _ in range(200):
+            key = users * self.n_items + out
+            pos = np.searchsorted(self.keys, key).clip(max=len(self.keys) - 1)
+            bad = self.keys[pos] == key
+            if not bad.any():
+                return out
+            out[bad] = rng.integers(0, self.n_items, int(bad.sum()))
+        out[bad] = -1
+        return out
+
+
+def _add_negatives(ev: pl.DataFrame, raw: RawData, sampler: NegativeSampler, items: pl.Series,
+                   per_positive: int, seed: int) -> pl.DataFrame:
+    """``per_positive`` negative rows per positive: same user, history and split, an item the
+    user never interacted with. Drawn from one seeded stream per split, so evaluation negatives
+    are the same for every model and training seed."""
+    item_cols = ["item_id", *[c for c in raw.item_attributes]]
+    item_table = ev.select(item_cols).unique("item_id", keep="first", maintain_order=True)
+    parts = [ev]
+    for sid in range(len(SPLIT_NAMES)):
+        pos = ev.filter(pl.col("split") == sid)
+        for k in range(per_positive):
+            rng = np.random.default_rng([seed, 100 + sid, k])
+            drawn = sampler.sample(pos["_event"].to_numpy(), rng)
+            neg = items.to_numpy()[drawn]
+            rows = pos.filter(pl.Series(drawn >= 0)).drop(item_cols)
+            neg = neg[drawn >= 0]
+            rows = rows.with_columns(pl.Series("item_id", neg),
+                                                    pl.lit(0, dtype=pl.Int64).alias("label"))
+            rows = rows.join(item_table, on="item_id", how="left")
+            parts.append(rows.select(ev.columns))
+    return pl.concat(parts)
+
+
+def _fit_vocab(values: pl.Series, min_count: int) -> pl.Series:
+    counts = values.value_counts()
+    return counts.filter(pl.col("count") >= min_count)[values.name].sort()
+
+
+def _encode(values: pl.Series, vocab: pl.Series) -> np.ndarray:
+    codes = pl.int_range(2, len(vocab) + 2, eager=True, dtype=pl.Int32)
+    out = values.cast(vocab.dtype, strict=False).replace_strict(vocab, codes, default=OOV,
+                                                                return_dtype=pl.Int32)
+    return out.fill_null(OOV).to_numpy()
+
+
+def _encode_lists(values: pl.Series, vocab: pl.Series, width: int) -> np.ndarray:
+    """Right-padded (N, width) codes of a list column."""
+    frame = pl.DataFrame({"v": values.list.head(width)}).with_row_index("r")
+    flat = frame.explode("v").drop_nulls("v")
+    flat = flat.with_columns(pl.int_range(pl.len()).over("r").alias("p"))
+    out = np.zeros((len(values), width), dtype=np.int32)
+    if flat.height:
+        out[flat["r"].to_numpy(), flat["p"].to_numpy()] = _encode(flat["v"], vocab)
+    return out
+
+
+def _quantile_edges(values: pl.Series, n: int) -> np.ndarray:
+    qs = np.linspace(0, 1, n + 1)[1:-1]
+    v = values.drop_nulls().to_numpy()
+    return np.unique(np.quantile(v, qs)) if len(v) else np.array([])

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recbench.data.schema import FeatureSchema
+from recbench.models.layers.mlp import MLP
+from recbench.models.layers.sequence import (
+    AttentionGRUCell,
+    BehaviourHistory,
+    masked_softmax,
+    masked_sum,
+    next_item_loss,
+    run_masked,
+)
+
+
+class DIEN(nn.Module):
+    """Deep Interest Evolution Network (Zhou et al., AAAI 2019).
+
+    DIN weighs history items independently; DIEN models how interest moves through them. An
+    interest extractor GRU turns the history into interest states ``h_t``, trained by an
+    auxiliary loss (eq. 6) to tell the next clicked item from a sampled non-clicked one. Attention
+    ``a_t = softmax_t(h_tᵀ W e_A)`` (eq. 7) against the candidate ``e_A`` then drives the interest
+    evolving layer, an attention-gated GRU (``augru``, eq. 13–14; or ``aigru``, ``agru``), whose
+    state at the last step is the interest relevant to the candidate.
+
+    MLP input: ``[final interest, candidate item, other fields, sum-pooled history]``. In training,
+    with ``aux_alpha > 0``, returns ``{"logits", "aux_loss"}``; the batch must then hold
+    ``negative_history``: for each history step an item the user did not click (same padding).
+    """
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        embed_dim: int = 16,
+        history: str = "hist_item_id",
+        negative_history: str = "hist_item_id_neg",
+        hidden: Sequence[int] = (200, 80),
+        gru_dim: int | None = None,
+        evolution: str = "augru",
+        aux_alpha: float = 1.0,
+        activation: str = "prelu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.inputs = BehaviourHistory(schema, embed_dim, history)
+        item = self.inputs.item_dim
+        dim = gru_dim or item  # hidden size of both GRUs
+        self.extractor = nn.GRU(item, dim, batch_first=True)
+        self.aux_scorer = MLP(dim + item, (100, 50), 1, act="sigmoid")
+        self.bilinear = nn.Linear(item, dim, bias=False)  # W of eq. 7
+        self.evolution = AttentionGRUCell(dim, dim, evolution)
+        self.mlp = MLP(self.inputs.context_dim + dim + 2 * item, hidden, 1, dropout, activation)
+        self.negative_history = negative_history
+        self.aux_alpha = aux_alpha
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        # (B, C), (B, Di), (B, L, Di), (B, L); L cut to the longest history in the batch
+        context, target, history, mask = self.inputs(batch, trim=True)
+        states, _ = self.extractor(history)  # (B, L, H); right padding: valid steps see no pad
+        scores = torch.bmm(states, self.bilinear(target).unsqueeze(-1)).squeeze(-1)  # (B, L)
+        att = masked_softmax(scores, mask)
+        interest = run_masked(self.evolution, states, mask, att)  # (B, H) at each true last step
+        x = torch.cat([interest, target, context, masked_sum(history, mask)], dim=1)
+        logits = self.mlp(x).squeeze(-1)
+        if not (self.training and self.aux_alpha > 0):
+            return logits
+        if self.negative_history not in batch:
+            raise KeyError(
+                f"DIEN's auxiliary loss needs {self.negative_history!r} in the batch; "
+                "add it to the dataset's sequence fields or set model.aux_alpha=0"
+            )
+        neg_ids = batch[self.negative_history][:, : mask.shape[1]]  # (B, L)
+        negative = self.inputs.embedding.items(neg_ids)  # (B, L, Di)
+        aux = next_item_loss(self.aux_scorer, states, history, negative, mask)
+        return {"logits": logits, "aux_loss": self.aux_alpha * aux}

@@ -1,0 +1,64 @@
+"""The multi-layer perceptron block every deep model ends in."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+def activation(name: str, dim: int | None = None) -> nn.Module:
+    name = name.lower()
+    if name == "relu":
+        return nn.ReLU()
+    if name == "prelu":
+        return nn.PReLU(dim or 1)
+    if name == "gelu":
+        return nn.GELU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "dice":
+        from recbench.models.layers.dice import Dice
+
+        if dim is None:
+            raise ValueError("Dice needs the layer width")
+        return Dice(dim)
+    raise ValueError(f"unknown activation {name!r}; choose relu, prelu, gelu, tanh, sigmoid or dice")
+
+
+class MLP(nn.Module):
+    """Linear → [BatchNorm] → activation → Dropout, per hidden layer; optional linear output.
+
+    ``output_dim=None`` leaves the last hidden layer as output (for models that combine it).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden: Sequence[int],
+        output_dim: int | None = 1,
+        dropout: float = 0.0,
+        act: str = "relu",
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = input_dim
+        for h in hidden:
+            layers.append(nn.Linear(d, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(activation(act, h))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            d = h
+        if output_dim is not None:
+            layers.append(nn.Linear(d, output_dim))
+            d = output_dim
+        self.net = nn.Sequential(*layers)
+        self.output_dim = d
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

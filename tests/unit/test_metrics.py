@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from recbench.metrics import CTRMetrics, auc, gauc
+
+
+def reference_gauc(s, y, g):
+    """Direct definition: Σ_u n_u·AUC_u / Σ_u n_u over users holding both labels."""
+    num = den = 0.0
+    for u in np.unique(g):
+        m = g == u
+        if y[m].min() == y[m].max():
+            continue
+        p, n = s[m][y[m] == 1], s[m][y[m] == 0]
+        a = ((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum())
+        num += m.sum() * a / (len(p) * len(n))
+        den += m.sum()
+    return num / den, den / len(s)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gauc_matches_reference_with_ties(seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(2000, generator=g).round(decimals=1)  # many ties
+    y = (torch.rand(2000, generator=g) < 0.3).float()
+    u = torch.randint(0, 60, (2000,), generator=g)
+    u[:5] = 999  # a user with too few rows to have both labels
+    y[:5] = 1
+    got, cover = gauc(s, y, u)
+    want, want_cover = reference_gauc(s.numpy(), y.numpy(), u.numpy())
+    assert got == pytest.approx(want, abs=1e-12)
+    assert cover == pytest.approx(want_cover)
+    assert cover < 1.0
+
+
+def test_auc_is_tie_aware_and_matches_torchmetrics():
+    s = torch.tensor([0.1, 0.4, 0.4, 0.8, 0.8, 0.9])
+    y = torch.tensor([0, 0, 1, 0, 1, 1])
+    # pairs (pos, neg): 0.4>0.1, 0.4=0.4 (½), 0.4<0.8; 0.8>0.1, 0.8>0.4, 0.8=0.8 (½); 0.9 beats all 3
+    assert auc(s, y) == pytest.approx((1 + 0.5 + 0 + 1 + 1 + 0.5 + 3) / 9)
+    r = torch.rand(500)
+    t = (torch.rand(500) < 0.5).long()
+    assert auc(r, t) == pytest.approx(float(binary_auroc(r, t)), abs=1e-6)
+
+
+def test_ctr_metrics_accumulates_batches_like_one():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1001, generator=g)
+    labels = (torch.rand(1001, generator=g) < 0.4).float()
+    groups = torch.randint(0, 30, (1001,), generator=g)
+    whole, parts = CTRMetrics(), CTRMetrics()
+    whole.update(logits, labels, groups)
+    for i in range(0, 1001, 97):
+        parts.update(logits[i:i + 97], labels[i:i + 97], groups[i:i + 97])
+    a, b = whole.compute(), parts.compute()
+    for k in a:
+        assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-9)
+    assert float(a["rows"]) == 1001
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double())
+    assert float(a["logloss"]) == pytest.approx(float(bce))

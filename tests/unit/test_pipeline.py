@@ -1,0 +1,185 @@
+"""Feature pipeline: splits, train-only vocabularies, leak-free histories, negatives, cache."""
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from recbench.data import pipeline
+from recbench.data.adapters.base import RawData
+from recbench.data.pipeline import HISTORY, HISTORY_NEG, build, history_positions, prepare
+from recbench.data.schema import OOV
+
+
+def cfg(kind="random", seed=2024, max_len=5, min_count=1, **extra):
+    return OmegaConf.create({
+        "name": "toy",
+        "split": {"kind": kind, "ratios": [0.6, 0.2, 0.2], "seed": seed},
+        "features": {"min_count": min_count, "history": {"max_len": max_len, "min_len": 0}},
+        "negatives": {"seed": 3},
+        **extra,
+    })
+
+
+def toy_events(n_users=30, per_user=12, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        ts = np.sort(rng.integers(0, 8, per_user))  # many equal timestamps on purpose
+        for t in ts:
+            item = int(rng.integers(0, 40))
+            rows.append((u, item, int(t), int(rng.random() < 0.4), int(u % 2), [item % 5]))
+    frame = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp", "label", "gender",
+                                       "genres"], orient="row")
+    return frame.sample(fraction=1.0, shuffle=True, seed=seed)  # file order != time order
+
+
+def raw(frame=None, implicit=False):
+    frame = toy_events() if frame is None else frame
+    return RawData(frame, sparse=("gender",), multi=("genres",), item_attributes=("genres",),
+                   implicit=implicit)
+
+
+def test_history_positions_exclude_same_and_later_timestamps():
+    users = np.array([0, 0, 0, 0, 1, 1])
+    ts = np.array([1, 2, 2, 3, 5, 5])
+    pos = history_positions(users, ts, max_len=2)
+    assert pos.tolist() == [[-1, -1], [0, -1], [0, -1], [1, 2], [-1, -1], [-1, -1]]
+
+
+def test_no_history_holds_an_event_at_or_after_its_target():
+    # item id = timestamp, so a history code decodes to the time of its event
+    frame = toy_events().with_columns(pl.col("timestamp").alias("item_id"))
+    data = build(raw(frame), cfg(max_len=50))
+    vocab = np.sort(frame.filter(pl.lit(True))["item_id"].unique().to_numpy())
+    earlier = {}  # (user, ts) -> number of the user's events strictly earlier
+    for u, g in frame.group_by("user_id"):
+        ts = np.sort(g["timestamp"].to_numpy())
+        for t in np.unique(ts):
+            earlier[(u[0], t)] = int((ts < t).sum())
+    checked = 0
+    for split in ("train", "val", "test"):
+        t = data.splits[split]
+        target_ts = vocab[t["sparse"][:, 1].numpy() - 2]
+        for row in range(len(target_ts)):
+            hist = t[HISTORY][row].numpy()
+            valid = hist[hist > 0]
+            assert (hist[len(valid):] == 0).all()  # right-padded
+            hist_ts = vocab[valid - 2]
+            assert (hist_ts < target_ts[row]).all()  # strictly earlier: no same-time event
+            assert (np.diff(hist_ts) >= 0).all()  # oldest first, most recent last
+            user = int(t["group"][row])
+            assert len(valid) == earlier[(user, target_ts[row])]
+            checked += len(valid)
+    assert checked > 500
+
+
+def test_random_split_uses_randomstate_permutation_of_file_rows():
+    frame = toy_events()
+    data = build(raw(frame), cfg(seed=2024, max_len=0))
+    n = frame.height
+    perm = np.random.RandomState(2024).permutation(n)
+    n_train = round(0.6 * n)
+    assert data.info["rows"]["train"] == n_train
+    want_train_users = np.sort(frame["user_id"].to_numpy()[perm[:n_train]])
+    got_groups = np.sort(data.splits["train"]["group"].numpy())  # group = user rank = user id
+    assert np.array_equal(got_groups, want_train_users)
+    other = build(raw(frame), cfg(seed=7, max_len=0))
+    assert not torch.equal(other.splits["train"]["group"].sort().values,
+                           data.splits["train"]["group"].sort().values)
+
+
+def test_vocabulary_is_fitted_on_train_only_with_min_count():
+    frame = toy_events(n_users=40, per_user=6)
+    data = build(raw(frame), cfg(min_count=2, max_len=0))
+    n = frame.height
+    perm = np.random.RandomState(2024).permutation(n)
+    items = frame["item_id"].to_numpy()
+    train_items, counts = np.unique(items[perm[: round(0.6 * n)]], return_counts=True)
+    vocab = train_items[counts >= 2]
+    assert len(vocab) < len(train_items)  # some training items are too rare: OOV
+
+    def expected(split_rows):
+        codes = np.searchsorted(vocab, items[split_rows])
+        known = (codes < len(vocab)) & (vocab[codes.clip(max=len(vocab) - 1)] == items[split_rows])
+        return np.sort(np.where(known, codes + 2, OOV))
+
+    for name, rows in (("train", perm[: round(0.6 * n)]), ("test", perm[round(0.8 * n):])):
+        got = np.sort(data.splits[name]["sparse"][:, 1].numpy())
+        assert np.array_equal(got, expected(rows))
+    assert data.schema["item_id"].vocab_size == len(vocab) + 2
+    assert data.info["unseen"]["test"]["item_rows"] == int(
+        (data.splits["test"]["sparse"][:, 1] == OOV).sum()) > 0
+
+
+@pytest.mark.parametrize("kind", ["temporal", "user_temporal", "leave_one_out"])
+def test_time_based_splits(kind):
+    frame = toy_events()
+    data = build(raw(frame), cfg(kind=kind, max_len=0))
+    rows = data.info["rows"]
+    assert sum(rows.values()) == frame.height
+    if kind == "leave_one_out":
+        assert rows["test"] == rows["val"] == frame["user_id"].n_unique()
+
+
+def test_leave_one_out_with_sampled_negatives():
+    frame = toy_events().with_columns(pl.lit(1).alias("label"))
+    frame = frame.unique(["user_id", "item_id"], keep="first")
+    c = cfg(kind="leave_one_out", max_len=5)
+    c.negatives = {"seed": 11, "per_positive": 1}
+    data = build(raw(frame, implicit=True), c)
+    test = data.splits["test"]
+    assert test["label"].sum() * 2 == len(test["label"])  # one negative per positive
+    # a negative shares its positive's history and user
+    pos, neg = test["label"] == 1, test["label"] == 0
+    assert torch.equal(test[HISTORY][pos], test[HISTORY][neg])
+    assert torch.equal(test["group"][pos], test["group"][neg])
+    again = build(raw(frame, implicit=True), c)
+    assert torch.equal(again.splits["test"]["sparse"], test["sparse"])  # drawn once, seeded
+    assert data.schema[HISTORY_NEG].shares == "item_id"
+
+
+def test_prepare_caches_and_reuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    frame = toy_events()
+
+    class Adapter:
+        def __init__(self):
+            pass
+
+        def load(self):
+            return raw(frame)
+
+    import sys
+    import types
+
+    mod = types.ModuleType("toy_adapter_mod")
+    mod.Adapter = Adapter
+    sys.modules["toy_adapter_mod"] = mod
+    c = cfg()
+    c.adapter = {"_target_": "toy_adapter_mod.Adapter"}
+    calls = []
+    real_build = pipeline.build
+    monkeypatch.setattr(pipeline, "build", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    first = prepare(c)
+    second = prepare(c)
+    assert calls == [1]
+    assert torch.equal(first.splits["test"]["sparse"], second.splits["test"]["sparse"])
+    c.split.seed = 1
+    prepare(c)
+    assert calls == [1, 1]  # a different split seed is a different cache entry
+
+
+def test_negative_sampler_never_returns_an_item_of_the_user():
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 50, 3000)
+    items = rng.integers(0, 60, 3000)
+    sampler = pipeline.NegativeSampler(users, items, 60)
+    drawn = sampler.sample(np.arange(3000), np.random.default_rng(1))
+    owned = set(zip(users.tolist(), items.tolist(), strict=True))
+    assert (drawn >= 0).all()
+    assert not any((u, i) in owned for u, i in zip(users.tolist(), drawn.tolist(), strict=True))
+    # a user who interacted with every item gets no negative (-1), not an item of theirs
+    full = pipeline.NegativeSampler(np.zeros(5, dtype=np.int64), np.arange(5), 5)
+    assert (full.sample(np.arange(5), np.random.default_rng(0)) == -1).all()
