@@ -11,7 +11,7 @@ from rich.console import Console
 
 from recbench.errors import RecbenchError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def config_dir() -> str:
@@ -123,13 +123,17 @@ def _models(args: list[str]) -> None:
     from recbench.lineage import NODES
 
     have = {p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")}
-    t = Table(title="the recbench lineage")
-    for c in ("model", "name", "family", "parents", "rule", "paper", "idea"):
-        t.add_column(c)
+    verbose = "-v" in args or "--verbose" in args
+    t = Table(title="the recbench lineage (recbench train model=<model>)")
+    for c in ("model", "name", "parents", "paper", *(("idea",) if verbose else ())):
+        t.add_column(c, no_wrap=c != "idea")
     for n in NODES:
         mark = n.model if n.model in have else f"[dim]{n.model} (planned)[/]"
-        t.add_row(mark, n.title, n.family, ", ".join(n.parents) or "-", n.rule, n.paper, n.idea)
-    Console().print(t)
+        row = [mark, n.title, ", ".join(n.parents) or "-", n.paper]
+        t.add_row(*row, *((n.idea,) if verbose else ()))
+    Console(width=max(Console().width, 120)).print(t)
+    if not verbose:
+        Console().print("recbench models --verbose adds the idea each model adds to its parents")
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     cmd, rest = args[0], args[1:]
+    if cmd == "compare":  # a flag for the common case of rebuilding a report from the store
+        rest = ["report_only=true" if a == "--report-only" else a for a in rest]
     if cmd not in COMMANDS:
         console.print(f"[bold red]error:[/] unknown command {cmd!r}; known commands: "
                       f"{', '.join(COMMANDS)}")

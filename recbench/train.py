@@ -87,6 +87,8 @@ def run(cfg: DictConfig) -> float | None:
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = model_name(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     data = prepare(cfg.dataset, log=log.info)
     with local_ranks(cfg, run_dir):
         pl.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -193,7 +195,7 @@ def _print_summary(record: dict) -> None:
     if "oracle" in record and record["oracle"]["auc"] is not None:
         table.add_row("oracle (test)", f"{record['oracle']['auc']:.4f}", "", "")
     perf = record["perf"]
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(table)
     sps = perf.get("train_samples_per_sec")
     console.print(

@@ -77,8 +77,9 @@ def _pipeline_cfg(cfg: DictConfig) -> dict:
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keep if k in cfg}
 
 
-def cache_key(cfg: DictConfig, adapter: Any) -> str:
-    files = adapter.files() if hasattr(adapter, "files") else ()
+def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
+    """Adapters with a ``files()`` method are keyed without parsing; others are loaded."""
+    files = adapter.files() if hasattr(adapter, "files") else (raw or adapter.load()).files
     adapter_cfg = OmegaConf.to_container(cfg.adapter, resolve=True)
     adapter_cfg.pop("root", None)  # where the files live does not change them; their hash does
     material = {
@@ -93,13 +94,14 @@ def cache_key(cfg: DictConfig, adapter: Any) -> str:
 def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
     """Prepared tensors for ``cfg`` (a dataset config), from the cache when it holds them."""
     adapter = instantiate(cfg.adapter)
-    key = cache_key(cfg, adapter)
+    raw = None if hasattr(adapter, "files") else adapter.load()
+    key = cache_key(cfg, adapter, raw)
     path = cache_root() / "prepared" / f"{cfg.name}-{key[:16]}"
     if (path / "data.pt").exists() and not force:
         return PreparedData.load(path)
     t0 = time.perf_counter()
     log(f"preparing {cfg.name} (cache: {path})")
-    raw = adapter.load()
+    raw = raw or adapter.load()
     data = build(raw, cfg, key)
     data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
     data.info["cache_dir"] = str(path)
@@ -203,7 +205,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
         if "oracle_p" in part.columns:
             t["oracle"] = torch.from_numpy(part["oracle_p"].to_numpy().astype(np.float32))
             info.setdefault("oracle_auc", {})[name] = {
-                c: auc(torch.from_numpy(part[c].to_numpy()), t["label"])
+                c: auc(torch.tensor(part[c].to_numpy()), t["label"])
                 for c in part.columns if c.startswith("oracle_p")
             }
         tensors[name] = t

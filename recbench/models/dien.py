@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from recbench.data.schema import FeatureSchema
 from recbench.models.layers.mlp import MLP
 from recbench.models.layers.sequence import (
+    EVOLUTIONS,
     AttentionGRUCell,
     BehaviourHistory,
     masked_softmax,
@@ -23,8 +24,8 @@ class DIEN(nn.Module):
     DIN weighs history items independently; DIEN models how interest moves through them. An
     interest extractor GRU turns the history into interest states ``h_t``, trained by an
     auxiliary loss (eq. 6) to tell the next clicked item from a sampled non-clicked one. Attention
-    ``a_t = softmax_t(h_tᵀ W e_A)`` (eq. 7) against the candidate ``e_A`` then drives the interest
-    evolving layer, an attention-gated GRU (``augru``, eq. 13–14; or ``aigru``, ``agru``), whose
+    ``a_t = softmax_t(h_tᵀ W e_A)`` (eq. 8) against the candidate ``e_A`` then drives the interest
+    evolving layer, an attention-gated GRU (``augru``, eq. 11–12; or ``aigru``, ``agru``), whose
     state at the last step is the interest relevant to the candidate.
 
     MLP input: ``[final interest, candidate item, other fields, sum-pooled history]``. In training,
@@ -46,12 +47,19 @@ class DIEN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if aux_alpha < 0:
+            raise ValueError(f"aux_alpha must be >= 0, got {aux_alpha}")
         self.inputs = BehaviourHistory(schema, embed_dim, history)
         item = self.inputs.item_dim
         dim = gru_dim or item  # hidden size of both GRUs
-        self.extractor = nn.GRU(item, dim, batch_first=True)
-        self.aux_scorer = MLP(dim + item, (100, 50), 1, act="sigmoid")
-        self.bilinear = nn.Linear(item, dim, bias=False)  # W of eq. 7
+        if evolution not in EVOLUTIONS:
+            raise ValueError(
+                f"unknown interest evolution {evolution!r}; choose one of {EVOLUTIONS}"
+            )
+        self.extractor = AttentionGRUCell(item, dim, "gru")
+        # scores [h_t, e] as a click; absent without the auxiliary loss (no unused weights)
+        self.aux_scorer = MLP(dim + item, (100, 50), 1, act="sigmoid") if aux_alpha > 0 else None
+        self.bilinear = nn.Linear(item, dim, bias=False)  # W of eq. 8
         self.evolution = AttentionGRUCell(dim, dim, evolution)
         self.mlp = MLP(self.inputs.context_dim + dim + 2 * item, hidden, 1, dropout, activation)
         self.negative_history = negative_history
@@ -60,13 +68,13 @@ class DIEN(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
         # (B, C), (B, Di), (B, L, Di), (B, L); L cut to the longest history in the batch
         context, target, history, mask = self.inputs(batch, trim=True)
-        states, _ = self.extractor(history)  # (B, L, H); right padding: valid steps see no pad
-        scores = torch.bmm(states, self.bilinear(target).unsqueeze(-1)).squeeze(-1)  # (B, L)
+        states = run_masked(self.extractor, history, mask, all_states=True)  # (B, L, H)
+        scores = (states * self.bilinear(target).unsqueeze(1)).sum(-1)  # (B, L)
         att = masked_softmax(scores, mask)
         interest = run_masked(self.evolution, states, mask, att)  # (B, H) at each true last step
         x = torch.cat([interest, target, context, masked_sum(history, mask)], dim=1)
         logits = self.mlp(x).squeeze(-1)
-        if not (self.training and self.aux_alpha > 0):
+        if not self.training or self.aux_scorer is None:
             return logits
         if self.negative_history not in batch:
             raise KeyError(
@@ -74,6 +82,9 @@ class DIEN(nn.Module):
                 "add it to the dataset's sequence fields or set model.aux_alpha=0"
             )
         neg_ids = batch[self.negative_history][:, : mask.shape[1]]  # (B, L)
-        negative = self.inputs.embedding.items(neg_ids)  # (B, L, Di)
+        used = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], 1)  # steps t+1 < len
+        negative = history.new_zeros(history.shape).index_put(
+            (used,), self.inputs.embedding.items(neg_ids[used])
+        )  # (B, L, Di)
         aux = next_item_loss(self.aux_scorer, states, history, negative, mask)
         return {"logits": logits, "aux_loss": self.aux_alpha * aux}

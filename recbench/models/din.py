@@ -64,8 +64,9 @@ class DIN(nn.Module):
 
     def batch_l2(self, batch: Mapping[str, Tensor]) -> Tensor:
         """``Σ_j ||w_j||² / n_j`` over the item ids in the batch, ``n_j`` their batch counts."""
-        ids = torch.cat([batch["sparse"][:, self.inputs.item_column], batch[self.inputs.history]
-                         .flatten()])
+        ids = torch.cat(
+            [batch["sparse"][:, self.inputs.item_column], batch[self.inputs.history].flatten()]
+        )
         table = self.inputs.embedding.table.weight
         rows = table.narrow(0, self.inputs.embedding.offset_of[self.item_field], self.item_vocab)
         counts = torch.zeros(self.item_vocab, device=ids.device, dtype=rows.dtype)

@@ -48,22 +48,25 @@ class CTRTask(pl.LightningModule):
         out = self.model(batch)
         return out["logits"] if isinstance(out, dict) else out
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(total loss, BCE, extra loss terms) of one training batch."""
         out = self.model(batch)
         logits, extra = (out["logits"], out) if isinstance(out, dict) else (out, {})
-        loss = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
-        bce = loss
-        for name, value in extra.items():
-            if name.endswith("_loss"):
-                loss = loss + value.float()
-                self.log(f"train/{name}", value, on_step=False, on_epoch=True)
+        bce = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
+        terms = {k: v.float() for k, v in extra.items() if k.endswith("_loss")}
+        return bce + sum(terms.values()), bce, terms
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        loss, bce, terms = self.loss(batch)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True)
         if batch_idx % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):  # syncs
             raise TrainingDivergedError(
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
                 f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
             )
         self.log("train/loss", bce, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(logits))
+                 batch_size=len(batch["label"]))
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:

@@ -12,10 +12,15 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
-from recbench.models.din import DIN
 from recbench.models.dien import DIEN
+from recbench.models.din import DIN
 from recbench.models.layers.dice import Dice
-from recbench.models.layers.sequence import AttentionGRUCell, next_item_loss, run_masked
+from recbench.models.layers.sequence import (
+    AttentionGRUCell,
+    BehaviourHistory,
+    next_item_loss,
+    run_masked,
+)
 from recbench.models.mlp_pooled import PooledHistoryMLP
 from recbench.testing import random_batch, toy_schema
 
@@ -52,6 +57,26 @@ def item_pad_row(model) -> torch.Tensor:
     return emb.table.weight[emb.offset_of["item_id"]]
 
 
+# ---------------------------------------------------------------- shared inputs
+
+
+def test_history_items_carry_their_side_features_and_padding_is_zero():
+    torch.manual_seed(0)
+    schema = toy_schema()
+    inputs = BehaviourHistory(schema, 4)
+    batch = random_batch(schema, 8, seed=0)
+    context, target, history, mask = inputs(batch)
+    assert context.shape == (8, 4 * 4)  # user, gender, age, price: not the item nor its genres
+    items = batch["sparse"][:, schema.sparse_index("item_id")]
+    torch.testing.assert_close(target, inputs.embedding.items(items))
+    assert target.shape == (8, 8)  # item embedding ⊕ mean of its genres' embeddings
+    ids = batch["hist_item_id"]
+    torch.testing.assert_close(history[mask], inputs.embedding.items(ids[mask]))
+    assert torch.all(history[~mask] == 0)
+    with pytest.raises(ValueError, match="sequence field"):
+        BehaviourHistory(schema, 4, history="genres")
+
+
 # ---------------------------------------------------------------- DIN
 
 
@@ -69,6 +94,16 @@ def test_din_gives_padding_zero_weight_and_ignores_it():
         item_pad_row(model).normal_(0, 5.0)
     torch.testing.assert_close(model(batch), before)
     torch.testing.assert_close(model(pad_more(batch, 4)), before)
+
+
+def test_din_dice_batch_statistics_never_see_the_padding_ids():
+    torch.manual_seed(0)
+    model = DIN(toy_schema(), activation="dice").train()
+    batch = random_batch(toy_schema(), 32, seed=1)
+    before = model(batch)
+    with torch.no_grad():
+        item_pad_row(model).normal_(0, 5.0)
+    torch.testing.assert_close(model(batch), before)
 
 
 def test_din_with_a_uniform_unit_is_its_sum_pooling_parent():
@@ -143,6 +178,8 @@ def test_dice_in_evaluation_does_not_depend_on_the_batch():
     torch.testing.assert_close(dice(torch.cat([s[:4], 100 * s[4:]]))[:4], alone)
     expected = dice_by_hand(dice, s[:4], dice.running_mean, dice.running_var)
     torch.testing.assert_close(alone, expected)
+    dice.train()  # one row has no spread: it is scored with the running statistics
+    torch.testing.assert_close(dice(s[:1]), expected[:1])
 
 
 # ---------------------------------------------------------------- attention-gated GRUs
@@ -213,6 +250,8 @@ def test_dien_output_and_aux_loss_do_not_depend_on_padding():
         item_pad_row(model).normal_(0, 5.0)
     torch.testing.assert_close(model(batch), before)
     torch.testing.assert_close(model(pad_more(batch, 3)), before)
+    alone = [model({k: v[i : i + 1] for k, v in batch.items()}) for i in range(6)]
+    torch.testing.assert_close(torch.cat(alone), before[:6])  # cut to its own length
 
 
 def test_aux_loss_uses_only_next_steps_inside_the_history():
@@ -282,7 +321,9 @@ def test_every_sequence_model_trains_and_overfits_a_tiny_batch(name, overrides):
     model.train()
     for _ in range(150):
         out = model(batch)
-        extra = sum(v for k, v in out.items() if k.endswith("_loss")) if isinstance(out, dict) else 0
+        extra = (
+            sum(v for k, v in out.items() if k.endswith("_loss")) if isinstance(out, dict) else 0
+        )
         loss = F.binary_cross_entropy_with_logits(logits_of(out), batch["label"]) + extra
         assert torch.isfinite(loss)
         optimizer.zero_grad()
@@ -296,3 +337,31 @@ def test_every_sequence_model_trains_and_overfits_a_tiny_batch(name, overrides):
     bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
     auc = binary_auroc(logits, batch["label"].long())
     assert bce < 0.1 or auc == 1.0, f"{name} {overrides}: eval BCE {bce:.3f}, AUC {auc:.3f}"
+
+
+@pytest.mark.parametrize(("name", "overrides"), MODELS, ids=lambda v: str(v or "default"))
+def test_a_single_row_without_history_still_trains(name, overrides):
+    torch.manual_seed(0)
+    model = build(name, **overrides).train()
+    batch = random_batch(toy_schema(), 1, seed=8)
+    batch["hist_item_id"].zero_()
+    batch["hist_item_id_neg"].zero_()
+    out = model(batch)
+    extra = sum(v for k, v in out.items() if k.endswith("_loss")) if isinstance(out, dict) else 0
+    (logits_of(out).sum() + extra).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(model.eval()(batch)).all()
+
+
+@pytest.mark.parametrize("name", ["mlp_pooled", "din_dice", "dien"])
+def test_sequence_models_run_under_bf16_autocast(name):
+    torch.manual_seed(0)
+    model = build(name)
+    batch = random_batch(toy_schema(), 32, seed=7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    extra = sum(v for k, v in out.items() if k.endswith("_loss")) if isinstance(out, dict) else 0
+    loss = F.binary_cross_entropy_with_logits(logits_of(out).float(), batch["label"]) + extra
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

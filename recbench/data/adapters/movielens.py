@@ -75,9 +75,13 @@ class MovieLens100K:
         self.root = root
         self.label_threshold = label_threshold
 
-    def load(self) -> RawData:
+    def files(self) -> tuple[Path, ...]:
         root = find_root(self.name, self.root, self.subdir, ("u.data", "u.user", "u.item"),
                          self.download)
+        return (root / "u.data", root / "u.user", root / "u.item")
+
+    def load(self) -> RawData:
+        root = self.files()[0].parent
         ratings = _read_table(root / "u.data", "\t", ["user_id", "item_id", "rating", "timestamp"],
                               ("user_id", "item_id", "rating", "timestamp"))
         users = _read_table(root / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"],
@@ -115,9 +119,13 @@ class MovieLens1M:
         self.root = root
         self.label_threshold = label_threshold
 
-    def load(self) -> RawData:
+    def files(self) -> tuple[Path, ...]:
         root = find_root(self.name, self.root, self.subdir,
                          ("ratings.dat", "users.dat", "movies.dat"), self.download)
+        return (root / "ratings.dat", root / "users.dat", root / "movies.dat")
+
+    def load(self) -> RawData:
+        root = self.files()[0].parent
         ratings = _read_table(root / "ratings.dat", "::",
                               ["user_id", "item_id", "rating", "timestamp"],
                               ("user_id", "item_id", "rating", "timestamp"), encoding="latin-1")
@@ -154,9 +162,13 @@ class MovieLensCSV:
         self.label_threshold = label_threshold
         self.download = Download(url, checksum, subdir) if url and checksum else None
 
-    def load(self) -> RawData:
+    def files(self) -> tuple[Path, ...]:
         root = find_root(self.name, self.root, self.subdir, ("ratings.csv", "movies.csv"),
                          self.download)
+        return (root / "ratings.csv", root / "movies.csv")
+
+    def load(self) -> RawData:
+        root = self.files()[0].parent
         ratings = _read_csv(root / "ratings.csv",
                             {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64,
                              "timestamp": pl.Int64})

@@ -28,12 +28,13 @@ class Dice(nn.Module):
 
     def forward(self, s: Tensor) -> Tensor:
         flat = s.reshape(-1, self.dim)  # (N, dim)
-        # batch statistics (biased variance) in training, updating the running ones in place
+        # batch statistics (biased variance) in training, updating the running ones in place;
+        # a single row has no spread, so it is scored with the running statistics
         z = F.batch_norm(
             flat,
             self.running_mean,
             self.running_var,
-            training=self.training,
+            training=self.training and flat.shape[0] > 1,
             momentum=self.momentum,
             eps=self.eps,
         )

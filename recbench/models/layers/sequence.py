@@ -1,8 +1,8 @@
 """Building blocks of the behaviour-history models (DIN's BaseModel, DIN, DIEN).
 
-Histories are right-padded (valid steps first, most recent last, then id 0), so a recurrence run
-over the padded tensor computes every valid step exactly; states past a row's length are never
-read: attention gives them weight 0 and the attention-gated recurrence keeps its state there.
+Histories are right-padded (valid steps first, most recent last, then id 0): a row's valid steps
+are a prefix, which the recurrent runner relies on. Padded steps are never looked up, scored or
+run: they carry zero vectors, zero attention, and leave recurrent states as they were.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from recbench.data.schema import FeatureSchema
 from recbench.models.layers.embedding import FeatureEmbedding
 from recbench.models.layers.mlp import MLP, activation
 
-EVOLUTIONS = ("augru", "aigru", "agru")
+MODES = ("gru", "augru", "aigru", "agru")
+EVOLUTIONS = MODES[1:]  # the attention-gated ones
 
 
 def masked_sum(x: Tensor, mask: Tensor) -> Tensor:
@@ -62,7 +63,9 @@ class BehaviourHistory(nn.Module):
         side = {schema.item, *schema.item_attributes}
         order = [*schema.sparse, *schema.multi, *schema.dense]  # FeatureEmbedding's field order
         keep = [i for i, f in enumerate(order) if f.name not in side]
-        self.register_buffer("context_index", torch.tensor(keep, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "context_index", torch.tensor(keep, dtype=torch.long), persistent=False
+        )
         self.item_column = schema.sparse_index(schema.item)
         self.context_dim = len(keep) * embed_dim
         self.item_dim = self.embedding.item_dim()
@@ -72,17 +75,20 @@ class BehaviourHistory(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         context = self.embedding(batch).index_select(1, self.context_index).flatten(1)  # (B, C)
         ids = trim_padding(batch[self.history]) if trim else batch[self.history]  # (B, L)
-        target_ids = batch["sparse"][:, self.item_column]
-        vectors = self.embedding.items(torch.cat([target_ids.unsqueeze(1), ids], 1))  # (B, 1+L, Di)
+        target = self.embedding.items(batch["sparse"][:, self.item_column])  # (B, Di)
         mask = ids > 0
-        history = vectors[:, 1:] * mask.unsqueeze(-1).to(vectors.dtype)
-        return context, vectors[:, 0], history, mask
+        # only valid steps are looked up (histories are mostly padding on real data)
+        history = target.new_zeros(*ids.shape, self.item_dim).index_put(
+            (mask,), self.embedding.items(ids[mask])
+        )  # (B, L, Di)
+        return context, target, history, mask
 
 
 class ActivationUnit(nn.Module):
     """DIN's local activation unit (Zhou et al., KDD 2018, Fig. 2): an MLP over
     ``[e_j, v_A, e_j − v_A, e_j ⊙ v_A]`` scores each history item ``e_j`` against the candidate
-    ``v_A``. Scores are used as they are (no softmax), and padded steps score exactly 0.
+    ``v_A``. Scores are used as they are (no softmax). Only valid steps are scored: padded steps
+    get exactly 0 and never enter a Dice unit's batch statistics.
     """
 
     def __init__(self, item_dim: int, hidden: Sequence[int] = (36,), act: str = "prelu") -> None:
@@ -96,14 +102,15 @@ class ActivationUnit(nn.Module):
 
     def forward(self, keys: Tensor, query: Tensor, mask: Tensor) -> Tensor:
         """(B, L, Di) history, (B, Di) candidate, (B, L) mask → (B, L) weights."""
+        rows, cols = torch.ones_like(mask).nonzero(as_tuple=True)  # only valid steps are scored; syncs once
+        e = keys[rows, cols]  # (N, Di)
         w_e, w_q, w_d, w_p = self.first.weight.split(self.item_dim, dim=1)  # each (H, Di)
         # the first Linear over the concat, split by block: W_e e + W_q v + W_d (e − v) + W_p e⊙v,
         # so the candidate's part is computed once per row instead of once per step
-        per_row = F.linear(query, w_q - w_d, self.first.bias).unsqueeze(1)  # (B, 1, H)
-        per_step = F.linear(keys, w_e + w_d) + F.linear(keys * query.unsqueeze(1), w_p)
-        hidden = (per_step + per_row).flatten(0, 1)  # (B·L, H): PReLU's channels are dim 1
-        scores = self.rest(self.act(hidden)).view(keys.shape[:2])  # (B, L)
-        return scores * mask.to(scores.dtype)
+        per_row = F.linear(query, w_q - w_d, self.first.bias)  # (B, H)
+        hidden = F.linear(e, w_e + w_d) + F.linear(e * query[rows], w_p) + per_row[rows]  # (N, H)
+        scores = self.rest(self.act(hidden)).squeeze(-1)  # (N,)
+        return scores.new_zeros(mask.shape).index_put((rows, cols), scores)
 
 
 class AttentionGRUCell(nn.Module):
@@ -111,19 +118,20 @@ class AttentionGRUCell(nn.Module):
 
     With update gate ``u_t`` and candidate ``h̃_t``, a GRU step is
     ``h_t = (1 − u_t) ⊙ h_{t−1} + u_t ⊙ h̃_t``. ``augru`` scales the update gate,
-    ``u'_t = a_t · u_t`` (eq. 13–14); ``aigru`` scales the input, ``i'_t = a_t · i_t`` (eq. 11);
-    ``agru`` replaces the update gate by ``a_t`` (eq. 12) and so has no update gate weights.
-    Weights follow ``torch.nn.GRUCell``'s layout (reset, update, new); PyTorch's gate ``z`` is
-    ``1 − u_t``.
+    ``u'_t = a_t · u_t`` (eq. 11–12); ``aigru`` scales the input, ``i'_t = a_t · i_t`` (eq. 9);
+    ``agru`` replaces the update gate by ``a_t`` (eq. 10) and so has no update gate weights;
+    ``gru`` ignores the attention (DIEN's interest extractor). Weights follow
+    ``torch.nn.GRUCell``'s layout (reset, update, new); PyTorch's gate ``z`` is ``1 − u_t``.
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, mode: str = "augru") -> None:
         super().__init__()
-        if mode not in EVOLUTIONS:
-            raise ValueError(f"unknown interest evolution {mode!r}; choose one of {EVOLUTIONS}")
+        if mode not in MODES:
+            raise ValueError(f"unknown GRU mode {mode!r}; choose one of {MODES}")
         self.mode = mode
         self.hidden_dim = hidden_dim
         gates = 2 if mode == "agru" else 3
+        self.split = ((gates - 1) * hidden_dim, hidden_dim)  # gate columns, candidate columns
         self.weight_ih = nn.Parameter(torch.empty(gates * hidden_dim, input_dim))
         self.weight_hh = nn.Parameter(torch.empty(gates * hidden_dim, hidden_dim))
         self.bias_ih = nn.Parameter(torch.empty(gates * hidden_dim))
@@ -132,47 +140,60 @@ class AttentionGRUCell(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    def project(self, x: Tensor, att: Tensor) -> Tensor:
+    def project(self, x: Tensor, att: Tensor | None) -> Tensor:
         """Input projections of every step at once: (..., I), (...) → (..., gates·H)."""
         if self.mode == "aigru":
             x = x * att.unsqueeze(-1)
         return F.linear(x, self.weight_ih, self.bias_ih)
 
-    def step(self, xp: Tensor, h: Tensor, att: Tensor) -> Tensor:
+    def step(self, xp: Tensor, h: Tensor, att: Tensor | None) -> Tensor:
         """One step from a projected input: (B, gates·H), (B, H), (B, 1) → (B, H)."""
-        hp = F.linear(h, self.weight_hh, self.bias_hh)
+        x_gates, x_n = xp.split(self.split, dim=1)
+        h_gates, h_n = F.linear(h, self.weight_hh, self.bias_hh).split(self.split, dim=1)
+        gates = torch.sigmoid(x_gates + h_gates)  # reset (and z = 1 − u_t), (B, H or 2H)
+        n = torch.tanh(torch.addcmul(x_n, gates[:, : self.hidden_dim], h_n))  # candidate h̃_t
+        n = n.to(h.dtype)  # under autocast the state stays in its own (wider) dtype
         if self.mode == "agru":
-            x_r, x_n = xp.chunk(2, -1)
-            h_r, h_n = hp.chunk(2, -1)
-            n = torch.tanh(x_n + torch.sigmoid(x_r + h_r) * h_n)
-            return h + att * (n - h)
-        x_r, x_z, x_n = xp.chunk(3, -1)
-        h_r, h_z, h_n = hp.chunk(3, -1)
-        n = torch.tanh(x_n + torch.sigmoid(x_r + h_r) * h_n)
-        u = 1.0 - torch.sigmoid(x_z + h_z)
+            return torch.lerp(h, n, att.to(h.dtype))
+        keep = gates[:, self.hidden_dim :].to(h.dtype)
         if self.mode == "augru":
-            u = att * u
-        return h + u * (n - h)
+            return torch.lerp(h, n, ((1.0 - keep) * att).to(h.dtype))
+        return torch.lerp(n, h, keep)
 
-    def forward(self, x: Tensor, h: Tensor, att: Tensor) -> Tensor:
+    def forward(self, x: Tensor, h: Tensor, att: Tensor | None = None) -> Tensor:
         """A single step: (B, I), (B, H), (B,) → (B, H)."""
-        return self.step(self.project(x, att), h, att.unsqueeze(-1))
+        a = None if att is None else att.unsqueeze(-1)
+        return self.step(self.project(x, att), h, a)
 
 
-def run_masked(cell: AttentionGRUCell, x: Tensor, mask: Tensor, att: Tensor) -> Tensor:
-    """Run ``cell`` over (B, L, I) inputs with (B, L) attention, from a zero state.
+def run_masked(
+    cell: AttentionGRUCell,
+    x: Tensor,
+    mask: Tensor,
+    att: Tensor | None = None,
+    all_states: bool = False,
+) -> Tensor:
+    """Run ``cell`` over right-padded (B, L, I) inputs (with (B, L) attention) from a zero state.
 
-    A padded step leaves the state as it was, so the result is each row's state at its true last
-    step (the state gathered at ``len − 1``); a row with no valid step keeps the zero state.
-    Returns (B, H).
+    A padded step never updates the state, so the final state is each row's state at its true
+    last step (the state gathered at ``len − 1``), and a row with no valid step keeps the zero
+    state. As with ``pack_padded_sequence``, rows run longest first and each step computes only
+    the rows still inside their history. Returns (B, H), or (B, L, H) every step's state with
+    ``all_states`` (past a row's length: its last state).
     """
-    xp = cell.project(x, att)  # (B, L, gates·H)
+    order = torch.argsort(mask.sum(1), descending=True)  # (B,)
+    active = mask.sum(0).tolist()  # rows still inside their history at each step; syncs once
+    xp = cell.project(x[order], None if att is None else att[order])  # (B, L, gates·H)
+    atts = [None] * len(active) if att is None else att[order].unsqueeze(-1).unbind(1)
     h = x.new_zeros(x.shape[0], cell.hidden_dim)
-    keep = mask.unsqueeze(-1)  # (B, L, 1)
-    a = att.unsqueeze(-1).to(x.dtype)
-    for xp_t, a_t, m_t in zip(xp.unbind(1), a.unbind(1), keep.unbind(1)):
-        h = torch.where(m_t, cell.step(xp_t, h, a_t), h)
-    return h
+    states = []
+    for xp_t, a_t, n in zip(xp.unbind(1), atts, active):
+        a_t = None if a_t is None else a_t[:n]
+        h = torch.cat([cell.step(xp_t[:n], h[:n], a_t), h[n:]])  # rows past n keep their state
+        states.append(h)
+    restore = torch.empty_like(order)
+    restore[order] = torch.arange(order.numel(), device=order.device)
+    return torch.stack(states, 1)[restore] if all_states else h[restore]
 
 
 def next_item_loss(

@@ -1,0 +1,395 @@
+"""`recbench compare`: train a lineage path over seeds, then report each model against its parents.
+
+Each (model, seed) trains in its own ``python -m recbench.cli train`` process, so one model's
+crash, OOM or hang never takes the others down, and killing the compare leaves nothing half
+recorded. Before training, each run's config is composed here with the same overrides to get its
+run key; a run whose key already has a finished record in the results store is not trained
+again. A rerun of a killed compare therefore trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from recbench.errors import ConfigError
+from recbench.report import ReportInput, Table, metric_table, summarise_model, write_report
+from recbench.results import (
+    FAILED,
+    FINISHED,
+    append_record,
+    code_version,
+    read_records,
+    run_key,
+)
+
+log = logging.getLogger("recbench")
+
+# compare's own keys: never passed on to the train runs
+COMPARE_KEYS = ("lineage", "seeds", "models", "report_only", "extra", "bootstrap")
+# train keys compare sets per run: a user value for them would be silently replaced
+PER_RUN_KEYS = {"model": "models=[...]", "seed": "seeds=<n> or seeds=[...]"}
+ERROR_TAIL_LINES = 40
+
+
+@dataclass
+class Job:
+    model: str
+    seed: int
+    overrides: list[str]  # train overrides, hydra.* excluded
+    run_dir: Path
+    key: str | None = None  # run key, None when the config does not compose
+    data_key: str | None = None
+    dataset: str | None = None
+    error: str | None = None  # why the config does not compose
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``a=1,b=[2,3]`` → ``["a=1", "b=[2,3]"]``: commas inside brackets or quotes stay."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def normalise_args(args: list[str]) -> list[str]:
+    """Command-line sugar Hydra's grammar does not have: ``--report-only``, and train overrides
+    in ``extra=[trainer.max_epochs=3,model.hidden=[64,32]]`` without quoting each one (an
+    unquoted ``=`` inside a list is a Hydra syntax error)."""
+    out = []
+    for a in args:
+        if a == "--report-only":
+            a = "report_only=true"
+        elif a.startswith("extra=[") and a.endswith("]"):
+            items = _split_top_level(a[len("extra=["):-1])
+            quoted = [i if i[:1] in "'\"" else '"' + i.replace('"', '\\"') + '"' for i in items]
+            a = "extra=[" + ",".join(quoted) + "]"
+        out.append(a)
+    return out
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+def _key_of(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0].strip()
+
+
+def train_overrides(task_overrides: list[str]) -> list[str]:
+    """The command line's train overrides: everything but compare's own keys and the dataset
+    choice (compare passes ``dataset=<choice>`` itself)."""
+    out = []
+    for o in task_overrides:
+        key = _key_of(o)
+        if key.split(".")[0] in COMPARE_KEYS or key == "dataset":
+            continue
+        if key in PER_RUN_KEYS:
+            raise ConfigError(f"compare sets `{key}` for each run; use {PER_RUN_KEYS[key]}")
+        out.append(o)
+    return out
+
+
+def seed_list(seeds: Any) -> list[int]:
+    if isinstance(seeds, ListConfig | list | tuple):
+        values = [int(s) for s in seeds]
+    else:
+        if int(seeds) < 1:
+            raise ConfigError(f"seeds must be >= 1 or a list of seeds, got {seeds}")
+        values = list(range(1, int(seeds) + 1))
+    if len(set(values)) != len(values):
+        raise ConfigError(f"seeds repeat: {values}")
+    return values
+
+
+def model_list(cfg: DictConfig) -> list[str]:
+    models = cfg.get("models") or (cfg.get("lineage") or {}).get("models")
+    if not models:
+        raise ConfigError("no models: pick a lineage (lineage=ctr) or give models=[lr,fm]")
+    names = [str(m) for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"models repeat: {names}")
+    return names
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value that is read back verbatim (paths may hold '=' or spaces)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _compose_train(overrides: list[str]) -> DictConfig:
+    """The train config for ``overrides``, composed the way ``recbench train`` would."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from recbench.cli import config_dir
+
+    if GlobalHydra.instance().is_initialized():  # inside `recbench compare` (hydra.main)
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def plan(
+    models: list[str],
+    seeds: list[int],
+    common: list[str],
+    hydra_overrides: list[str],
+    out_dir: Path,
+) -> list[Job]:
+    """One job per (model, seed), model-major, each with its run key (or why it has none)."""
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
+
+    from recbench.data.pipeline import cache_key
+
+    data_keys: dict[str, str] = {}
+    jobs = []
+    for m in models:
+        for s in seeds:
+            run_dir = out_dir / "runs" / m / f"seed_{s}"
+            job = Job(m, s, [f"model={m}", f"seed={s}", *common], run_dir)
+            try:
+                cfg = _compose_train([*job.overrides, f"paths.run_dir={_quote(str(run_dir))}",
+                                      *hydra_overrides])
+                ds = json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True),
+                                sort_keys=True, default=str)
+                if ds not in data_keys:  # hashing data files is cheap but not free
+                    data_keys[ds] = cache_key(cfg.dataset, instantiate(cfg.dataset.adapter))
+                job.data_key, job.dataset = data_keys[ds], str(cfg.dataset.name)
+                job.key = run_key(cfg, job.data_key)
+            except (HydraException, OmegaConfBaseException, ImportError, ValueError,
+                    TypeError) as exc:
+                job.error = f"{type(exc).__name__}: {exc}"
+            jobs.append(job)
+    return jobs
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _failure_record(job: Job, error: str, returncode: int | None, command: str) -> dict:
+    return {
+        "status": FAILED,
+        "model": job.model,
+        "dataset": job.dataset,
+        "seed": job.seed,
+        "run_key": job.key,
+        "data": {"key": job.data_key},
+        "run_dir": str(job.run_dir),
+        "error": error,
+        "returncode": returncode,
+        "command": command,
+        "versions": {"recbench": code_version()},
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def train_job(job: Job, hydra_overrides: list[str]) -> tuple[int, str, Path]:
+    """Train one job in a child process; its output goes to ``<run_dir>/stdout.log``."""
+    cmd = [sys.executable, "-m", "recbench.cli", "train", *job.overrides,
+           f"hydra.run.dir={_quote(str(job.run_dir))}", *hydra_overrides]
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = job.run_dir / "stdout.log"
+    with open(log_path, "w") as out:
+        # same process group: Ctrl-C or a kill of the group stops the run with the compare
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    return rc, shlex.join(["recbench", *cmd[3:]]), log_path
+
+
+# ---------------------------------------------------------------------------- compare
+
+
+def _command_line(task: list[str], hydra_overrides: list[str], report_only: bool) -> str:
+    args = [o for o in [*task, *hydra_overrides] if _key_of(o) != "report_only"]
+    if report_only:
+        args.append("report_only=true")
+    env = os.environ.get("RECBENCH_OUTPUTS")
+    prefix = f"RECBENCH_OUTPUTS={shlex.quote(env)} " if env else ""
+    return prefix + shlex.join(["recbench", "compare", *args])
+
+
+def _rich_table(table: Table, title: str):
+    from rich.table import Table as RichTable
+
+    t = RichTable(title=title)
+    for i, h in enumerate(table.headers):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        t.add_row(*row)
+    return t
+
+
+def run(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    root = Path(cfg.paths.results)
+    lineage = str(hc.runtime.choices.get("lineage") or "custom")
+    models, seeds = model_list(cfg), seed_list(cfg.seeds)
+    task_overrides = list(hc.overrides.task)
+    # a test-only or user config folder must be visible to the runs as it is to this process
+    hydra_passed = [o for o in hc.overrides.hydra if _key_of(o) == "hydra.searchpath"]
+    common = [f"dataset={hc.runtime.choices['dataset']}", *train_overrides(task_overrides),
+              *(str(o) for o in cfg.extra)]
+    jobs = plan(models, seeds, common, hydra_passed, out_dir)
+    current = read_records(root, stale=False)
+    done = {r["run_key"] for r in current if r.get("status") == FINISHED and r.get("run_key")}
+    failures: list[dict[str, Any]] = []
+    notes: list[str] = []
+
+    todo = [j for j in jobs if j.key not in done]
+    if not cfg.report_only:
+        skipped = len(jobs) - len(todo)
+        console.print(f"[bold]compare[/] {lineage}: {len(models)} models × {len(seeds)} seeds; "
+                      f"{skipped} already in the store, {len(todo)} to train. Output: {out_dir}")
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("training", total=len(todo))
+            for job in todo:
+                progress.update(bar, description=f"{job.model} seed {job.seed}")
+                if job.error:
+                    rec = _failure_record(job, job.error, None, "")
+                    append_record(rec, root)
+                    failures.append(rec)
+                    progress.console.print(f"[red]✗[/] {job.model} seed {job.seed}: config "
+                                           f"error: {job.error}")
+                    progress.advance(bar)
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    rc, command, log_path = train_job(job, hydra_passed)
+                except KeyboardInterrupt:
+                    console.print("[yellow]interrupted[/]: finished runs are in the store; "
+                                  "rerun the same command to train the rest")
+                    sys.exit(130)
+                seconds = time.perf_counter() - t0
+                if rc == 0 and (job.run_dir / "metrics.json").exists():
+                    rec = json.loads((job.run_dir / "metrics.json").read_text())
+                    if rec.get("run_key") != job.key:
+                        notes.append(f"{job.model} seed {job.seed}: the run's key "
+                                     f"{rec.get('run_key')} differs from the planned {job.key}, "
+                                     "so a rerun cannot skip it")
+                    primary = rec.get("primary_metric", "auc")
+                    value = (rec.get("test") or {}).get(primary, float("nan"))
+                    progress.console.print(f"[green]✓[/] {job.model} seed {job.seed}: test "
+                                           f"{primary} {value:.4f} ({seconds:.0f} s)")
+                else:
+                    tail = _tail(log_path) or f"exit status {rc}, no output"
+                    rec = _failure_record(job, tail, rc, command)
+                    append_record(rec, root)
+                    failures.append(rec)
+                    last = tail.strip().splitlines()[-1] if tail.strip() else ""
+                    progress.console.print(f"[red]✗[/] {job.model} seed {job.seed} failed "
+                                           f"(exit {rc}): {last}\n  log: {log_path}")
+                progress.advance(bar)
+        current = read_records(root, stale=False)
+
+    # what the report shows: the latest finished record per planned run key
+    finished: dict[str, dict[str, Any]] = {}
+    failed: dict[str, dict[str, Any]] = {}
+    for r in current:
+        if r.get("run_key"):
+            (finished if r.get("status") == FINISHED else failed)[r["run_key"]] = r
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
+    missing: list[tuple[str, int]] = []
+    for job in jobs:
+        if job.key in finished:
+            runs[job.model].append(finished[job.key])
+        elif cfg.report_only:
+            if job.key in failed:
+                failures.append(failed[job.key])
+            elif job.error:
+                failures.append(_failure_record(job, job.error, None, ""))
+            else:
+                missing.append((job.model, job.seed))
+
+    dataset = next((j.dataset for j in jobs if j.dataset), str(cfg.dataset.name))
+    by_seed = {(r.get("model"), r.get("seed")): r
+               for r in read_records(root, model=models, dataset=dataset, stale=True)
+               if r.get("seed") in seeds}
+    sweeps = [r for r in read_records(root, model=models, dataset=dataset, status=FINISHED,
+                                      stale=False)
+              if "multiruns" in Path(str(r.get("run_dir", ""))).parts]
+    used = [r["run_dir"] for rs in runs.values() for r in rs if r.get("run_dir")]
+    logdir = os.path.commonpath(used) if used else str(out_dir / "runs")
+    report = ReportInput(
+        lineage=lineage, dataset=dataset, models=models, runs=runs, failures=failures,
+        missing=missing, stale=list(by_seed.values()), sweeps=sweeps,
+        command=_command_line(task_overrides, list(hc.overrides.hydra), bool(cfg.report_only)),
+        tensorboard=logdir, notes=notes, resamples=int(cfg.bootstrap.resamples),
+        bootstrap_seed=int(cfg.bootstrap.seed), level=float(cfg.bootstrap.level))
+    write_report(report, out_dir)
+
+    finished_models = [summarise_model(m, runs[m]) for m in models if runs[m]]
+    if finished_models:
+        Console().print(_rich_table(metric_table(finished_models), f"{lineage} on {dataset}"))
+    console.print(f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}  "
+                  f"{out_dir / 'lineage.png'}")
+    if failures:
+        console.print(f"[bold red]{len(failures)} run(s) failed:[/] "
+                      + ", ".join(f"{f['model']} seed {f['seed']}" for f in failures))
+    if missing:
+        console.print(f"[yellow]{len(missing)} run(s) not in the store:[/] "
+                      + ", ".join(f"{m} seed {s}" for m, s in missing))
+    if failures or missing:
+        sys.exit(1)
+
+
+__all__ = ["Job", "model_list", "normalise_args", "plan", "run", "seed_list", "train_job",
+           "train_overrides"]

@@ -1,0 +1,182 @@
+"""`recbench compare` and sweeps end to end on a small synthetic world: reports, resume after a
+kill, failures, Hydra multirun (one process and DDP) and the Optuna sweeper."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recbench.cli import config_dir
+from recbench.results import FAILED, FINISHED, read_records
+
+# a small world and a few batches: each run takes seconds
+TINY = ["++dataset.world.n_users=300", "debug=fast"]
+PAIR = ["models=[lr,fm]", "seeds=2"]
+
+
+def _env(outputs: Path) -> dict[str, str]:
+    return {**os.environ, "RECBENCH_OUTPUTS": str(outputs), "PYTHONWARNINGS": "ignore"}
+
+
+def recbench(*args: str, outputs: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "recbench.cli", *args], cwd=outputs,
+                          env=_env(outputs), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"recbench {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def compare_dirs(outputs: Path) -> list[Path]:
+    return sorted((outputs / "compare").iterdir())  # names start with a sortable timestamp
+
+
+def md_table(md: str, heading: str) -> list[str]:
+    section = md.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [ln for ln in section.splitlines() if ln.startswith("|")]
+
+
+def trained_in(compare_dir: Path) -> set[tuple[str, int]]:
+    """(model, seed) pairs this compare trained to the end."""
+    return {(p.parent.parent.name, int(p.parent.name.removeprefix("seed_")))
+            for p in (compare_dir / "runs").glob("*/seed_*/metrics.json")}
+
+
+@pytest.fixture(scope="module")
+def single_go(tmp_path_factory) -> Path:
+    """lr and fm over two seeds, in one uninterrupted compare."""
+    outputs = tmp_path_factory.mktemp("single")
+    recbench("compare", *PAIR, *TINY, outputs=outputs)
+    return outputs
+
+
+def test_compare_reports_every_model_and_edge(single_go: Path) -> None:
+    (out,) = compare_dirs(single_go)
+    for name in ("report.md", "report.html", "report.json", "lineage.png", "lineage.svg"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "report.json").read_text())
+    assert set(summary["models"]) == {"lr", "fm"}
+    for m in summary["models"].values():
+        assert m["seeds"] == [1, 2] and m["primary"] == "auc"
+        assert 0.5 < m["test"]["auc"][0] < m["oracle_auc"] < 1
+    (edge,) = summary["edges"]
+    assert (edge["parent"], edge["child"]) == ("lr", "fm")
+    assert edge["interval"]["resamples"] == 1000
+    assert edge["interval"]["low"] <= edge["interval"]["delta"] <= edge["interval"]["high"]
+    md = (out / "report.md").read_text()
+    assert len(md_table(md, "Test metrics")) == 2 + 2
+    assert "tensorboard --logdir" in md and "recbench compare" in md
+    assert trained_in(out) == {("lr", 1), ("lr", 2), ("fm", 1), ("fm", 2)}
+    assert len(read_records(single_go, status=FINISHED)) == 4
+
+
+def test_report_only_rebuilds_without_training(single_go: Path) -> None:
+    recbench("compare", *PAIR, *TINY, "report_only=true", outputs=single_go)
+    first, again = compare_dirs(single_go)[-2:]
+    assert not (again / "runs").exists()
+    assert len(read_records(single_go, status=FINISHED)) == 4  # nothing trained
+    a, b = ((d / "report.md").read_text() for d in (first, again))
+    assert md_table(a, "Test metrics") == md_table(b, "Test metrics")
+    assert md_table(a, "Lineage deltas") == md_table(b, "Lineage deltas")
+
+
+def test_kill_midway_then_rerun_trains_only_what_is_missing(single_go: Path, tmp_path: Path
+                                                           ) -> None:
+    args = [sys.executable, "-m", "recbench.cli", "compare", *PAIR, 'extra=["debug=fast"]',
+            "++dataset.world.n_users=300"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(args, cwd=tmp_path, env=_env(tmp_path), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while not read_records(tmp_path, status=FINISHED):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the compare and the run it is training
+        proc.wait()
+    done_before = {(r["model"], r["seed"]) for r in read_records(tmp_path, status=FINISHED)}
+    assert 1 <= len(done_before) < 4
+    (killed,) = compare_dirs(tmp_path)
+    assert not (killed / "report.md").exists()
+
+    recbench(*args[3:], outputs=tmp_path)
+    resumed = compare_dirs(tmp_path)[-1]
+    everything = {("lr", 1), ("lr", 2), ("fm", 1), ("fm", 2)}
+    # the run that was killed mid-training had no record, so it was trained again
+    assert trained_in(resumed) == everything - done_before
+    records = read_records(tmp_path, status=FINISHED)
+    assert len(records) == 4 and len({r["run_key"] for r in records}) == 4
+    assert not read_records(tmp_path, status=FAILED)
+
+    # the same numbers as the uninterrupted compare: CPU runs are deterministic
+    one = (compare_dirs(single_go)[0] / "report.md").read_text()
+    two = (resumed / "report.md").read_text()
+    assert md_table(one, "Test metrics") == md_table(two, "Test metrics")
+    assert md_table(one, "Lineage deltas") == md_table(two, "Lineage deltas")
+
+
+def test_a_failing_model_is_recorded_and_the_others_finish(single_go: Path, tmp_path: Path
+                                                           ) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "broken.yaml").write_text(
+        "_target_: recbench.models.no_such_module.Broken\n")
+    proc = recbench("compare", "models=[lr,broken]", "seeds=[1]", *TINY,
+                    f"hydra.searchpath=[file://{tmp_path}]", outputs=single_go, check=False)
+    assert proc.returncode != 0
+    assert "broken seed 1" in proc.stderr
+    out = compare_dirs(single_go)[-1]
+    assert trained_in(out) == set()  # lr seed 1 was already in the store
+    md = (out / "report.md").read_text()
+    assert "## Failures" in md and "no_such_module" in md
+    assert [r[1:3] for r in (ln.split("|") for ln in md_table(md, "Test metrics")[2:])] == [
+        [" lr ", " core "]]
+    (failed,) = read_records(single_go, status=FAILED)
+    assert failed["model"] == "broken" and failed["seed"] == 1 and failed["run_key"]
+    assert "no_such_module" in failed["error"]
+
+
+def test_multirun_grid_gives_each_job_its_directory(tmp_path: Path) -> None:
+    recbench("train", "-m", "model=lr,fm", *TINY, outputs=tmp_path)
+    (sweep,) = (tmp_path / "multiruns").iterdir()
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert jobs == ["0_lr", "1_fm"]
+    assert {r["model"] for r in read_records(tmp_path, status=FINISHED)} == {"lr", "fm"}
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_on_two_cpu_ranks(tmp_path: Path) -> None:
+    recbench("train", "-m", "model=lr,fm", "trainer=ddp", "trainer.devices=2",
+             "trainer.accelerator=cpu", *TINY, outputs=tmp_path)
+    (sweep,) = (tmp_path / "multiruns").iterdir()
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0_lr", "1_fm"]
+    records = read_records(tmp_path, status=FINISHED)
+    assert len(records) == 2  # rank 0 records once; the sweep ran once, not once per rank
+    assert all(r["perf"]["devices"] == 2 for r in records)
+
+
+def _optuna(tmp_path: Path, *extra: str) -> list[dict]:
+    if not (Path(config_dir()) / "model" / "deepfm.yaml").exists():
+        pytest.skip("configs/model/deepfm.yaml is not there yet")
+    recbench("train", "hparams_search=deepfm_optuna", *TINY, *extra, outputs=tmp_path)
+    (sweep,) = (tmp_path / "multiruns").iterdir()
+    assert (sweep / "optimization_results.yaml").exists()
+    return read_records(tmp_path, status=FINISHED)
+
+
+def test_optuna_sweep_records_every_trial(tmp_path: Path) -> None:
+    records = _optuna(tmp_path, "hydra.sweeper.n_trials=2")
+    assert len(records) == 2 and {r["model"] for r in records} == {"deepfm"}
+    assert len({r["run_key"] for r in records}) == 2  # two different trial configs
+
+
+@pytest.mark.slow
+def test_optuna_full_sweep(tmp_path: Path) -> None:
+    records = _optuna(tmp_path)
+    assert len(records) == 8
