@@ -86,7 +86,7 @@ def normalise_args(args: list[str]) -> list[str]:
         if a == "--report-only":
             a = "report_only=true"
         elif a.startswith("extra=[") and a.endswith("]"):
-            items = _split_top_level(a[len("extra=["):-1])
+            items = _split_top_level(a[len("extra=[") : -1])
             quoted = [i if i[:1] in "'\"" else '"' + i.replace('"', '\\"') + '"' for i in items]
             a = "extra=[" + ",".join(quoted) + "]"
         out.append(a)
@@ -137,8 +137,8 @@ def model_list(cfg: DictConfig) -> list[str]:
 
 
 def _quote(value: str) -> str:
-    """A Hydra override value that is read back verbatim (paths may hold '=' or spaces)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Hydra override value read back verbatim (a path may hold '=', ',' or spaces)."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def _compose_train(overrides: list[str]) -> DictConfig:
@@ -175,16 +175,23 @@ def plan(
             run_dir = out_dir / "runs" / m / f"seed_{s}"
             job = Job(m, s, [f"model={m}", f"seed={s}", *common], run_dir)
             try:
-                cfg = _compose_train([*job.overrides, f"paths.run_dir={_quote(str(run_dir))}",
-                                      *hydra_overrides])
-                ds = json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True),
-                                sort_keys=True, default=str)
+                cfg = _compose_train(
+                    [*job.overrides, f"paths.run_dir={_quote(str(run_dir))}", *hydra_overrides]
+                )
+                ds = json.dumps(
+                    OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True, default=str
+                )
                 if ds not in data_keys:  # hashing data files is cheap but not free
                     data_keys[ds] = cache_key(cfg.dataset, instantiate(cfg.dataset.adapter))
                 job.data_key, job.dataset = data_keys[ds], str(cfg.dataset.name)
                 job.key = run_key(cfg, job.data_key)
-            except (HydraException, OmegaConfBaseException, ImportError, ValueError,
-                    TypeError) as exc:
+            except (
+                HydraException,
+                OmegaConfBaseException,
+                ImportError,
+                ValueError,
+                TypeError,
+            ) as exc:
                 job.error = f"{type(exc).__name__}: {exc}"
             jobs.append(job)
     return jobs
@@ -220,14 +227,20 @@ def _failure_record(job: Job, error: str, returncode: int | None, command: str) 
 
 def train_job(job: Job, hydra_overrides: list[str]) -> tuple[int, str, Path]:
     """Train one job in a child process; its output goes to ``<run_dir>/stdout.log``."""
-    cmd = [sys.executable, "-m", "recbench.cli", "train", *job.overrides,
-           f"hydra.run.dir={_quote(str(job.run_dir))}", *hydra_overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recbench.cli",
+        "train",
+        *job.overrides,
+        f"hydra.run.dir={_quote(str(job.run_dir))}",
+        *hydra_overrides,
+    ]
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = job.run_dir / "stdout.log"
     with open(log_path, "w") as out:
         # same process group: Ctrl-C or a kill of the group stops the run with the compare
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             rc = proc.wait()
         except BaseException:
@@ -244,7 +257,8 @@ def train_job(job: Job, hydra_overrides: list[str]) -> tuple[int, str, Path]:
 
 
 def _command_line(task: list[str], hydra_overrides: list[str], report_only: bool) -> str:
-    args = [o for o in [*task, *hydra_overrides] if _key_of(o) != "report_only"]
+    # hydra.mode is Hydra's own note, not something the user typed
+    args = [o for o in [*task, *hydra_overrides] if _key_of(o) not in ("report_only", "hydra.mode")]
     if report_only:
         args.append("report_only=true")
     env = os.environ.get("RECBENCH_OUTPUTS")
@@ -252,14 +266,16 @@ def _command_line(task: list[str], hydra_overrides: list[str], report_only: bool
     return prefix + shlex.join(["recbench", "compare", *args])
 
 
-def _rich_table(table: Table, title: str):
+def _console_table(table: Table, title: str):
+    """The report's metric table without the lineage columns, to fit a terminal."""
     from rich.table import Table as RichTable
 
+    keep = [i for i, h in enumerate(table.headers) if h not in ("family", "parents", "params")]
     t = RichTable(title=title)
-    for i, h in enumerate(table.headers):
-        t.add_column(h, justify="left" if i == 0 else "right")
+    for i in keep:
+        t.add_column(table.headers[i], justify="left" if i == 0 else "right")
     for row in table.rows:
-        t.add_row(*row)
+        t.add_row(*(row[i] for i in keep))
     return t
 
 
@@ -284,8 +300,11 @@ def run(cfg: DictConfig) -> None:
     task_overrides = list(hc.overrides.task)
     # a test-only or user config folder must be visible to the runs as it is to this process
     hydra_passed = [o for o in hc.overrides.hydra if _key_of(o) == "hydra.searchpath"]
-    common = [f"dataset={hc.runtime.choices['dataset']}", *train_overrides(task_overrides),
-              *(str(o) for o in cfg.extra)]
+    common = [
+        f"dataset={hc.runtime.choices['dataset']}",
+        *train_overrides(task_overrides),
+        *(str(o) for o in cfg.extra),
+    ]
     jobs = plan(models, seeds, common, hydra_passed, out_dir)
     current = read_records(root, stale=False)
     done = {r["run_key"] for r in current if r.get("status") == FINISHED and r.get("run_key")}
@@ -295,11 +314,18 @@ def run(cfg: DictConfig) -> None:
     todo = [j for j in jobs if j.key not in done]
     if not cfg.report_only:
         skipped = len(jobs) - len(todo)
-        console.print(f"[bold]compare[/] {lineage}: {len(models)} models × {len(seeds)} seeds; "
-                      f"{skipped} already in the store, {len(todo)} to train. Output: {out_dir}")
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                   MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        console.print(
+            f"[bold]compare[/] {lineage}: {len(models)} models × {len(seeds)} seeds; "
+            f"{skipped} already in the store, {len(todo)} to train. Output: {out_dir}"
+        )
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, disable=not todo) as progress:
             bar = progress.add_task("training", total=len(todo))
             for job in todo:
                 progress.update(bar, description=f"{job.model} seed {job.seed}")
@@ -307,36 +333,45 @@ def run(cfg: DictConfig) -> None:
                     rec = _failure_record(job, job.error, None, "")
                     append_record(rec, root)
                     failures.append(rec)
-                    progress.console.print(f"[red]✗[/] {job.model} seed {job.seed}: config "
-                                           f"error: {job.error}")
+                    progress.console.print(
+                        f"[red]✗[/] {job.model} seed {job.seed}: config error: {job.error}"
+                    )
                     progress.advance(bar)
                     continue
                 t0 = time.perf_counter()
                 try:
                     rc, command, log_path = train_job(job, hydra_passed)
                 except KeyboardInterrupt:
-                    console.print("[yellow]interrupted[/]: finished runs are in the store; "
-                                  "rerun the same command to train the rest")
+                    console.print(
+                        "[yellow]interrupted[/]: finished runs are in the store; "
+                        "rerun the same command to train the rest"
+                    )
                     sys.exit(130)
                 seconds = time.perf_counter() - t0
                 if rc == 0 and (job.run_dir / "metrics.json").exists():
                     rec = json.loads((job.run_dir / "metrics.json").read_text())
                     if rec.get("run_key") != job.key:
-                        notes.append(f"{job.model} seed {job.seed}: the run's key "
-                                     f"{rec.get('run_key')} differs from the planned {job.key}, "
-                                     "so a rerun cannot skip it")
+                        notes.append(
+                            f"{job.model} seed {job.seed}: the run's key "
+                            f"{rec.get('run_key')} differs from the planned {job.key}, "
+                            "so a rerun cannot skip it"
+                        )
                     primary = rec.get("primary_metric", "auc")
                     value = (rec.get("test") or {}).get(primary, float("nan"))
-                    progress.console.print(f"[green]✓[/] {job.model} seed {job.seed}: test "
-                                           f"{primary} {value:.4f} ({seconds:.0f} s)")
+                    progress.console.print(
+                        f"[green]✓[/] {job.model} seed {job.seed}: test "
+                        f"{primary} {value:.4f} ({seconds:.0f} s)"
+                    )
                 else:
                     tail = _tail(log_path) or f"exit status {rc}, no output"
                     rec = _failure_record(job, tail, rc, command)
                     append_record(rec, root)
                     failures.append(rec)
                     last = tail.strip().splitlines()[-1] if tail.strip() else ""
-                    progress.console.print(f"[red]✗[/] {job.model} seed {job.seed} failed "
-                                           f"(exit {rc}): {last}\n  log: {log_path}")
+                    progress.console.print(
+                        f"[red]✗[/] {job.model} seed {job.seed} failed "
+                        f"(exit {rc}): {last}\n  log: {log_path}"
+                    )
                 progress.advance(bar)
         current = read_records(root, stale=False)
 
@@ -360,36 +395,63 @@ def run(cfg: DictConfig) -> None:
                 missing.append((job.model, job.seed))
 
     dataset = next((j.dataset for j in jobs if j.dataset), str(cfg.dataset.name))
-    by_seed = {(r.get("model"), r.get("seed")): r
-               for r in read_records(root, model=models, dataset=dataset, stale=True)
-               if r.get("seed") in seeds}
-    sweeps = [r for r in read_records(root, model=models, dataset=dataset, status=FINISHED,
-                                      stale=False)
-              if "multiruns" in Path(str(r.get("run_dir", ""))).parts]
+    by_seed = {
+        (r.get("model"), r.get("seed")): r
+        for r in read_records(root, model=models, dataset=dataset, stale=True)
+        if r.get("seed") in seeds
+    }
+    sweeps = [
+        r
+        for r in read_records(root, model=models, dataset=dataset, status=FINISHED, stale=False)
+        if "multiruns" in Path(str(r.get("run_dir", ""))).parts
+    ]
     used = [r["run_dir"] for rs in runs.values() for r in rs if r.get("run_dir")]
     logdir = os.path.commonpath(used) if used else str(out_dir / "runs")
     report = ReportInput(
-        lineage=lineage, dataset=dataset, models=models, runs=runs, failures=failures,
-        missing=missing, stale=list(by_seed.values()), sweeps=sweeps,
+        lineage=lineage,
+        dataset=dataset,
+        models=models,
+        runs=runs,
+        failures=failures,
+        missing=missing,
+        stale=list(by_seed.values()),
+        sweeps=sweeps,
         command=_command_line(task_overrides, list(hc.overrides.hydra), bool(cfg.report_only)),
-        tensorboard=logdir, notes=notes, resamples=int(cfg.bootstrap.resamples),
-        bootstrap_seed=int(cfg.bootstrap.seed), level=float(cfg.bootstrap.level))
+        tensorboard=logdir,
+        notes=notes,
+        resamples=int(cfg.bootstrap.resamples),
+        bootstrap_seed=int(cfg.bootstrap.seed),
+        level=float(cfg.bootstrap.level),
+    )
     write_report(report, out_dir)
 
     finished_models = [summarise_model(m, runs[m]) for m in models if runs[m]]
     if finished_models:
-        Console().print(_rich_table(metric_table(finished_models), f"{lineage} on {dataset}"))
-    console.print(f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}  "
-                  f"{out_dir / 'lineage.png'}")
+        Console().print(_console_table(metric_table(finished_models), f"{lineage} on {dataset}"))
+    console.print(
+        f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}  {out_dir / 'lineage.png'}"
+    )
     if failures:
-        console.print(f"[bold red]{len(failures)} run(s) failed:[/] "
-                      + ", ".join(f"{f['model']} seed {f['seed']}" for f in failures))
+        console.print(
+            f"[bold red]{len(failures)} run(s) failed:[/] "
+            + ", ".join(f"{f['model']} seed {f['seed']}" for f in failures)
+        )
     if missing:
-        console.print(f"[yellow]{len(missing)} run(s) not in the store:[/] "
-                      + ", ".join(f"{m} seed {s}" for m, s in missing))
+        console.print(
+            f"[yellow]{len(missing)} run(s) not in the store:[/] "
+            + ", ".join(f"{m} seed {s}" for m, s in missing)
+        )
     if failures or missing:
         sys.exit(1)
 
 
-__all__ = ["Job", "model_list", "normalise_args", "plan", "run", "seed_list", "train_job",
-           "train_overrides"]
+__all__ = [
+    "Job",
+    "model_list",
+    "normalise_args",
+    "plan",
+    "run",
+    "seed_list",
+    "train_job",
+    "train_overrides",
+]

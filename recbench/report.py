@@ -23,16 +23,36 @@ import numpy as np
 
 from recbench.lineage import BY_MODEL
 
-FAMILY_ORDER = ("core", "deeper", "crossing", "combination", "autoencoder",
-                "attention / sequence", "NLP crossover", "RL crossover", "other")
-FAMILY_COLOURS = {"core": "#4c72b0", "deeper": "#8172b3", "crossing": "#dd8452",
-                  "combination": "#55a868", "autoencoder": "#937860",
-                  "attention / sequence": "#c44e52", "NLP crossover": "#da8bc3",
-                  "RL crossover": "#8c8c8c", "other": "#999999"}
+FAMILY_ORDER = (
+    "core",
+    "deeper",
+    "crossing",
+    "combination",
+    "autoencoder",
+    "attention / sequence",
+    "NLP crossover",
+    "RL crossover",
+    "other",
+)
+FAMILY_COLOURS = {
+    "core": "#4c72b0",
+    "deeper": "#8172b3",
+    "crossing": "#dd8452",
+    "combination": "#55a868",
+    "autoencoder": "#937860",
+    "attention / sequence": "#c44e52",
+    "NLP crossover": "#da8bc3",
+    "RL crossover": "#8c8c8c",
+    "other": "#999999",
+}
 GAIN, LOSS, UNCLEAR = "#1a9850", "#d73027", "#9a9a9a"
 LOWER_IS_BETTER = ("logloss", "loss", "rmse", "mae", "mse")
-PERF_KEYS = (("train_samples_per_sec", "train samples/s"), ("step_ms", "step ms"),
-             ("peak_rss_mb", "peak RSS MB"), ("wall_seconds", "wall s"))
+PERF_KEYS = (
+    ("train_samples_per_sec", "train samples/s"),
+    ("step_ms", "step ms"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("wall_seconds", "wall s"),
+)
 
 
 # ---------------------------------------------------------------------------- lineage
@@ -68,7 +88,7 @@ def title_of(model: str) -> str:
         return BY_MODEL[model].title
     base = _variant_base(model)
     if base:
-        return f"{BY_MODEL[base].title} ({model[len(base) + 1:].replace('_', ' ')})"
+        return f"{BY_MODEL[base].title} ({model[len(base) + 1 :].replace('_', ' ')})"
     return model
 
 
@@ -123,8 +143,11 @@ def task_metrics(record: Mapping[str, Any]) -> list[str]:
     cls = _task_class(record.get("task"))
     names = list(getattr(cls, "metrics", ()) or ())
     if not names:
-        names = [k for k, v in (record.get("test") or {}).items()
-                 if isinstance(v, int | float) and k != "rows" and not k.endswith("_coverage")]
+        names = [
+            k
+            for k, v in (record.get("test") or {}).items()
+            if isinstance(v, int | float) and k != "rows" and not k.endswith("_coverage")
+        ]
     primary = record.get("primary_metric")
     if primary in names:
         names.remove(primary)
@@ -190,8 +213,9 @@ class BootstrapMetric:
 
 BOOTSTRAP_METRICS: dict[str, BootstrapMetric] = {
     "auc": BootstrapMetric(_sigmoid, _prep_auc, _auc_weighted),
-    "logloss": BootstrapMetric(_sigmoid, lambda p, y: _prep_loss(_logloss_rows(p, y)),
-                               _mean_weighted),
+    "logloss": BootstrapMetric(
+        _sigmoid, lambda p, y: _prep_loss(_logloss_rows(p, y)), _mean_weighted
+    ),
     "rmse": BootstrapMetric(np.asarray, lambda p, y: _prep_loss((p - y) ** 2), _rmse_weighted),
     "mae": BootstrapMetric(np.asarray, lambda p, y: _prep_loss(np.abs(p - y)), _mean_weighted),
 }
@@ -258,9 +282,11 @@ def paired_bootstrap(
     """Percentile interval of ``metric(child) − metric(parent)`` over resamples of the shared
     rows (the same rows for both in each resample)."""
     boot = bootstrap_metric({"child": child, "parent": parent}, label, metric, resamples, seed)
-    return _interval(boot["child"] - boot["parent"],
-                     full_metric(child, label, metric) - full_metric(parent, label, metric),
-                     level)
+    return _interval(
+        boot["child"] - boot["parent"],
+        full_metric(child, label, metric) - full_metric(parent, label, metric),
+        level,
+    )
 
 
 def _interval(deltas: np.ndarray, point: float, level: float) -> Interval:
@@ -328,13 +354,29 @@ def summarise_model(model: str, records: Sequence[Mapping[str, Any]]) -> ModelSu
     names = task_metrics(first)
     metrics = {k: _mean_std([(r.get("test") or {}).get(k) for r in records]) for k in names}
     perf = {k: _mean_std([(r.get("perf") or {}).get(k) for r in records]) for k, _ in PERF_KEYS}
-    oracle = next(((r.get("oracle") or {}).get("auc") for r in records
-                   if (r.get("oracle") or {}).get("auc") is not None), None)
-    return ModelSummary(model=model, title=title_of(model), family=family_of(model),
-                        parents=parents_of(model), task=first.get("task"), primary=primary,
-                        mode=primary_mode(first), seeds=sorted(int(r["seed"]) for r in records),
-                        metrics=metrics, params=first.get("params"), perf=perf,
-                        oracle_auc=oracle, run_dirs=[str(r.get("run_dir")) for r in records])
+    oracle = next(
+        (
+            (r.get("oracle") or {}).get("auc")
+            for r in records
+            if (r.get("oracle") or {}).get("auc") is not None
+        ),
+        None,
+    )
+    return ModelSummary(
+        model=model,
+        title=title_of(model),
+        family=family_of(model),
+        parents=parents_of(model),
+        task=first.get("task"),
+        primary=primary,
+        mode=primary_mode(first),
+        seeds=sorted(int(r["seed"]) for r in records),
+        metrics=metrics,
+        params=first.get("params"),
+        perf=perf,
+        oracle_auc=oracle,
+        run_dirs=[str(r.get("run_dir")) for r in records],
+    )
 
 
 def _load_predictions(records: Sequence[Mapping[str, Any]]) -> tuple[list, str]:
@@ -348,8 +390,9 @@ def _load_predictions(records: Sequence[Mapping[str, Any]]) -> tuple[list, str]:
     return loaded, ""
 
 
-def _seed_averaged(records: Sequence[Mapping[str, Any]], metric: str
-                   ) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+def _seed_averaged(
+    records: Sequence[Mapping[str, Any]], metric: str
+) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Per-row score averaged over a model's seeds, and the labels; or why not."""
     loaded, why = _load_predictions(records)
     if not loaded:
@@ -374,8 +417,13 @@ class _Group:
     why: dict[str, str]  # model → why it has no predictions
 
 
-def _bootstrap_group(runs: Mapping[str, Sequence[Mapping[str, Any]]], members: Sequence[str],
-                     metric: str, resamples: int, seed: int) -> _Group:
+def _bootstrap_group(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    members: Sequence[str],
+    metric: str,
+    resamples: int,
+    seed: int,
+) -> _Group:
     scores: dict[str, np.ndarray] = {}
     labels: np.ndarray | None = None
     why: dict[str, str] = {}
@@ -419,8 +467,11 @@ def summarise_edges(
         vc = {int(r["seed"]): r["test"].get(metric) for r in rc}
         vp = {int(r["seed"]): r["test"].get(metric) for r in rp}
         e.delta = _mean_std(list(vc.values()))[0] - _mean_std(list(vp.values()))[0]
-        paired = [vc[s] - vp[s] for s in sorted(set(vc) & set(vp))
-                  if vc[s] is not None and vp[s] is not None]
+        paired = [
+            vc[s] - vp[s]
+            for s in sorted(set(vc) & set(vp))
+            if vc[s] is not None and vp[s] is not None
+        ]
         e.spread = _mean_std(paired)[1]
         edges.append(e)
 
@@ -448,8 +499,9 @@ def summarise_edges(
             e.note = g.why.get(e.child) or g.why.get(e.parent) or "predictions missing"
             e.verdict = "no paired test"
             continue
-        e.interval = _interval(g.boot[e.child] - g.boot[e.parent],
-                               g.point[e.child] - g.point[e.parent], level)
+        e.interval = _interval(
+            g.boot[e.child] - g.boot[e.parent], g.point[e.child] - g.point[e.parent], level
+        )
         lo, hi = e.interval.low, e.interval.high
         if lo > 0 or hi < 0:
             e.verdict = "gain" if (lo > 0) == (e.mode == "max") else "loss"
@@ -528,15 +580,19 @@ class Table:
         def esc(s: str) -> str:
             return s.replace("|", "\\|")
 
-        lines = ["| " + " | ".join(esc(h) for h in self.headers) + " |",
-                 "|" + "|".join("---" for _ in self.headers) + "|"]
+        lines = [
+            "| " + " | ".join(esc(h) for h in self.headers) + " |",
+            "|" + "|".join("---" for _ in self.headers) + "|",
+        ]
         lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in self.rows]
         return "\n".join(lines)
 
     def html(self) -> str:
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                       for row in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+            for row in self.rows
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -565,20 +621,43 @@ def metric_table(summaries: Sequence[ModelSummary]) -> Table:
 
 
 def cost_table(summaries: Sequence[ModelSummary]) -> Table:
-    rows = [[s.model, *(_fmt(s.perf[k][0], 2) if k == "step_ms" else _big(s.perf[k])
-                        for k, _ in PERF_KEYS)] for s in summaries]
+    rows = [
+        [
+            s.model,
+            *(_fmt(s.perf[k][0], 2) if k == "step_ms" else _big(s.perf[k]) for k, _ in PERF_KEYS),
+        ]
+        for s in summaries
+    ]
     return Table(["model", *(label for _, label in PERF_KEYS)], rows)
 
 
 def edge_table(edges: Sequence[EdgeSummary], level: float) -> Table:
-    headers = ["child", "parent", "rule", "metric", "Δ mean over seeds", "seed spread",
-               "Δ seed-averaged", f"{level:.0%} paired bootstrap", "verdict"]
+    headers = [
+        "child",
+        "parent",
+        "rule",
+        "metric",
+        "Δ mean over seeds",
+        "seed spread",
+        "Δ seed-averaged",
+        f"{level:.0%} paired bootstrap",
+        "verdict",
+    ]
     rows = []
     for e in edges:
-        rows.append([e.child, e.parent, e.rule, e.metric, _fmt_signed(e.delta),
-                     f"± {_fmt(e.spread)}" if e.spread is not None else "—",
-                     _fmt_signed(e.interval.delta) if e.interval else "—",
-                     _interval_text(e), e.verdict + (f" ({e.note})" if e.note else "")])
+        rows.append(
+            [
+                e.child,
+                e.parent,
+                e.rule,
+                e.metric,
+                _fmt_signed(e.delta),
+                f"± {_fmt(e.spread)}" if e.spread is not None else "—",
+                _fmt_signed(e.interval.delta) if e.interval else "—",
+                _interval_text(e),
+                e.verdict + (f" ({e.note})" if e.note else ""),
+            ]
+        )
     return Table(headers, rows)
 
 
@@ -595,11 +674,20 @@ def sweep_table(records: Sequence[Mapping[str, Any]]) -> Table:
         if not scored:
             continue
         best = max(scored, key=lambda r: sign * float(r["val"][primary]))
-        rows.append([model, str(len(recs)), primary, _fmt(best["val"][primary]),
-                     _fmt((best.get("test") or {}).get(primary)), _overrides(best),
-                     str(best.get("run_dir"))])
-    return Table(["model", "trials", "metric", "best val", "its test", "overrides", "run dir"],
-                 rows)
+        rows.append(
+            [
+                model,
+                str(len(recs)),
+                primary,
+                _fmt(best["val"][primary]),
+                _fmt((best.get("test") or {}).get(primary)),
+                _overrides(best),
+                str(best.get("run_dir")),
+            ]
+        )
+    return Table(
+        ["model", "trials", "metric", "best val", "its test", "overrides", "run dir"], rows
+    )
 
 
 def _overrides(record: Mapping[str, Any]) -> str:
@@ -636,8 +724,9 @@ def _depths(models: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str
 Point = tuple[float, float]
 
 
-def layout(models: Sequence[str], edges: Sequence[tuple[str, str]]
-           ) -> tuple[dict[str, Point], dict[tuple[str, str], list[Point]]]:
+def layout(
+    models: Sequence[str], edges: Sequence[tuple[str, str]]
+) -> tuple[dict[str, Point], dict[tuple[str, str], list[Point]]]:
     """Grid positions (generation, row) of every model, and the waypoints of every edge that
     skips generations.
 
@@ -678,8 +767,12 @@ def layout(models: Sequence[str], edges: Sequence[tuple[str, str]]
 
     def crossings(row: dict[Any, float]) -> int:
         pairs = [(row[a], row[b]) for b, As in feeds.items() for a in As]
-        return sum(1 for i, (a1, b1) in enumerate(pairs) for a2, b2 in pairs[i + 1:]
-                   if (a1 - a2) * (b1 - b2) < 0)
+        return sum(
+            1
+            for i, (a1, b1) in enumerate(pairs)
+            for a2, b2 in pairs[i + 1 :]
+            if (a1 - a2) * (b1 - b2) < 0
+        )
 
     # a few down and up sweeps of barycentre ordering; keep the order with fewest crossings
     row: dict[Any, float] = {}
@@ -694,8 +787,10 @@ def layout(models: Sequence[str], edges: Sequence[tuple[str, str]]
         best = min(best, (crossings(row), dict(row)), key=lambda b: b[0])
     row = best[1]
     pos = {m: (float(depth[m]), row[m]) for m in models}
-    routes = {(p, c): [(float(g), row[(p, c, g)]) for g in range(depth[p] + 1, depth[c])]
-              for p, c in edges}
+    routes = {
+        (p, c): [(float(g), row[(p, c, g)]) for g in range(depth[p] + 1, depth[c])]
+        for p, c in edges
+    }
     return pos, routes
 
 
@@ -703,19 +798,22 @@ LABEL_W, LABEL_H = 1.35, 0.4  # an edge label's extent in data units (6.5 pt, tw
 NODE_W, NODE_H = 2.2, 0.8  # node box size in data units
 
 
-def _label_spot(verts: Sequence[Point], placed: Sequence[Point], boxes: Sequence[Point]
-                ) -> Point:
+def _label_spot(verts: Sequence[Point], placed: Sequence[Point], boxes: Sequence[Point]) -> Point:
     """Where an edge's label goes: on the last segment, nearer the child (edges leaving one
     parent fan apart there), at the first spot that overlaps no placed label and no node box;
     the least crowded spot when none is free."""
     (ax0, ay0), (ax1, ay1) = verts[-2], verts[-1]
-    spots = [((1 - t) * ax0 + t * ax1, (1 - t) * ay0 + t * ay1)
-             for t in (0.62, 0.48, 0.76, 0.34, 0.88, 0.2)]
+    spots = [
+        ((1 - t) * ax0 + t * ax1, (1 - t) * ay0 + t * ay1)
+        for t in (0.62, 0.48, 0.76, 0.34, 0.88, 0.2)
+    ]
 
     def clashes(x: float, y: float) -> int:
         n = sum(abs(x - px) < LABEL_W and abs(y - py) < LABEL_H for px, py in placed)
-        n += sum(abs(x - bx) < (LABEL_W + NODE_W) / 2 and abs(y - by) < (LABEL_H + NODE_H) / 2
-                 for bx, by in boxes)
+        n += sum(
+            abs(x - bx) < (LABEL_W + NODE_W) / 2 and abs(y - by) < (LABEL_H + NODE_H) / 2
+            for bx, by in boxes
+        )
         return n
 
     return min(spots, key=lambda p: clashes(*p))  # min keeps the first of equal spots
@@ -748,8 +846,14 @@ def draw_lineage(
     plot_h = scale * (y_hi - y_lo)
     height = plot_h + top + bottom
     fig = Figure(figsize=(width, height))
-    ax = fig.add_axes((0.5 - scale * (x_hi - x_lo) / width / 2, bottom / height,
-                       scale * (x_hi - x_lo) / width, plot_h / height))
+    ax = fig.add_axes(
+        (
+            0.5 - scale * (x_hi - x_lo) / width / 2,
+            bottom / height,
+            scale * (x_hi - x_lo) / width,
+            plot_h / height,
+        )
+    )
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
     ax.set_axis_off()
@@ -765,8 +869,15 @@ def draw_lineage(
             verts += [(gx * dx - w / 2, gy * dy), (gx * dx + w / 2, gy * dy)]
         verts.append((x1 - w / 2, y1))
         style = "-" if e.interval is not None or e.delta is None else (0, (4, 2))
-        arrow = FancyArrowPatch(path=MplPath(verts), arrowstyle="-|>", mutation_scale=11,
-                                color=e.colour, lw=1.6, linestyle=style, zorder=1)
+        arrow = FancyArrowPatch(
+            path=MplPath(verts),
+            arrowstyle="-|>",
+            mutation_scale=11,
+            color=e.colour,
+            lw=1.6,
+            linestyle=style,
+            zorder=1,
+        )
         ax.add_patch(arrow)
         if e.delta is None:
             continue
@@ -775,33 +886,75 @@ def draw_lineage(
             label += "\n" + _interval_text(e)
         lx, ly = _label_spot(verts, placed, boxes)
         placed.append((lx, ly))
-        ax.text(lx, ly, label, ha="center", va="center", fontsize=6.5, color=e.colour, zorder=3,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})
+        ax.text(
+            lx,
+            ly,
+            label,
+            ha="center",
+            va="center",
+            fontsize=6.5,
+            color=e.colour,
+            zorder=3,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9},
+        )
 
     for m, (x, y) in xy.items():
         fam = family_of(m)
         colour = FAMILY_COLOURS.get(fam, FAMILY_COLOURS["other"])
         s = summaries.get(m)
-        box = FancyBboxPatch((x - w / 2, y - h / 2), w, h,
-                             boxstyle="round,pad=0.02,rounding_size=0.12",
-                             fc="white" if s else "#f2f2f2", ec=colour, lw=2.0, zorder=2)
+        box = FancyBboxPatch(
+            (x - w / 2, y - h / 2),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.12",
+            fc="white" if s else "#f2f2f2",
+            ec=colour,
+            lw=2.0,
+            zorder=2,
+        )
         ax.add_patch(box)
-        ax.text(x, y + 0.14, title_of(m), ha="center", va="center", fontsize=8.5,
-                fontweight="bold", zorder=4)
+        ax.text(
+            x,
+            y + 0.14,
+            title_of(m),
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            fontweight="bold",
+            zorder=4,
+        )
         if s is not None:
             line = f"{s.primary} {_pm(s.metrics.get(s.primary))}"
         else:
             line = "no finished run"
-        ax.text(x, y - 0.17, line, ha="center", va="center", fontsize=7, zorder=4,
-                color="black" if s else "#888888")
+        ax.text(
+            x,
+            y - 0.17,
+            line,
+            ha="center",
+            va="center",
+            fontsize=7,
+            zorder=4,
+            color="black" if s else "#888888",
+        )
 
     fams = [f for f in FAMILY_ORDER if any(family_of(m) == f for m in models)]
     handles = [Patch(fc="white", ec=FAMILY_COLOURS[f], lw=2, label=f) for f in fams]
-    handles += [Line2D([], [], color=GAIN, lw=2, label="gain"),
-                Line2D([], [], color=LOSS, lw=2, label="loss"),
-                Line2D([], [], color=UNCLEAR, lw=2, label="interval includes 0")]
-    fig.legend(handles=handles, loc="lower left", fontsize=7, ncol=len(handles), frameon=False,
-               bbox_to_anchor=(0.0, 0.0), handlelength=1.6, columnspacing=1.0)
+    handles += [
+        Line2D([], [], color=GAIN, lw=2, label="gain"),
+        Line2D([], [], color=LOSS, lw=2, label="loss"),
+        Line2D([], [], color=UNCLEAR, lw=2, label="interval includes 0"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="lower left",
+        fontsize=7,
+        ncol=len(handles),
+        frameon=False,
+        bbox_to_anchor=(0.0, 0.0),
+        handlelength=1.6,
+        columnspacing=1.0,
+    )
     fig.savefig(png, dpi=150)
     fig.savefig(svg)
 
@@ -821,6 +974,32 @@ img{max-width:100%;border:1px solid #eee}.note{color:#666;font-size:.85rem}
 """
 
 
+DELTAS_TEXT = (
+    "Child − parent in the primary test metric ({primary}): the mean over seeds, the standard "
+    "deviation of the per-seed deltas (seeds paired by value), and the delta of the seed-averaged "
+    "predictions with a percentile interval from a paired bootstrap over the shared test rows "
+    "({n} resamples, seed {seed}; both models see the same resampled rows)."
+)
+SWEEPS_TEXT = (
+    "Over the store's multirun (-m) records of these models on this dataset, the trial with the "
+    "best validation primary metric."
+)
+
+
+def stale_table(records: Sequence[Mapping[str, Any]]) -> Table:
+    rows = [
+        [
+            str(r.get("model")),
+            str(r.get("seed")),
+            str((r.get("versions") or {}).get("recbench")),
+            str(r.get("finished_at")),
+            str(r.get("run_dir")),
+        ]
+        for r in records
+    ]
+    return Table(["model", "seed", "recbench", "finished", "run dir"], rows)
+
+
 @dataclass
 class _Section:
     title: str
@@ -830,57 +1009,84 @@ class _Section:
     image: bool = False
 
 
-def _sections(inp: ReportInput, summaries: list[ModelSummary], edges: list[EdgeSummary]
-              ) -> list[_Section]:
+def _sections(
+    inp: ReportInput, summaries: list[ModelSummary], edges: list[EdgeSummary]
+) -> list[_Section]:
     seeds = sorted({s for m in summaries for s in m.seeds})
     primary = summaries[0].primary if summaries else "auc"
     out: list[_Section] = []
     oracle = next((s.oracle_auc for s in summaries if s.oracle_auc is not None), None)
-    intro = [f"{len(summaries)} of {len(inp.models)} models finished on {inp.dataset}; "
-             f"test metrics, mean ± std over seeds {seeds}."]
+    intro = [
+        f"{len(summaries)} of {len(inp.models)} models finished on {inp.dataset}; "
+        f"test metrics, mean ± std over seeds {seeds}."
+    ]
     if oracle is not None:
-        intro.append(f"Oracle test AUC (the planted click probabilities): {oracle:.4f}. "
-                     "Share of oracle lift = (AUC − 0.5) / (oracle AUC − 0.5).")
+        intro.append(
+            f"Oracle test AUC (the planted click probabilities): {oracle:.4f}. "
+            "Share of oracle lift = (AUC − 0.5) / (oracle AUC − 0.5)."
+        )
     out.append(_Section("Test metrics", intro, metric_table(summaries)))
-    out.append(_Section(
-        "Lineage deltas",
-        [f"Child − parent in the primary test metric ({primary}): the mean over seeds, the "
-         "standard deviation of the per-seed deltas (seeds paired by value), and the delta of the "
-         "seed-averaged predictions with a percentile interval from a paired bootstrap over the "
-         f"shared test rows ({inp.resamples} resamples, seed {inp.bootstrap_seed}; both models "
-         "see the same resampled rows)."],
-        edge_table(edges, inp.level)))
+    out.append(
+        _Section(
+            "Lineage deltas",
+            [DELTAS_TEXT.format(primary=primary, n=inp.resamples, seed=inp.bootstrap_seed)],
+            edge_table(edges, inp.level),
+        )
+    )
     out.append(_Section("Evolution graph", image=True))
-    out.append(_Section("Cost", ["Mean ± std over seeds; wall time includes data loading."],
-                        cost_table(summaries)))
+    out.append(
+        _Section(
+            "Cost",
+            ["Mean ± std over seeds; wall time includes data loading."],
+            cost_table(summaries),
+        )
+    )
     if inp.failures:
         sec = _Section("Failures", [f"{len(inp.failures)} run(s) failed:"])
-        sec.table = Table(["model", "seed", "error (last line)"],
-                          [[str(f.get("model")), str(f.get("seed")),
-                            _last_line(str(f.get("error") or ""))] for f in inp.failures])
-        sec.code = [f"{f.get('model')} seed {f.get('seed')}:\n{f.get('error')}"
-                    for f in inp.failures]
+        sec.table = Table(
+            ["model", "seed", "error (last line)"],
+            [
+                [str(f.get("model")), str(f.get("seed")), _last_line(str(f.get("error") or ""))]
+                for f in inp.failures
+            ],
+        )
+        sec.code = [
+            f"{f.get('model')} seed {f.get('seed')}:\n{f.get('error')}" for f in inp.failures
+        ]
         out.append(sec)
     if inp.missing:
-        out.append(_Section("Missing", [
-            "No finished record in the results store for: "
-            + ", ".join(f"{m} seed {s}" for m, s in inp.missing)
-            + ". Run the compare without report_only to train them."]))
+        out.append(
+            _Section(
+                "Missing",
+                [
+                    "No finished record in the results store for: "
+                    + ", ".join(f"{m} seed {s}" for m, s in inp.missing)
+                    + ". Run the compare without report_only to train them."
+                ],
+            )
+        )
     if inp.stale:
-        out.append(_Section("Stale records (not used)", [
-            "Written by another recbench version, so their numbers may come from other code:"],
-            Table(["model", "seed", "recbench", "finished", "run dir"],
-                  [[str(r.get("model")), str(r.get("seed")),
-                    str((r.get("versions") or {}).get("recbench")),
-                    str(r.get("finished_at")), str(r.get("run_dir"))] for r in inp.stale])))
+        out.append(
+            _Section(
+                "Stale records (not used)",
+                ["Written by another recbench version, so their numbers may come from other code:"],
+                stale_table(inp.stale),
+            )
+        )
     if inp.sweeps:
-        out.append(_Section("Best sweep trial per model", [
-            "Over the store's multirun (-m) records of these models on this dataset, the trial "
-            "with the best validation primary metric."], sweep_table(inp.sweeps)))
+        out.append(
+            _Section(
+                "Best sweep trial per model",
+                [SWEEPS_TEXT],
+                sweep_table(inp.sweeps),
+            )
+        )
     notes = list(inp.notes)
     if inp.tensorboard:
-        notes.append(f"TensorBoard (curves and the HParams tab of every run): "
-                     f"tensorboard --logdir {inp.tensorboard}")
+        notes.append(
+            f"TensorBoard (curves and the HParams tab of every run): "
+            f"tensorboard --logdir {inp.tensorboard}"
+        )
     reproduce = _Section("Reproduce", notes)
     if inp.command:
         reproduce.code = [inp.command]
@@ -902,8 +1108,12 @@ def _markdown(title: str, meta: str, sections: list[_Section]) -> str:
         if s.table is not None:
             parts += [s.table.markdown(), ""]
         if s.image:
-            parts += ["![lineage](lineage.png)", "", "Vector version: [lineage.svg](lineage.svg)",
-                      ""]
+            parts += [
+                "![lineage](lineage.png)",
+                "",
+                "Vector version: [lineage.svg](lineage.svg)",
+                "",
+            ]
         for c in s.code:
             parts += ["```", c, "```", ""]
     return "\n".join(parts)
@@ -920,9 +1130,12 @@ def _html(title: str, meta: str, sections: list[_Section], png: bytes) -> str:
             data = base64.b64encode(png).decode()
             body.append(f"<img alt='lineage graph' src='data:image/png;base64,{data}'>")
         body += [f"<pre>{html.escape(c)}</pre>" for c in s.code]
-    return ("<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
 
 
 def write_report(inp: ReportInput, out_dir: str | Path) -> dict[str, Any]:
@@ -936,34 +1149,70 @@ def write_report(inp: ReportInput, out_dir: str | Path) -> dict[str, Any]:
     title = f"recbench compare: lineage {inp.lineage} on {inp.dataset}"
     from recbench.results import code_version
 
-    meta = (f"recbench {code_version()}, "
-            f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
-            f"models: {', '.join(inp.models)}")
+    meta = (
+        f"recbench {code_version()}, "
+        f"{dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
+        f"models: {', '.join(inp.models)}"
+    )
     primary = summaries[0].primary if summaries else "auc"
-    draw_lineage(by_model, edges, inp.models,
-                 f"{inp.lineage} on {inp.dataset}: test {primary}, mean ± std over seeds\n"
-                 f"edges: Δ child − parent (mean over seeds) "
-                 f"[{inp.level:.0%} paired bootstrap interval]",
-                 out / "lineage.png", out / "lineage.svg")
+    draw_lineage(
+        by_model,
+        edges,
+        inp.models,
+        f"{inp.lineage} on {inp.dataset}: test {primary}, mean ± std over seeds\n"
+        f"edges: Δ child − parent (mean over seeds) "
+        f"[{inp.level:.0%} paired bootstrap interval]",
+        out / "lineage.png",
+        out / "lineage.svg",
+    )
     sections = _sections(inp, summaries, edges)
     (out / "report.md").write_text(_markdown(title, meta, sections))
-    (out / "report.html").write_text(_html(title, meta, sections,
-                                           (out / "lineage.png").read_bytes()))
+    (out / "report.html").write_text(
+        _html(title, meta, sections, (out / "lineage.png").read_bytes())
+    )
     summary = {
         "lineage": inp.lineage,
         "dataset": inp.dataset,
-        "models": {s.model: {"seeds": s.seeds, "primary": s.primary, "mode": s.mode,
-                             "test": {k: list(v) for k, v in s.metrics.items()},
-                             "params": s.params, "oracle_auc": s.oracle_auc,
-                             "perf": {k: list(v) for k, v in s.perf.items()}}
-                   for s in summaries},
-        "edges": [{"parent": e.parent, "child": e.child, "metric": e.metric, "delta": e.delta,
-                   "spread": e.spread, "verdict": e.verdict, "note": e.note,
-                   "interval": None if e.interval is None else
-                   {"delta": e.interval.delta, "low": e.interval.low, "high": e.interval.high,
-                    "resamples": e.interval.resamples}} for e in edges],
-        "failures": [{"model": f.get("model"), "seed": f.get("seed"),
-                      "error": _last_line(str(f.get("error") or ""))} for f in inp.failures],
+        "models": {
+            s.model: {
+                "seeds": s.seeds,
+                "primary": s.primary,
+                "mode": s.mode,
+                "test": {k: list(v) for k, v in s.metrics.items()},
+                "params": s.params,
+                "oracle_auc": s.oracle_auc,
+                "perf": {k: list(v) for k, v in s.perf.items()},
+            }
+            for s in summaries
+        },
+        "edges": [
+            {
+                "parent": e.parent,
+                "child": e.child,
+                "metric": e.metric,
+                "delta": e.delta,
+                "spread": e.spread,
+                "verdict": e.verdict,
+                "note": e.note,
+                "interval": None
+                if e.interval is None
+                else {
+                    "delta": e.interval.delta,
+                    "low": e.interval.low,
+                    "high": e.interval.high,
+                    "resamples": e.interval.resamples,
+                },
+            }
+            for e in edges
+        ],
+        "failures": [
+            {
+                "model": f.get("model"),
+                "seed": f.get("seed"),
+                "error": _last_line(str(f.get("error") or "")),
+            }
+            for f in inp.failures
+        ],
         "missing": [list(m) for m in inp.missing],
         "command": inp.command,
     }
@@ -971,7 +1220,22 @@ def write_report(inp: ReportInput, out_dir: str | Path) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["BOOTSTRAP_METRICS", "EdgeSummary", "Interval", "ModelSummary", "ReportInput",
-           "bootstrap_metric", "draw_lineage", "full_metric", "layout", "lineage_edges",
-           "paired_bootstrap", "parents_of", "primary_mode", "resample_counts",
-           "summarise_edges", "summarise_model", "write_report"]
+__all__ = [
+    "BOOTSTRAP_METRICS",
+    "EdgeSummary",
+    "Interval",
+    "ModelSummary",
+    "ReportInput",
+    "bootstrap_metric",
+    "draw_lineage",
+    "full_metric",
+    "layout",
+    "lineage_edges",
+    "paired_bootstrap",
+    "parents_of",
+    "primary_mode",
+    "resample_counts",
+    "summarise_edges",
+    "summarise_model",
+    "write_report",
+]

@@ -126,10 +126,22 @@ def run_key(cfg, data_key: str) -> str:
     trainer = c.get("trainer") or {}
     for k in _VOLATILE_TRAINER:
         trainer.pop(k, None)
-    material = json.dumps({"cfg": c, "data": data_key, "code": code_version()}, sort_keys=True,
-                          default=str)
+    material = json.dumps(
+        {"cfg": c, "data": data_key, "code": code_version()}, sort_keys=True, default=str
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:20]
 
 
-__all__ = ["FAILED", "FINISHED", "STORE_NAME", "append_record", "code_version", "is_stale",
-           "latest", "read_records", "record_version", "run_key", "store_path"]
+__all__ = [
+    "FAILED",
+    "FINISHED",
+    "STORE_NAME",
+    "append_record",
+    "code_version",
+    "is_stale",
+    "latest",
+    "read_records",
+    "record_version",
+    "run_key",
+    "store_path",
+]

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from recbench.data.splits import SPLIT_NAMES, assign_split
 from recbench.errors import ConfigError
 from recbench.metrics import auc
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 HISTORY = "hist_item_id"
 HISTORY_NEG = "hist_item_id_neg"
 
@@ -38,6 +38,12 @@ class PreparedData:
     splits: dict[str, dict[str, torch.Tensor]]  # "train" | "val" | "test" → batch-layout tensors
     info: dict[str, Any]
     key: str
+    vocab: dict[str, list] = field(default_factory=dict)  # field → raw value of code 2, 3, ...
+
+    def decode(self, field_name: str, codes: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw values of ``codes`` (None for padding and OOV)."""
+        values = np.array([None, None, *self.vocab[field_name]], dtype=object)
+        return values[np.asarray(codes)]
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -51,6 +57,7 @@ class PreparedData:
                 "splits": self.splits,
                 "info": self.info,
                 "key": self.key,
+                "vocab": self.vocab,
             },
             tmp,
         )
@@ -66,14 +73,14 @@ class PreparedData:
             blob["item"],
             blob["item_attributes"],
         )
-        return cls(schema, blob["splits"], blob["info"], blob["key"])
+        return cls(schema, blob["splits"], blob["info"], blob["key"], blob.get("vocab", {}))
 
 
 # ---------------------------------------------------------------------------- caching
 
 
 def _pipeline_cfg(cfg: DictConfig) -> dict:
-    keep = ("split", "features", "negatives")
+    keep = ("split", "features", "sampler")
     return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keep if k in cfg}
 
 
@@ -121,7 +128,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     ev = assign_split(ev, cfg.split)
     hist_cfg = feats.get("history") or {}
     max_len = int(hist_cfg.get("max_len") or 0)
-    neg_cfg = cfg.get("negatives") or {}
+    neg_cfg = cfg.get("sampler") or {}
     seed = int(neg_cfg.get("seed", 0))
 
     # raw item index space shared by histories and the negative sampler
@@ -221,7 +228,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     info["fields"] = {f.name: {"kind": f.kind, "vocab_size": f.vocab_size, "max_len": f.max_len}
                       for f in fields}
     info["users"], info["items"] = int(user_idx.max() + 1), len(items)
-    return PreparedData(schema, tensors, info, key)
+    return PreparedData(schema, tensors, info, key, {c: v.to_list() for c, v in vocabs.items()})
 
 
 def history_positions(users: np.ndarray, ts: np.ndarray, max_len: int) -> np.ndarray:

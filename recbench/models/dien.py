@@ -81,10 +81,11 @@ class DIEN(nn.Module):
                 f"DIEN's auxiliary loss needs {self.negative_history!r} in the batch; "
                 "add it to the dataset's sequence fields or set model.aux_alpha=0"
             )
-        neg_ids = batch[self.negative_history][:, : mask.shape[1]]  # (B, L)
-        used = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], 1)  # steps t+1 < len
+        neg_ids = batch[self.negative_history][:, : mask.shape[1]]  # (B, L); 0: none sampled
+        # only the negatives the loss reads: steps t+1 < len that have one
+        used = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], 1) & (neg_ids > 0)
         negative = history.new_zeros(history.shape).index_put(
             (used,), self.inputs.embedding.items(neg_ids[used])
         )  # (B, L, Di)
-        aux = next_item_loss(self.aux_scorer, states, history, negative, mask)
+        aux = next_item_loss(self.aux_scorer, states, history, negative, mask, neg_ids > 0)
         return {"logits": logits, "aux_loss": self.aux_alpha * aux}

@@ -17,7 +17,7 @@ def cfg(kind="random", seed=2024, max_len=5, min_count=1, **extra):
         "name": "toy",
         "split": {"kind": kind, "ratios": [0.6, 0.2, 0.2], "seed": seed},
         "features": {"min_count": min_count, "history": {"max_len": max_len, "min_len": 0}},
-        "negatives": {"seed": 3},
+        "sampler": {"seed": 3},
         **extra,
     })
 
@@ -127,7 +127,7 @@ def test_leave_one_out_with_sampled_negatives():
     frame = toy_events().with_columns(pl.lit(1).alias("label"))
     frame = frame.unique(["user_id", "item_id"], keep="first")
     c = cfg(kind="leave_one_out", max_len=5)
-    c.negatives = {"seed": 11, "per_positive": 1}
+    c.sampler = {"seed": 11, "per_positive": 1}
     data = build(raw(frame, implicit=True), c)
     test = data.splits["test"]
     assert test["label"].sum() * 2 == len(test["label"])  # one negative per positive
@@ -183,3 +183,76 @@ def test_negative_sampler_never_returns_an_item_of_the_user():
     # a user who interacted with every item gets no negative (-1), not an item of theirs
     full = pipeline.NegativeSampler(np.zeros(5, dtype=np.int64), np.arange(5), 5)
     assert (full.sample(np.arange(5), np.random.default_rng(0)) == -1).all()
+
+
+def _write_s3rec(root, sequences, attributes):
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [" ".join(str(x) for x in [u, *items]) for u, items in sequences.items()]
+    (root / "Beauty.txt").write_text("\n".join(lines) + "\n")
+    import json
+
+    (root / "Beauty_item2attributes.json").write_text(json.dumps(
+        {str(k): v for k, v in attributes.items()}))
+
+
+def test_amazon_protocol_histories_hold_only_earlier_positions(tmp_path):
+    """Position-based: a sample at position k has exactly items[:k] (last max_len) as history,
+    never its own target or anything after it; last position = test, the one before = val."""
+    from recbench.data.adapters.amazon import AmazonS3Rec
+
+    rng = np.random.default_rng(0)
+    sequences = {u: rng.choice(np.arange(1, 80), size=int(rng.integers(4, 12)),
+                               replace=False).tolist() for u in range(1, 60)}
+    _write_s3rec(tmp_path, sequences, {i: [i % 7 + 1] for i in range(1, 80)})
+    adapter = AmazonS3Rec(name="Beauty", root=str(tmp_path))
+    c = cfg(kind="leave_one_out", max_len=5, min_count=1)
+    c.features.history.min_len = 1
+    c.sampler = {"seed": 1, "per_positive": 1}
+    data = build(adapter.load(), c)
+    checked = 0
+    for split in ("train", "val", "test"):
+        t = data.splits[split]
+        users = data.decode("user_id", t["sparse"][:, 0])
+        items = data.decode("item_id", t["sparse"][:, 1])
+        for row in np.nonzero(t["label"].numpy() == 1)[0]:
+            seq = sequences[users[row]]
+            k = seq.index(items[row])
+            assert k >= 1
+            want = seq[:k][-5:]
+            hist = data.decode("item_id", t[HISTORY][row][: len(want)])
+            assert hist.tolist() == want
+            assert (t[HISTORY][row][len(want):] == 0).all()
+            assert items[row] not in hist.tolist()
+            if split == "test":
+                assert k == len(seq) - 1
+            if split == "val":
+                assert k == len(seq) - 2
+            checked += 1
+        negs = np.nonzero(t["label"].numpy() == 0)[0]
+        for row in negs:
+            assert items[row] not in sequences[users[row]]  # never an item of the same user
+        neg_hist = data.decode("item_id", t[HISTORY_NEG][t[HISTORY_NEG] > 1])
+        assert len(neg_hist) > 0
+    assert checked == sum(len(s) - 1 for s in sequences.values())
+
+
+def test_evaluation_sets_are_byte_identical_across_builds_and_models(tmp_path):
+    """Evaluation negatives are drawn once from the sampler's seed: rebuilding gives the same
+    bytes, and the training seed or the model never enters the data's cache key."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+
+    frame = toy_events().with_columns(pl.lit(1).alias("label")).unique(["user_id", "item_id"])
+    c = cfg(kind="leave_one_out", max_len=5)
+    c.sampler = {"seed": 5, "per_positive": 1}
+    a = build(raw(frame, implicit=True), c)
+    b = build(raw(frame, implicit=True), c)
+    for split in ("val", "test"):
+        for k in a.splits[split]:
+            assert a.splits[split][k].numpy().tobytes() == b.splits[split][k].numpy().tobytes()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        din = compose("train", overrides=["model=din", "seed=1", "paths.run_dir=x"])
+        mlp = compose("train", overrides=["model=mlp_pooled", "seed=2", "paths.run_dir=x"])
+    adapter = pipeline.instantiate(din.dataset.adapter)
+    assert pipeline.cache_key(din.dataset, adapter) == pipeline.cache_key(mlp.dataset, adapter)

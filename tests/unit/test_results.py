@@ -182,12 +182,20 @@ def test_bootstrap_of_20k_rows_is_fast() -> None:
 # ---------------------------------------------------------------------------- report
 
 
-STRENGTH = {"lr": 0.3, "fm": 0.6, "mlp": 0.9, "wide_deep": 0.9, "deepfm": 1.2, "din": 1.0,
-            "din_dice": 1.0}
+STRENGTH = {
+    "lr": 0.3,
+    "fm": 0.6,
+    "mlp": 0.9,
+    "wide_deep": 0.9,
+    "deepfm": 1.2,
+    "din": 1.0,
+    "din_dice": 1.0,
+}
 
 
-def _fake_runs(root: Path, models: list[str], seeds: list[int], n: int = 3000,
-               data_key: str = "data-1") -> dict[str, list[dict]]:
+def _fake_runs(
+    root: Path, models: list[str], seeds: list[int], n: int = 3000, data_key: str = "data-1"
+) -> dict[str, list[dict]]:
     """Finished records with predictions whose signal grows with ``STRENGTH``."""
     y = (np.random.default_rng(0).random(n) < 0.3).astype(np.float32)
     runs: dict[str, list[dict]] = {}
@@ -199,18 +207,34 @@ def _fake_runs(root: Path, models: list[str], seeds: list[int], n: int = 3000,
             logits = STRENGTH[m] * (2 * y - 1) + model_noise + 0.3 * seed_noise
             run_dir = root / m / f"seed_{s}"
             run_dir.mkdir(parents=True)
-            np.savez(run_dir / "predictions.npz", logits=logits.astype(np.float32), label=y,
-                     group=np.arange(n))
+            np.savez(
+                run_dir / "predictions.npz",
+                logits=logits.astype(np.float32),
+                label=y,
+                group=np.arange(n),
+            )
             auc = _rank_auc(logits, y)
-            runs.setdefault(m, []).append({
-                "status": FINISHED, "model": m, "dataset": "synthetic", "task": "ctr",
-                "primary_metric": "auc", "seed": s,
-                "test": {"auc": auc, "gauc": auc - 0.02, "logloss": 0.6 - auc / 10},
-                "params": 1000 * len(m), "perf": {"train_samples_per_sec": 5000.0 + s,
-                                                  "peak_rss_mb": 500.0, "wall_seconds": 3.0},
-                "data": {"key": data_key}, "run_dir": str(run_dir),
-                "versions": {"recbench": code_version()}, "oracle": {"auc": 0.85},
-            })
+            runs.setdefault(m, []).append(
+                {
+                    "status": FINISHED,
+                    "model": m,
+                    "dataset": "synthetic",
+                    "task": "ctr",
+                    "primary_metric": "auc",
+                    "seed": s,
+                    "test": {"auc": auc, "gauc": auc - 0.02, "logloss": 0.6 - auc / 10},
+                    "params": 1000 * len(m),
+                    "perf": {
+                        "train_samples_per_sec": 5000.0 + s,
+                        "peak_rss_mb": 500.0,
+                        "wall_seconds": 3.0,
+                    },
+                    "data": {"key": data_key},
+                    "run_dir": str(run_dir),
+                    "versions": {"recbench": code_version()},
+                    "oracle": {"auc": 0.85},
+                }
+            )
     return runs
 
 
@@ -223,11 +247,21 @@ def _table_rows(md: str, heading: str) -> list[list[str]]:
 def test_report_files_rows_and_deltas(tmp_path: Path) -> None:
     models = ["lr", "fm", "mlp", "wide_deep", "deepfm"]
     runs = _fake_runs(tmp_path / "runs", models, [1, 2])
-    failure = {"model": "broken", "seed": 1, "status": FAILED,
-               "error": "Traceback ...\nImportError: no module named recbench.models.broken"}
-    inp = ReportInput(lineage="ctr", dataset="synthetic", models=[*models, "broken"], runs=runs,
-                      failures=[failure], command="recbench compare lineage=ctr seeds=2",
-                      resamples=200)
+    failure = {
+        "model": "broken",
+        "seed": 1,
+        "status": FAILED,
+        "error": "Traceback ...\nImportError: no module named recbench.models.broken",
+    }
+    inp = ReportInput(
+        lineage="ctr",
+        dataset="synthetic",
+        models=[*models, "broken"],
+        runs=runs,
+        failures=[failure],
+        command="recbench compare lineage=ctr seeds=2",
+        resamples=200,
+    )
     summary = write_report(inp, tmp_path / "out")
     out = tmp_path / "out"
     for name in ("report.md", "report.html", "report.json", "lineage.png", "lineage.svg"):
@@ -241,8 +275,14 @@ def test_report_files_rows_and_deltas(tmp_path: Path) -> None:
 
     # every lineage edge among the models, each parent of a multi-parent node included
     edge_rows = {(r[0], r[1]): r for r in _table_rows(md, "Lineage deltas")}
-    assert set(edge_rows) == {("fm", "lr"), ("mlp", "lr"), ("wide_deep", "lr"),
-                              ("wide_deep", "mlp"), ("deepfm", "wide_deep"), ("deepfm", "fm")}
+    assert set(edge_rows) == {
+        ("fm", "lr"),
+        ("mlp", "lr"),
+        ("wide_deep", "lr"),
+        ("wide_deep", "mlp"),
+        ("deepfm", "wide_deep"),
+        ("deepfm", "fm"),
+    }
     fm_delta = np.mean([r["test"]["auc"] for r in runs["fm"]]) - lr_auc
     assert edge_rows[("fm", "lr")][4] == f"{fm_delta:+.4f}"
     assert edge_rows[("fm", "lr")][8] == "gain"  # strength 0.6 vs 0.3 on 3000 rows
@@ -262,8 +302,9 @@ def test_report_files_rows_and_deltas(tmp_path: Path) -> None:
 def test_report_skips_the_interval_when_rows_are_not_shared(tmp_path: Path) -> None:
     runs = _fake_runs(tmp_path / "a", ["lr"], [1])
     runs.update(_fake_runs(tmp_path / "b", ["fm"], [1], data_key="data-2"))
-    summary = write_report(ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=50),
-                           tmp_path / "out")
+    summary = write_report(
+        ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=50), tmp_path / "out"
+    )
     (edge,) = summary["edges"]
     assert edge["interval"] is None and "not shared" in edge["note"]
     assert edge["delta"] is not None
@@ -274,3 +315,96 @@ def test_variants_outside_the_graph_hang_under_their_base() -> None:
     assert parents_of("deepfm") == ("wide_deep", "fm")
     assert parents_of("dcn_v2") == ("wide_deep",)
     assert parents_of("broken") == ()
+
+
+def test_a_lower_is_better_task_reports_gains_as_decreases(tmp_path: Path) -> None:
+    """A task the report has never seen (rating, primary rmse): no CTR assumption leaks in."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(1, 6, size=2000).astype(np.float64)
+    runs: dict[str, list[dict]] = {}
+    for m, noise in (("lr", 1.0), ("fm", 0.5)):
+        for s in (1, 2):
+            pred = y + noise * rng.normal(size=len(y))
+            run_dir = tmp_path / m / str(s)
+            run_dir.mkdir(parents=True)
+            np.savez(run_dir / "predictions.npz", logits=pred, label=y, group=np.arange(len(y)))
+            rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
+            runs.setdefault(m, []).append(
+                {
+                    "status": FINISHED,
+                    "model": m,
+                    "task": "rating",
+                    "primary_metric": "rmse",
+                    "seed": s,
+                    "test": {"rmse": rmse, "mae": float(np.mean(np.abs(pred - y)))},
+                    "data": {"key": "k"},
+                    "run_dir": str(run_dir),
+                    "perf": {},
+                }
+            )
+    summary = write_report(
+        ReportInput("custom", "ml", ["lr", "fm"], runs, resamples=200), tmp_path / "out"
+    )
+    (edge,) = summary["edges"]
+    assert edge["metric"] == "rmse" and edge["delta"] < 0
+    assert edge["interval"]["high"] < 0 and edge["verdict"] == "gain"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| rmse ↓ | mae ↓ |" in md
+    assert summary["models"]["fm"]["mode"] == "min"
+
+
+def test_report_lists_stale_records_and_the_best_sweep_trial(tmp_path: Path) -> None:
+    runs = _fake_runs(tmp_path / "runs", ["lr", "fm"], [1])
+    stale = {**runs["lr"][0], "versions": {"recbench": "0.0.1"}, "run_dir": "/old/run"}
+    sweeps = []
+    for i, auc in enumerate((0.61, 0.66, 0.63)):
+        job = tmp_path / "multiruns" / "2026-01-01" / f"{i}_fm"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={i}e-3\n- model=fm\n")
+        sweeps.append(
+            {**runs["fm"][0], "run_dir": str(job), "val": {"auc": auc}, "test": {"auc": auc - 0.01}}
+        )
+    write_report(
+        ReportInput(
+            "ctr", "synthetic", ["lr", "fm"], runs, stale=[stale], sweeps=sweeps, resamples=50
+        ),
+        tmp_path / "out",
+    )
+    md = (tmp_path / "out" / "report.md").read_text()
+    (stale_row,) = _table_rows(md, "Stale records (not used)")
+    assert stale_row[:3] == ["lr", "1", "0.0.1"] and stale_row[4] == "/old/run"
+    (best,) = _table_rows(md, "Best sweep trial per model")
+    assert best[:5] == ["fm", "3", "auc", "0.6600", "0.6500"]
+    assert best[5] == "optimizer.lr=1e-3 model=fm"
+
+
+# ---------------------------------------------------------------------------- compare's arguments
+
+
+def test_compare_command_line_sugar() -> None:
+    from recbench.compare import normalise_args, seed_list, train_overrides
+
+    assert normalise_args(
+        ["--report-only", "extra=[trainer.max_epochs=3,model.hidden=[64,32]]"]
+    ) == [
+        "report_only=true",
+        'extra=["trainer.max_epochs=3","model.hidden=[64,32]"]',
+    ]
+    assert normalise_args(['extra=["debug=fast"]', "seeds=2"]) == [
+        'extra=["debug=fast"]',
+        "seeds=2",
+    ]
+    assert train_overrides(
+        [
+            "lineage=ctr",
+            "seeds=3",
+            "models=[lr]",
+            "extra=[]",
+            "dataset=x",
+            "trainer.max_epochs=2",
+            "++dataset.world.n_users=9",
+        ]
+    ) == ["trainer.max_epochs=2", "++dataset.world.n_users=9"]
+    with pytest.raises(Exception, match="models="):
+        train_overrides(["model=fm"])
+    assert seed_list(3) == [1, 2, 3] and seed_list([7, 42]) == [7, 42]

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
+from recbench.models import build_model
 from recbench.models.dien import DIEN
 from recbench.models.din import DIN
 from recbench.models.layers.dice import Dice
@@ -37,7 +37,8 @@ def one_thread():
 
 
 def build(name: str, **overrides):
-    return instantiate(OmegaConf.load(CONFIGS / f"{name}.yaml"))(toy_schema(), **overrides)
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIGS / f"{name}.yaml"), overrides)
+    return build_model(cfg, toy_schema())
 
 
 def logits_of(out):
@@ -294,7 +295,12 @@ def test_aux_loss_pairs_each_state_with_the_next_item():
     pos, neg = pairs.chunk(2)
     torch.testing.assert_close(pos[:, 1], pos[:, 0] + 11)  # h_t with e_{t+1}
     torch.testing.assert_close(neg[:, 1], neg[:, 0] + 101)
-    torch.testing.assert_close(loss, torch.tensor(2 * torch.log(torch.tensor(2.0)).item()))
+    torch.testing.assert_close(loss, 2 * torch.log(torch.tensor(2.0)))
+    has_negative = torch.ones(3, 5, dtype=torch.bool)
+    has_negative[0, 2] = False  # no negative was sampled for that step: a click term only
+    loss = next_item_loss(scorer, states, clicked, negative, mask, has_negative)
+    assert seen[1].shape == (5 + 4, 2)
+    torch.testing.assert_close(loss, 9 / 5 * torch.log(torch.tensor(2.0)))
 
 
 # ---------------------------------------------------------------- every config
@@ -309,6 +315,7 @@ MODELS = [
     ("dien", {}),
     ("dien", {"evolution": "aigru"}),
     ("dien", {"evolution": "agru"}),
+    ("dien", {"gru_dim": 12, "aux_alpha": 0.0}),
 ]
 
 

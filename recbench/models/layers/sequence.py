@@ -102,7 +102,7 @@ class ActivationUnit(nn.Module):
 
     def forward(self, keys: Tensor, query: Tensor, mask: Tensor) -> Tensor:
         """(B, L, Di) history, (B, Di) candidate, (B, L) mask → (B, L) weights."""
-        rows, cols = torch.ones_like(mask).nonzero(as_tuple=True)  # only valid steps are scored; syncs once
+        rows, cols = mask.nonzero(as_tuple=True)  # only valid steps are scored; syncs once
         e = keys[rows, cols]  # (N, Di)
         w_e, w_q, w_d, w_p = self.first.weight.split(self.item_dim, dim=1)  # each (H, Di)
         # the first Linear over the concat, split by block: W_e e + W_q v + W_d (e − v) + W_p e⊙v,
@@ -181,7 +181,7 @@ def run_masked(
     the rows still inside their history. Returns (B, H), or (B, L, H) every step's state with
     ``all_states`` (past a row's length: its last state).
     """
-    order = torch.argsort(mask.sum(1), descending=True)  # (B,)
+    order = torch.argsort(mask.sum(1), descending=False)  # (B,)
     active = mask.sum(0).tolist()  # rows still inside their history at each step; syncs once
     xp = cell.project(x[order], None if att is None else att[order])  # (B, L, gates·H)
     atts = [None] * len(active) if att is None else att[order].unsqueeze(-1).unbind(1)
@@ -197,22 +197,28 @@ def run_masked(
 
 
 def next_item_loss(
-    scorer: nn.Module, states: Tensor, clicked: Tensor, negative: Tensor, mask: Tensor
+    scorer: nn.Module,
+    states: Tensor,
+    clicked: Tensor,
+    negative: Tensor,
+    mask: Tensor,
+    has_negative: Tensor | None = None,
 ) -> Tensor:
     """DIEN's auxiliary loss (eq. 6): the state ``h_t`` should score the next clicked item
     ``e_{t+1}`` as a click and the sampled negative at ``t+1`` as a non-click.
 
     ``states`` (B, L, H) from the interest extractor; ``clicked`` and ``negative`` (B, L, Di) item
-    vectors; ``mask`` (B, L). Only steps with ``t + 1 < len`` count. ``scorer`` maps (N, H + Di) to
-    (N, 1) logits. Returns the BCE summed over the pair and averaged over those steps.
+    vectors; ``mask`` (B, L). Only steps with ``t + 1 < len`` count; ``has_negative`` (B, L), when
+    given, drops the negative term where none was sampled. ``scorer`` maps (N, H + Di) to (N, 1)
+    logits. Returns the BCE summed over each pair and averaged over the counted steps.
     """
     valid = mask[:, 1:]  # (B, L−1): step t has a next click
-    h = states[:, :-1][valid]  # (N, H)
-    pairs = torch.cat(
-        [torch.cat([h, clicked[:, 1:][valid]], -1), torch.cat([h, negative[:, 1:][valid]], -1)]
-    )  # (2N, H + Di)
-    logits = scorer(pairs).squeeze(-1)
-    n = h.shape[0]
-    labels = torch.cat([logits.new_ones(n), logits.new_zeros(n)])
+    valid_neg = valid if has_negative is None else valid & has_negative[:, 1:]
+    before = states[:, :-1]
+    click = torch.cat([before[valid], clicked[:, 1:][valid]], -1)  # (N, H + Di)
+    no_click = torch.cat([before[valid_neg], negative[:, 1:][valid_neg]], -1)  # (N', H + Di)
+    logits = scorer(torch.cat([click, no_click])).squeeze(-1)
+    n = click.shape[0]
+    labels = torch.cat([logits.new_ones(n), logits.new_zeros(no_click.shape[0])])
     bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
-    return bce / valid.sum().clamp_min(1)
+    return bce / max(n, 1)
