@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from recbench.callbacks import peak_rss_mb
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import prepare
-from recbench.models import build_model
+from recbench.models import build_model, used_inputs
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -41,13 +41,14 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     device = _device(cfg)
     data = prepare(cfg.dataset)
-    task = instantiate(cfg.task, model=build_model(cfg.model, data.schema),
-                       optimizer=instantiate(cfg.optimizer)).to(device)
+    model = build_model(cfg.model, data.schema)
+    keys = used_inputs(model, {k: v[:8] for k, v in data.splits["train"].items()})
+    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer)).to(device)
     task.train()
     opt = task.configure_optimizers()
     resident = cfg.device_resident
     resident = device.type == "cuda" if resident == "auto" else bool(resident)
-    train = data.splits["train"]
+    train = {k: v for k, v in data.splits["train"].items() if k in keys | {"label", "group"}}
     if resident:
         train = {k: v.to(device) for k, v in train.items()}
     loader = BatchLoader(train, int(cfg.batch_size), shuffle=True, seed=int(cfg.seed))

@@ -24,7 +24,14 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recbench.errors import ConfigError
-from recbench.report import ReportInput, Table, metric_table, summarise_model, write_report
+from recbench.report import (
+    ReportInput,
+    Table,
+    error_line,
+    metric_table,
+    summarise_model,
+    write_report,
+)
 from recbench.results import (
     FAILED,
     FINISHED,
@@ -279,9 +286,11 @@ def _console_table(table: Table, title: str):
     return t
 
 
-def run(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-    from rich.console import Console
+def train_all(
+    jobs: list[Job], root: Path, hydra_overrides: list[str], console
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Train ``jobs`` one after another with a progress bar; a failure is recorded in the store
+    and the next job starts. Returns the failure records and notes for the report."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -290,6 +299,92 @@ def run(cfg: DictConfig) -> None:
         TextColumn,
         TimeElapsedColumn,
     )
+
+    failures: list[dict[str, Any]] = []
+    notes: list[str] = []
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=not jobs) as progress:
+        bar = progress.add_task("training", total=len(jobs))
+        say = progress.console.print
+        for job in jobs:
+            progress.update(bar, description=f"{job.model} seed {job.seed}")
+            if job.error:
+                failures.append(_failure_record(job, job.error, None, ""))
+                append_record(failures[-1], root)
+                say(f"[red]✗[/] {job.model} seed {job.seed}: config error: {job.error}")
+                progress.advance(bar)
+                continue
+            t0 = time.perf_counter()
+            try:
+                rc, command, log_path = train_job(job, hydra_overrides)
+            except KeyboardInterrupt:
+                say(
+                    "[yellow]interrupted[/]: finished runs are in the store; rerun the same "
+                    "command to train the rest"
+                )
+                sys.exit(130)
+            seconds = time.perf_counter() - t0
+            if rc == 0 and (job.run_dir / "metrics.json").exists():
+                rec = json.loads((job.run_dir / "metrics.json").read_text())
+                if rec.get("run_key") != job.key:
+                    notes.append(
+                        f"{job.model} seed {job.seed}: the run's key {rec.get('run_key')} "
+                        f"differs from the planned {job.key}, so a rerun cannot skip it"
+                    )
+                primary = rec.get("primary_metric", "auc")
+                value = (rec.get("test") or {}).get(primary, float("nan"))
+                say(
+                    f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
+                    f"({seconds:.0f} s)"
+                )
+            else:
+                tail = _tail(log_path) or f"exit status {rc}, no output"
+                failures.append(_failure_record(job, tail, rc, command))
+                append_record(failures[-1], root)
+                last = error_line(tail)
+                say(
+                    f"[red]✗[/] {job.model} seed {job.seed} failed (exit {rc}): {last}\n"
+                    f"  log: {log_path}"
+                )
+            progress.advance(bar)
+    return failures, notes
+
+
+def collect(
+    jobs: list[Job], records: list[dict[str, Any]], report_only: bool
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], list[tuple[str, int]]]:
+    """For each job, the latest finished record with its run key. With ``report_only``, also the
+    jobs without one: failed (their latest failure) or missing."""
+    finished: dict[str, dict[str, Any]] = {}
+    failed: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r.get("run_key"):
+            (finished if r.get("status") == FINISHED else failed)[r["run_key"]] = r
+    runs: dict[str, list[dict[str, Any]]] = {j.model: [] for j in jobs}
+    failures: list[dict[str, Any]] = []
+    missing: list[tuple[str, int]] = []
+    for job in jobs:
+        if job.key in finished:
+            runs[job.model].append(finished[job.key])
+        elif report_only:
+            if job.key in failed:
+                failures.append(failed[job.key])
+            elif job.error:
+                failures.append(_failure_record(job, job.error, None, ""))
+            else:
+                missing.append((job.model, job.seed))
+    return runs, failures, missing
+
+
+def run(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from rich.console import Console
 
     console = Console(stderr=True)
     hc = HydraConfig.get()
@@ -306,96 +401,25 @@ def run(cfg: DictConfig) -> None:
         *(str(o) for o in cfg.extra),
     ]
     jobs = plan(models, seeds, common, hydra_passed, out_dir)
-    current = read_records(root, stale=False)
-    done = {r["run_key"] for r in current if r.get("status") == FINISHED and r.get("run_key")}
+
     failures: list[dict[str, Any]] = []
     notes: list[str] = []
-
-    todo = [j for j in jobs if j.key not in done]
     if not cfg.report_only:
-        skipped = len(jobs) - len(todo)
+        done = {r.get("run_key") for r in read_records(root, status=FINISHED, stale=False)}
+        todo = [j for j in jobs if j.key not in done]
         console.print(
             f"[bold]compare[/] {lineage}: {len(models)} models × {len(seeds)} seeds; "
-            f"{skipped} already in the store, {len(todo)} to train. Output: {out_dir}"
+            f"{len(jobs) - len(todo)} already in the store, {len(todo)} to train. "
+            f"Output: {out_dir}"
         )
-        columns = (
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=console, disable=not todo) as progress:
-            bar = progress.add_task("training", total=len(todo))
-            for job in todo:
-                progress.update(bar, description=f"{job.model} seed {job.seed}")
-                if job.error:
-                    rec = _failure_record(job, job.error, None, "")
-                    append_record(rec, root)
-                    failures.append(rec)
-                    progress.console.print(
-                        f"[red]✗[/] {job.model} seed {job.seed}: config error: {job.error}"
-                    )
-                    progress.advance(bar)
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    rc, command, log_path = train_job(job, hydra_passed)
-                except KeyboardInterrupt:
-                    console.print(
-                        "[yellow]interrupted[/]: finished runs are in the store; "
-                        "rerun the same command to train the rest"
-                    )
-                    sys.exit(130)
-                seconds = time.perf_counter() - t0
-                if rc == 0 and (job.run_dir / "metrics.json").exists():
-                    rec = json.loads((job.run_dir / "metrics.json").read_text())
-                    if rec.get("run_key") != job.key:
-                        notes.append(
-                            f"{job.model} seed {job.seed}: the run's key "
-                            f"{rec.get('run_key')} differs from the planned {job.key}, "
-                            "so a rerun cannot skip it"
-                        )
-                    primary = rec.get("primary_metric", "auc")
-                    value = (rec.get("test") or {}).get(primary, float("nan"))
-                    progress.console.print(
-                        f"[green]✓[/] {job.model} seed {job.seed}: test "
-                        f"{primary} {value:.4f} ({seconds:.0f} s)"
-                    )
-                else:
-                    tail = _tail(log_path) or f"exit status {rc}, no output"
-                    rec = _failure_record(job, tail, rc, command)
-                    append_record(rec, root)
-                    failures.append(rec)
-                    last = tail.strip().splitlines()[-1] if tail.strip() else ""
-                    progress.console.print(
-                        f"[red]✗[/] {job.model} seed {job.seed} failed "
-                        f"(exit {rc}): {last}\n  log: {log_path}"
-                    )
-                progress.advance(bar)
-        current = read_records(root, stale=False)
-
-    # what the report shows: the latest finished record per planned run key
-    finished: dict[str, dict[str, Any]] = {}
-    failed: dict[str, dict[str, Any]] = {}
-    for r in current:
-        if r.get("run_key"):
-            (finished if r.get("status") == FINISHED else failed)[r["run_key"]] = r
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in models}
-    missing: list[tuple[str, int]] = []
-    for job in jobs:
-        if job.key in finished:
-            runs[job.model].append(finished[job.key])
-        elif cfg.report_only:
-            if job.key in failed:
-                failures.append(failed[job.key])
-            elif job.error:
-                failures.append(_failure_record(job, job.error, None, ""))
-            else:
-                missing.append((job.model, job.seed))
+        failures, notes = train_all(todo, root, hydra_passed, console)
+    runs, earlier_failures, missing = collect(
+        jobs, read_records(root, stale=False), bool(cfg.report_only)
+    )
+    failures += earlier_failures
 
     dataset = next((j.dataset for j in jobs if j.dataset), str(cfg.dataset.name))
-    by_seed = {
+    stale = {  # the latest stale record of each (model, seed), shown but never used
         (r.get("model"), r.get("seed")): r
         for r in read_records(root, model=models, dataset=dataset, stale=True)
         if r.get("seed") in seeds
@@ -406,7 +430,6 @@ def run(cfg: DictConfig) -> None:
         if "multiruns" in Path(str(r.get("run_dir", ""))).parts
     ]
     used = [r["run_dir"] for rs in runs.values() for r in rs if r.get("run_dir")]
-    logdir = os.path.commonpath(used) if used else str(out_dir / "runs")
     report = ReportInput(
         lineage=lineage,
         dataset=dataset,
@@ -414,10 +437,10 @@ def run(cfg: DictConfig) -> None:
         runs=runs,
         failures=failures,
         missing=missing,
-        stale=list(by_seed.values()),
+        stale=list(stale.values()),
         sweeps=sweeps,
         command=_command_line(task_overrides, list(hc.overrides.hydra), bool(cfg.report_only)),
-        tensorboard=logdir,
+        tensorboard=os.path.commonpath(used) if used else str(out_dir / "runs"),
         notes=notes,
         resamples=int(cfg.bootstrap.resamples),
         bootstrap_seed=int(cfg.bootstrap.seed),
@@ -442,16 +465,18 @@ def run(cfg: DictConfig) -> None:
             + ", ".join(f"{m} seed {s}" for m, s in missing)
         )
     if failures or missing:
-        sys.exit(1)
+        sys.exit(1)  # the report is incomplete; scripts and CI should notice
 
 
 __all__ = [
     "Job",
+    "collect",
     "model_list",
     "normalise_args",
     "plan",
     "run",
     "seed_list",
+    "train_all",
     "train_job",
     "train_overrides",
 ]

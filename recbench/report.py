@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import importlib
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -107,28 +106,11 @@ def lineage_edges(models: Sequence[str]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------- tasks
 
 
-def _task_class(task: str | None) -> type | None:
-    """The task's class (``recbench.tasks.<task>``), which declares metrics and direction."""
-    if not task:
-        return None
-    try:
-        module = importlib.import_module(f"recbench.tasks.{task}")
-    except ImportError:
-        return None
-    for obj in vars(module).values():
-        if isinstance(obj, type) and obj.__name__.lower().removesuffix("task") == task:
-            return obj
-    return None
-
-
 def primary_mode(record: Mapping[str, Any]) -> str:
-    """``max`` or ``min`` for the record's primary metric: the record's own word, else the task's
-    declaration, else the metric's name."""
+    """``max`` or ``min`` for the record's primary metric: the record's own word (the task's
+    declared ``primary_mode``), else the metric's name."""
     if record.get("primary_mode") in ("max", "min"):
         return str(record["primary_mode"])
-    cls = _task_class(record.get("task"))
-    if cls is not None and getattr(cls, "primary", None) == record.get("primary_metric"):
-        return str(getattr(cls, "primary_mode", "max"))
     return "min" if str(record.get("primary_metric")) in LOWER_IS_BETTER else "max"
 
 
@@ -139,9 +121,9 @@ def metric_mode(name: str, primary: str, mode: str) -> str:
 
 
 def task_metrics(record: Mapping[str, Any]) -> list[str]:
-    """The metrics a task reports, primary first; the test keys when the task is unknown."""
-    cls = _task_class(record.get("task"))
-    names = list(getattr(cls, "metrics", ()) or ())
+    """The metrics a task reports, primary first: the record's list (the task's declared
+    ``metrics``) when it has one, else its numeric test keys."""
+    names = [str(k) for k in record.get("metrics") or ()]
     if not names:
         names = [
             k
@@ -280,7 +262,8 @@ def paired_bootstrap(
     level: float = 0.95,
 ) -> Interval:
     """Percentile interval of ``metric(child) − metric(parent)`` over resamples of the shared
-    rows (the same rows for both in each resample)."""
+    rows (the same rows for both in each resample). ``child`` and ``parent`` are per-row scores
+    as the metric takes them: probabilities for auc and logloss, predictions for rmse and mae."""
     boot = bootstrap_metric({"child": child, "parent": parent}, label, metric, resamples, seed)
     return _interval(
         boot["child"] - boot["parent"],
@@ -913,13 +896,14 @@ def draw_lineage(
             zorder=2,
         )
         ax.add_patch(box)
+        name = title_of(m)
         ax.text(
             x,
             y + 0.14,
-            title_of(m),
+            name,
             ha="center",
             va="center",
-            fontsize=8.5,
+            fontsize=8.5 * min(1.0, 20 / max(len(name), 1)),  # long names shrink to fit the box
             fontweight="bold",
             zorder=4,
         )
@@ -1030,9 +1014,11 @@ def _sections(
         _Section(
             "Lineage deltas",
             [DELTAS_TEXT.format(primary=primary, n=inp.resamples, seed=inp.bootstrap_seed)],
-            edge_table(edges, inp.level),
+            edge_table(edges, inp.level) if edges else None,
         )
     )
+    if not edges:
+        out[-1].text = ["No model here has a parent here, so there are no lineage edges."]
     out.append(_Section("Evolution graph", image=True))
     out.append(
         _Section(
@@ -1046,7 +1032,7 @@ def _sections(
         sec.table = Table(
             ["model", "seed", "error (last line)"],
             [
-                [str(f.get("model")), str(f.get("seed")), _last_line(str(f.get("error") or ""))]
+                [str(f.get("model")), str(f.get("seed")), error_line(str(f.get("error") or ""))]
                 for f in inp.failures
             ],
         )
@@ -1094,9 +1080,24 @@ def _sections(
     return out
 
 
-def _last_line(text: str) -> str:
+# lines Hydra prints after the error itself
+_HINTS = (
+    "Set the environment variable HYDRA_FULL_ERROR",
+    "full_key:",
+    "object_type=",
+    "See https://",
+)
+
+
+def error_line(text: str) -> str:
+    """The line of a run's output that says what went wrong: the last one naming an error,
+    skipping Hydra's hints; else the last line."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else ""
+    lines = [ln for ln in lines if not ln.startswith(_HINTS)] or lines
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln or "error" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else ""
 
 
 def _markdown(title: str, meta: str, sections: list[_Section]) -> str:
@@ -1209,7 +1210,7 @@ def write_report(inp: ReportInput, out_dir: str | Path) -> dict[str, Any]:
             {
                 "model": f.get("model"),
                 "seed": f.get("seed"),
-                "error": _last_line(str(f.get("error") or "")),
+                "error": error_line(str(f.get("error") or "")),
             }
             for f in inp.failures
         ],

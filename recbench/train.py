@@ -21,7 +21,7 @@ from recbench.callbacks import Throughput, peak_rss_mb
 from recbench.data.datamodule import RecDataModule
 from recbench.data.pipeline import PreparedData, prepare
 from recbench.launch import local_ranks
-from recbench.models import build_model
+from recbench.models import build_model, used_inputs
 from recbench.results import append_record, run_key
 
 log = logging.getLogger("recbench")
@@ -64,7 +64,10 @@ def build(cfg: DictConfig, data: PreparedData) -> tuple[pl.LightningModule, RecD
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer),
                        scheduler=scheduler)
-    dm = RecDataModule(data, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.device_resident)
+    sample = {k: v[:8] for k, v in data.splits["train"].items()}
+    keys = used_inputs(model, sample) | {"label", "group"}
+    dm = RecDataModule(data, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.device_resident,
+                       keys=keys)
     return task, dm
 
 

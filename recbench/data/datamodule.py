@@ -17,6 +17,7 @@ class RecDataModule(pl.LightningDataModule):
         eval_batch_size: int = 8192,
         seed: int = 0,
         device_resident: bool | str = "auto",
+        keys: set[str] | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -24,7 +25,9 @@ class RecDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.device_resident = device_resident
-        self.splits = data.splits
+        # only the tensors the model reads are gathered into batches
+        self.splits = {name: {k: v for k, v in split.items() if keys is None or k in keys}
+                       for name, split in data.splits.items()}
         self._train: BatchLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -36,7 +39,7 @@ class RecDataModule(pl.LightningDataModule):
         if resident and device.type != "cpu":
             self.splits = {
                 name: {k: t.to(device) for k, t in split.items()}
-                for name, split in self.data.splits.items()
+                for name, split in self.splits.items()
             }
 
     @property

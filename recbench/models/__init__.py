@@ -10,3 +10,29 @@ def build_model(cfg, schema):
     """Instantiate a model config with ``schema`` (passed through ``_partial_`` so Hydra does not
     try to merge the schema's tensors into the config)."""
     return instantiate(cfg, _partial_=True)(schema=schema)
+
+
+def used_inputs(model, batch) -> set[str]:
+    """The batch keys ``model`` reads, in training and in evaluation, found by running a copy of
+    it once on ``batch``. The loader then gathers only those (histories cost 100 values a row)."""
+    import copy
+
+    import torch
+
+    seen: set[str] = set()
+
+    class Recorder(dict):
+        def __getitem__(self, key):
+            seen.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key, default=None):
+            seen.add(key)
+            return super().get(key, default)
+
+    probe = copy.deepcopy(model)
+    with torch.no_grad(), torch.random.fork_rng():  # leave the seeded RNG stream untouched
+        for training in (True, False):
+            probe.train(training)
+            probe(Recorder(batch))
+    return seen

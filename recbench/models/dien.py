@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
+from recbench.errors import ConfigError
 from recbench.models.layers.mlp import MLP
 from recbench.models.layers.sequence import (
     EVOLUTIONS,
@@ -77,7 +78,7 @@ class DIEN(nn.Module):
         if not self.training or self.aux_scorer is None:
             return logits
         if self.negative_history not in batch:
-            raise KeyError(
+            raise ConfigError(
                 f"DIEN's auxiliary loss needs {self.negative_history!r} in the batch; "
                 "add it to the dataset's sequence fields or set model.aux_alpha=0"
             )

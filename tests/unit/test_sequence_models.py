@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import binary_auroc
 
+from recbench.errors import ConfigError
 from recbench.models import build_model
 from recbench.models.dien import DIEN
 from recbench.models.din import DIN
@@ -253,6 +254,15 @@ def test_dien_output_and_aux_loss_do_not_depend_on_padding():
     torch.testing.assert_close(model(pad_more(batch, 3)), before)
     alone = [model({k: v[i : i + 1] for k, v in batch.items()}) for i in range(6)]
     torch.testing.assert_close(torch.cat(alone), before[:6])  # cut to its own length
+
+
+def test_dien_training_without_negative_history_says_what_to_do():
+    model = DIEN(toy_schema()).train()
+    batch = random_batch(toy_schema(), 8, seed=9)
+    del batch["hist_item_id_neg"]
+    with pytest.raises(ConfigError, match="aux_alpha=0"):
+        model(batch)
+    assert model.eval()(batch).shape == (8,)  # evaluation needs no negatives
 
 
 def test_aux_loss_uses_only_next_steps_inside_the_history():

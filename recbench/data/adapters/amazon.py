@@ -37,10 +37,15 @@ class AmazonS3Rec:
         self.name = f"amazon-{name.lower()}"
         self.root = root
 
-    def load(self) -> RawData:
+    def files(self) -> tuple[Path, Path]:
         sequences = f"{self.category}.txt"
         attributes = f"{self.category}_item2attributes.json"
         root = find_root(self.name, self.root, self.subdir, required=(sequences, attributes))
+        return root / sequences, root / attributes
+
+    def load(self) -> RawData:
+        seq_path, attr_path = self.files()
+        root, sequences, attributes = seq_path.parent, seq_path.name, attr_path.name
         users, items, positions = _read_sequences(root / sequences)
         categories = _read_attributes(root / attributes)
         events = pl.DataFrame(

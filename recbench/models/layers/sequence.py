@@ -181,7 +181,7 @@ def run_masked(
     the rows still inside their history. Returns (B, H), or (B, L, H) every step's state with
     ``all_states`` (past a row's length: its last state).
     """
-    order = torch.argsort(mask.sum(1), descending=False)  # (B,)
+    order = torch.argsort(mask.sum(1), descending=True)  # (B,)
     active = mask.sum(0).tolist()  # rows still inside their history at each step; syncs once
     xp = cell.project(x[order], None if att is None else att[order])  # (B, L, gates·H)
     atts = [None] * len(active) if att is None else att[order].unsqueeze(-1).unbind(1)
