@@ -60,6 +60,7 @@ class Job:
     data_key: str | None = None
     dataset: str | None = None
     error: str | None = None  # why the config does not compose
+    record: dict[str, Any] | None = None  # the finished record, when this compare trained it
 
 
 # ---------------------------------------------------------------------------- command line
@@ -302,6 +303,7 @@ def train_all(
 
     failures: list[dict[str, Any]] = []
     notes: list[str] = []
+    moved: list[str] = []
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -331,14 +333,11 @@ def train_all(
                 sys.exit(130)
             seconds = time.perf_counter() - t0
             if rc == 0 and (job.run_dir / "metrics.json").exists():
-                rec = json.loads((job.run_dir / "metrics.json").read_text())
-                if rec.get("run_key") != job.key:
-                    notes.append(
-                        f"{job.model} seed {job.seed}: the run's key {rec.get('run_key')} "
-                        f"differs from the planned {job.key}, so a rerun cannot skip it"
-                    )
-                primary = rec.get("primary_metric", "auc")
-                value = (rec.get("test") or {}).get(primary, float("nan"))
+                job.record = json.loads((job.run_dir / "metrics.json").read_text())
+                if job.record.get("run_key") != job.key:
+                    moved.append(f"{job.model} seed {job.seed}")
+                primary = job.record.get("primary_metric", "auc")
+                value = (job.record.get("test") or {}).get(primary, float("nan"))
                 say(
                     f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
                     f"({seconds:.0f} s)"
@@ -353,14 +352,23 @@ def train_all(
                     f"  log: {log_path}"
                 )
             progress.advance(bar)
+    if moved:
+        # the config or code changed under the compare (a pull, an edit): the runs are valid,
+        # but their store keys are not the ones a rerun will look for
+        notes.append(
+            f"The config or code changed while this compare ran: {len(moved)} run(s) got "
+            f"another run key than planned ({', '.join(moved)}). Their numbers are shown; "
+            "a rerun plans with the current code and trains whatever does not match it."
+        )
     return failures, notes
 
 
 def collect(
     jobs: list[Job], records: list[dict[str, Any]], report_only: bool
 ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], list[tuple[str, int]]]:
-    """For each job, the latest finished record with its run key. With ``report_only``, also the
-    jobs without one: failed (their latest failure) or missing."""
+    """For each job, the record this compare trained, else the latest finished record with its
+    run key. With ``report_only``, also the jobs without one: failed (their latest failure) or
+    missing."""
     finished: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}
     for r in records:
@@ -370,7 +378,9 @@ def collect(
     failures: list[dict[str, Any]] = []
     missing: list[tuple[str, int]] = []
     for job in jobs:
-        if job.key in finished:
+        if job.record is not None:
+            runs[job.model].append(job.record)
+        elif job.key in finished:
             runs[job.model].append(finished[job.key])
         elif report_only:
             if job.key in failed:

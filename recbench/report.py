@@ -124,12 +124,12 @@ def task_metrics(record: Mapping[str, Any]) -> list[str]:
     """The metrics a task reports, primary first: the record's list (the task's declared
     ``metrics``) when it has one, else its numeric test keys."""
     names = [str(k) for k in record.get("metrics") or ()]
-    if not names:
-        names = [
+    if not names:  # sorted: the store and metrics.json order keys differently
+        names = sorted(
             k
             for k, v in (record.get("test") or {}).items()
             if isinstance(v, int | float) and k != "rows" and not k.endswith("_coverage")
-        ]
+        )
     primary = record.get("primary_metric")
     if primary in names:
         names.remove(primary)
@@ -528,7 +528,7 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 def _fmt_signed(v: float | None, digits: int = 4) -> str:
     if v is None or not math.isfinite(v):
         return "—"
-    return f"{v:+.{digits}f}"
+    return f"{round(v, digits) + 0.0:+.{digits}f}"  # + 0.0 turns -0.0 into 0.0
 
 
 def _pm(ms: tuple[float, float | None] | None, digits: int = 4) -> str:
@@ -748,27 +748,52 @@ def layout(
         for i, item in enumerate(col):
             row[item] = (len(col) - 1) / 2 - i
 
-    def crossings(row: dict[Any, float]) -> int:
-        pairs = [(row[a], row[b]) for b, As in feeds.items() for a in As]
-        return sum(
-            1
-            for i, (a1, b1) in enumerate(pairs)
-            for a2, b2 in pairs[i + 1 :]
-            if (a1 - a2) * (b1 - b2) < 0
-        )
+    gen = {item: g for g, col in enumerate(columns) for item in col}
+    segments = [(a, b) for b, As in feeds.items() for a in As]
 
-    # a few down and up sweeps of barycentre ordering; keep the order with fewest crossings
+    def cost(row: dict[Any, float]) -> float:
+        """Crossings between segments of the same gap, plus a little for vertical length (a
+        node with many children is pulled toward the middle of them)."""
+        crossings = sum(
+            1
+            for i, (a1, b1) in enumerate(segments)
+            for a2, b2 in segments[i + 1 :]
+            if gen[a1] == gen[a2] and (row[a1] - row[a2]) * (row[b1] - row[b2]) < 0
+        )
+        return crossings + 0.3 * sum(abs(row[a] - row[b]) for a, b in segments)
+
+    def reindex(col: list[Any], row: dict[Any, float]) -> None:
+        for i, item in enumerate(col):
+            row[item] = (len(col) - 1) / 2 - i
+
+    # barycentre sweeps down and up, keeping the cheapest order; then swaps of neighbours
     row: dict[Any, float] = {}
     for col in columns:
         place(col, row, feeds)
-    best = (crossings(row), dict(row))
+    best = (cost(row), [list(c) for c in columns])
     for _ in range(4):
         for col in columns[-2::-1]:
             place(col, row, feeds_into)
         for col in columns[1:]:
             place(col, row, feeds)
-        best = min(best, (crossings(row), dict(row)), key=lambda b: b[0])
-    row = best[1]
+        best = min(best, (cost(row), [list(c) for c in columns]), key=lambda b: b[0])
+    columns = best[1]
+    row = {}
+    for col in columns:
+        reindex(col, row)
+    current, improved = best[0], True
+    while improved:
+        improved = False
+        for col in columns:
+            for i in range(len(col) - 1):
+                col[i], col[i + 1] = col[i + 1], col[i]
+                reindex(col, row)
+                c = cost(row)
+                if c < current - 1e-9:
+                    current, improved = c, True
+                else:
+                    col[i], col[i + 1] = col[i + 1], col[i]
+                    reindex(col, row)
     pos = {m: (float(depth[m]), row[m]) for m in models}
     routes = {
         (p, c): [(float(g), row[(p, c, g)]) for g in range(depth[p] + 1, depth[c])]
@@ -962,7 +987,9 @@ DELTAS_TEXT = (
     "Child − parent in the primary test metric ({primary}): the mean over seeds, the standard "
     "deviation of the per-seed deltas (seeds paired by value), and the delta of the seed-averaged "
     "predictions with a percentile interval from a paired bootstrap over the shared test rows "
-    "({n} resamples, seed {seed}; both models see the same resampled rows)."
+    "({n} resamples, seed {seed}; both models see the same resampled rows). The interval covers "
+    "the sampling of test rows, not training randomness: read it beside the seed spread. The "
+    "verdict (and the edge colour in the graph) follows the interval."
 )
 SWEEPS_TEXT = (
     "Over the store's multirun (-m) records of these models on this dataset, the trial with the "

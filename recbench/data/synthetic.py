@@ -69,7 +69,7 @@ class WorldParams:
     switch_prob: float = 0.7  # chance a new session changes the focus genre
     interest_pull: float = 0.3  # per-event step of the interest toward the focus genre centroid
     interest_noise: float = 0.3  # per-event random walk of the interest
-    popularity_mix: float = 0.3  # share of impressions drawn from global popularity
+    popularity_mix: float = 0.4  # share of impressions drawn from global popularity
     n_candidates: int = 10  # focus-genre candidates per impression; closest to the interest wins
     exposure_sharpness: float = 5.0
     start_time: int = 946_684_800  # 2000-01-01 UTC
@@ -83,11 +83,11 @@ class WorldParams:
     demo_bias: float = 0.15
     genre_bias: float = 0.2
     pairwise: float = 0.5  # std of the age×genre, gender×genre and occupation×genre tables
-    taste: float = 0.5  # std of the user taste × genre term
+    taste: float = 0.2  # std of the user taste × genre term
     taste_rank: int = 4
-    higher_order: float = 0.9  # std of the pure 3-way term
+    higher_order: float = 1.5  # std of the pure 3-way term
     history_len: int = 50
-    attention: float = 3.0
+    attention: float = 5.0
     attention_temperature: float = 10.0
     drift: float = 2.0
 

@@ -408,3 +408,19 @@ def test_compare_command_line_sugar() -> None:
     with pytest.raises(Exception, match="models="):
         train_overrides(["model=fm"])
     assert seed_list(3) == [1, 2, 3] and seed_list([7, 42]) == [7, 42]
+
+
+def test_collect_uses_what_this_compare_trained_then_the_store(tmp_path: Path) -> None:
+    from recbench.compare import Job, collect
+
+    jobs = [Job(m, s, [], tmp_path, key=f"{m}{s}") for m in ("lr", "fm") for s in (1, 2)]
+    jobs[0].record = {"model": "lr", "seed": 1, "run_key": "other"}  # config moved mid-compare
+    store = [
+        {"run_key": "lr2", "status": FINISHED, "model": "lr", "seed": 2, "n": 1},
+        {"run_key": "lr2", "status": FINISHED, "model": "lr", "seed": 2, "n": 2},  # a rerun
+        {"run_key": "fm1", "status": FAILED, "model": "fm", "seed": 1},
+    ]
+    runs, failures, missing = collect(jobs, store, report_only=True)
+    assert runs["lr"][0]["run_key"] == "other" and runs["lr"][1]["n"] == 2  # the latest
+    assert runs["fm"] == [] and [f["seed"] for f in failures] == [1] and missing == [("fm", 2)]
+    assert collect(jobs, store, report_only=False)[1:] == ([], [])

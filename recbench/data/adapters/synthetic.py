@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pathlib import Path
+
+from recbench.data import synthetic
 from recbench.data.adapters.base import RawData
 from recbench.data.synthetic import WorldParams, generate
 
@@ -16,8 +19,9 @@ class SyntheticWorld:
         self.seed = int(params.pop("seed", 0))
         self.params = WorldParams(**params)
 
-    def files(self) -> tuple:
-        return ()
+    def files(self) -> tuple[Path, ...]:
+        """The generator's source: a change to the world's code is a change to the data."""
+        return (Path(synthetic.__file__),)
 
     def load(self) -> RawData:
         events = generate(self.params, self.seed)
