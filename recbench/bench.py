@@ -89,8 +89,9 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     return {
         "model": str(cfg.model._target_).split(".")[-2],
         "dataset": str(cfg.dataset.name),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
-        or "cpu",
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "precision": precision,
         "device_resident": resident,

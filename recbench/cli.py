@@ -84,8 +84,9 @@ def _data(args: list[str]) -> None:
     from recbench.data.pipeline import prepare
 
     cfg = _compose("data", args[1:])
-    data = prepare(cfg.dataset, force=bool(cfg.force) and args[0] == "prepare",
-                   log=lambda m: console.print(m))
+    data = prepare(
+        cfg.dataset, force=bool(cfg.force) and args[0] == "prepare", log=lambda m: console.print(m)
+    )
     _print_data_info(data)
 
 
@@ -94,23 +95,34 @@ def _print_data_info(data) -> None:
 
     out = Console()
     info = data.info
-    out.print(f"[bold]{info['name']}[/]: {info['users']:,} users, {info['items']:,} items; "
-              f"cache {info.get('cache_dir', '')}")
+    out.print(
+        f"[bold]{info['name']}[/]: {info['users']:,} users, {info['items']:,} items; "
+        f"cache {info.get('cache_dir', '')}"
+    )
     t = Table(title="splits")
     for c in ("split", "rows", "label rate", "unseen-user rows", "unseen-item rows"):
         t.add_column(c, justify="right")
     for split, rows in info["rows"].items():
         unseen = info["unseen"].get(split, {})
-        t.add_row(split, f"{rows:,}", f"{info['label_rate'][split]:.3f}",
-                  str(unseen.get("user_rows", "-")), str(unseen.get("item_rows", "-")))
+        t.add_row(
+            split,
+            f"{rows:,}",
+            f"{info['label_rate'][split]:.3f}",
+            str(unseen.get("user_rows", "-")),
+            str(unseen.get("item_rows", "-")),
+        )
     out.print(t)
     f = Table(title="schema")
     for c in ("field", "kind", "vocab", "max_len", "shares"):
         f.add_column(c)
     for fld in data.schema.fields:
-        f.add_row(fld.name, fld.kind, str(fld.vocab_size or "-"),
-                  str(fld.max_len) if fld.kind in ("multi", "sequence") else "-",
-                  fld.shares or "-")
+        f.add_row(
+            fld.name,
+            fld.kind,
+            str(fld.vocab_size or "-"),
+            str(fld.max_len) if fld.kind in ("multi", "sequence") else "-",
+            fld.shares or "-",
+        )
     out.print(f)
     if "oracle_auc" in info:
         o = info["oracle_auc"]["test"]
@@ -138,8 +150,10 @@ def _models(args: list[str]) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (_hydra_command("train", _train), "train and evaluate one model (or a -m sweep)"),
-    "compare": (_hydra_command("compare", _compare),
-                "train a lineage path over seeds and report deltas"),
+    "compare": (
+        _hydra_command("compare", _compare),
+        "train a lineage path over seeds and report deltas",
+    ),
     "bench": (_hydra_command("bench", _bench), "measure training throughput and memory"),
     "data": (_data, "prepare | info: build or describe a dataset's cached tensors"),
     "models": (_models, "list the lineage: models, parents, papers"),
@@ -149,8 +163,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
 def usage() -> str:
     lines = ["usage: recbench <command> [hydra overrides]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "Each command takes Hydra overrides, --help and --cfg job, e.g.",
-              "  recbench train model=din dataset=movielens-100k trainer.max_epochs=5"]
+    lines += [
+        "",
+        "Each command takes Hydra overrides, --help and --cfg job, e.g.",
+        "  recbench train model=din dataset=movielens-100k trainer.max_epochs=5",
+    ]
     return "\n".join(lines)
 
 
@@ -163,8 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "compare":  # a flag for the common case of rebuilding a report from the store
         rest = ["report_only=true" if a == "--report-only" else a for a in rest]
     if cmd not in COMMANDS:
-        console.print(f"[bold red]error:[/] unknown command {cmd!r}; known commands: "
-                      f"{', '.join(COMMANDS)}")
+        console.print(
+            f"[bold red]error:[/] unknown command {cmd!r}; known commands: {', '.join(COMMANDS)}"
+        )
         sys.exit(2)
     try:
         COMMANDS[cmd][0](rest)

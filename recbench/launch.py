@@ -33,7 +33,9 @@ def needs_launch(cfg: DictConfig) -> int:
     if "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return 0  # torchrun / SLURM started the ranks
     if int(t.get("num_nodes", 1)) > 1:
-        raise SystemExit("trainer.num_nodes > 1: start recbench with torchrun or srun on every node")
+        raise SystemExit(
+            "trainer.num_nodes > 1: start recbench with torchrun or srun on every node"
+        )
     return devices
 
 
@@ -54,13 +56,18 @@ def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
     path = run_dir / "ddp_config.yaml"
     path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     saved = {k: os.environ.get(k) for k in ENV_KEYS}
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(n),
-           "NODE_RANK": "0"}
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "WORLD_SIZE": str(n),
+        "NODE_RANK": "0",
+    }
     children = []
     for rank in range(1, n):
         child_env = {**os.environ, **env, "LOCAL_RANK": str(rank), "RANK": str(rank)}
-        children.append(subprocess.Popen([sys.executable, "-m", "recbench.launch", str(path)],
-                                         env=child_env))
+        children.append(
+            subprocess.Popen([sys.executable, "-m", "recbench.launch", str(path)], env=child_env)
+        )
     os.environ.update({**env, "LOCAL_RANK": "0", "RANK": "0"})
     try:
         yield

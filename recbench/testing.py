@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from recbench.data.schema import Field, FeatureSchema
+from recbench.data.schema import FeatureSchema, Field
 
 
 def toy_schema(n_items: int = 30, hist_len: int = 6, with_history: bool = True) -> FeatureSchema:

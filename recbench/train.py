@@ -45,15 +45,25 @@ def versions() -> dict[str, str]:
     import polars
     import torchmetrics
 
-    return {"recbench": __version__, "torch": torch.__version__, "lightning": pl.__version__,
-            "hydra": hydra.__version__, "polars": polars.__version__,
-            "torchmetrics": torchmetrics.__version__}
+    return {
+        "recbench": __version__,
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "hydra": hydra.__version__,
+        "polars": polars.__version__,
+        "torchmetrics": torchmetrics.__version__,
+    }
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -62,24 +72,28 @@ def git_commit() -> str | None:
 def build(cfg: DictConfig, data: PreparedData) -> tuple[pl.LightningModule, RecDataModule]:
     model = build_model(cfg.model, data.schema)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer),
-                       scheduler=scheduler)
+    task = instantiate(
+        cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
+    )
     sample = {k: v[:8] for k, v in data.splits["train"].items()}
     keys = used_inputs(model, sample) | {"label", "group"}
-    dm = RecDataModule(data, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.device_resident,
-                       keys=keys)
+    dm = RecDataModule(
+        data, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.device_resident, keys=keys
+    )
     return task, dm
 
 
 @torch.no_grad()
-def predict(task: pl.LightningModule, split: dict[str, torch.Tensor], batch_size: int) -> np.ndarray:
+def predict(
+    task: pl.LightningModule, split: dict[str, torch.Tensor], batch_size: int
+) -> np.ndarray:
     """Logits for every row of ``split``, in row order (one process)."""
     task.eval()
     device = next(task.parameters()).device
     out = []
     n = len(split["label"])
     for start in range(0, n, batch_size):
-        batch = {k: v[start:start + batch_size].to(device) for k, v in split.items()}
+        batch = {k: v[start : start + batch_size].to(device) for k, v in split.items()}
         out.append(task(batch).float().cpu())
     return torch.cat(out).numpy()
 
@@ -98,8 +112,9 @@ def run(cfg: DictConfig) -> float | None:
         task, dm = build(cfg, data)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-        trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                          default_root_dir=str(run_dir))
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
+        )
         if cfg.fit:
             trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
             ckpt = trainer.checkpoint_callback
@@ -134,8 +149,9 @@ def run(cfg: DictConfig) -> float | None:
         "perf": {
             **(throughput.summary() if throughput else {}),
             "peak_rss_mb": peak_rss_mb(),
-            "peak_gpu_mb": (torch.cuda.max_memory_allocated() / 2**20
-                            if torch.cuda.is_available() else None),
+            "peak_gpu_mb": (
+                torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+            ),
             "wall_seconds": time.perf_counter() - t_start,
             "accelerator": str(trainer.strategy.root_device.type),
             "devices": trainer.world_size,
@@ -151,14 +167,19 @@ def run(cfg: DictConfig) -> float | None:
     }
     oracle = data.info.get("oracle_auc", {}).get("test")
     if oracle:
-        record["oracle"] = {"auc": oracle.get("oracle_p"),
-                            "ablations": {k: v for k, v in oracle.items() if k != "oracle_p"}}
+        record["oracle"] = {
+            "auc": oracle.get("oracle_p"),
+            "ablations": {k: v for k, v in oracle.items() if k != "oracle_p"},
+        }
     record["run_key"] = run_key(cfg, data.key)
     if cfg.test:
         scores = predict(task, data.splits["test"], cfg.eval_batch_size)
-        np.savez_compressed(run_dir / "predictions.npz", logits=scores,
-                            label=data.splits["test"]["label"].numpy(),
-                            group=data.splits["test"]["group"].numpy())
+        np.savez_compressed(
+            run_dir / "predictions.npz",
+            logits=scores,
+            label=data.splits["test"]["label"].numpy(),
+            group=data.splits["test"]["group"].numpy(),
+        )
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
     _log_hparams(loggers, cfg, record)
     if cfg.record:
@@ -169,14 +190,22 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def _log_hparams(loggers: list, cfg: DictConfig, record: dict) -> None:
-    flat: dict[str, Any] = {"model": record["model"], "dataset": record["dataset"],
-                            "seed": record["seed"], "batch_size": cfg.batch_size,
-                            "lr": cfg.optimizer.get("lr")}
+    flat: dict[str, Any] = {
+        "model": record["model"],
+        "dataset": record["dataset"],
+        "seed": record["seed"],
+        "batch_size": cfg.batch_size,
+        "lr": cfg.optimizer.get("lr"),
+    }
     for k, v in OmegaConf.to_container(cfg.model, resolve=True).items():
         if k != "_target_" and isinstance(v, int | float | str | bool):
             flat[f"model.{k}"] = v
-    metrics = {f"hp/{split}_{k}": v for split in ("val", "test")
-               for k, v in record[split].items() if isinstance(v, float)}
+    metrics = {
+        f"hp/{split}_{k}": v
+        for split in ("val", "test")
+        for k, v in record[split].items()
+        if isinstance(v, float)
+    }
     for lg in loggers:
         if isinstance(lg, pl.loggers.TensorBoardLogger):
             lg.log_hyperparams(flat, metrics)
@@ -194,7 +223,9 @@ def _print_summary(record: dict) -> None:
     for split in ("val", "test"):
         m = record[split]
         if m:
-            table.add_row(split, *(f"{m.get(k, float('nan')):.4f}" for k in ("auc", "gauc", "logloss")))
+            table.add_row(
+                split, *(f"{m.get(k, float('nan')):.4f}" for k in ("auc", "gauc", "logloss"))
+            )
     if "oracle" in record and record["oracle"]["auc"] is not None:
         table.add_row("oracle (test)", f"{record['oracle']['auc']:.4f}", "", "")
     perf = record["perf"]

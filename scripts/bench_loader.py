@@ -60,8 +60,7 @@ def main() -> None:
         cfg = compose("data", overrides=[f"dataset={args.dataset}"])
     train = prepare(cfg.dataset).splits["train"]
     ours = BatchLoader(train, args.batch_size, shuffle=True, seed=0)
-    peer = DataLoader(PerRowDataset(train), batch_size=args.batch_size, shuffle=True,
-                      num_workers=0)
+    peer = DataLoader(PerRowDataset(train), batch_size=args.batch_size, shuffle=True, num_workers=0)
     result = {
         "dataset": args.dataset,
         "rows": len(train["label"]),
@@ -70,8 +69,9 @@ def main() -> None:
         "batch_loader_batches_per_sec": rate(ours, args.epochs),
         "per_row_dataloader_batches_per_sec": rate(peer, 1),
     }
-    result["speedup"] = (result["batch_loader_batches_per_sec"]
-                         / result["per_row_dataloader_batches_per_sec"])
+    result["speedup"] = (
+        result["batch_loader_batches_per_sec"] / result["per_row_dataloader_batches_per_sec"]
+    )
     print(json.dumps(result, indent=2))
 
 

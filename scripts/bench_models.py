@@ -18,8 +18,21 @@ from pathlib import Path
 
 from recbench.cli import config_dir
 
-CTR = ["lr", "fm", "mlp", "deep_crossing", "pnn", "wide_deep", "dcn", "dcn_v2", "deepfm", "afm",
-       "nfm", "xdeepfm", "autoint"]
+CTR = [
+    "lr",
+    "fm",
+    "mlp",
+    "deep_crossing",
+    "pnn",
+    "wide_deep",
+    "dcn",
+    "dcn_v2",
+    "deepfm",
+    "afm",
+    "nfm",
+    "xdeepfm",
+    "autoint",
+]
 SEQUENCE = ["mlp_pooled", "din", "din_dice", "dien"]
 
 
@@ -38,28 +51,43 @@ def main() -> None:
             print(f"skip {model}: no configs/model/{model}.yaml", file=sys.stderr)
             continue
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            cmd = [sys.executable, "-m", "recbench.cli", "bench", f"model={model}",
-                   f"dataset={args.dataset}", f"steps={args.steps}", f"output={out.name}",
-                   *([f"threads={args.threads}"] if args.threads else []), *overrides]
+            cmd = [
+                sys.executable,
+                "-m",
+                "recbench.cli",
+                "bench",
+                f"model={model}",
+                f"dataset={args.dataset}",
+                f"steps={args.steps}",
+                f"output={out.name}",
+                *([f"threads={args.threads}"] if args.threads else []),
+                *overrides,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{model} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
             rows.append({"model_config": model, **json.loads(Path(out.name).read_text())})
             r = rows[-1]
-            print(f"{model:>14}: {r['samples_per_sec']:>10,.0f} samples/s, "
-                  f"{r['step_ms_median']:.2f} ms/step, peak RSS {r['peak_rss_mb']:.0f} MB",
-                  file=sys.stderr)
+            print(
+                f"{model:>14}: {r['samples_per_sec']:>10,.0f} samples/s, "
+                f"{r['step_ms_median']:.2f} ms/step, peak RSS {r['peak_rss_mb']:.0f} MB",
+                file=sys.stderr,
+            )
     if not rows:
         sys.exit("no model ran")
     r0 = rows[0]
-    print(f"\n{args.dataset}, batch {r0['batch_size']}, {r0['precision']}, device {r0['device']}, "
-          f"{r0['threads']} threads, {r0['steps']} timed steps after warm-up, torch {r0['torch']}\n")
+    print(
+        f"\n{args.dataset}, batch {r0['batch_size']}, {r0['precision']}, device {r0['device']}, "
+        f"{r0['threads']} threads, {r0['steps']} timed steps after warm-up, torch {r0['torch']}\n"
+    )
     print("| model | train samples/s | median step (ms) | p90 step (ms) | peak RSS (MB) | params |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model_config']} | {r['samples_per_sec']:,.0f} | {r['step_ms_median']:.2f} | "
-              f"{r['step_ms_p90']:.2f} | {r['peak_rss_mb']:.0f} | {r['params']:,} |")
+        print(
+            f"| {r['model_config']} | {r['samples_per_sec']:,.0f} | {r['step_ms_median']:.2f} | "
+            f"{r['step_ms_p90']:.2f} | {r['peak_rss_mb']:.0f} | {r['params']:,} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

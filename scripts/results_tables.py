@@ -31,20 +31,30 @@ def main() -> None:
             latest[(r["model"], r["seed"])] = r
     order = args.models.split(",") if args.models else sorted({m for m, _ in latest})
     oracle = [r["oracle"]["auc"] for r in latest.values() if r.get("oracle")]
-    print("| model | seeds | test AUC | test GAUC | test logloss | val AUC | train samples/s "
-          "| params |" + (" gap to oracle |" if oracle else ""))
+    print(
+        "| model | seeds | test AUC | test GAUC | test logloss | val AUC | train samples/s "
+        "| params |" + (" gap to oracle |" if oracle else "")
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if oracle else ""))
     for m in order:
         runs = [r for (model, _), r in sorted(latest.items()) if model == m]
         if not runs:
             continue
         auc = [r["test"]["auc"] for r in runs]
-        row = [m, str(len(runs)), fmt(auc), fmt([r["test"]["gauc"] for r in runs]),
-               fmt([r["test"]["logloss"] for r in runs]), fmt([r["val"]["auc"] for r in runs]),
-               f"{statistics.mean(r['perf']['train_samples_per_sec'] for r in runs):,.0f}",
-               f"{runs[0]['params']:,}"]
+        row = [
+            m,
+            str(len(runs)),
+            fmt(auc),
+            fmt([r["test"]["gauc"] for r in runs]),
+            fmt([r["test"]["logloss"] for r in runs]),
+            fmt([r["val"]["auc"] for r in runs]),
+            f"{statistics.mean(r['perf']['train_samples_per_sec'] for r in runs):,.0f}",
+            f"{runs[0]['params']:,}",
+        ]
         if oracle:
-            row.append(f"{statistics.mean(r['oracle']['auc'] - r['test']['auc'] for r in runs):.4f}")
+            row.append(
+                f"{statistics.mean(r['oracle']['auc'] - r['test']['auc'] for r in runs):.4f}"
+            )
         print("| " + " | ".join(row) + " |")
     if oracle:
         print(f"\nOracle test AUC (true click probability): {oracle[0]:.4f}")

@@ -26,8 +26,10 @@ class RecDataModule(pl.LightningDataModule):
         self.seed = seed
         self.device_resident = device_resident
         # only the tensors the model reads are gathered into batches
-        self.splits = {name: {k: v for k, v in split.items() if keys is None or k in keys}
-                       for name, split in data.splits.items()}
+        self.splits = {
+            name: {k: v for k, v in split.items() if keys is None or k in keys}
+            for name, split in data.splits.items()
+        }
         self._train: BatchLoader | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -52,8 +54,12 @@ class RecDataModule(pl.LightningDataModule):
         rank, world = self._rank_world
         if self._train is None:  # one loader for the whole fit, so its epoch counter advances
             self._train = BatchLoader(
-                self.splits["train"], self.batch_size, shuffle=True, seed=self.seed,
-                rank=rank, world_size=world,
+                self.splits["train"],
+                self.batch_size,
+                shuffle=True,
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
             )
         return self._train
 

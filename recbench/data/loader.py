@@ -36,7 +36,9 @@ class BatchLoader:
     ) -> None:
         lengths = {len(t) for t in tensors.values()}
         if len(lengths) != 1:
-            raise ValueError(f"tensors differ in length: { {k: len(t) for k, t in tensors.items()} }")
+            raise ValueError(
+                f"tensors differ in length: { {k: len(t) for k, t in tensors.items()} }"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recbench.data.adapters.base import RawData, cache_root, sha256_file
-from recbench.data.schema import OOV, Field, FeatureSchema
+from recbench.data.schema import OOV, FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES, assign_split
 from recbench.errors import ConfigError
 from recbench.metrics import auc
@@ -133,8 +133,11 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
 
     # raw item index space shared by histories and the negative sampler
     items = ev.select(pl.col("item_id").unique().sort())["item_id"]
-    item_idx = ev.select(pl.col("item_id").replace_strict(items, pl.int_range(len(items), eager=True),
-                                                          return_dtype=pl.Int64))["item_id"].to_numpy()
+    item_idx = ev.select(
+        pl.col("item_id").replace_strict(
+            items, pl.int_range(len(items), eager=True), return_dtype=pl.Int64
+        )
+    )["item_id"].to_numpy()
     user_idx = ev.select(pl.col("user_id").rank("dense") - 1)["user_id"].to_numpy().astype(np.int64)
     sampler = NegativeSampler(user_idx, item_idx, len(items))
 
@@ -158,22 +161,31 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     buckets = dict(feats.get("buckets") or {})
     unknown = [c for c in buckets if c not in raw.dense]
     if unknown:
-        raise ConfigError(f"features.buckets names {unknown}, which are not dense columns "
-                          f"(dense: {list(raw.dense)})")
+        raise ConfigError(
+            f"features.buckets names {unknown}, which are not dense columns "
+            f"(dense: {list(raw.dense)})"
+        )
     edges = {c: _quantile_edges(train[c], int(n)) for c, n in buckets.items()}
     dense_cols = [c for c in raw.dense if c not in buckets]
-    stats = {c: (float(train[c].mean() or 0.0), float(train[c].std() or 1.0) or 1.0)
-             for c in dense_cols}
+    stats = {
+        c: (float(train[c].mean() or 0.0), float(train[c].std() or 1.0) or 1.0) for c in dense_cols
+    }
 
     fields: list[Field] = [Field(c, "sparse", vocab_size=len(vocabs[c]) + 2) for c in sparse_cols]
     fields += [Field(c, "sparse", vocab_size=len(edges[c]) + 3) for c in buckets]
-    widths = {c: max(1, min(int(feats.get("multi_max_len", 10)), int(ev[c].list.len().max() or 1)))
-              for c in raw.multi}
-    fields += [Field(c, "multi", vocab_size=len(vocabs[c]) + 2, max_len=widths[c]) for c in raw.multi]
+    widths = {
+        c: max(1, min(int(feats.get("multi_max_len", 10)), int(ev[c].list.len().max() or 1)))
+        for c in raw.multi
+    }
+    fields += [
+        Field(c, "multi", vocab_size=len(vocabs[c]) + 2, max_len=widths[c]) for c in raw.multi
+    ]
     fields += [Field(c, "dense") for c in dense_cols]
     if max_len:
-        fields += [Field(HISTORY, "sequence", max_len=max_len, shares="item_id"),
-                   Field(HISTORY_NEG, "sequence", max_len=max_len, shares="item_id")]
+        fields += [
+            Field(HISTORY, "sequence", max_len=max_len, shares="item_id"),
+            Field(HISTORY_NEG, "sequence", max_len=max_len, shares="item_id"),
+        ]
 
     # item code of every source event (histories index source events, dropped ones included)
     enc_item = _encode(pl.Series(items.to_numpy()[item_idx]), vocabs["item_id"])
@@ -182,20 +194,39 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     enc_neg[neg_items < 0] = 0  # no negative exists: padding
 
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    info: dict[str, Any] = {"name": cfg.name, "key": key, "rows": {}, "unseen": {},
-                            "label_rate": {}, "pipeline_version": PIPELINE_VERSION}
-    item_tables = {c: np.zeros((len(vocabs["item_id"]) + 2, widths[c]), dtype=np.int32)
-                   for c in raw.item_attributes if c in raw.multi}
+    info: dict[str, Any] = {
+        "name": cfg.name,
+        "key": key,
+        "rows": {},
+        "unseen": {},
+        "label_rate": {},
+        "pipeline_version": PIPELINE_VERSION,
+    }
+    item_tables = {
+        c: np.zeros((len(vocabs["item_id"]) + 2, widths[c]), dtype=np.int32)
+        for c in raw.item_attributes
+        if c in raw.multi
+    }
     for sid, name in enumerate(SPLIT_NAMES):
         part = ev.filter(pl.col("split") == sid)
         t: dict[str, torch.Tensor] = {}
         sparse = [_encode(part[c], vocabs[c]) for c in sparse_cols]
-        sparse += [np.searchsorted(edges[c], part[c].fill_null(np.nan).to_numpy(), side="right")
-                   .astype(np.int32) + 2 for c in buckets]
+        sparse += [
+            np.searchsorted(edges[c], part[c].fill_null(np.nan).to_numpy(), side="right").astype(
+                np.int32
+            )
+            + 2
+            for c in buckets
+        ]
         t["sparse"] = torch.from_numpy(np.stack(sparse, 1).astype(np.int32))
         if dense_cols:
-            d = np.stack([((part[c].fill_null(stats[c][0]).to_numpy() - stats[c][0]) / stats[c][1])
-                          for c in dense_cols], 1)
+            d = np.stack(
+                [
+                    ((part[c].fill_null(stats[c][0]).to_numpy() - stats[c][0]) / stats[c][1])
+                    for c in dense_cols
+                ],
+                1,
+            )
             t["dense"] = torch.from_numpy(d.astype(np.float32))
         for c in raw.multi:
             arr = _encode_lists(part[c], vocabs[c], widths[c])
@@ -213,7 +244,8 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
             t["oracle"] = torch.from_numpy(part["oracle_p"].to_numpy().astype(np.float32))
             info.setdefault("oracle_auc", {})[name] = {
                 c: auc(torch.tensor(part[c].to_numpy()), t["label"])
-                for c in part.columns if c.startswith("oracle_p")
+                for c in part.columns
+                if c.startswith("oracle_p")
             }
         tensors[name] = t
         info["rows"][name] = part.height
@@ -225,8 +257,9 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
             }
     attrs = {c: torch.from_numpy(tab) for c, tab in item_tables.items()}
     schema = FeatureSchema(tuple(fields), "user_id", "item_id", attrs)
-    info["fields"] = {f.name: {"kind": f.kind, "vocab_size": f.vocab_size, "max_len": f.max_len}
-                      for f in fields}
+    info["fields"] = {
+        f.name: {"kind": f.kind, "vocab_size": f.vocab_size, "max_len": f.max_len} for f in fields
+    }
     info["users"], info["items"] = int(user_idx.max() + 1), len(items)
     return PreparedData(schema, tensors, info, key, {c: v.to_list() for c, v in vocabs.items()})
 
@@ -274,8 +307,14 @@ class NegativeSampler:
         return out
 
 
-def _add_negatives(ev: pl.DataFrame, raw: RawData, sampler: NegativeSampler, items: pl.Series,
-                   per_positive: int, seed: int) -> pl.DataFrame:
+def _add_negatives(
+    ev: pl.DataFrame,
+    raw: RawData,
+    sampler: NegativeSampler,
+    items: pl.Series,
+    per_positive: int,
+    seed: int,
+) -> pl.DataFrame:
     """``per_positive`` negative rows per positive: same user, history and split, an item the
     user never interacted with. Drawn from one seeded stream per split, so evaluation negatives
     are the same for every model and training seed."""
@@ -290,8 +329,9 @@ def _add_negatives(ev: pl.DataFrame, raw: RawData, sampler: NegativeSampler, ite
             neg = items.to_numpy()[drawn]
             rows = pos.filter(pl.Series(drawn >= 0)).drop(item_cols)
             neg = neg[drawn >= 0]
-            rows = rows.with_columns(pl.Series("item_id", neg),
-                                                    pl.lit(0, dtype=pl.Int64).alias("label"))
+            rows = rows.with_columns(
+                pl.Series("item_id", neg), pl.lit(0, dtype=pl.Int64).alias("label")
+            )
             rows = rows.join(item_table, on="item_id", how="left")
             parts.append(rows.select(ev.columns))
     return pl.concat(parts)
@@ -304,8 +344,9 @@ def _fit_vocab(values: pl.Series, min_count: int) -> pl.Series:
 
 def _encode(values: pl.Series, vocab: pl.Series) -> np.ndarray:
     codes = pl.int_range(2, len(vocab) + 2, eager=True, dtype=pl.Int32)
-    out = values.cast(vocab.dtype, strict=False).replace_strict(vocab, codes, default=OOV,
-                                                                return_dtype=pl.Int32)
+    out = values.cast(vocab.dtype, strict=False).replace_strict(
+        vocab, codes, default=OOV, return_dtype=pl.Int32
+    )
     return out.fill_null(OOV).to_numpy()
 
 

@@ -33,7 +33,7 @@ def assign_split(ev: pl.DataFrame, cfg: DictConfig) -> pl.DataFrame:
         n_train, n_val = _counts(n, cfg.ratios)
         split_of_row = np.full(n, 2, dtype=np.int8)
         split_of_row[perm[:n_train]] = 0
-        split_of_row[perm[n_train:n_train + n_val]] = 1
+        split_of_row[perm[n_train : n_train + n_val]] = 1
         return ev.with_columns(pl.Series("split", split_of_row[ev["row"].to_numpy()]))
     if kind == "temporal":
         order = ev.select(pl.arg_sort_by(["timestamp", "user_id", "item_id", "row"]))
@@ -49,13 +49,25 @@ def assign_split(ev: pl.DataFrame, cfg: DictConfig) -> pl.DataFrame:
         cnt = pl.len().over("user_id")
         n_test = (cnt * r[2]).floor()
         n_val = (cnt * r[1]).floor()
-        split = (pl.when(pos >= cnt - n_test).then(2)
-                 .when(pos >= cnt - n_test - n_val).then(1).otherwise(0))
+        split = (
+            pl.when(pos >= cnt - n_test)
+            .then(2)
+            .when(pos >= cnt - n_test - n_val)
+            .then(1)
+            .otherwise(0)
+        )
         return ev.with_columns(split.cast(pl.Int8).alias("split"))
     if kind == "leave_one_out":
         pos = pl.int_range(pl.len()).over("user_id")
         cnt = pl.len().over("user_id")
-        split = (pl.when(cnt < 3).then(0).when(pos == cnt - 1).then(2)
-                 .when(pos == cnt - 2).then(1).otherwise(0))
+        split = (
+            pl.when(cnt < 3)
+            .then(0)
+            .when(pos == cnt - 1)
+            .then(2)
+            .when(pos == cnt - 2)
+            .then(1)
+            .otherwise(0)
+        )
         return ev.with_columns(split.cast(pl.Int8).alias("split"))
     raise ConfigError(f"unknown split.kind {kind!r}; choose one of {', '.join(KINDS)}")

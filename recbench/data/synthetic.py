@@ -37,10 +37,14 @@ import polars as pl
 SUPPORTED_VERSIONS = (1,)
 
 ABLATIONS: dict[str, str] = {
-    "oracle_p_no_pairwise": "pairwise crosses (demographic×genre, user taste×genre) set to their mean",
+    "oracle_p_no_pairwise": (
+        "pairwise crosses (demographic×genre, user taste×genre) set to their mean"
+    ),
     "oracle_p_no_higher_order": "the pure age×gender×genre interaction set to its mean",
     "oracle_p_no_history": "both history terms (attention and drift) set to their means",
-    "oracle_p_pooled_history": "attention over the history replaced by similarity to the mean history",
+    "oracle_p_pooled_history": (
+        "attention over the history replaced by similarity to the mean history"
+    ),
     "oracle_p_no_drift": "the current-interest (drift) term set to its mean",
 }
 

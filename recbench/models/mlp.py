@@ -25,7 +25,9 @@ class EmbeddingMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.embedding = FeatureEmbedding(schema, embed_dim)
-        self.mlp = MLP(self.embedding.num_fields * embed_dim, hidden, 1, dropout, "relu", batch_norm)
+        self.mlp = MLP(
+            self.embedding.num_fields * embed_dim, hidden, 1, dropout, "relu", batch_norm
+        )
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         x = self.embedding(batch).flatten(1)  # (B, F*D)

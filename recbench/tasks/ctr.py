@@ -65,8 +65,14 @@ class CTRTask(pl.LightningModule):
                 f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
                 f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
             )
-        self.log("train/loss", bce, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["label"]))
+        self.log(
+            "train/loss",
+            bce,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["label"]),
+        )
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
@@ -79,8 +85,9 @@ class CTRTask(pl.LightningModule):
         values = {k: float(v) for k, v in metrics.compute().items()}
         metrics.reset()
         # every rank holds the same gathered values, so no further reduction is needed
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False,
-                      prog_bar=stage == "val")
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False, prog_bar=stage == "val"
+        )
         return values
 
     def on_validation_epoch_end(self) -> None:
@@ -96,5 +103,7 @@ class CTRTask(pl.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
-                                                        "monitor": f"val/{self.primary}"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{self.primary}"},
+        }

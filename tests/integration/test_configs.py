@@ -15,8 +15,7 @@ from recbench.train import run
 CONFIGS = Path(config_dir())
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-TINY = ["++dataset.world.n_users=120", "debug=fast", "record=false", "threads=1",
-        "logger=none"]
+TINY = ["++dataset.world.n_users=120", "debug=fast", "record=false", "threads=1", "logger=none"]
 
 
 def compose_train(tmp_path: Path, overrides: list[str]):
@@ -43,7 +42,9 @@ def test_every_model_config_trains_end_to_end(tmp_path, model):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_config_composes_and_runs(tmp_path, experiment, ml100k):
-    cfg = compose_train(tmp_path, [f"experiment={experiment}", "debug=fast", "record=false",
-                                   "threads=1", "logger=none"])
+    cfg = compose_train(
+        tmp_path,
+        [f"experiment={experiment}", "debug=fast", "record=false", "threads=1", "logger=none"],
+    )
     run(cfg)
     assert (tmp_path / "metrics.json").exists()

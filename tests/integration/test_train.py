@@ -17,8 +17,14 @@ SMALL = ["++dataset.world.n_users=300", "trainer.max_epochs=2", "trainer.enable_
 
 def recbench(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "recbench.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recbench.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"recbench {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -73,8 +79,15 @@ def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
     ckpt = metrics(tmp_path, "fit")["checkpoint"]
     evaluate = [*base, "fit=false", f"ckpt_path={ckpt}"]
     recbench("train", *evaluate, *run_dir_of(tmp_path, "one"), cwd=tmp_path)
-    recbench("train", *evaluate, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-             *run_dir_of(tmp_path, "two"), cwd=tmp_path)
+    recbench(
+        "train",
+        *evaluate,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *run_dir_of(tmp_path, "two"),
+        cwd=tmp_path,
+    )
     one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
     assert two["perf"]["devices"] == 2
     for split in ("val", "test"):
@@ -100,10 +113,13 @@ def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path):
         assert "Traceback" not in text
     proc = recbench("trian", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "known commands: train" in proc.stderr
-    assert "model" in recbench("train", "model=nosuchmodel", cwd=tmp_path,
-                               check=False).stderr  # the error lists the valid choices
-    assert "Available options in 'model'" in recbench(
-        "train", "model=nosuchmodel", cwd=tmp_path, check=False).stderr
+    assert (
+        "model" in recbench("train", "model=nosuchmodel", cwd=tmp_path, check=False).stderr
+    )  # the error lists the valid choices
+    assert (
+        "Available options in 'model'"
+        in recbench("train", "model=nosuchmodel", cwd=tmp_path, check=False).stderr
+    )
 
 
 def test_help_lists_commands(tmp_path):
@@ -123,11 +139,24 @@ def test_data_info_reports_schema_and_unseen_rows(tmp_path, ml100k):
 @pytest.mark.slow
 def test_ddp_training_matches_one_rank(tmp_path):
     """2 ranks at per-rank batch 512 land within 0.005 test AUC of 1 rank at batch 1024."""
-    base = ["model=mlp", "trainer.max_epochs=5", "trainer.enable_progress_bar=false",
-            "record=false"]
+    base = [
+        "model=mlp",
+        "trainer.max_epochs=5",
+        "trainer.enable_progress_bar=false",
+        "record=false",
+    ]
     recbench("train", *base, "batch_size=1024", *run_dir_of(tmp_path, "one"), cwd=tmp_path)
-    recbench("train", *base, "batch_size=512", "trainer=ddp", "trainer.accelerator=cpu",
-             "trainer.devices=2", "threads=1", *run_dir_of(tmp_path, "two"), cwd=tmp_path)
+    recbench(
+        "train",
+        *base,
+        "batch_size=512",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "threads=1",
+        *run_dir_of(tmp_path, "two"),
+        cwd=tmp_path,
+    )
     one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
     assert two["perf"]["devices"] == 2
     assert abs(one["test"]["auc"] - two["test"]["auc"]) < 0.005, (one["test"], two["test"])

@@ -40,8 +40,9 @@ def test_training_permutation_seeded_by_seed_and_epoch_and_shared_by_ranks():
     c = BatchLoader(_tensors(n), 100, shuffle=True, seed=2)
     assert not torch.equal(e0, torch.cat([x["row"] for x in c]))
     # two ranks: disjoint halves of the same permutation, same step count (one row wrapped)
-    ranks = [BatchLoader(_tensors(n), 100, shuffle=True, seed=1, rank=r, world_size=2)
-             for r in range(2)]
+    ranks = [
+        BatchLoader(_tensors(n), 100, shuffle=True, seed=1, rank=r, world_size=2) for r in range(2)
+    ]
     parts = [torch.cat([x["row"] for x in r]) for r in ranks]
     assert len(ranks[0]) == len(ranks[1])
     assert len(parts[0]) == len(parts[1]) == 501

@@ -14,7 +14,7 @@ def reference_gauc(s, y, g):
         if y[m].min() == y[m].max():
             continue
         p, n = s[m][y[m] == 1], s[m][y[m] == 0]
-        a = ((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum())
+        a = (p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()
         num += m.sum() * a / (len(p) * len(n))
         den += m.sum()
     return num / den, den / len(s)
@@ -38,7 +38,8 @@ def test_gauc_matches_reference_with_ties(seed):
 def test_auc_is_tie_aware_and_matches_torchmetrics():
     s = torch.tensor([0.1, 0.4, 0.4, 0.8, 0.8, 0.9])
     y = torch.tensor([0, 0, 1, 0, 1, 1])
-    # pairs (pos, neg): 0.4>0.1, 0.4=0.4 (½), 0.4<0.8; 0.8>0.1, 0.8>0.4, 0.8=0.8 (½); 0.9 beats all 3
+    # pairs (pos, neg): 0.4>0.1, 0.4=0.4 (½), 0.4<0.8; 0.8>0.1, 0.8>0.4, 0.8=0.8 (½);
+    # 0.9 beats all 3
     assert auc(s, y) == pytest.approx((1 + 0.5 + 0 + 1 + 1 + 0.5 + 3) / 9)
     r = torch.rand(500)
     t = (torch.rand(500) < 0.5).long()
@@ -53,7 +54,7 @@ def test_ctr_metrics_accumulates_batches_like_one():
     whole, parts = CTRMetrics(), CTRMetrics()
     whole.update(logits, labels, groups)
     for i in range(0, 1001, 97):
-        parts.update(logits[i:i + 97], labels[i:i + 97], groups[i:i + 97])
+        parts.update(logits[i : i + 97], labels[i : i + 97], groups[i : i + 97])
     a, b = whole.compute(), parts.compute()
     for k in a:
         assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-9)

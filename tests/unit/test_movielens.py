@@ -17,9 +17,11 @@ def write_100k(root, extra_data_line=None):
     (root / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
     flags = lambda on: "|".join("1" if i in on else "0" for i in range(19))  # noqa: E731
     (root / "u.item").write_bytes(
-        (f"10|Caf\xe9 (1995)|01-Jan-1995||http://x|{flags({1, 3})}\n"
-         f"11|B (1995)|01-Jan-1995||http://x|{flags({5})}\n"
-         f"12|C (1995)|01-Jan-1995||http://x|{flags(set())}\n").encode("latin-1")
+        (
+            f"10|Caf\xe9 (1995)|01-Jan-1995||http://x|{flags({1, 3})}\n"
+            f"11|B (1995)|01-Jan-1995||http://x|{flags({5})}\n"
+            f"12|C (1995)|01-Jan-1995||http://x|{flags(set())}\n"
+        ).encode("latin-1")
     )
     return root
 
@@ -57,8 +59,10 @@ def test_1m_format(tmp_path):
     (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n1::11::2::978302109\n")
     (tmp_path / "users.dat").write_text("1::F::1::10::48067\n")
     (tmp_path / "movies.dat").write_bytes(
-        "10::Toy Story (1995)::Animation|Children's|Comedy\n11::Caf\xe9 (1995)::Drama\n"
-        .encode("latin-1"))
+        "10::Toy Story (1995)::Animation|Children's|Comedy\n11::Caf\xe9 (1995)::Drama\n".encode(
+            "latin-1"
+        )
+    )
     raw = MovieLens1M(root=str(tmp_path)).load()
     ev = raw.events.sort("item_id")
     assert ev["label"].to_list() == [1, 0]
@@ -68,10 +72,12 @@ def test_1m_format(tmp_path):
 
 def test_csv_layout_with_headers(tmp_path):
     (tmp_path / "ratings.csv").write_text(
-        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,3.5,964981247\n")
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,3.5,964981247\n"
+    )
     (tmp_path / "movies.csv").write_text(
         'movieId,title,genres\n1,"Toy Story, The (1995)",Adventure|Animation\n'
-        "3,Grumpier Old Men (1995),(no genres listed)\n")
+        "3,Grumpier Old Men (1995),(no genres listed)\n"
+    )
     raw = MovieLensCSV(root=str(tmp_path)).load()
     ev = raw.events.sort("item_id")
     assert ev["label"].to_list() == [1, 0]

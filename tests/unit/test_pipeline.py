@@ -13,13 +13,15 @@ from recbench.data.schema import OOV
 
 
 def cfg(kind="random", seed=2024, max_len=5, min_count=1, **extra):
-    return OmegaConf.create({
-        "name": "toy",
-        "split": {"kind": kind, "ratios": [0.6, 0.2, 0.2], "seed": seed},
-        "features": {"min_count": min_count, "history": {"max_len": max_len, "min_len": 0}},
-        "sampler": {"seed": 3},
-        **extra,
-    })
+    return OmegaConf.create(
+        {
+            "name": "toy",
+            "split": {"kind": kind, "ratios": [0.6, 0.2, 0.2], "seed": seed},
+            "features": {"min_count": min_count, "history": {"max_len": max_len, "min_len": 0}},
+            "sampler": {"seed": 3},
+            **extra,
+        }
+    )
 
 
 def toy_events(n_users=30, per_user=12, seed=0):
@@ -30,15 +32,17 @@ def toy_events(n_users=30, per_user=12, seed=0):
         for t in ts:
             item = int(rng.integers(0, 40))
             rows.append((u, item, int(t), int(rng.random() < 0.4), int(u % 2), [item % 5]))
-    frame = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp", "label", "gender",
-                                       "genres"], orient="row")
+    frame = pl.DataFrame(
+        rows, schema=["user_id", "item_id", "timestamp", "label", "gender", "genres"], orient="row"
+    )
     return frame.sample(fraction=1.0, shuffle=True, seed=seed)  # file order != time order
 
 
 def raw(frame=None, implicit=False):
     frame = toy_events() if frame is None else frame
-    return RawData(frame, sparse=("gender",), multi=("genres",), item_attributes=("genres",),
-                   implicit=implicit)
+    return RawData(
+        frame, sparse=("gender",), multi=("genres",), item_attributes=("genres",), implicit=implicit
+    )
 
 
 def test_history_positions_exclude_same_and_later_timestamps():
@@ -65,7 +69,7 @@ def test_no_history_holds_an_event_at_or_after_its_target():
         for row in range(len(target_ts)):
             hist = t[HISTORY][row].numpy()
             valid = hist[hist > 0]
-            assert (hist[len(valid):] == 0).all()  # right-padded
+            assert (hist[len(valid) :] == 0).all()  # right-padded
             hist_ts = vocab[valid - 2]
             assert (hist_ts < target_ts[row]).all()  # strictly earlier: no same-time event
             assert (np.diff(hist_ts) >= 0).all()  # oldest first, most recent last
@@ -86,8 +90,9 @@ def test_random_split_uses_randomstate_permutation_of_file_rows():
     got_groups = np.sort(data.splits["train"]["group"].numpy())  # group = user rank = user id
     assert np.array_equal(got_groups, want_train_users)
     other = build(raw(frame), cfg(seed=7, max_len=0))
-    assert not torch.equal(other.splits["train"]["group"].sort().values,
-                           data.splits["train"]["group"].sort().values)
+    assert not torch.equal(
+        other.splits["train"]["group"].sort().values, data.splits["train"]["group"].sort().values
+    )
 
 
 def test_vocabulary_is_fitted_on_train_only_with_min_count():
@@ -105,12 +110,15 @@ def test_vocabulary_is_fitted_on_train_only_with_min_count():
         known = (codes < len(vocab)) & (vocab[codes.clip(max=len(vocab) - 1)] == items[split_rows])
         return np.sort(np.where(known, codes + 2, OOV))
 
-    for name, rows in (("train", perm[: round(0.6 * n)]), ("test", perm[round(0.8 * n):])):
+    for name, rows in (("train", perm[: round(0.6 * n)]), ("test", perm[round(0.8 * n) :])):
         got = np.sort(data.splits[name]["sparse"][:, 1].numpy())
         assert np.array_equal(got, expected(rows))
     assert data.schema["item_id"].vocab_size == len(vocab) + 2
-    assert data.info["unseen"]["test"]["item_rows"] == int(
-        (data.splits["test"]["sparse"][:, 1] == OOV).sum()) > 0
+    assert (
+        data.info["unseen"]["test"]["item_rows"]
+        == int((data.splits["test"]["sparse"][:, 1] == OOV).sum())
+        > 0
+    )
 
 
 @pytest.mark.parametrize("kind", ["temporal", "user_temporal", "leave_one_out"])
@@ -191,8 +199,9 @@ def _write_s3rec(root, sequences, attributes):
     (root / "Beauty.txt").write_text("\n".join(lines) + "\n")
     import json
 
-    (root / "Beauty_item2attributes.json").write_text(json.dumps(
-        {str(k): v for k, v in attributes.items()}))
+    (root / "Beauty_item2attributes.json").write_text(
+        json.dumps({str(k): v for k, v in attributes.items()})
+    )
 
 
 def test_amazon_protocol_histories_hold_only_earlier_positions(tmp_path):
@@ -201,8 +210,10 @@ def test_amazon_protocol_histories_hold_only_earlier_positions(tmp_path):
     from recbench.data.adapters.amazon import AmazonS3Rec
 
     rng = np.random.default_rng(0)
-    sequences = {u: rng.choice(np.arange(1, 80), size=int(rng.integers(4, 12)),
-                               replace=False).tolist() for u in range(1, 60)}
+    sequences = {
+        u: rng.choice(np.arange(1, 80), size=int(rng.integers(4, 12)), replace=False).tolist()
+        for u in range(1, 60)
+    }
     _write_s3rec(tmp_path, sequences, {i: [i % 7 + 1] for i in range(1, 80)})
     adapter = AmazonS3Rec(name="Beauty", root=str(tmp_path))
     c = cfg(kind="leave_one_out", max_len=5, min_count=1)
@@ -221,7 +232,7 @@ def test_amazon_protocol_histories_hold_only_earlier_positions(tmp_path):
             want = seq[:k][-5:]
             hist = data.decode("item_id", t[HISTORY][row][: len(want)])
             assert hist.tolist() == want
-            assert (t[HISTORY][row][len(want):] == 0).all()
+            assert (t[HISTORY][row][len(want) :] == 0).all()
             assert items[row] not in hist.tolist()
             if split == "test":
                 assert k == len(seq) - 1

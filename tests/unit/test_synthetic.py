@@ -1,4 +1,5 @@
-"""The synthetic world: determinism, layout, history semantics and the worth of each planted part."""
+"""The synthetic world: determinism, layout, history semantics, and the worth of each planted
+part."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def test_columns_and_types(world: pl.DataFrame) -> None:
 
 def test_default_world_shape_and_rates(world: pl.DataFrame) -> None:
     p = WorldParams()
-    assert 0.9 * p.n_users * p.events_per_user <= world.height <= 1.1 * p.n_users * p.events_per_user
+    expected = p.n_users * p.events_per_user
+    assert 0.9 * expected <= world.height <= 1.1 * expected
     assert world["user_id"].n_unique() == p.n_users
     assert world["item_id"].min() >= 1 and world["item_id"].max() <= p.n_items
     assert 0.2 <= world["label"].mean() <= 0.35
@@ -120,7 +122,8 @@ def test_attention_term_uses_the_strictly_earlier_history(world: pl.DataFrame) -
     attended = (w * np.where(valid, sims, 0.0)).sum(axis=1)
     pooled = np.where(valid, sims, 0.0).sum(axis=1) / np.maximum(length, 1)
     # the pooled-history oracle differs from the true one by exactly attention − pooled
-    delta = _logit(world["oracle_p"].to_numpy()) - _logit(world["oracle_p_pooled_history"].to_numpy())
+    full = _logit(world["oracle_p"].to_numpy())
+    delta = full - _logit(world["oracle_p_pooled_history"].to_numpy())
     np.testing.assert_allclose(delta, p.attention * (attended - pooled), atol=1e-6)
     # a one-event history is the same whether attended or pooled; longer ones are not
     assert np.all(delta[length <= 1] == pytest.approx(0.0, abs=1e-9))

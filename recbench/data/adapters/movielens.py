@@ -3,7 +3,6 @@ CSV layout with headers shared by 20M, 25M, latest and latest-small (``ratings.c
 
 from __future__ import annotations
 
-
 from pathlib import Path
 
 import polars as pl
@@ -33,10 +32,14 @@ def _read_table(
         raise malformed(path, *problem)
     frame = pl.DataFrame(rows, schema=names, orient="row")
     for c in ints:
-        bad = frame.with_row_index("_i").filter(pl.col(c).str.strip_chars().cast(pl.Int64, strict=False).is_null())
+        bad = frame.with_row_index("_i").filter(
+            pl.col(c).str.strip_chars().cast(pl.Int64, strict=False).is_null()
+        )
         if bad.height:
             i = int(bad["_i"][0])
-            raise malformed(path, _line_of(lines, i), f"field {c!r} is not an integer: {bad[c][0]!r}")
+            raise malformed(
+                path, _line_of(lines, i), f"field {c!r} is not an integer: {bad[c][0]!r}"
+            )
         frame = frame.with_columns(pl.col(c).str.strip_chars().cast(pl.Int64))
     return frame
 
@@ -76,22 +79,35 @@ class MovieLens100K:
         self.label_threshold = label_threshold
 
     def files(self) -> tuple[Path, ...]:
-        root = find_root(self.name, self.root, self.subdir, ("u.data", "u.user", "u.item"),
-                         self.download)
+        root = find_root(
+            self.name, self.root, self.subdir, ("u.data", "u.user", "u.item"), self.download
+        )
         return (root / "u.data", root / "u.user", root / "u.item")
 
     def load(self) -> RawData:
         root = self.files()[0].parent
-        ratings = _read_table(root / "u.data", "\t", ["user_id", "item_id", "rating", "timestamp"],
-                              ("user_id", "item_id", "rating", "timestamp"))
-        users = _read_table(root / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"],
-                            ("user_id", "age"))
+        ratings = _read_table(
+            root / "u.data",
+            "\t",
+            ["user_id", "item_id", "rating", "timestamp"],
+            ("user_id", "item_id", "rating", "timestamp"),
+        )
+        users = _read_table(
+            root / "u.user",
+            "|",
+            ["user_id", "age", "gender", "occupation", "zip"],
+            ("user_id", "age"),
+        )
         item_cols = ["item_id", "title", "release", "video_release", "url"] + [
             f"g{i}" for i in range(GENRES_100K)
         ]
         items = _read_table(root / "u.item", "|", item_cols, ("item_id",), encoding="latin-1")
-        flags = pl.concat_list([pl.when(pl.col(f"g{i}") == "1").then(i) for i in range(GENRES_100K)])
-        items = items.select("item_id", flags.list.drop_nulls().cast(pl.List(pl.Int64)).alias("genres"))
+        flags = pl.concat_list(
+            [pl.when(pl.col(f"g{i}") == "1").then(i) for i in range(GENRES_100K)]
+        )
+        items = items.select(
+            "item_id", flags.list.drop_nulls().cast(pl.List(pl.Int64)).alias("genres")
+        )
         events = _label(ratings, self.label_threshold).join(users, on="user_id", how="left")
         events = events.join(items, on="item_id", how="left")
         return RawData(
@@ -120,20 +136,38 @@ class MovieLens1M:
         self.label_threshold = label_threshold
 
     def files(self) -> tuple[Path, ...]:
-        root = find_root(self.name, self.root, self.subdir,
-                         ("ratings.dat", "users.dat", "movies.dat"), self.download)
+        root = find_root(
+            self.name,
+            self.root,
+            self.subdir,
+            ("ratings.dat", "users.dat", "movies.dat"),
+            self.download,
+        )
         return (root / "ratings.dat", root / "users.dat", root / "movies.dat")
 
     def load(self) -> RawData:
         root = self.files()[0].parent
-        ratings = _read_table(root / "ratings.dat", "::",
-                              ["user_id", "item_id", "rating", "timestamp"],
-                              ("user_id", "item_id", "rating", "timestamp"), encoding="latin-1")
-        users = _read_table(root / "users.dat", "::",
-                            ["user_id", "gender", "age", "occupation", "zip"],
-                            ("user_id", "age"), encoding="latin-1")
-        movies = _read_table(root / "movies.dat", "::", ["item_id", "title", "genres"],
-                             ("item_id",), encoding="latin-1")
+        ratings = _read_table(
+            root / "ratings.dat",
+            "::",
+            ["user_id", "item_id", "rating", "timestamp"],
+            ("user_id", "item_id", "rating", "timestamp"),
+            encoding="latin-1",
+        )
+        users = _read_table(
+            root / "users.dat",
+            "::",
+            ["user_id", "gender", "age", "occupation", "zip"],
+            ("user_id", "age"),
+            encoding="latin-1",
+        )
+        movies = _read_table(
+            root / "movies.dat",
+            "::",
+            ["item_id", "title", "genres"],
+            ("item_id",),
+            encoding="latin-1",
+        )
         movies = movies.select("item_id", pl.col("genres").str.split("|").alias("genres"))
         events = _label(ratings, self.label_threshold).join(users, on="user_id", how="left")
         events = events.join(movies, on="item_id", how="left")
@@ -154,8 +188,12 @@ class MovieLensCSV:
     name = "movielens-latest"
 
     def __init__(
-        self, root: str | None = None, subdir: str = "ml-latest-small",
-        label_threshold: float = 4.0, url: str | None = None, checksum: str | None = None,
+        self,
+        root: str | None = None,
+        subdir: str = "ml-latest-small",
+        label_threshold: float = 4.0,
+        url: str | None = None,
+        checksum: str | None = None,
     ) -> None:
         self.root = root
         self.subdir = subdir
@@ -163,17 +201,20 @@ class MovieLensCSV:
         self.download = Download(url, checksum, subdir) if url and checksum else None
 
     def files(self) -> tuple[Path, ...]:
-        root = find_root(self.name, self.root, self.subdir, ("ratings.csv", "movies.csv"),
-                         self.download)
+        root = find_root(
+            self.name, self.root, self.subdir, ("ratings.csv", "movies.csv"), self.download
+        )
         return (root / "ratings.csv", root / "movies.csv")
 
     def load(self) -> RawData:
         root = self.files()[0].parent
-        ratings = _read_csv(root / "ratings.csv",
-                            {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64,
-                             "timestamp": pl.Int64})
-        movies = _read_csv(root / "movies.csv",
-                           {"movieId": pl.Int64, "title": pl.Utf8, "genres": pl.Utf8})
+        ratings = _read_csv(
+            root / "ratings.csv",
+            {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64},
+        )
+        movies = _read_csv(
+            root / "movies.csv", {"movieId": pl.Int64, "title": pl.Utf8, "genres": pl.Utf8}
+        )
         ratings = ratings.rename({"userId": "user_id", "movieId": "item_id"})
         movies = movies.select(
             pl.col("movieId").alias("item_id"),
@@ -204,8 +245,9 @@ def _read_csv(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
                 pl.col(col).cast(dtype, strict=False).is_null() & pl.col(col).is_not_null()
             )
             if bad.height:
-                raise malformed(path, int(bad["_i"][0]) + 2,
-                                f"field {col!r} is not a number: {bad[col][0]!r}") from exc
+                raise malformed(
+                    path, int(bad["_i"][0]) + 2, f"field {col!r} is not a number: {bad[col][0]!r}"
+                ) from exc
         raise malformed(path, 0, str(exc).splitlines()[0]) from exc
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-
 from pathlib import Path
 
 from recbench.data import synthetic

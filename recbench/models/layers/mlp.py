@@ -25,7 +25,9 @@ def activation(name: str, dim: int | None = None) -> nn.Module:
         if dim is None:
             raise ValueError("Dice needs the layer width")
         return Dice(dim)
-    raise ValueError(f"unknown activation {name!r}; choose relu, prelu, gelu, tanh, sigmoid or dice")
+    raise ValueError(
+        f"unknown activation {name!r}; choose relu, prelu, gelu, tanh, sigmoid or dice"
+    )
 
 
 class MLP(nn.Module):
