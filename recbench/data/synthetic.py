@@ -75,25 +75,25 @@ class WorldParams:
     interest_noise: float = 0.3  # per-event random walk of the interest
     popularity_mix: float = 0.4  # share of impressions drawn from global popularity
     n_candidates: int = 10  # focus-genre candidates per impression; closest to the interest wins
-    exposure_sharpness: float = 5.0
+    exposure_sharpness: float = 5.0  # how strongly the interest picks among the candidates
     start_time: int = 946_684_800  # 2000-01-01 UTC
     span_days: float = 700.0  # users start uniformly within this span
     session_gap_hours: float = 36.0  # mean gap between sessions
     event_gap_seconds: float = 90.0  # mean gap between events of a session
     # planted click model
     base_ctr: float = 0.28  # b0 is solved so that the mean click probability is this
-    user_bias: float = 0.3
+    user_bias: float = 0.3  # std of each first-order table
     item_bias: float = 0.3
     demo_bias: float = 0.15
     genre_bias: float = 0.2
     pairwise: float = 0.5  # std of the age×genre, gender×genre and occupation×genre tables
     taste: float = 0.2  # std of the user taste × genre term
-    taste_rank: int = 4
+    taste_rank: int = 4  # rank of the user taste × genre matrix
     higher_order: float = 1.5  # std of the pure 3-way term
-    history_len: int = 50
-    attention: float = 5.0
-    attention_temperature: float = 10.0
-    drift: float = 2.0
+    history_len: int = 50  # what the attention term sees: the last 50 strictly earlier events
+    attention: float = 5.0  # weight of the attention term
+    attention_temperature: float = 10.0  # softmax sharpness: high → the best-matching items
+    drift: float = 2.0  # weight of the current-interest term
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -288,9 +288,7 @@ def generate(params: WorldParams, seed: int) -> pl.DataFrame:
     iid = items[valid]
     a_, g_, o_ = age[uid], gender[uid], occ[uid]
     gm = gmix[iid]  # (N, K)
-    first = (
-        b_user[uid] + b_item[iid] + b_age[a_] + b_gender[g_] + b_occ[o_] + gm @ b_genre
-    )
+    first = b_user[uid] + b_item[iid] + b_age[a_] + b_gender[g_] + b_occ[o_] + gm @ b_genre
     pair = (gm * (t_age[a_] + t_gender[g_] + t_occ[o_] + taste[uid])).sum(axis=1)
     higher = (gm * h[a_, g_]).sum(axis=1)
     # the first event has no history: its attention terms are 0 (neutral)
