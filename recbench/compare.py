@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from recbench.results import (
 log = logging.getLogger("recbench")
 
 # compare's own keys: never passed on to the train runs
-COMPARE_KEYS = ("lineage", "seeds", "models", "report_only", "extra", "bootstrap")
+COMPARE_KEYS = ("lineage", "seeds", "models", "report_only", "extra", "bootstrap", "jobs")
 # train keys compare sets per run: a user value for them would be silently replaced
 PER_RUN_KEYS = {"model": "models=[...]", "seed": "seeds=<n> or seeds=[...]"}
 ERROR_TAIL_LINES = 40
@@ -61,6 +61,7 @@ class Job:
     dataset: str | None = None
     error: str | None = None  # why the config does not compose
     record: dict[str, Any] | None = None  # the finished record, when this compare trained it
+    process: subprocess.Popen | None = field(default=None, repr=False)  # while it trains
 
 
 # ---------------------------------------------------------------------------- command line
@@ -233,8 +234,23 @@ def _failure_record(job: Job, error: str, returncode: int | None, command: str) 
     }
 
 
-def train_job(job: Job, hydra_overrides: list[str]) -> tuple[int, str, Path]:
-    """Train one job in a child process; its output goes to ``<run_dir>/stdout.log``."""
+def _stop(job: Job) -> None:
+    """Terminate the child training ``job`` (if it runs), killing it after 30 s."""
+    proc = job.process
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def train_job(
+    job: Job, hydra_overrides: list[str], threads: int | None = None
+) -> tuple[int, str, Path]:
+    """Train one job in a child process; its output goes to ``<run_dir>/stdout.log``.
+    ``threads`` sets the child's OpenMP threads (torch's default) unless the environment does."""
     cmd = [
         sys.executable,
         "-m",
@@ -248,15 +264,17 @@ def train_job(job: Job, hydra_overrides: list[str]) -> tuple[int, str, Path]:
     log_path = job.run_dir / "stdout.log"
     with open(log_path, "w") as out:
         # same process group: Ctrl-C or a kill of the group stops the run with the compare
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if threads and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(threads)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+        job.process = proc
         try:
             rc = proc.wait()
         except BaseException:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(job)
             raise
     return rc, shlex.join(["recbench", *cmd[3:]]), log_path
 
@@ -288,10 +306,13 @@ def _console_table(table: Table, title: str):
 
 
 def train_all(
-    jobs: list[Job], root: Path, hydra_overrides: list[str], console
+    jobs: list[Job], root: Path, hydra_overrides: list[str], console, parallel: int = 1
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Train ``jobs`` one after another with a progress bar; a failure is recorded in the store
-    and the next job starts. Returns the failure records and notes for the report."""
+    """Train ``jobs``, ``parallel`` child processes at a time, with a progress bar; a failure is
+    recorded in the store and the others go on. Returns the failure records and notes for the
+    report."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -304,6 +325,8 @@ def train_all(
     failures: list[dict[str, Any]] = []
     notes: list[str] = []
     moved: list[str] = []
+    # parallel runs share the cores: each gets its share (oversubscribed OpenMP threads stall)
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -311,47 +334,67 @@ def train_all(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+
+    def timed(job: Job) -> tuple[int, str, Path, float]:
+        t0 = time.perf_counter()
+        rc, command, log_path = train_job(job, hydra_overrides, threads)
+        return rc, command, log_path, time.perf_counter() - t0
+
+    def finish(job: Job, rc: int, command: str, log_path: Path, seconds: float) -> None:
+        if rc == 0 and (job.run_dir / "metrics.json").exists():
+            job.record = json.loads((job.run_dir / "metrics.json").read_text())
+            if job.record.get("run_key") != job.key:
+                moved.append(f"{job.model} seed {job.seed}")
+            primary = job.record.get("primary_metric", "auc")
+            value = (job.record.get("test") or {}).get(primary, float("nan"))
+            say(
+                f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
+                f"({seconds:.0f} s)"
+            )
+        else:
+            tail = _tail(log_path) or f"exit status {rc}, no output"
+            failures.append(_failure_record(job, tail, rc, command))
+            append_record(failures[-1], root)
+            say(
+                f"[red]✗[/] {job.model} seed {job.seed} failed (exit {rc}): "
+                f"{error_line(tail)}\n  log: {log_path}"
+            )
+
     with Progress(*columns, console=console, disable=not jobs) as progress:
         bar = progress.add_task("training", total=len(jobs))
         say = progress.console.print
+        queue = []
         for job in jobs:
-            progress.update(bar, description=f"{job.model} seed {job.seed}")
             if job.error:
                 failures.append(_failure_record(job, job.error, None, ""))
                 append_record(failures[-1], root)
                 say(f"[red]✗[/] {job.model} seed {job.seed}: config error: {job.error}")
                 progress.advance(bar)
-                continue
-            t0 = time.perf_counter()
-            try:
-                rc, command, log_path = train_job(job, hydra_overrides)
-            except KeyboardInterrupt:
-                say(
-                    "[yellow]interrupted[/]: finished runs are in the store; rerun the same "
-                    "command to train the rest"
-                )
-                sys.exit(130)
-            seconds = time.perf_counter() - t0
-            if rc == 0 and (job.run_dir / "metrics.json").exists():
-                job.record = json.loads((job.run_dir / "metrics.json").read_text())
-                if job.record.get("run_key") != job.key:
-                    moved.append(f"{job.model} seed {job.seed}")
-                primary = job.record.get("primary_metric", "auc")
-                value = (job.record.get("test") or {}).get(primary, float("nan"))
-                say(
-                    f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
-                    f"({seconds:.0f} s)"
-                )
             else:
-                tail = _tail(log_path) or f"exit status {rc}, no output"
-                failures.append(_failure_record(job, tail, rc, command))
-                append_record(failures[-1], root)
-                last = error_line(tail)
-                say(
-                    f"[red]✗[/] {job.model} seed {job.seed} failed (exit {rc}): {last}\n"
-                    f"  log: {log_path}"
-                )
-            progress.advance(bar)
+                queue.append(job)
+        pool = ThreadPoolExecutor(max_workers=max(1, parallel))
+        running: dict[Any, Job] = {}
+        try:
+            while queue or running:
+                while queue and len(running) < max(1, parallel):
+                    job = queue.pop(0)
+                    running[pool.submit(timed, job)] = job
+                names = ", ".join(f"{j.model} seed {j.seed}" for j in running.values())
+                progress.update(bar, description=names)
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finish(running.pop(future), *future.result())
+                    progress.advance(bar)
+        except KeyboardInterrupt:
+            for job in running.values():  # children share the process group; make sure
+                _stop(job)
+            pool.shutdown(wait=False, cancel_futures=True)
+            say(
+                "[yellow]interrupted[/]: finished runs are in the store; rerun the same "
+                "command to train the rest"
+            )
+            sys.exit(130)
+        pool.shutdown()
     if moved:
         # the config or code changed under the compare (a pull, an edit): the runs are valid,
         # but their store keys are not the ones a rerun will look for
@@ -422,7 +465,7 @@ def run(cfg: DictConfig) -> None:
             f"{len(jobs) - len(todo)} already in the store, {len(todo)} to train. "
             f"Output: {out_dir}"
         )
-        failures, notes = train_all(todo, root, hydra_passed, console)
+        failures, notes = train_all(todo, root, hydra_passed, console, int(cfg.jobs))
     runs, earlier_failures, missing = collect(
         jobs, read_records(root, stale=False), bool(cfg.report_only)
     )

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from recbench import __version__
 from recbench.callbacks import Throughput, peak_rss_mb
 from recbench.data.datamodule import RecDataModule
-from recbench.data.pipeline import PreparedData, prepare
+from recbench.data.pipeline import EpochNegatives, PreparedData, prepare
 from recbench.launch import local_ranks
 from recbench.models import build_model, used_inputs
 from recbench.results import append_record, run_key
@@ -77,8 +77,18 @@ def build(cfg: DictConfig, data: PreparedData) -> tuple[pl.LightningModule, RecD
     )
     sample = {k: v[:8] for k, v in data.splits["train"].items()}
     keys = used_inputs(model, sample) | {"label", "group"}
+    sampler = cfg.dataset.get("sampler") or {}
+    negatives = None
+    if sampler.get("resample_each_epoch", False):
+        negatives = EpochNegatives(data, int(sampler.get("seed", 0)))
     dm = RecDataModule(
-        data, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.device_resident, keys=keys
+        data,
+        cfg.batch_size,
+        cfg.eval_batch_size,
+        cfg.seed,
+        cfg.device_resident,
+        keys=keys,
+        negatives=negatives,
     )
     return task, dm
 

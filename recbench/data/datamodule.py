@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 
 from recbench.data.loader import BatchLoader
-from recbench.data.pipeline import PreparedData
+from recbench.data.pipeline import EpochNegatives, PreparedData
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -18,6 +18,7 @@ class RecDataModule(pl.LightningDataModule):
         seed: int = 0,
         device_resident: bool | str = "auto",
         keys: set[str] | None = None,
+        negatives: EpochNegatives | None = None,
     ) -> None:
         super().__init__()
         self.data = data
@@ -31,6 +32,12 @@ class RecDataModule(pl.LightningDataModule):
             for name, split in data.splits.items()
         }
         self._train: BatchLoader | None = None
+        self.negatives = negatives  # redraws training negatives each epoch when set
+        if negatives is not None:  # rewritten in place: own copies, not the prepared tensors
+            train = self.splits["train"]
+            for k in ("sparse", *negatives.attributes):
+                if k in train:
+                    train[k] = train[k].clone()
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer
@@ -60,8 +67,13 @@ class RecDataModule(pl.LightningDataModule):
                 seed=self.seed,
                 rank=rank,
                 world_size=world,
+                before_epoch=self._before_epoch,
             )
         return self._train
+
+    def _before_epoch(self, epoch: int) -> None:
+        if self.negatives is not None:
+            self.negatives(self.splits["train"], epoch)
 
     def _eval(self, split: str) -> BatchLoader:
         rank, world = self._rank_world

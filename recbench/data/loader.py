@@ -8,7 +8,7 @@ per-row ``__getitem__`` and no Python collate. The tensors may live on the accel
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -20,6 +20,7 @@ class BatchLoader:
     Training (``shuffle=True``): every epoch draws one permutation from a generator seeded by
     ``(seed, epoch)``, identical on every rank; rank ``r`` of ``w`` takes positions ``r::w`` of it,
     padded by wrapping so all ranks run the same number of steps (as DDP needs).
+    ``before_epoch(epoch)``, when given, runs before each pass (e.g. to redraw negatives).
     Evaluation (``shuffle=False``): rank ``r`` takes rows ``r::w`` of the natural order, without
     padding, so over all ranks every row is seen exactly once.
     """
@@ -33,6 +34,7 @@ class BatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        before_epoch: Callable[[int], None] | None = None,
     ) -> None:
         lengths = {len(t) for t in tensors.values()}
         if len(lengths) != 1:
@@ -52,6 +54,7 @@ class BatchLoader:
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self.before_epoch = before_epoch  # called with the epoch number before each pass
 
     @property
     def device(self) -> torch.device:
@@ -83,6 +86,8 @@ class BatchLoader:
         return None
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.before_epoch is not None:
+            self.before_epoch(self.epoch)
         idx = self.indices()
         self.epoch += 1  # the next pass draws a new permutation
         rows = self.n if idx is None else len(idx)

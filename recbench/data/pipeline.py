@@ -39,6 +39,8 @@ class PreparedData:
     info: dict[str, Any]
     key: str
     vocab: dict[str, list] = field(default_factory=dict)  # field → raw value of code 2, 3, ...
+    # implicit data: what redrawing the training negatives needs (see ``EpochNegatives``)
+    negatives: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def decode(self, field_name: str, codes: torch.Tensor | np.ndarray) -> np.ndarray:
         """Raw values of ``codes`` (None for padding and OOV)."""
@@ -58,6 +60,7 @@ class PreparedData:
                 "info": self.info,
                 "key": self.key,
                 "vocab": self.vocab,
+                "negatives": self.negatives,
             },
             tmp,
         )
@@ -73,7 +76,14 @@ class PreparedData:
             blob["item"],
             blob["item_attributes"],
         )
-        return cls(schema, blob["splits"], blob["info"], blob["key"], blob.get("vocab", {}))
+        return cls(
+            schema,
+            blob["splits"],
+            blob["info"],
+            blob["key"],
+            blob.get("vocab", {}),
+            blob.get("negatives", {}),
+        )
 
 
 # ---------------------------------------------------------------------------- caching
@@ -81,7 +91,10 @@ class PreparedData:
 
 def _pipeline_cfg(cfg: DictConfig) -> dict:
     keep = ("split", "features", "sampler")
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keep if k in cfg}
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in keep if k in cfg}
+    # redrawing negatives per epoch happens in training; the prepared data are the same
+    (out.get("sampler") or {}).pop("resample_each_epoch", None)
+    return out
 
 
 def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
@@ -105,7 +118,12 @@ def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
     key = cache_key(cfg, adapter, raw)
     path = cache_root() / "prepared" / f"{cfg.name}-{key[:16]}"
     if (path / "data.pt").exists() and not force:
-        return PreparedData.load(path)
+        data = PreparedData.load(path)
+        resample = bool((cfg.get("sampler") or {}).get("resample_each_epoch", False))
+        if data.negatives or not resample:
+            return data
+        # an older cache of the same data, without the tables that redrawing negatives needs
+        log(f"rebuilding {cfg.name}: the cache predates per-epoch negatives")
     t0 = time.perf_counter()
     log(f"preparing {cfg.name} (cache: {path})")
     raw = raw or adapter.load()
@@ -261,7 +279,36 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
         f.name: {"kind": f.kind, "vocab_size": f.vocab_size, "max_len": f.max_len} for f in fields
     }
     info["users"], info["items"] = int(user_idx.max() + 1), len(items)
-    return PreparedData(schema, tensors, info, key, {c: v.to_list() for c, v in vocabs.items()})
+    negatives = {}
+    if raw.implicit:
+        negatives = _negative_tables(ev, raw, sampler, items, vocabs, widths)
+        negatives["train_rows"] = torch.nonzero(tensors["train"]["label"] == 0).squeeze(1)
+    vocab = {c: v.to_list() for c, v in vocabs.items()}
+    return PreparedData(schema, tensors, info, key, vocab, negatives)
+
+
+def _negative_tables(
+    ev: pl.DataFrame,
+    raw: RawData,
+    sampler: NegativeSampler,
+    items: pl.Series,
+    vocabs: dict[str, pl.Series],
+    widths: dict[str, int],
+) -> dict[str, torch.Tensor]:
+    """The sampler's (user, item) keys and, per raw item index, its item code and the codes of
+    its multi-valued attributes: enough to redraw training negatives without the raw data."""
+    out = {
+        "keys": torch.from_numpy(sampler.keys),
+        "n_items": torch.tensor(sampler.n_items),
+        "item_code": torch.from_numpy(_encode(items, vocabs["item_id"]).copy()),
+    }
+    attrs = [c for c in raw.item_attributes if c in raw.multi]
+    if attrs:
+        table = ev.select(["item_id", *attrs]).unique("item_id", keep="first", maintain_order=True)
+        table = pl.DataFrame({"item_id": items}).join(table, on="item_id", how="left")
+        for c in attrs:
+            out[f"attr_{c}"] = torch.from_numpy(_encode_lists(table[c], vocabs[c], widths[c]))
+    return out
 
 
 def history_positions(users: np.ndarray, ts: np.ndarray, max_len: int) -> np.ndarray:
@@ -290,12 +337,23 @@ class NegativeSampler:
         self.user_idx = user_idx
         self.keys = np.unique(user_idx.astype(np.int64) * n_items + item_idx)
 
+    @classmethod
+    def from_keys(cls, keys: np.ndarray, n_items: int) -> NegativeSampler:
+        """A sampler over stored ``user · n_items + item`` keys (sorted), for ``sample_users``."""
+        sampler = cls.__new__(cls)
+        sampler.n_items, sampler.user_idx, sampler.keys = n_items, None, keys
+        return sampler
+
     def sample(self, events: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One negative item index for each source event position in ``events``; -1 where the
         user interacted with (nearly) every item and no negative was found."""
-        users = self.user_idx[events].astype(np.int64)
-        out = rng.integers(0, self.n_items, len(events))
-        bad = np.ones(len(events), dtype=bool)
+        return self.sample_users(self.user_idx[events], rng)
+
+    def sample_users(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative item index for each user index in ``users`` (-1: none found)."""
+        users = users.astype(np.int64)
+        out = rng.integers(0, self.n_items, len(users))
+        bad = np.ones(len(users), dtype=bool)
         for _ in range(200):
             key = users * self.n_items + out
             pos = np.searchsorted(self.keys, key).clip(max=len(self.keys) - 1)
@@ -305,6 +363,47 @@ class NegativeSampler:
             out[bad] = rng.integers(0, self.n_items, int(bad.sum()))
         out[bad] = -1
         return out
+
+
+class EpochNegatives:
+    """Redraws the training negatives of implicit data at the start of every epoch after the
+    first (``sampler.resample_each_epoch``): each sampled-negative training row gets a new item
+    the user never interacted with, with that item's attributes. Epoch 0 keeps the prepared draw,
+    so the first epoch is the same with or without resampling; epoch ``e`` draws from a generator
+    seeded by ``(sampler.seed, e)``, the same on every DDP rank. Validation and test negatives
+    never change.
+    """
+
+    def __init__(self, data: PreparedData, seed: int) -> None:
+        neg = data.negatives
+        if not neg:
+            raise ConfigError(
+                f"dataset {data.info.get('name')!r} has no sampled training negatives (explicit "
+                "labels); sampler.resample_each_epoch only applies to implicit data"
+            )
+        self.seed = seed
+        self.sampler = NegativeSampler.from_keys(neg["keys"].numpy(), int(neg["n_items"]))
+        self.item_code = neg["item_code"]
+        self.attributes = {k[5:]: t for k, t in neg.items() if k.startswith("attr_")}
+        self.rows = neg["train_rows"]
+        self.users = data.splits["train"]["group"][self.rows].numpy()
+        self.item_column = data.schema.sparse_index(data.schema.item)
+
+    def __call__(self, tensors: dict[str, torch.Tensor], epoch: int) -> None:
+        """Rewrite the negative rows of the training ``tensors`` in place for ``epoch``."""
+        if epoch == 0 or not len(self.rows):
+            return
+        drawn = self.sampler.sample_users(self.users, np.random.default_rng([self.seed, 3, epoch]))
+        keep = torch.from_numpy(drawn >= 0)  # a user with no item left keeps the old negative
+        rows = self.rows[keep]
+        raw = torch.from_numpy(drawn[drawn >= 0])
+        device = tensors["sparse"].device
+        rows_d = rows.to(device)
+        codes = self.item_code[raw].to(device, tensors["sparse"].dtype)
+        tensors["sparse"][rows_d, self.item_column] = codes
+        for name, table in self.attributes.items():
+            if name in tensors:
+                tensors[name][rows_d] = table[raw].to(device, tensors[name].dtype)
 
 
 def _add_negatives(

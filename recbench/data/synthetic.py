@@ -1,29 +1,32 @@
 """The embedded synthetic world: a seeded, offline, MovieLens-like event log whose click
-probabilities come from a planted model.
+probabilities come from a planted model, so every run can report the oracle AUC beside its own.
 
 Users have demographics (age bucket, gender, occupation) and a preference over genres; items have
-1-3 genres and a latent vector near the centroids of their genres. Each user's timeline is a run of
-sessions; within a session the user has a focus genre, and a latent interest vector ``z`` that is
-pulled toward that genre's centroid every event (plus a random walk), so interest drifts. Each event
-is one impression: an item drawn either from global popularity or from the focus genre (the
-candidate closest to ``z`` wins), so the recent history carries the current interest.
+1-3 genres and a unit latent vector near the centroids of their genres. A user's timeline is a run
+of sessions; each session has a focus genre (drawn from the user's preference), and the user's
+latent interest ``z`` moves toward that genre's centroid a step per event, plus a random walk: the
+interest drifts. Each event is one impression: an item from global popularity, or from the focus
+genre (the popularity-weighted candidate closest to ``z`` wins), so recent history carries the
+current interest.
 
 The click logit of an event is a sum of planted terms::
 
     first order   b0 + user bias + item bias + age, gender, occupation and genre biases
     pairwise      age×genre + gender×genre + occupation×genre (low rank) + user taste×genre
-    higher order  a pure age×gender×genre interaction (every pairwise projection removed)
+    higher order  a pure age×gender×genre interaction: every pairwise projection removed, so a
+                  model of pairwise crosses only gets it through one free vector per user
     attention     w · Σ_j α_j s_j, s_j = <e_target, e_hist_j>, α = softmax(τ s) over the history
     drift         w · <e_target, z_user(t)>, the interest at the time of the event
 
-Genre terms average over the item's genres. The history of an event is the items of the user's
-strictly earlier events (clicked or not), most recent last, at most ``history_len`` of them, which
-is what recbench's pipeline feeds models. The label is Bernoulli(sigmoid(logit)) and the frame
-keeps that probability as ``oracle_p``, plus ablation oracles (see ``ABLATIONS``) where one planted
-part is replaced by its mean over the frame (or, for ``pooled_history``, by the same similarity
-to the uniform mean of the history), the other terms unchanged.
+Genre terms average over the item's genres, as a model pooling its genre embeddings sees them.
+The history of an event is the items of the user's strictly earlier events (clicked or not), most
+recent last, at most ``history_len``: what recbench's pipeline feeds models. The label is
+Bernoulli(sigmoid(logit)); the frame keeps that probability as ``oracle_p``, and ablation oracles
+(``ABLATIONS``) where one planted part is set to its mean over the frame (or, for
+``pooled_history``, to the same similarity against the uniform mean of the history), the other
+terms unchanged. An event without history has attention 0 (and pooled 0).
 
-Timestamps are Unix seconds and strictly increasing within a user: two events of one user never
+Timestamps are Unix seconds and strictly increase within a user: two events of one user never
 share a timestamp, so ordering by time is unambiguous. Different users may share timestamps.
 """
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (2,)
 
 ABLATIONS: dict[str, str] = {
     "oracle_p_no_pairwise": (
@@ -51,9 +54,9 @@ ABLATIONS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class WorldParams:
-    """Every knob of the world. The defaults are the frozen version-1 world: tests rely on them."""
+    """Every knob of the world. The defaults are the frozen version-2 world: tests rely on them."""
 
-    version: int = 1
+    version: int = 2
     # population
     n_users: int = 2000
     n_items: int = 1000
@@ -63,7 +66,7 @@ class WorldParams:
     n_ages: int = 7
     n_occupations: int = 21
     male_share: float = 0.6
-    genre_concentration: float = 0.15  # Dirichlet scale of a user's genre preference (small: few)
+    genre_concentration: float = 1.0  # Dirichlet scale of a user's genre preference; small: few
     # item latent space
     latent_dim: int = 16
     item_noise: float = 0.5  # item vector = mean of its genre centroids + this much noise
@@ -82,18 +85,18 @@ class WorldParams:
     event_gap_seconds: float = 90.0  # mean gap between events of a session
     # planted click model
     base_ctr: float = 0.28  # b0 is solved so that the mean click probability is this
-    user_bias: float = 0.3  # std of each first-order table
-    item_bias: float = 0.3
-    demo_bias: float = 0.15
+    user_bias: float = 0.2  # std of each first-order table
+    item_bias: float = 0.2
+    demo_bias: float = 0.1
     genre_bias: float = 0.2
-    pairwise: float = 0.5  # std of the age×genre, gender×genre and occupation×genre tables
+    pairwise: float = 0.4  # std of the age×genre, gender×genre and occupation×genre tables
     taste: float = 0.2  # std of the user taste × genre term
     taste_rank: int = 4  # rank of the user taste × genre matrix
-    higher_order: float = 1.5  # std of the pure 3-way term
+    higher_order: float = 1.6  # std of the pure 3-way term
     history_len: int = 50  # what the attention term sees: the last 50 strictly earlier events
-    attention: float = 5.0  # weight of the attention term
+    attention: float = 6.5  # weight of the attention term
     attention_temperature: float = 10.0  # softmax sharpness: high → the best-matching items
-    drift: float = 2.0  # weight of the current-interest term
+    drift: float = 1.8  # weight of the current-interest term
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

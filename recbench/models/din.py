@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
 from recbench.models.layers.mlp import MLP
-from recbench.models.layers.sequence import ActivationUnit, BehaviourHistory
+from recbench.models.layers.sequence import ActivationUnit, BehaviourHistory, segment_sum
 
 
 class DIN(nn.Module):
@@ -18,6 +18,9 @@ class DIN(nn.Module):
     ``[e_j, v_A, e_j − v_A, e_j ⊙ v_A]`` against the candidate ``v_A``. The weights are not
     normalised, so the interest's size keeps how strongly the history matches. ``activation="dice"``
     uses Dice (eq. 9) in the unit and the MLP.
+
+    ``unit_init`` is where the activation weights start (the unit's output bias): 1.0 starts DIN
+    as its BaseModel, sum pooling, and training learns how far to move from it.
 
     ``mba_reg > 0`` adds mini-batch aware regularisation (eq. 4) as ``reg_loss`` in training:
     ``mba_reg · Σ_j ||w_j||² / n_j`` over the item embedding rows ``w_j`` of the ids in the batch
@@ -33,6 +36,7 @@ class DIN(nn.Module):
         history: str = "hist_item_id",
         hidden: Sequence[int] = (200, 80),
         unit_hidden: Sequence[int] = (36,),
+        unit_init: float = 0.0,
         activation: str = "prelu",
         dropout: float = 0.0,
         mba_reg: float = 0.0,
@@ -41,22 +45,24 @@ class DIN(nn.Module):
         if mba_reg < 0:
             raise ValueError(f"mba_reg must be >= 0, got {mba_reg}")
         self.inputs = BehaviourHistory(schema, embed_dim, history)
-        self.unit = ActivationUnit(self.inputs.item_dim, unit_hidden, activation)
+        self.unit = ActivationUnit(self.inputs.item_dim, unit_hidden, activation, unit_init)
         width = self.inputs.context_dim + 2 * self.inputs.item_dim
         self.mlp = MLP(width, hidden, 1, dropout, activation)
         self.mba_reg = mba_reg
         self.item_field = schema.item
-        self.item_vocab = schema[schema.item].vocab_size
 
     def attention(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The activation weights of the history steps, 0 at padding: (B, L)."""
-        _, target, history, mask = self.inputs(batch)
-        return self.unit(history, target, mask)
+        _, target, steps, rows, cols = self.inputs.packed(batch)
+        weights = self.unit.score_steps(steps, target, rows)
+        ids = batch[self.inputs.history]
+        return weights.new_zeros(ids.shape).index_put((rows, cols), weights)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
-        context, target, history, mask = self.inputs(batch)  # (B, C), (B, Di), (B, L, Di), (B, L)
-        weights = self.unit(history, target, mask)  # (B, L)
-        interest = torch.bmm(weights.unsqueeze(1), history).squeeze(1)  # (B, Di)
+        # (B, C), (B, Di), and the N valid history steps (N, Di) with their rows
+        context, target, steps, rows, _ = self.inputs.packed(batch)
+        weights = self.unit.score_steps(steps, target, rows)  # (N,)
+        interest = segment_sum(weights.unsqueeze(1) * steps, rows, len(target))  # (B, Di)
         logits = self.mlp(torch.cat([context, target, interest], dim=1)).squeeze(-1)
         if not (self.training and self.mba_reg > 0):
             return logits
@@ -67,10 +73,7 @@ class DIN(nn.Module):
         ids = torch.cat(
             [batch["sparse"][:, self.inputs.item_column], batch[self.inputs.history].flatten()]
         )
-        table = self.inputs.embedding.table.weight
-        rows = table.narrow(0, self.inputs.embedding.offset_of[self.item_field], self.item_vocab)
-        counts = torch.zeros(self.item_vocab, device=ids.device, dtype=rows.dtype)
-        counts.index_add_(0, ids, torch.ones_like(ids, dtype=rows.dtype))
-        counts[0] = 0.0  # padding is not a feature
-        inverse = torch.where(counts > 0, 1.0 / counts.clamp_min(1.0), 0.0)  # (V,), no host sync
-        return (rows.pow(2).sum(-1) * inverse).sum()
+        ids, counts = torch.unique(ids[ids > 0], return_counts=True)  # padding is not a feature
+        offset = self.inputs.embedding.offset_of[self.item_field]
+        rows = self.inputs.embedding.table.weight.index_select(0, ids.long() + offset)
+        return (rows.pow(2).sum(-1) / counts.to(rows.dtype)).sum()

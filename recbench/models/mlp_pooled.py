@@ -6,9 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
-from recbench.models.layers.embedding import masked_mean
 from recbench.models.layers.mlp import MLP
-from recbench.models.layers.sequence import BehaviourHistory, masked_sum
+from recbench.models.layers.sequence import BehaviourHistory, segment_sum
 
 POOLINGS = ("sum", "mean")
 
@@ -42,9 +41,10 @@ class PooledHistoryMLP(nn.Module):
         self.mlp = MLP(width, hidden, 1, dropout, activation)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        context, target, history, mask = self.inputs(batch)  # (B, C), (B, Di), (B, L, Di), (B, L)
-        if self.pooling == "sum":
-            pooled = masked_sum(history, mask)
-        else:
-            pooled = masked_mean(history, mask, dim=1)
+        # (B, C), (B, Di), and the N valid history steps (N, Di) with their rows
+        context, target, steps, rows, _ = self.inputs.packed(batch)
+        pooled = segment_sum(steps, rows, len(target))  # (B, Di)
+        if self.pooling == "mean":
+            counts = torch.bincount(rows, minlength=len(target)).clamp_min(1)
+            pooled = pooled / counts.unsqueeze(1).to(pooled.dtype)
         return self.mlp(torch.cat([context, target, pooled], dim=1)).squeeze(-1)

@@ -228,3 +228,16 @@ def test_optuna_sweep_records_every_trial(tmp_path: Path) -> None:
 def test_optuna_full_sweep(tmp_path: Path) -> None:
     records = _optuna(tmp_path)
     assert len(records) == 8
+
+
+def test_parallel_jobs_train_side_by_side(tmp_path: Path) -> None:
+    """``jobs=2``: two runs at a time, each in its own process with half the cores; every run
+    lands in the store and the report, as with one at a time."""
+    proc = recbench("compare", *PAIR, *TINY, "jobs=2", outputs=tmp_path)
+    (out,) = compare_dirs(tmp_path)
+    assert trained_in(out) == {("lr", 1), ("lr", 2), ("fm", 1), ("fm", 2)}
+    assert len(read_records(tmp_path, status=FINISHED)) == 4
+    summary = json.loads((out / "report.json").read_text())
+    assert {m: v["seeds"] for m, v in summary["models"].items()} == {"lr": [1, 2], "fm": [1, 2]}
+    assert "jobs=2" in summary["command"]
+    assert proc.stderr.count("✓") == 4

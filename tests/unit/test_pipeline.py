@@ -267,3 +267,65 @@ def test_evaluation_sets_are_byte_identical_across_builds_and_models(tmp_path):
         mlp = compose("train", overrides=["model=mlp_pooled", "seed=2", "paths.run_dir=x"])
     adapter = pipeline.instantiate(din.dataset.adapter)
     assert pipeline.cache_key(din.dataset, adapter) == pipeline.cache_key(mlp.dataset, adapter)
+
+
+def test_training_negatives_are_redrawn_each_epoch_when_asked():
+    """``sampler.resample_each_epoch``: epoch 0 keeps the prepared draw; later epochs give each
+    negative row a new item that the user never interacted with, with that item's own genres;
+    positives, histories and the evaluation splits never change; a rerun draws the same."""
+    from recbench.data.datamodule import RecDataModule
+    from recbench.data.pipeline import EpochNegatives
+
+    frame = toy_events().with_columns(pl.lit(1).alias("label")).unique(["user_id", "item_id"])
+    genres_of = dict(zip(frame["item_id"].to_list(), frame["genres"].to_list(), strict=True))
+    items_of = frame.group_by("user_id").agg("item_id")
+    items_of = dict(zip(items_of["user_id"].to_list(), items_of["item_id"].to_list(), strict=True))
+    c = cfg(kind="leave_one_out", max_len=5)
+    c.sampler = {"seed": 5, "per_positive": 1}
+    data = build(raw(frame, implicit=True), c)
+    prepared = {k: v.clone() for k, v in data.splits["train"].items()}
+    evaluation = {s: {k: v.clone() for k, v in data.splits[s].items()} for s in ("val", "test")}
+
+    def epochs(n):
+        dm = RecDataModule(data, batch_size=10_000, negatives=EpochNegatives(data, seed=5))
+        loader = dm.train_dataloader()
+        out = []
+        for _ in range(n):
+            next(iter(loader))
+            out.append({k: v.clone() for k, v in dm.splits["train"].items()})
+        return out
+
+    seen = epochs(3)
+    neg = prepared["label"] == 0
+    assert neg.sum() > 50
+    assert torch.equal(seen[0]["sparse"], prepared["sparse"])  # epoch 0: the fixed draw
+    for e in (1, 2):
+        t = seen[e]
+        assert torch.equal(t["sparse"][~neg], prepared["sparse"][~neg])  # positives untouched
+        assert torch.equal(t["sparse"][:, 0], prepared["sparse"][:, 0])  # same users
+        for k in ("label", HISTORY, HISTORY_NEG):
+            assert torch.equal(t[k], prepared[k])
+        changed = (t["sparse"][neg, 1] != prepared["sparse"][neg, 1]).float().mean()
+        assert changed > 0.5, changed
+        users = data.decode("user_id", t["sparse"][neg, 0])
+        items = data.decode("item_id", t["sparse"][neg, 1])
+        genres = t["genres"][neg]
+        for u, i, g in zip(users, items, genres, strict=True):
+            assert i not in items_of[u]  # never an item of the same user
+            want = sorted(data.decode("genres", g[g > 0]).tolist())
+            assert want == sorted(genres_of[i])  # the attributes follow the new item
+    assert not torch.equal(seen[1]["sparse"], seen[2]["sparse"])  # a new draw per epoch
+    assert torch.equal(epochs(2)[1]["sparse"], seen[1]["sparse"])  # seeded: a rerun draws the same
+    for s in ("val", "test"):  # evaluation negatives are fixed
+        for k, v in evaluation[s].items():
+            assert torch.equal(data.splits[s][k], v)
+    assert torch.equal(data.splits["train"]["sparse"], prepared["sparse"])  # data not mutated
+
+
+def test_resampling_negatives_of_explicit_data_is_a_config_error():
+    from recbench.data.pipeline import EpochNegatives
+    from recbench.errors import ConfigError
+
+    data = build(raw(), cfg())
+    with pytest.raises(ConfigError, match="implicit"):
+        EpochNegatives(data, seed=1)

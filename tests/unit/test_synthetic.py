@@ -110,27 +110,53 @@ def test_users_and_items_keep_their_attributes(world: pl.DataFrame) -> None:
     assert world["genres"].list.max().max() < WorldParams().n_genres
 
 
-def test_attention_term_uses_the_strictly_earlier_history(world: pl.DataFrame) -> None:
-    p = WorldParams()
-    hist, length = _histories(world, p.history_len)
-    vec = item_vectors(p, seed=0)
+@pytest.fixture(scope="module")
+def history_sims(world: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(N, L) similarity of each pipeline-style history item to the event's target (0 at
+    padding), and (N,) history lengths."""
+    hist, length = _histories(world, WorldParams().history_len)
+    vec = item_vectors(WorldParams(), seed=0)
     target = world["item_id"].to_numpy() - 1
-    sims = (vec @ vec.T)[np.maximum(hist - 1, 0), target[:, None]]  # (N, L)
-    valid = hist > 0
+    sims = (vec @ vec.T)[np.maximum(hist - 1, 0), target[:, None]]
+    return np.where(hist > 0, sims, 0.0), length
+
+
+def test_attention_term_uses_the_strictly_earlier_history(
+    world: pl.DataFrame, history_sims: tuple[np.ndarray, np.ndarray]
+) -> None:
+    p = WorldParams()
+    sims, length = history_sims
+    valid = np.arange(sims.shape[1])[None, :] < length[:, None]
     w = np.exp(p.attention_temperature * np.where(valid, sims, -np.inf))
     w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
-    attended = (w * np.where(valid, sims, 0.0)).sum(axis=1)
-    pooled = np.where(valid, sims, 0.0).sum(axis=1) / np.maximum(length, 1)
+    attended = (w * sims).sum(axis=1)
+    pooled = sims.sum(axis=1) / np.maximum(length, 1)
     # the pooled-history oracle differs from the true one by exactly attention − pooled
-    full = _logit(world["oracle_p"].to_numpy())
-    delta = full - _logit(world["oracle_p_pooled_history"].to_numpy())
+    delta = _logit(world["oracle_p"].to_numpy()) - _logit(
+        world["oracle_p_pooled_history"].to_numpy()
+    )
     np.testing.assert_allclose(delta, p.attention * (attended - pooled), atol=1e-6)
     # a one-event history is the same whether attended or pooled; longer ones are not
-    assert np.all(delta[length <= 1] == pytest.approx(0.0, abs=1e-9))
+    assert np.all(np.abs(delta[length <= 1]) < 1e-9)
     assert np.mean(np.abs(delta[length >= 10]) > 1e-3) > 0.9
     # removing the history terms changes the probability of (nearly) every event
     diff = np.abs(world["oracle_p"].to_numpy() - world["oracle_p_no_history"].to_numpy())
     assert np.mean(diff > 1e-6) > 0.99
+
+
+def test_drift_follows_the_recent_history(
+    world: pl.DataFrame, history_sims: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # the drift term rewards the current interest, which the latest events show and the oldest
+    # ones in a full history do not
+    sims, length = history_sims
+    full = length == sims.shape[1]
+    drift = _logit(world["oracle_p"].to_numpy()) - _logit(world["oracle_p_no_drift"].to_numpy())
+    recent = sims[full, -5:].mean(axis=1)
+    old = sims[full, :5].mean(axis=1)
+    r_recent = np.corrcoef(drift[full], recent)[0, 1]
+    r_old = np.corrcoef(drift[full], old)[0, 1]
+    assert r_recent > r_old + 0.1, (r_recent, r_old)
 
 
 def test_history_length_one_makes_attention_and_pooling_equal() -> None:

@@ -70,18 +70,48 @@ class BehaviourHistory(nn.Module):
         self.context_dim = len(keep) * embed_dim
         self.item_dim = self.embedding.item_dim()
 
+    def packed(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The history as its valid steps only: ``context`` (B, C), ``target`` (B, Di),
+        ``steps`` (N, Di) the vectors of the N valid history steps in row-major order, and their
+        ``rows`` and ``cols`` (N,) in the (B, L) history.
+
+        Each distinct item of the batch (targets and history) is embedded once and its vector
+        gathered where it occurs: a batch of 1,024 × 50 steps holds a few thousand distinct items,
+        and the item vector (item row plus pooled attributes) is the costly part.
+        """
+        context = self.embedding(batch).index_select(1, self.context_index).flatten(1)  # (B, C)
+        ids = batch[self.history]
+        rows, cols = (ids > 0).nonzero(as_tuple=True)  # syncs with the device once per batch
+        target_ids = batch["sparse"][:, self.item_column]
+        distinct, where = torch.unique(
+            torch.cat([target_ids, ids[rows, cols].to(target_ids.dtype)]), return_inverse=True
+        )
+        vectors = self.embedding.items(distinct)  # (U, Di)
+        b = target_ids.shape[0]
+        target = vectors.index_select(0, where[:b])
+        steps = vectors.index_select(0, where[b:])
+        return context, target, steps, rows, cols
+
     def forward(
         self, batch: Mapping[str, Tensor], trim: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        context = self.embedding(batch).index_select(1, self.context_index).flatten(1)  # (B, C)
+        """``context`` (B, C), ``target`` (B, Di), ``history`` (B, L, Di) zero at padding, and
+        ``mask`` (B, L) true at valid steps; ``trim`` drops the all-padding trailing columns."""
+        context, target, steps, rows, cols = self.packed(batch)
         ids = trim_padding(batch[self.history]) if trim else batch[self.history]  # (B, L)
-        target = self.embedding.items(batch["sparse"][:, self.item_column])  # (B, Di)
-        mask = ids > 0
-        # only valid steps are looked up (histories are mostly padding on real data)
-        history = target.new_zeros(*ids.shape, self.item_dim).index_put(
-            (mask,), self.embedding.items(ids[mask])
-        )  # (B, L, Di)
-        return context, target, history, mask
+        history = scatter_steps(steps, rows, cols, ids.shape)
+        return context, target, history, ids > 0
+
+
+def scatter_steps(steps: Tensor, rows: Tensor, cols: Tensor, shape: torch.Size) -> Tensor:
+    """Packed (N, D) step vectors back to a right-padded (B, L, D) tensor, zero at padding."""
+    flat = steps.new_zeros(shape[0] * shape[1], steps.shape[1])
+    return flat.index_copy(0, rows * shape[1] + cols, steps).view(*shape, steps.shape[1])
+
+
+def segment_sum(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Sum of packed (N, D) values per row: (N, D), (N,) → (n_rows, D)."""
+    return values.new_zeros(n_rows, values.shape[1]).index_add(0, rows, values)
 
 
 class ActivationUnit(nn.Module):
@@ -89,9 +119,19 @@ class ActivationUnit(nn.Module):
     ``[e_j, v_A, e_j − v_A, e_j ⊙ v_A]`` scores each history item ``e_j`` against the candidate
     ``v_A``. Scores are used as they are (no softmax). Only valid steps are scored: padded steps
     get exactly 0 and never enter a Dice unit's batch statistics.
+
+    ``init_weight`` is the output bias at initialisation, so every weight starts near it: 1.0
+    starts DIN at its BaseModel (sum pooling) and lets training move away from it; 0.0 starts
+    from an empty interest.
     """
 
-    def __init__(self, item_dim: int, hidden: Sequence[int] = (36,), act: str = "prelu") -> None:
+    def __init__(
+        self,
+        item_dim: int,
+        hidden: Sequence[int] = (36,),
+        act: str = "prelu",
+        init_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("the activation unit needs at least one hidden layer")
@@ -99,18 +139,29 @@ class ActivationUnit(nn.Module):
         self.first = nn.Linear(4 * item_dim, hidden[0])
         self.act = activation(act, hidden[0])
         self.rest = MLP(hidden[0], hidden[1:], 1, act=act)
+        with torch.no_grad():
+            self.rest.net[-1].bias.fill_(init_weight)
 
     def forward(self, keys: Tensor, query: Tensor, mask: Tensor) -> Tensor:
         """(B, L, Di) history, (B, Di) candidate, (B, L) mask → (B, L) weights."""
         rows, cols = mask.nonzero(as_tuple=True)  # only valid steps are scored; syncs once
-        e = keys[rows, cols]  # (N, Di)
+        scores = self.score_steps(keys[rows, cols], query, rows)
+        return scores.new_zeros(mask.shape).index_put((rows, cols), scores)
+
+    def score_steps(self, steps: Tensor, query: Tensor, rows: Tensor) -> Tensor:
+        """Packed form: (N, Di) valid history steps, (B, Di) candidates, (N,) the row of each
+        step → (N,) weights."""
         w_e, w_q, w_d, w_p = self.first.weight.split(self.item_dim, dim=1)  # each (H, Di)
         # the first Linear over the concat, split by block: W_e e + W_q v + W_d (e − v) + W_p e⊙v,
         # so the candidate's part is computed once per row instead of once per step
         per_row = F.linear(query, w_q - w_d, self.first.bias)  # (B, H)
-        hidden = F.linear(e, w_e + w_d) + F.linear(e * query[rows], w_p) + per_row[rows]  # (N, H)
-        scores = self.rest(self.act(hidden)).squeeze(-1)  # (N,)
-        return scores.new_zeros(mask.shape).index_put((rows, cols), scores)
+        candidate = query.index_select(0, rows)  # (N, Di)
+        hidden = torch.addmm(
+            per_row.index_select(0, rows),
+            torch.cat([steps, steps * candidate], dim=1),
+            torch.cat([w_e + w_d, w_p], dim=1).t(),
+        )  # (N, H)
+        return self.rest(self.act(hidden)).squeeze(-1)
 
 
 class AttentionGRUCell(nn.Module):
