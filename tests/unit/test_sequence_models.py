@@ -126,6 +126,19 @@ def test_din_with_a_uniform_unit_is_its_sum_pooling_parent():
     assert not torch.allclose(din(batch), mean_parent(batch))
 
 
+def test_din_unit_init_starts_near_sum_pooling():
+    """``unit_init=1.0``: before training every valid step weighs about 1 (padding exactly 0),
+    so DIN starts as its sum-pooling BaseModel; ``unit_init=0.0`` starts near an empty interest."""
+    torch.manual_seed(0)
+    batch = random_batch(toy_schema(), 32, seed=2)
+    valid = batch["hist_item_id"] > 0
+    near_one = DIN(toy_schema(), unit_init=1.0).eval().attention(batch)
+    near_zero = DIN(toy_schema(), unit_init=0.0).eval().attention(batch)
+    assert (near_one[~valid] == 0).all() and (near_zero[~valid] == 0).all()
+    assert (near_one[valid] - 1).abs().max() < 0.2
+    assert near_zero[valid].abs().max() < 0.2
+
+
 def test_din_mini_batch_aware_regulariser():
     torch.manual_seed(0)
     schema = toy_schema()
