@@ -1,63 +1,66 @@
-"""Mean ± std tables over seeds from a results store, in Markdown (used for docs/results.md).
+"""The docs/results.md table of one compare report, in Markdown.
 
-    python scripts/results_tables.py <outputs root> --dataset movielens-100k [--models lr,fm,...]
+    recbench compare lineage=ctr dataset=movielens-100k seeds=3 report_only=true
+    python scripts/results_tables.py outputs/compare/<time>_ctr_movielens-100k
 
-Takes the latest finished record per (model, seed) for the dataset.
+Reads the ``report.json`` that `recbench compare` (or its ``report_only`` rebuild) wrote and
+prints one row per model: mean ± std over seeds of the test metrics, train samples/s, parameter
+count and, on synthetic data, the gap to the oracle AUC.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
+from pathlib import Path
 
-from recbench.results import read_records
+
+def fmt(pair: list[float] | None, digits: int = 4) -> str:
+    if not pair:
+        return "—"
+    mean, std = pair
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def fmt(values: list[float], digits: int = 4) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+def table(report: dict) -> list[str]:
+    models = report["models"]
+    oracle = next((m.get("oracle_auc") for m in models.values() if m.get("oracle_auc")), None)
+    head = "| model | seeds | test AUC | test GAUC | test logloss | train samples/s | params |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    if oracle:
+        head += " gap to oracle |"
+        rule += "---:|"
+    lines = [head, rule]
+    for name, m in models.items():
+        test = m["test"]
+        speed = (m.get("perf") or {}).get("train_samples_per_sec")
+        row = [
+            name,
+            str(len(m["seeds"])),
+            fmt(test.get("auc")),
+            fmt(test.get("gauc")),
+            fmt(test.get("logloss")),
+            f"{speed[0]:,.0f}" if speed else "—",
+            f"{m['params']:,}" if m.get("params") else "—",
+        ]
+        if oracle:
+            row.append(f"{oracle - test['auc'][0]:.4f}")
+        lines.append("| " + " | ".join(row) + " |")
+    if oracle:
+        lines += ["", f"Oracle test AUC (the planted click probabilities): {oracle:.4f}"]
+    return lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("root")
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--models", default=None)
+    ap.add_argument("compare_dir", type=Path, help="a `recbench compare` output directory")
     args = ap.parse_args()
-    latest: dict[tuple[str, int], dict] = {}
-    for r in read_records(args.root):
-        if r.get("status") == "finished" and r["dataset"] == args.dataset:
-            latest[(r["model"], r["seed"])] = r
-    order = args.models.split(",") if args.models else sorted({m for m, _ in latest})
-    oracle = [r["oracle"]["auc"] for r in latest.values() if r.get("oracle")]
-    print(
-        "| model | seeds | test AUC | test GAUC | test logloss | val AUC | train samples/s "
-        "| params |" + (" gap to oracle |" if oracle else "")
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if oracle else ""))
-    for m in order:
-        runs = [r for (model, _), r in sorted(latest.items()) if model == m]
-        if not runs:
-            continue
-        auc = [r["test"]["auc"] for r in runs]
-        row = [
-            m,
-            str(len(runs)),
-            fmt(auc),
-            fmt([r["test"]["gauc"] for r in runs]),
-            fmt([r["test"]["logloss"] for r in runs]),
-            fmt([r["val"]["auc"] for r in runs]),
-            f"{statistics.mean(r['perf']['train_samples_per_sec'] for r in runs):,.0f}",
-            f"{runs[0]['params']:,}",
-        ]
-        if oracle:
-            row.append(
-                f"{statistics.mean(r['oracle']['auc'] - r['test']['auc'] for r in runs):.4f}"
-            )
-        print("| " + " | ".join(row) + " |")
-    if oracle:
-        print(f"\nOracle test AUC (true click probability): {oracle[0]:.4f}")
+    path = args.compare_dir / "report.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: pass the output directory of a `recbench compare`")
+    report = json.loads(path.read_text())
+    print(f"<!-- {report['command']} -->")
+    print("\n".join(table(report)))
 
 
 if __name__ == "__main__":

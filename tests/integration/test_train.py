@@ -72,6 +72,29 @@ def test_train_writes_every_output_and_is_deterministic(tmp_path):
     assert again["test"] == m["test"] and again["val"] == m["val"]
 
 
+@pytest.mark.parametrize("model", ["lr", "din"])
+def test_ddp_trains_on_two_cpu_ranks(tmp_path, model):
+    """A few DDP steps on 2 CPU ranks: every parameter gets a gradient (DDP refuses otherwise),
+    both ranks run, rank 0 writes the outputs."""
+    recbench(
+        "train",
+        f"model={model}",
+        "++dataset.world.n_users=300",
+        "debug=fast",
+        "logger=none",
+        "record=false",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "threads=1",
+        *run_dir_of(tmp_path, "two"),
+        cwd=tmp_path,
+    )
+    out = metrics(tmp_path, "two")
+    assert out["perf"]["devices"] == 2
+    assert 0 < out["test"]["auc"] < 1 and out["test"]["logloss"] < 1.0  # five steps: no skill yet
+
+
 def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
     """One checkpoint, evaluated on 1 and on 2 CPU ranks over an odd number of rows."""
     base = ["model=mlp", *SMALL, "trainer.max_epochs=1", "record=false"]

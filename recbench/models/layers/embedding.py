@@ -64,7 +64,10 @@ class FeatureEmbedding(nn.Module):
         )
         self.multi_names = [f.name for f in schema.multi]
         self.n_dense = len(schema.dense)
-        self.dense_weight = nn.Parameter(torch.randn(self.n_dense, dim) * init_std)
+        # no parameter without dense fields: DDP refuses parameters that never get a gradient
+        self.dense_weight = (
+            nn.Parameter(torch.randn(self.n_dense, dim) * init_std) if self.n_dense else None
+        )
         # item attribute tables turn an item code into its side feature codes
         for name, t in schema.item_attributes.items():
             self.register_buffer(f"attr_{name}", t.long().clone(), persistent=False)
