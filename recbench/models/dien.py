@@ -32,6 +32,8 @@ class DIEN(nn.Module):
     MLP input: ``[final interest, candidate item, other fields, sum-pooled history]``. In training,
     with ``aux_alpha > 0``, returns ``{"logits", "aux_loss"}``; the batch must then hold
     ``negative_history``: for each history step an item the user did not click (same padding).
+    ``mba_reg > 0`` adds DIN's mini-batch aware regularisation of the item embeddings as
+    ``reg_loss`` (``BehaviourHistory.item_l2``).
     """
 
     def __init__(
@@ -46,10 +48,14 @@ class DIEN(nn.Module):
         aux_alpha: float = 1.0,
         activation: str = "prelu",
         dropout: float = 0.0,
+        mba_reg: float = 0.0,
     ) -> None:
         super().__init__()
         if aux_alpha < 0:
             raise ValueError(f"aux_alpha must be >= 0, got {aux_alpha}")
+        if mba_reg < 0:
+            raise ValueError(f"mba_reg must be >= 0, got {mba_reg}")
+        self.mba_reg = mba_reg
         self.inputs = BehaviourHistory(schema, embed_dim, history)
         item = self.inputs.item_dim
         dim = gru_dim or item  # hidden size of both GRUs
@@ -75,8 +81,13 @@ class DIEN(nn.Module):
         interest = run_masked(self.evolution, states, mask, att)  # (B, H) at each true last step
         x = torch.cat([interest, target, context, masked_sum(history, mask)], dim=1)
         logits = self.mlp(x).squeeze(-1)
-        if not self.training or self.aux_scorer is None:
+        if not self.training:
             return logits
+        out = {"logits": logits}
+        if self.mba_reg > 0:
+            out["reg_loss"] = self.mba_reg * self.inputs.item_l2(batch)
+        if self.aux_scorer is None:
+            return out if len(out) > 1 else logits
         if self.negative_history not in batch:
             raise ConfigError(
                 f"DIEN's auxiliary loss needs {self.negative_history!r} in the batch; "
@@ -89,4 +100,5 @@ class DIEN(nn.Module):
             (used,), self.inputs.embedding.items(neg_ids[used])
         )  # (B, L, Di)
         aux = next_item_loss(self.aux_scorer, states, history, negative, mask, neg_ids > 0)
-        return {"logits": logits, "aux_loss": self.aux_alpha * aux}
+        out["aux_loss"] = self.aux_alpha * aux
+        return out

@@ -49,7 +49,6 @@ class DIN(nn.Module):
         width = self.inputs.context_dim + 2 * self.inputs.item_dim
         self.mlp = MLP(width, hidden, 1, dropout, activation)
         self.mba_reg = mba_reg
-        self.item_field = schema.item
 
     def attention(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The activation weights of the history steps, 0 at padding: (B, L)."""
@@ -66,14 +65,4 @@ class DIN(nn.Module):
         logits = self.mlp(torch.cat([context, target, interest], dim=1)).squeeze(-1)
         if not (self.training and self.mba_reg > 0):
             return logits
-        return {"logits": logits, "reg_loss": self.mba_reg * self.batch_l2(batch)}
-
-    def batch_l2(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """``Σ_j ||w_j||² / n_j`` over the item ids in the batch, ``n_j`` their batch counts."""
-        ids = torch.cat(
-            [batch["sparse"][:, self.inputs.item_column], batch[self.inputs.history].flatten()]
-        )
-        ids, counts = torch.unique(ids[ids > 0], return_counts=True)  # padding is not a feature
-        offset = self.inputs.embedding.offset_of[self.item_field]
-        rows = self.inputs.embedding.table.weight.index_select(0, ids.long() + offset)
-        return (rows.pow(2).sum(-1) / counts.to(rows.dtype)).sum()
+        return {"logits": logits, "reg_loss": self.mba_reg * self.inputs.item_l2(batch)}

@@ -337,6 +337,7 @@ MODELS = [
     ("din", {"mba_reg": 1e-4}),
     ("dien", {}),
     ("dien", {"evolution": "aigru"}),
+    ("dien", {"mba_reg": 1e-4}),
     ("dien", {"evolution": "agru"}),
     ("dien", {"gru_dim": 12, "aux_alpha": 0.0}),
 ]

@@ -102,6 +102,17 @@ class BehaviourHistory(nn.Module):
         history = scatter_steps(steps, rows, cols, ids.shape)
         return context, target, history, ids > 0
 
+    def item_l2(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Mini-batch aware L2 (DIN, eq. 4): ``Σ_j ||w_j||² / n_j`` over the item embedding rows
+        ``w_j`` of the ids in the batch (targets and history), ``n_j`` the id's count in the
+        batch. The paper's ``n_j`` is the id's frequency in the training data, which a model does
+        not see; the batch count is a noisy estimate of it that still shrinks rare ids harder."""
+        ids = torch.cat([batch["sparse"][:, self.item_column], batch[self.history].flatten()])
+        ids, counts = torch.unique(ids[ids > 0], return_counts=True)  # padding is not a feature
+        offset = self.embedding.offset_of[self.embedding.schema.item]
+        rows = self.embedding.table.weight.index_select(0, ids.long() + offset)
+        return (rows.pow(2).sum(-1) / counts.to(rows.dtype)).sum()
+
 
 def scatter_steps(steps: Tensor, rows: Tensor, cols: Tensor, shape: torch.Size) -> Tensor:
     """Packed (N, D) step vectors back to a right-padded (B, L, D) tensor, zero at padding."""
