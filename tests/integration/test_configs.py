@@ -48,3 +48,27 @@ def test_every_experiment_config_composes_and_runs(tmp_path, experiment, ml100k)
     )
     run(cfg)
     assert (tmp_path / "metrics.json").exists()
+
+
+TUNED = sorted(p.relative_to(CONFIGS / "tuned") for p in (CONFIGS / "tuned").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", TUNED, ids=str)
+def test_tuned_configs_apply_to_their_dataset_and_model_only(tmp_path, path):
+    """configs/tuned/<dataset>/<model>.yaml changes that model's keys on that dataset and
+    nothing else; a key a tuned file sets must exist in the model's config (no silent typo)."""
+    dataset, model = path.parent.name, path.stem
+    assert (CONFIGS / "dataset" / f"{dataset}.yaml").exists()
+    assert (CONFIGS / "model" / f"{model}.yaml").exists()
+    tuned = compose_train(tmp_path, [f"dataset={dataset}", f"model={model}"])
+    plain = compose_train(tmp_path, [f"model={model}"])  # the synthetic world: no tuned file
+    changed = {k for k in tuned.model if tuned.model[k] != plain.model[k]}
+    assert changed, f"{path} changes nothing"
+    assert set(tuned.model) == set(plain.model)
+    assert tuned.dataset.name == dataset
+    other = compose_train(tmp_path, [f"dataset={dataset}", "model=mlp"])
+    assert other.model == compose_train(tmp_path, ["model=mlp"]).model
+    # a command-line override still wins over the tuned value
+    key = sorted(changed)[0]
+    again = compose_train(tmp_path, [f"dataset={dataset}", f"model={model}", f"model.{key}=0.5"])
+    assert again.model[key] == 0.5
