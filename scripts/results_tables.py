@@ -19,6 +19,8 @@ def fmt(pair: list[float] | None, digits: int = 4) -> str:
     if not pair:
         return "—"
     mean, std = pair
+    if std is None:  # a single seed
+        return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
