@@ -736,6 +736,10 @@ def layout(
         for a in As:
             feeds_into.setdefault(a, []).append(b)
 
+    def reindex(col: list[Any], row: dict[Any, float]) -> None:
+        for i, item in enumerate(col):
+            row[item] = (len(col) - 1) / 2 - i
+
     def place(col: list[Any], row: dict[Any, float], near: dict[Any, list[Any]]) -> None:
         def key(item: Any) -> tuple[float, int, int]:
             ys = [row[a] for a in near.get(item, ()) if a in row]
@@ -745,8 +749,7 @@ def layout(
             return bary, fam_rank.get(family_of(item), len(fam_rank)), order[item]
 
         col.sort(key=key)
-        for i, item in enumerate(col):
-            row[item] = (len(col) - 1) / 2 - i
+        reindex(col, row)
 
     gen = {item: g for g, col in enumerate(columns) for item in col}
     segments = [(a, b) for b, As in feeds.items() for a in As]
@@ -761,10 +764,6 @@ def layout(
             if gen[a1] == gen[a2] and (row[a1] - row[a2]) * (row[b1] - row[b2]) < 0
         )
         return crossings + 0.3 * sum(abs(row[a] - row[b]) for a, b in segments)
-
-    def reindex(col: list[Any], row: dict[Any, float]) -> None:
-        for i, item in enumerate(col):
-            row[item] = (len(col) - 1) / 2 - i
 
     # barycentre sweeps down and up, keeping the cheapest order; then swaps of neighbours
     row: dict[Any, float] = {}

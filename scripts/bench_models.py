@@ -17,29 +17,17 @@ import tempfile
 from pathlib import Path
 
 from recbench.cli import config_dir
+from recbench.lineage import NODES
 
-CTR = [
-    "lr",
-    "fm",
-    "mlp",
-    "deep_crossing",
-    "pnn",
-    "wide_deep",
-    "dcn",
-    "dcn_v2",
-    "deepfm",
-    "afm",
-    "nfm",
-    "xdeepfm",
-    "autoint",
-]
-SEQUENCE = ["mlp_pooled", "din", "din_dice", "dien"]
+# every model of the lineage graph, in its order, and DIN's Dice variant after DIN
+MODELS = [n.model for n in NODES]
+MODELS.insert(MODELS.index("din") + 1, "din_dice")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="movielens-100k")
-    ap.add_argument("--models", default=",".join(CTR + SEQUENCE))
+    ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write all results to this file")

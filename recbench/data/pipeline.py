@@ -157,7 +157,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
         )
     )["item_id"].to_numpy()
     user_idx = ev.select(pl.col("user_id").rank("dense") - 1)["user_id"].to_numpy().astype(np.int64)
-    sampler = NegativeSampler(user_idx, item_idx, len(items))
+    sampler = NegativeSampler.of_events(user_idx, item_idx, len(items))
 
     hist_pos = history_positions(ev["user_id"].to_numpy(), ev["timestamp"].to_numpy(), max_len)
     ev = ev.with_columns(pl.Series("_user", user_idx), pl.Series("_event", np.arange(ev.height)))
@@ -207,7 +207,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
 
     # item code of every source event (histories index source events, dropped ones included)
     enc_item = _encode(pl.Series(items.to_numpy()[item_idx]), vocabs["item_id"])
-    neg_items = sampler.sample(np.arange(len(hist_pos)), np.random.default_rng([seed, 1]))
+    neg_items = sampler.sample(user_idx, np.random.default_rng([seed, 1]))  # one per event
     enc_neg = _encode(pl.Series(items.to_numpy()[neg_items]), vocabs["item_id"]).copy()
     enc_neg[neg_items < 0] = 0  # no negative exists: padding
 
@@ -304,8 +304,9 @@ def _negative_tables(
     }
     attrs = [c for c in raw.item_attributes if c in raw.multi]
     if attrs:
-        table = ev.select(["item_id", *attrs]).unique("item_id", keep="first", maintain_order=True)
-        table = pl.DataFrame({"item_id": items}).join(table, on="item_id", how="left")
+        table = pl.DataFrame({"item_id": items}).join(
+            _item_table(ev, attrs), on="item_id", how="left"
+        )
         for c in attrs:
             out[f"attr_{c}"] = torch.from_numpy(_encode_lists(table[c], vocabs[c], widths[c]))
     return out
@@ -330,27 +331,20 @@ def history_positions(users: np.ndarray, ts: np.ndarray, max_len: int) -> np.nda
 
 class NegativeSampler:
     """Uniform items each user never interacted with (over the whole data, so no negative is
-    ever one of the user's items, past or future)."""
+    ever one of the user's items, past or future). ``keys`` are the sorted
+    ``user · n_items + item`` pairs of every interaction."""
 
-    def __init__(self, user_idx: np.ndarray, item_idx: np.ndarray, n_items: int) -> None:
+    def __init__(self, keys: np.ndarray, n_items: int) -> None:
+        self.keys = keys
         self.n_items = n_items
-        self.user_idx = user_idx
-        self.keys = np.unique(user_idx.astype(np.int64) * n_items + item_idx)
 
     @classmethod
-    def from_keys(cls, keys: np.ndarray, n_items: int) -> NegativeSampler:
-        """A sampler over stored ``user · n_items + item`` keys (sorted), for ``sample_users``."""
-        sampler = cls.__new__(cls)
-        sampler.n_items, sampler.user_idx, sampler.keys = n_items, None, keys
-        return sampler
+    def of_events(cls, user_idx: np.ndarray, item_idx: np.ndarray, n_items: int) -> NegativeSampler:
+        return cls(np.unique(user_idx.astype(np.int64) * n_items + item_idx), n_items)
 
-    def sample(self, events: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One negative item index for each source event position in ``events``; -1 where the
-        user interacted with (nearly) every item and no negative was found."""
-        return self.sample_users(self.user_idx[events], rng)
-
-    def sample_users(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One negative item index for each user index in ``users`` (-1: none found)."""
+    def sample(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One negative item index for each user index in ``users``; -1 where the user
+        interacted with (nearly) every item and no negative was found."""
         users = users.astype(np.int64)
         out = rng.integers(0, self.n_items, len(users))
         bad = np.ones(len(users), dtype=bool)
@@ -382,7 +376,7 @@ class EpochNegatives:
                 "labels); sampler.resample_each_epoch only applies to implicit data"
             )
         self.seed = seed
-        self.sampler = NegativeSampler.from_keys(neg["keys"].numpy(), int(neg["n_items"]))
+        self.sampler = NegativeSampler(neg["keys"].numpy(), int(neg["n_items"]))
         self.item_code = neg["item_code"]
         self.attributes = {k[5:]: t for k, t in neg.items() if k.startswith("attr_")}
         self.rows = neg["train_rows"]
@@ -393,7 +387,7 @@ class EpochNegatives:
         """Rewrite the negative rows of the training ``tensors`` in place for ``epoch``."""
         if epoch == 0 or not len(self.rows):
             return
-        drawn = self.sampler.sample_users(self.users, np.random.default_rng([self.seed, 3, epoch]))
+        drawn = self.sampler.sample(self.users, np.random.default_rng([self.seed, 3, epoch]))
         keep = torch.from_numpy(drawn >= 0)  # a user with no item left keeps the old negative
         rows = self.rows[keep]
         raw = torch.from_numpy(drawn[drawn >= 0])
@@ -417,14 +411,14 @@ def _add_negatives(
     """``per_positive`` negative rows per positive: same user, history and split, an item the
     user never interacted with. Drawn from one seeded stream per split, so evaluation negatives
     are the same for every model and training seed."""
-    item_cols = ["item_id", *[c for c in raw.item_attributes]]
-    item_table = ev.select(item_cols).unique("item_id", keep="first", maintain_order=True)
+    item_table = _item_table(ev, raw.item_attributes)
+    item_cols = item_table.columns
     parts = [ev]
     for sid in range(len(SPLIT_NAMES)):
         pos = ev.filter(pl.col("split") == sid)
         for k in range(per_positive):
             rng = np.random.default_rng([seed, 100 + sid, k])
-            drawn = sampler.sample(pos["_event"].to_numpy(), rng)
+            drawn = sampler.sample(pos["_user"].to_numpy(), rng)
             neg = items.to_numpy()[drawn]
             rows = pos.filter(pl.Series(drawn >= 0)).drop(item_cols)
             neg = neg[drawn >= 0]
@@ -434,6 +428,11 @@ def _add_negatives(
             rows = rows.join(item_table, on="item_id", how="left")
             parts.append(rows.select(ev.columns))
     return pl.concat(parts)
+
+
+def _item_table(ev: pl.DataFrame, attributes) -> pl.DataFrame:
+    """One row per item: its id and its attribute columns (constant per item)."""
+    return ev.select(["item_id", *attributes]).unique("item_id", keep="first", maintain_order=True)
 
 
 def _fit_vocab(values: pl.Series, min_count: int) -> pl.Series:

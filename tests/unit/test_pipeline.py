@@ -183,14 +183,14 @@ def test_negative_sampler_never_returns_an_item_of_the_user():
     rng = np.random.default_rng(0)
     users = rng.integers(0, 50, 3000)
     items = rng.integers(0, 60, 3000)
-    sampler = pipeline.NegativeSampler(users, items, 60)
-    drawn = sampler.sample(np.arange(3000), np.random.default_rng(1))
+    sampler = pipeline.NegativeSampler.of_events(users, items, 60)
+    drawn = sampler.sample(users, np.random.default_rng(1))
     owned = set(zip(users.tolist(), items.tolist(), strict=True))
     assert (drawn >= 0).all()
     assert not any((u, i) in owned for u, i in zip(users.tolist(), drawn.tolist(), strict=True))
     # a user who interacted with every item gets no negative (-1), not an item of theirs
-    full = pipeline.NegativeSampler(np.zeros(5, dtype=np.int64), np.arange(5), 5)
-    assert (full.sample(np.arange(5), np.random.default_rng(0)) == -1).all()
+    full = pipeline.NegativeSampler.of_events(np.zeros(5, dtype=np.int64), np.arange(5), 5)
+    assert (full.sample(np.zeros(5, dtype=np.int64), np.random.default_rng(0)) == -1).all()
 
 
 def _write_s3rec(root, sequences, attributes):
