@@ -1209,6 +1209,7 @@ def write_report(inp: ReportInput, out_dir: str | Path) -> dict[str, Any]:
                 "params": s.params,
                 "oracle_auc": s.oracle_auc,
                 "perf": {k: list(v) for k, v in s.perf.items()},
+                "run_dirs": s.run_dirs,
             }
             for s in summaries
         },

@@ -16,6 +16,7 @@ from recbench.models.layers.sequence import (
     masked_sum,
     next_item_loss,
     run_masked,
+    scatter_steps,
 )
 
 
@@ -29,7 +30,9 @@ class DIEN(nn.Module):
     evolving layer, an attention-gated GRU (``augru``, eq. 11–12; or ``aigru``, ``agru``), whose
     state at the last step is the interest relevant to the candidate.
 
-    MLP input: ``[final interest, candidate item, other fields, sum-pooled history]``. In training,
+    MLP input: ``[final interest, candidate item, other fields, sum-pooled history]``, and with
+    ``history_product`` (the official code's input) also ``candidate ⊙ sum-pooled history``,
+    which hands the MLP the candidate's similarity to the history directly. In training,
     with ``aux_alpha > 0``, returns ``{"logits", "aux_loss"}``; the batch must then hold
     ``negative_history``: for each history step an item the user did not click (same padding).
     ``mba_reg > 0`` adds DIN's mini-batch aware regularisation of the item embeddings as
@@ -49,6 +52,7 @@ class DIEN(nn.Module):
         activation: str = "prelu",
         dropout: float = 0.0,
         mba_reg: float = 0.0,
+        history_product: bool = True,
     ) -> None:
         super().__init__()
         if aux_alpha < 0:
@@ -68,7 +72,9 @@ class DIEN(nn.Module):
         self.aux_scorer = MLP(dim + item, (100, 50), 1, act="sigmoid") if aux_alpha > 0 else None
         self.bilinear = nn.Linear(item, dim, bias=False)  # W of eq. 8
         self.evolution = AttentionGRUCell(dim, dim, evolution)
-        self.mlp = MLP(self.inputs.context_dim + dim + 2 * item, hidden, 1, dropout, activation)
+        self.history_product = history_product
+        width = self.inputs.context_dim + dim + (3 if history_product else 2) * item
+        self.mlp = MLP(width, hidden, 1, dropout, activation)
         self.negative_history = negative_history
         self.aux_alpha = aux_alpha
 
@@ -79,7 +85,11 @@ class DIEN(nn.Module):
         scores = (states * self.bilinear(target).unsqueeze(1)).sum(-1)  # (B, L)
         att = masked_softmax(scores, mask)
         interest = run_masked(self.evolution, states, mask, att)  # (B, H) at each true last step
-        x = torch.cat([interest, target, context, masked_sum(history, mask)], dim=1)
+        pooled = masked_sum(history, mask)
+        parts = [interest, target, context, pooled]
+        if self.history_product:
+            parts.append(target * pooled)
+        x = torch.cat(parts, dim=1)
         logits = self.mlp(x).squeeze(-1)
         if not self.training:
             return logits
@@ -96,9 +106,10 @@ class DIEN(nn.Module):
         neg_ids = batch[self.negative_history][:, : mask.shape[1]]  # (B, L); 0: none sampled
         # only the negatives the loss reads: steps t+1 < len that have one
         used = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], 1) & (neg_ids > 0)
-        negative = history.new_zeros(history.shape).index_put(
-            (used,), self.inputs.embedding.items(neg_ids[used])
-        )  # (B, L, Di)
+        rows, cols = used.nonzero(as_tuple=True)
+        negative = scatter_steps(
+            self.inputs.embedding.items(neg_ids[rows, cols]), rows, cols, mask.shape
+        )  # (B, L, Di), zero where unused
         aux = next_item_loss(self.aux_scorer, states, history, negative, mask, neg_ids > 0)
         out["aux_loss"] = self.aux_alpha * aux
         return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from recbench.cli import config_dir
 from recbench.train import run
@@ -55,20 +56,34 @@ TUNED = sorted(p.relative_to(CONFIGS / "tuned") for p in (CONFIGS / "tuned").glo
 
 @pytest.mark.parametrize("path", TUNED, ids=str)
 def test_tuned_configs_apply_to_their_dataset_and_model_only(tmp_path, path):
-    """configs/tuned/<dataset>/<model>.yaml changes that model's keys on that dataset and
-    nothing else; a key a tuned file sets must exist in the model's config (no silent typo)."""
+    """configs/tuned/<dataset>/<model>.yaml changes that model's keys (and its optimizer's) on
+    that dataset and nothing else; a key a tuned file sets must exist already (no silent typo),
+    and a command-line override still wins."""
     dataset, model = path.parent.name, path.stem
     assert (CONFIGS / "dataset" / f"{dataset}.yaml").exists()
     assert (CONFIGS / "model" / f"{model}.yaml").exists()
     tuned = compose_train(tmp_path, [f"dataset={dataset}", f"model={model}"])
-    plain = compose_train(tmp_path, [f"model={model}"])  # the synthetic world: no tuned file
-    changed = {k for k in tuned.model if tuned.model[k] != plain.model[k]}
-    assert changed, f"{path} changes nothing"
-    assert set(tuned.model) == set(plain.model)
-    assert tuned.dataset.name == dataset
-    other = compose_train(tmp_path, [f"dataset={dataset}", "model=mlp"])
-    assert other.model == compose_train(tmp_path, ["model=mlp"]).model
-    # a command-line override still wins over the tuned value
-    key = sorted(changed)[0]
-    again = compose_train(tmp_path, [f"dataset={dataset}", f"model={model}", f"model.{key}=0.5"])
-    assert again.model[key] == 0.5
+    plain = compose_train(tmp_path, [f"dataset={dataset}", f"model={model}", "~tuned"])
+    sections = {k for k in tuned if tuned[k] != plain[k]}
+    assert sections and sections <= {"model", "optimizer"}, f"{path} changes {sections}"
+    changed = []
+    for section in sorted(sections):
+        assert set(tuned[section]) == set(plain[section]), f"{path} adds keys to {section}"
+        changed += [
+            f"{section}.{k}" for k in tuned[section] if tuned[section][k] != plain[section][k]
+        ]
+    # another model on this dataset, and this model on a dataset without a tuned file for it,
+    # compose as if no tuned file existed
+    assert compose_train(tmp_path, [f"dataset={dataset}", "model=lr"]) == compose_train(
+        tmp_path, [f"dataset={dataset}", "model=lr", "~tuned"]
+    )
+    untuned = next(
+        d.stem
+        for d in sorted((CONFIGS / "dataset").glob("*.yaml"))
+        if not (CONFIGS / "tuned" / d.stem / f"{model}.yaml").exists()
+    )
+    elsewhere = [f"dataset={untuned}", f"model={model}"]
+    assert compose_train(tmp_path, elsewhere) == compose_train(tmp_path, [*elsewhere, "~tuned"])
+    for key in changed:
+        again = compose_train(tmp_path, [f"dataset={dataset}", f"model={model}", f"{key}=0.5"])
+        assert OmegaConf.select(again, key) == 0.5

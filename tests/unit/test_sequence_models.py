@@ -243,6 +243,34 @@ def test_masked_runner_ends_at_each_rows_true_last_step():
         torch.testing.assert_close(got[row : row + 1], h)
 
 
+@pytest.mark.parametrize("mode", ["gru", "augru", "aigru", "agru"])
+def test_masked_runner_gradients_match_autograd_through_the_cell(mode):
+    """The runner's written-out backward against autograd through ``cell`` step by step, for
+    inputs, attention and every weight, with rows of different lengths (and an empty one)."""
+    torch.manual_seed(0)
+    cell = AttentionGRUCell(3, 4, mode).double()
+    lengths = torch.tensor([5, 1, 3, 0, 5, 2])
+    mask = torch.arange(5)[None, :] < lengths[:, None]
+    x = torch.randn(6, 5, 3, dtype=torch.double, requires_grad=True)
+    att = None if mode == "gru" else torch.rand(6, 5, dtype=torch.double, requires_grad=True)
+    inputs = [x, *([] if att is None else [att]), *cell.parameters()]
+    h, expected = x.new_zeros(6, 4), []
+    for t in range(5):
+        new = cell(x[:, t], h, None if att is None else att[:, t])
+        h = torch.where(mask[:, t : t + 1], new, h)
+        expected.append(h)
+    expected = torch.stack(expected, 1)
+    weights = torch.randn_like(expected)
+    got = run_masked(cell, x, mask, att, all_states=True)
+    torch.testing.assert_close(got.double(), expected)
+    want = torch.autograd.grad((expected * weights).sum(), inputs)
+    grads = torch.autograd.grad((got * weights).sum(), inputs)
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)  # the runner computes in float32
+    last = run_masked(cell, x, mask, att)
+    torch.testing.assert_close(last.double(), expected[:, -1])
+
+
 # ---------------------------------------------------------------- DIEN
 
 
@@ -267,6 +295,26 @@ def test_dien_output_and_aux_loss_do_not_depend_on_padding():
     torch.testing.assert_close(model(pad_more(batch, 3)), before)
     alone = [model({k: v[i : i + 1] for k, v in batch.items()}) for i in range(6)]
     torch.testing.assert_close(torch.cat(alone), before[:6])  # cut to its own length
+
+
+def test_dien_mlp_input_is_interest_candidate_context_history_and_their_product():
+    torch.manual_seed(0)
+    batch = random_batch(toy_schema(), 16, seed=4)
+    for product in (False, True):
+        model = DIEN(toy_schema(), history_product=product).eval()
+        seen: list[torch.Tensor] = []
+        model.mlp.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0]))
+        model(batch)
+        context, target, history, mask = model.inputs(batch, trim=True)
+        pooled = (history * mask.unsqueeze(-1)).sum(1)
+        di = target.shape[1]
+        x = seen[0]
+        assert (
+            x.shape[1]
+            == model.inputs.context_dim + model.evolution.hidden_dim + (3 if product else 2) * di
+        )
+        tail = [target, context, pooled, *([target * pooled] if product else [])]
+        torch.testing.assert_close(x[:, model.evolution.hidden_dim :], torch.cat(tail, 1))
 
 
 def test_dien_training_without_negative_history_says_what_to_do():
