@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
 from recbench.errors import ConfigError
-from recbench.models.layers.mlp import MLP
+from recbench.models.layers.mlp import MLP, BatchNorm
 from recbench.models.layers.sequence import (
     EVOLUTIONS,
     AttentionGRUCell,
@@ -32,7 +32,9 @@ class DIEN(nn.Module):
 
     MLP input: ``[final interest, candidate item, other fields, sum-pooled history]``, and with
     ``history_product`` (the official code's input) also ``candidate ⊙ sum-pooled history``,
-    which hands the MLP the candidate's similarity to the history directly. In training,
+    which hands the MLP the candidate's similarity to the history directly. ``input_norm``
+    batch-normalises that input before the MLP, as the official code (and DIN's) does: a sum over
+    a long history is many times larger than one embedding. In training,
     with ``aux_alpha > 0``, returns ``{"logits", "aux_loss"}``; the batch must then hold
     ``negative_history``: for each history step an item the user did not click (same padding).
     ``mba_reg > 0`` adds DIN's mini-batch aware regularisation of the item embeddings as
@@ -53,6 +55,7 @@ class DIEN(nn.Module):
         dropout: float = 0.0,
         mba_reg: float = 0.0,
         history_product: bool = True,
+        input_norm: bool = True,
     ) -> None:
         super().__init__()
         if aux_alpha < 0:
@@ -74,6 +77,7 @@ class DIEN(nn.Module):
         self.evolution = AttentionGRUCell(dim, dim, evolution)
         self.history_product = history_product
         width = self.inputs.context_dim + dim + (3 if history_product else 2) * item
+        self.norm = BatchNorm(width) if input_norm else nn.Identity()
         self.mlp = MLP(width, hidden, 1, dropout, activation)
         self.negative_history = negative_history
         self.aux_alpha = aux_alpha
@@ -89,7 +93,7 @@ class DIEN(nn.Module):
         parts = [interest, target, context, pooled]
         if self.history_product:
             parts.append(target * pooled)
-        x = torch.cat(parts, dim=1)
+        x = self.norm(torch.cat(parts, dim=1))
         logits = self.mlp(x).squeeze(-1)
         if not self.training:
             return logits

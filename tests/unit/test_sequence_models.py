@@ -16,6 +16,7 @@ from recbench.models import build_model
 from recbench.models.dien import DIEN
 from recbench.models.din import DIN
 from recbench.models.layers.dice import Dice
+from recbench.models.layers.mlp import BatchNorm
 from recbench.models.layers.sequence import (
     AttentionGRUCell,
     BehaviourHistory,
@@ -245,8 +246,9 @@ def test_masked_runner_ends_at_each_rows_true_last_step():
 
 @pytest.mark.parametrize("mode", ["gru", "augru", "aigru", "agru"])
 def test_masked_runner_gradients_match_autograd_through_the_cell(mode):
-    """The runner's written-out backward against autograd through ``cell`` step by step, for
-    inputs, attention and every weight, with rows of different lengths (and an empty one)."""
+    """The runner (rows sorted by length, each step computing only the rows still inside their
+    history) against a plain loop over every row and step, values and gradients for inputs,
+    attention and every weight, with rows of different lengths (and an empty one)."""
     torch.manual_seed(0)
     cell = AttentionGRUCell(3, 4, mode).double()
     lengths = torch.tensor([5, 1, 3, 0, 5, 2])
@@ -266,7 +268,7 @@ def test_masked_runner_gradients_match_autograd_through_the_cell(mode):
     want = torch.autograd.grad((expected * weights).sum(), inputs)
     grads = torch.autograd.grad((got * weights).sum(), inputs)
     for g, w in zip(grads, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)  # the runner computes in float32
+        torch.testing.assert_close(g, w)
     last = run_masked(cell, x, mask, att)
     torch.testing.assert_close(last.double(), expected[:, -1])
 
@@ -298,12 +300,13 @@ def test_dien_output_and_aux_loss_do_not_depend_on_padding():
 
 
 def test_dien_mlp_input_is_interest_candidate_context_history_and_their_product():
+    """What the MLP reads (before its input batch norm), with and without ``history_product``."""
     torch.manual_seed(0)
     batch = random_batch(toy_schema(), 16, seed=4)
     for product in (False, True):
         model = DIEN(toy_schema(), history_product=product).eval()
         seen: list[torch.Tensor] = []
-        model.mlp.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0]))
+        model.norm.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0]))
         model(batch)
         context, target, history, mask = model.inputs(batch, trim=True)
         pooled = (history * mask.unsqueeze(-1)).sum(1)
@@ -383,11 +386,13 @@ MODELS = [
     ("din", {}),
     ("din_dice", {}),
     ("din", {"mba_reg": 1e-4}),
+    ("din", {"input_norm": True}),
     ("dien", {}),
     ("dien", {"evolution": "aigru"}),
     ("dien", {"mba_reg": 1e-4}),
     ("dien", {"evolution": "agru"}),
     ("dien", {"gru_dim": 12, "aux_alpha": 0.0}),
+    ("dien", {"history_product": False, "input_norm": False}),
 ]
 
 
@@ -444,3 +449,16 @@ def test_sequence_models_run_under_bf16_autocast(name):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_input_batch_norm_scores_a_single_training_row_with_running_statistics():
+    torch.manual_seed(0)
+    norm = BatchNorm(3).train()
+    for _ in range(50):
+        norm(torch.randn(64, 3) * 4 + 2)
+    mean, var = norm.running_mean.clone(), norm.running_var.clone()
+    row = torch.randn(1, 3)
+    out = norm(row)  # a plain BatchNorm1d raises here
+    torch.testing.assert_close(norm.running_mean, mean)  # one row does not move the statistics
+    torch.testing.assert_close(out, norm.eval()(row))
+    torch.testing.assert_close(out, (row - mean) / torch.sqrt(var + norm.eps))

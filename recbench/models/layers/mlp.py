@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class BatchNorm(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that normalises a training batch of one row (say, the last rows of an
+    epoch on one DDP rank) with its running statistics, which leaves them unchanged, instead of
+    failing: one row has no spread to normalise by."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
+        return super().forward(x)
 
 
 def activation(name: str, dim: int | None = None) -> nn.Module:

@@ -242,133 +242,20 @@ def run_masked(
     state. As with ``pack_padded_sequence``, rows run longest first and each step computes only
     the rows still inside their history. Returns (B, H), or (B, L, H) every step's state with
     ``all_states`` (past a row's length: its last state).
-
-    The recurrence runs in float32 (under autocast too) through ``_Recurrence``, whose backward
-    is written out: one small matmul per step for the state gradient, and the recurrent weight
-    gradient as one matmul over every step at the end.
     """
     order = torch.argsort(mask.sum(1), descending=True)  # (B,)
     active = mask.sum(0).tolist()  # rows still inside their history at each step; syncs once
-    a = None if att is None else att[order]
-    xp = cell.project(x[order], a)  # (B, L, gates·H)
-    states = _Recurrence.apply(
-        xp.transpose(0, 1).contiguous(),  # time-major: each step's rows are contiguous
-        None if a is None else a.t().contiguous(),
-        cell.weight_hh,
-        cell.bias_hh,
-        active,
-        cell.mode,
-        cell.split,
-    )  # (L, B, H), float32
+    xp = cell.project(x[order], None if att is None else att[order])  # (B, L, gates·H)
+    atts = [None] * len(active) if att is None else att[order].unsqueeze(-1).unbind(1)
+    h = x.new_zeros(x.shape[0], cell.hidden_dim)
+    states = []
+    for xp_t, a_t, n in zip(xp.unbind(1), atts, active):
+        a_t = None if a_t is None else a_t[:n]
+        h = torch.cat([cell.step(xp_t[:n], h[:n], a_t), h[n:]])  # rows past n keep their state
+        states.append(h)
     restore = torch.empty_like(order)
     restore[order] = torch.arange(order.numel(), device=order.device)
-    return states.transpose(0, 1)[restore] if all_states else states[-1, restore]
-
-
-class _Recurrence(torch.autograd.Function):
-    """The masked GRU recurrence of ``AttentionGRUCell.step`` over rows sorted longest first.
-
-    Time-major inputs: ``xp`` (L, B, gates·H) input projections, ``att`` (L, B) or None; the
-    recurrent weights; ``active`` the number of rows inside their history at each step
-    (non-increasing); the cell's mode and gate split. Output: (L, B, H) the state after every
-    step (rows past their length keep their last state). Same equations as
-    ``AttentionGRUCell.step`` (the tests check both against each other, values and gradients);
-    see it for the notation.
-    """
-
-    @staticmethod
-    def forward(ctx, xp, att, weight_hh, bias_hh, active, mode, split):  # noqa: D102
-        gate_cols, hidden = split
-        steps, b = xp.shape[0], xp.shape[1]
-        with torch.autocast(xp.device.type, enabled=False):
-            xp32, w, bias = xp.float(), weight_hh.float(), bias_hh.float()
-            a32 = None if att is None else att.float()
-            h = xp32.new_zeros(b, hidden)
-            states, saved = [], []
-            for t, n in enumerate(active):
-                if n == 0:  # no row reaches this step (cannot happen after trimming)
-                    states.append(h)
-                    saved.append(None)
-                    continue
-                h_prev = h[:n]
-                x_gates, x_n = xp32[t, :n].split(split, dim=1)
-                h_gates, h_n = torch.addmm(bias, h_prev, w.t()).split(split, dim=1)
-                gates = torch.sigmoid(x_gates + h_gates)
-                reset = gates[:, :hidden]
-                cand = torch.tanh(torch.addcmul(x_n, reset, h_n))
-                a_t = None if a32 is None else a32[t, :n, None]
-                if mode == "agru":
-                    upd = a_t  # weight of the candidate
-                else:
-                    upd = 1.0 - gates[:, hidden:]
-                    if mode == "augru":
-                        upd = upd * a_t
-                new = torch.lerp(h_prev, cand, upd)
-                h = torch.cat([new, h[n:]]) if n < b else new
-                states.append(h)
-                saved.append((h_prev, gates, cand, h_n, upd, a_t))
-        ctx.saved = saved
-        ctx.meta = (mode, split, active, xp.dtype, None if att is None else att.dtype, steps)
-        ctx.save_for_backward(w)
-        return torch.stack(states)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_states):  # noqa: D102
-        mode, (gate_cols, hidden), active, x_dtype, a_dtype, steps = ctx.meta
-        (w,) = ctx.saved_tensors
-        grad_states = grad_states.float()
-        b = grad_states.shape[1]
-        grad_xp = grad_states.new_zeros(steps, b, gate_cols + hidden)
-        grad_att = None if a_dtype is None else grad_states.new_zeros(steps, b)
-        g = grad_states.new_zeros(b, hidden)  # dL/dh after step t
-        pre_h, grad_hp = [], []  # for the recurrent weight gradient, one matmul at the end
-        for t in range(steps - 1, -1, -1):
-            g = g + grad_states[t]
-            entry, n = ctx.saved[t], active[t]
-            if entry is None:
-                continue
-            h_prev, gates, cand, h_n, upd, a_t = entry
-            g_n = g[:n]
-            diff = cand - h_prev
-            d_cand = g_n * upd
-            d_upd = g_n * diff
-            d_h = g_n - d_cand  # the lerp's direct path: g · (1 − upd)
-            d_pre_n = d_cand * (1.0 - cand * cand)
-            reset = gates[:, :hidden]
-            d_reset = d_pre_n * h_n * reset * (1.0 - reset)
-            if mode == "agru":
-                grad_att[t, :n] = d_upd.sum(1)
-                d_gates = d_reset
-            else:
-                keep = gates[:, hidden:]
-                if mode == "augru":
-                    grad_att[t, :n] = (d_upd * (1.0 - keep)).sum(1)
-                    d_upd = d_upd * a_t
-                d_keep = -d_upd * keep * (1.0 - keep)
-                d_gates = torch.cat([d_reset, d_keep], 1)
-            d_hp = torch.cat([d_gates, d_pre_n * reset], 1)  # (n, gates·H): h_gates, h_n
-            grad_xp[t, :n, :gate_cols] = d_gates
-            grad_xp[t, :n, gate_cols:] = d_pre_n
-            d_h = torch.addmm(d_h, d_hp, w)
-            g = torch.cat([d_h, g[n:]]) if n < b else d_h
-            pre_h.append(h_prev)
-            grad_hp.append(d_hp)
-        if grad_hp:
-            d_hp_all, h_all = torch.cat(grad_hp), torch.cat(pre_h)
-            grad_w, grad_b = d_hp_all.t() @ h_all, d_hp_all.sum(0)
-        else:
-            grad_w, grad_b = torch.zeros_like(w), w.new_zeros(w.shape[0])
-        ctx.saved = None
-        return (
-            grad_xp.to(x_dtype),
-            None if grad_att is None else grad_att.to(a_dtype),
-            grad_w,
-            grad_b,
-            None,
-            None,
-            None,
-        )
+    return torch.stack(states, 1)[restore] if all_states else h[restore]
 
 
 def next_item_loss(
