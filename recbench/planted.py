@@ -25,7 +25,7 @@ import polars as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from recbench.data.splits import assign_split
+from recbench.data.pipeline import split_events
 
 TERMS = ("pairwise", "higher_order", "attention", "drift")
 
@@ -42,10 +42,9 @@ def split_frame(dataset: DictConfig, split: int = 2) -> pl.DataFrame:
     raw = instantiate(dataset.adapter).load()
     if "oracle_p" not in raw.events.columns:
         raise ValueError(f"dataset {dataset.name!r} has no planted terms (not a synthetic world)")
-    ev = raw.events.with_row_index("row").sort(
-        ["user_id", "timestamp", "item_id", "row"], maintain_order=True
-    )  # the pipeline's event order; the synthetic world has no filters and no sampled negatives
-    return assign_split(ev, dataset.split).filter(pl.col("split") == split)
+    # the synthetic world has no history filter and no sampled negatives: the prepared rows of a
+    # split are its source events in the pipeline's order
+    return split_events(raw.events, dataset.split).filter(pl.col("split") == split)
 
 
 def planted_terms(frame: pl.DataFrame) -> dict[str, np.ndarray]:

@@ -137,13 +137,20 @@ def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
 # ---------------------------------------------------------------------------- building
 
 
-def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
-    feats = cfg.features
-    ev = raw.events.with_row_index("row").with_columns(  # "row" = position in the source file
+def split_events(events: pl.DataFrame, split: DictConfig) -> pl.DataFrame:
+    """Source events in the pipeline's order (user, time, item, source row) with their ``row``
+    (position in the source file) and ``split`` (0 train, 1 val, 2 test) columns. Each split's
+    prepared rows keep this order (sampled negatives aside)."""
+    ev = events.with_row_index("row").with_columns(
         pl.col("label").cast(pl.Int64), pl.col("timestamp").cast(pl.Int64)
     )
     ev = ev.sort(["user_id", "timestamp", "item_id", "row"], maintain_order=True)
-    ev = assign_split(ev, cfg.split)
+    return assign_split(ev, split)
+
+
+def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
+    feats = cfg.features
+    ev = split_events(raw.events, cfg.split)
     hist_cfg = feats.get("history") or {}
     max_len = int(hist_cfg.get("max_len") or 0)
     neg_cfg = cfg.get("sampler") or {}

@@ -58,14 +58,14 @@ class DIN(nn.Module):
     def attention(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The activation weights of the history steps, 0 at padding: (B, L)."""
         _, target, steps, rows, cols = self.inputs.packed(batch)
-        weights = self.unit.score_steps(steps, target, rows)
+        weights = self.unit(steps, target, rows)
         ids = batch[self.inputs.history]
         return weights.new_zeros(ids.shape).index_put((rows, cols), weights)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
         # (B, C), (B, Di), and the N valid history steps (N, Di) with their rows
         context, target, steps, rows, _ = self.inputs.packed(batch)
-        weights = self.unit.score_steps(steps, target, rows)  # (N,)
+        weights = self.unit(steps, target, rows)  # (N,)
         interest = segment_sum(weights.unsqueeze(1) * steps, rows, len(target))  # (B, Di)
         logits = self.mlp(self.norm(torch.cat([context, target, interest], dim=1))).squeeze(-1)
         if not (self.training and self.mba_reg > 0):

@@ -18,6 +18,7 @@ from recbench.models.din import DIN
 from recbench.models.layers.dice import Dice
 from recbench.models.layers.mlp import BatchNorm
 from recbench.models.layers.sequence import (
+    ActivationUnit,
     AttentionGRUCell,
     BehaviourHistory,
     next_item_loss,
@@ -81,6 +82,18 @@ def test_history_items_carry_their_side_features_and_padding_is_zero():
 
 
 # ---------------------------------------------------------------- DIN
+
+
+def test_activation_unit_is_an_mlp_over_item_candidate_difference_and_product():
+    """DIN Fig. 2: the unit's weight for step ``e`` against candidate ``v`` is
+    ``MLP([e, v, e − v, e ⊙ v])``; the block-split first layer must compute exactly that."""
+    torch.manual_seed(0)
+    unit = ActivationUnit(5, (7, 3), act="prelu").eval()
+    steps, query = torch.randn(9, 5), torch.randn(3, 5)
+    rows = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    v = query[rows]
+    by_hand = unit.rest(unit.act(unit.first(torch.cat([steps, v, steps - v, steps * v], 1))))
+    torch.testing.assert_close(unit(steps, query, rows), by_hand.squeeze(-1))
 
 
 def test_din_gives_padding_zero_weight_and_ignores_it():

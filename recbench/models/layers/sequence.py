@@ -128,8 +128,8 @@ def segment_sum(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
 class ActivationUnit(nn.Module):
     """DIN's local activation unit (Zhou et al., KDD 2018, Fig. 2): an MLP over
     ``[e_j, v_A, e_j − v_A, e_j ⊙ v_A]`` scores each history item ``e_j`` against the candidate
-    ``v_A``. Scores are used as they are (no softmax). Only valid steps are scored: padded steps
-    get exactly 0 and never enter a Dice unit's batch statistics.
+    ``v_A``. Scores are used as they are (no softmax). Only valid steps are scored (the packed
+    history): padded steps never enter a Dice unit's batch statistics.
 
     ``init_weight`` is the output bias at initialisation, so every weight starts near it: 1.0
     starts DIN at its BaseModel (sum pooling) and lets training move away from it; 0.0 starts
@@ -153,15 +153,9 @@ class ActivationUnit(nn.Module):
         with torch.no_grad():
             self.rest.net[-1].bias.fill_(init_weight)
 
-    def forward(self, keys: Tensor, query: Tensor, mask: Tensor) -> Tensor:
-        """(B, L, Di) history, (B, Di) candidate, (B, L) mask → (B, L) weights."""
-        rows, cols = mask.nonzero(as_tuple=True)  # only valid steps are scored; syncs once
-        scores = self.score_steps(keys[rows, cols], query, rows)
-        return scores.new_zeros(mask.shape).index_put((rows, cols), scores)
-
-    def score_steps(self, steps: Tensor, query: Tensor, rows: Tensor) -> Tensor:
-        """Packed form: (N, Di) valid history steps, (B, Di) candidates, (N,) the row of each
-        step → (N,) weights."""
+    def forward(self, steps: Tensor, query: Tensor, rows: Tensor) -> Tensor:
+        """(N, Di) valid history steps (packed, ``BehaviourHistory.packed``), (B, Di) candidates,
+        (N,) the row of each step → (N,) weights."""
         w_e, w_q, w_d, w_p = self.first.weight.split(self.item_dim, dim=1)  # each (H, Di)
         # the first Linear over the concat, split by block: W_e e + W_q v + W_d (e − v) + W_p e⊙v,
         # so the candidate's part is computed once per row instead of once per step
