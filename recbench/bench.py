@@ -21,6 +21,8 @@ from recbench.callbacks import peak_rss_mb
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import prepare
 from recbench.models import build_model, used_inputs
+from recbench.threads import apply_threads
+from recbench.validate import check as check_config
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -36,8 +38,7 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(cfg: DictConfig) -> dict[str, Any]:
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
+    apply_threads(cfg.get("threads"))  # auto: one thread per core free of other work
     torch.manual_seed(cfg.seed)
     device = _device(cfg)
     data = prepare(cfg.dataset)
@@ -108,6 +109,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run(cfg: DictConfig) -> None:
+    check_config(cfg, "bench")  # every problem that needs no data, before any work
     result = measure(cfg)
     text = json.dumps(result, indent=2)
     print(text)

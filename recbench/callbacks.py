@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
 import time
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from recbench.errors import RecbenchError
 
 
 def peak_rss_mb() -> float:
@@ -65,3 +70,32 @@ class Throughput(pl.Callback):
             "step_ms": 1000.0 * seconds / steps,
             "train_seconds": sum(e[2] for e in self.epochs),
         }
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that never leaves a partial file under a checkpoint's name: each
+    checkpoint is written to ``<name>.tmp`` and renamed over ``<name>`` only once complete
+    (``os.replace`` is atomic on one file system). A failed write (a full disk) removes the
+    partial file and stops the run with a message naming the path."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = f"{filepath}.tmp"
+        try:
+            super()._save_checkpoint(trainer, tmp)
+            if trainer.is_global_zero:
+                os.replace(tmp, filepath)
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as either
+            if trainer.is_global_zero:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+            raise RecbenchError(
+                f"cannot write the checkpoint {filepath}: {reason}. Free space "
+                f"in {os.path.dirname(filepath) or '.'} or point "
+                "callbacks.model_checkpoint.dirpath at a writable folder with room."
+            ) from exc
+        finally:
+            if trainer.is_global_zero and os.path.exists(tmp):
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+        self._last_checkpoint_saved = filepath

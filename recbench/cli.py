@@ -27,7 +27,9 @@ def config_dir() -> str:
 
 
 def _fail(exc: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(str(exc))}")  # [a, b] in a message is no markup
     sys.exit(2)
 
 
@@ -42,10 +44,20 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
             except RecbenchError as exc:
                 _fail(exc)
 
-        sys.argv = [f"recbench {config_name}", *args]
+        sys.argv = [f"recbench {config_name}", *_with_checks(args, config_name)]
         entry()
 
     return command
+
+
+def _with_checks(args: list[str], command: str) -> list[str]:
+    """``args`` plus the overrides that run recbench's config checks before Hydra makes the run
+    directory, placed beside the user's overrides (Hydra takes them as one block)."""
+    from recbench.validate import hydra_overrides
+
+    ours = hydra_overrides(command)
+    at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), None)
+    return [*ours, *args] if at is None else [*args[:at], *ours, *args[at:]]
 
 
 def _train(cfg):
@@ -148,6 +160,12 @@ def _models(args: list[str]) -> None:
         Console().print("recbench models --verbose adds the idea each model adds to its parents")
 
 
+def _results(args: list[str]) -> None:
+    from recbench.store_check import main as results_main
+
+    results_main(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (_hydra_command("train", _train), "train and evaluate one model (or a -m sweep)"),
     "compare": (
@@ -157,6 +175,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "bench": (_hydra_command("bench", _bench), "measure training throughput and memory"),
     "data": (_data, "prepare | info: build or describe a dataset's cached tensors"),
     "models": (_models, "list the lineage: models, parents, papers"),
+    "results": (_results, "check [--repair] | add <metrics.json>: look after the results store"),
 }
 
 

@@ -5,6 +5,11 @@ crash, OOM or hang never takes the others down, and killing the compare leaves n
 recorded. Before training, each run's config is composed here with the same overrides to get its
 run key; a run whose key already has a finished record in the results store is not trained
 again. A rerun of a killed compare therefore trains only what is missing.
+
+Each child runs under ``recbench.guard``: it dies with the compare (even a ``kill -9`` of the
+compare alone), and while it trains it holds a lock on its run key, so a second compare started
+beside a live one waits for that run instead of training it twice, and a lock left by a killed
+compare is known to be stale.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recbench.errors import ConfigError
+from recbench.guard import STOP_GRACE_S, RunLock, guarded_command
 from recbench.report import (
     ReportInput,
     Table,
@@ -40,6 +46,7 @@ from recbench.results import (
     read_records,
     run_key,
 )
+from recbench.validate import check as check_config
 
 log = logging.getLogger("recbench")
 
@@ -62,6 +69,7 @@ class Job:
     error: str | None = None  # why the config does not compose
     record: dict[str, Any] | None = None  # the finished record, when this compare trained it
     process: subprocess.Popen | None = field(default=None, repr=False)  # while it trains
+    lock: RunLock | None = field(default=None, repr=False)  # held while it trains
 
 
 # ---------------------------------------------------------------------------- command line
@@ -142,7 +150,38 @@ def model_list(cfg: DictConfig) -> list[str]:
     names = [str(m) for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"models repeat: {names}")
-    return names
+    return _serving(names, cfg)
+
+
+def _serving(names: list[str], cfg: DictConfig) -> list[str]:
+    """``names`` without the models whose class does not serve the chosen task (a lineage
+    such as cf mixes rating and ranking models), with a printed note; a model whose config
+    does not compose is kept, so its run reports why."""
+    from hydra.errors import HydraException
+    from hydra.utils import get_class
+    from omegaconf.errors import OmegaConfBaseException
+
+    from recbench.tasks.base import model_tasks
+
+    target = (cfg.get("task") or {}).get("_target_")
+    if not target:
+        return names
+    task = getattr(get_class(str(target)), "name", "") or str(target)
+    keep, dropped = [], []
+    for m in names:
+        try:
+            served = model_tasks(get_class(str(_compose_train([f"model={m}"]).model._target_)))
+        except (HydraException, OmegaConfBaseException, ImportError, ValueError, TypeError):
+            served = (task,)
+        (keep if task in served else dropped).append(m)
+    if dropped:
+        sys.stderr.write(
+            f"note: task={task} leaves out {', '.join(dropped)} (they do not serve it; "
+            f"`recbench models` lists what each model serves)\n"
+        )
+    if not keep:
+        raise ConfigError(f"no model of {names} serves task={task}")
+    return keep
 
 
 def _quote(value: str) -> str:
@@ -175,25 +214,45 @@ def plan(
     from hydra.utils import instantiate
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.utils import get_class
+
     from recbench.data.pipeline import cache_key
 
     data_keys: dict[str, str] = {}
     jobs = []
-    for m in models:
+    planned: dict[tuple[str, int], Job] = {}
+    for m, parts in _with_parts(models, common, hydra_overrides):
         for s in seeds:
             run_dir = out_dir / "runs" / m / f"seed_{s}"
             job = Job(m, s, [f"model={m}", f"seed={s}", *common], run_dir)
+            # a pretrained model starts from its parts' runs of the same seed (planned first)
+            job.overrides += [
+                f"model.pretrained.{slot}={_quote(_part_dir(planned[(part, s)]))}"
+                for slot, part in parts.items()
+            ]
             try:
                 cfg = _compose_train(
                     [*job.overrides, f"paths.run_dir={_quote(str(run_dir))}", *hydra_overrides]
                 )
+                # a task that prepares its own data (top-K, rating, ...) keys it itself
+                task_key = getattr(get_class(str(cfg.task._target_)), "data_key", None)
                 ds = json.dumps(
-                    OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True, default=str
+                    [
+                        OmegaConf.to_container(c, resolve=True)
+                        for c in ([cfg.dataset] if task_key is None else [cfg.dataset, cfg.task])
+                    ],
+                    sort_keys=True,
+                    default=str,
                 )
                 if ds not in data_keys:  # hashing data files is cheap but not free
-                    data_keys[ds] = cache_key(cfg.dataset, instantiate(cfg.dataset.adapter))
+                    data_keys[ds] = (
+                        cache_key(cfg.dataset, instantiate(cfg.dataset.adapter))
+                        if task_key is None
+                        else task_key(cfg)
+                    )
                 job.data_key, job.dataset = data_keys[ds], str(cfg.dataset.name)
                 job.key = run_key(cfg, job.data_key)
+                job.results = str(cfg.paths.results)
             except (
                 HydraException,
                 OmegaConfBaseException,
@@ -203,7 +262,42 @@ def plan(
             ) as exc:
                 job.error = f"{type(exc).__name__}: {exc}"
             jobs.append(job)
+            planned[(m, s)] = job
     return jobs
+
+
+def _with_parts(
+    models: list[str], common: list[str], hydra_overrides: list[str]
+) -> list[tuple[str, dict[str, str]]]:
+    """``models`` in plan order, each with the parts it is pretrained from ({slot: model}, from
+    its config's ``pretrained.from_models`` where the slot is empty); a part missing from
+    ``models`` is planned before the first model that needs it."""
+    order: list[tuple[str, dict[str, str]]] = []
+    for m in models:
+        parts: dict[str, str] = {}
+        try:
+            pre = _compose_train([f"model={m}", *common, *hydra_overrides]).model.get("pretrained")
+            if pre and pre.get("from_models"):
+                parts = {str(k): str(v) for k, v in pre.from_models.items() if not pre.get(k)}
+        except Exception:  # noqa: BLE001 - a config that does not compose is reported by plan
+            parts = {}
+        for part in parts.values():
+            if part not in [o[0] for o in order]:
+                order.append((part, {}))
+        if m not in [o[0] for o in order]:
+            order.append((m, parts))
+    return order
+
+
+def _part_dir(job: Job) -> str:
+    """Where a part's weights are: the store's finished run with the part's key (reused), else
+    the directory this compare trains it into."""
+    results = getattr(job, "results", None)
+    if job.key and results:
+        found = read_records(results, run_key=job.key, status=FINISHED, stale=False)
+        if found and found[-1].get("run_dir"):
+            return str(found[-1]["run_dir"])
+    return str(job.run_dir)
 
 
 # ---------------------------------------------------------------------------- running
@@ -235,15 +329,18 @@ def _failure_record(job: Job, error: str, returncode: int | None, command: str) 
 
 
 def _stop(job: Job) -> None:
-    """Terminate the child training ``job`` (if it runs), killing it after 30 s."""
+    """Stop the child training ``job`` (if it runs): its guard passes SIGTERM on to the run's
+    process group and kills the group after ``STOP_GRACE_S``; the guard itself is killed if it
+    is still there 5 s later."""
     proc = job.process
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=STOP_GRACE_S + 5)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
 
 
 def train_job(
@@ -263,12 +360,20 @@ def train_job(
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = job.run_dir / "stdout.log"
     with open(log_path, "w") as out:
-        # same process group: Ctrl-C or a kill of the group stops the run with the compare
         env = dict(os.environ)
         if threads and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(threads)
+        # a session of its own under a guard that kills the run's whole process group when
+        # this process dies, even by SIGKILL; Ctrl-C reaches the run through _stop. The guard
+        # also holds the run's lock until the run's processes are gone.
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            guarded_command(cmd),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            pass_fds=() if job.lock is None or job.lock.fd is None else (job.lock.fd,),
         )
         job.process = proc
         try:
@@ -303,6 +408,32 @@ def _console_table(table: Table, title: str):
     for row in table.rows:
         t.add_row(*(row[i] for i in keep))
     return t
+
+
+def _release(job: Job) -> None:
+    if job.lock is not None:
+        job.lock.release()
+        job.lock = None
+
+
+def _trained_record(job: Job, rc: int, root: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The record of a run that exited with ``rc``, or why there is none: a run counts as
+    trained only once its record is in the store, so "✓" always means a report will find it."""
+    metrics = job.run_dir / "metrics.json"
+    if rc != 0:
+        return None, None
+    try:
+        record = json.loads(metrics.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"the run exited 0 but its {metrics} cannot be read: {exc}"
+    ident = (record.get("run_dir"), record.get("finished_at"))
+    stored = read_records(root, run_key=record.get("run_key"), status=FINISHED)
+    if not any((r.get("run_dir"), r.get("finished_at")) == ident for r in stored):
+        return None, (
+            f"the run exited 0 but its record is not in the results store {root}; "
+            f"`recbench results add {metrics}` adds it"
+        )
+    return record, None
 
 
 def train_all(
@@ -341,29 +472,62 @@ def train_all(
         return rc, command, log_path, time.perf_counter() - t0
 
     def finish(job: Job, rc: int, command: str, log_path: Path, seconds: float) -> None:
-        if rc == 0 and (job.run_dir / "metrics.json").exists():
-            job.record = json.loads((job.run_dir / "metrics.json").read_text())
-            if job.record.get("run_key") != job.key:
-                moved.append(f"{job.model} seed {job.seed}")
-            primary = job.record.get("primary_metric", "auc")
-            value = (job.record.get("test") or {}).get(primary, float("nan"))
+        try:
+            record, problem = _trained_record(job, rc, root)
+            if record is not None:
+                job.record = record
+                if record.get("run_key") != job.key:
+                    moved.append(f"{job.model} seed {job.seed}")
+                primary = record.get("primary_metric", "auc")
+                value = (record.get("test") or {}).get(primary, float("nan"))
+                say(
+                    f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
+                    f"({seconds:.0f} s)"
+                )
+            else:
+                tail = _tail(log_path) or f"exit status {rc}, no output"
+                if problem:
+                    tail = f"{tail}\n{problem}"
+                failures.append(_failure_record(job, tail, rc, command))
+                append_record(failures[-1], root)
+                say(
+                    f"[red]✗[/] {job.model} seed {job.seed} failed (exit {rc}): "
+                    f"{error_line(problem or tail)}\n  log: {log_path}"
+                )
+        finally:
+            _release(job)
+
+    def claim(job: Job) -> bool | None:
+        """Lock ``job``'s run key: True to train it, False when it is in the store by now
+        (another compare trained it), None while another live compare trains it."""
+        name = f"{job.model} seed {job.seed}"
+        lock = RunLock(root, str(job.key), f"{name} ({job.run_dir})")
+        if not lock.acquire():
+            if name not in waiting:
+                waiting.add(name)
+                say(
+                    f"[yellow]…[/] {name} is being trained by another compare "
+                    f"({lock.holder()}); waiting for it"
+                )
+            return None
+        if read_records(root, run_key=job.key, status=FINISHED, stale=False):
+            lock.release()
+            say(f"[green]✓[/] {name}: trained meanwhile by another compare; read from the store")
+            return False
+        stale = lock.stale_note()
+        if stale:
             say(
-                f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
-                f"({seconds:.0f} s)"
+                f"[yellow]…[/] {name}: the compare that was training it ({stale}) was killed "
+                "before it finished; training it again"
             )
-        else:
-            tail = _tail(log_path) or f"exit status {rc}, no output"
-            failures.append(_failure_record(job, tail, rc, command))
-            append_record(failures[-1], root)
-            say(
-                f"[red]✗[/] {job.model} seed {job.seed} failed (exit {rc}): "
-                f"{error_line(tail)}\n  log: {log_path}"
-            )
+        job.lock = lock
+        return True
 
     with Progress(*columns, console=console, disable=not jobs) as progress:
         bar = progress.add_task("training", total=len(jobs))
         say = progress.console.print
         queue = []
+        waiting: set[str] = set()
         for job in jobs:
             if job.error:
                 failures.append(_failure_record(job, job.error, None, ""))
@@ -376,19 +540,34 @@ def train_all(
         running: dict[Any, Job] = {}
         try:
             while queue or running:
-                while queue and len(running) < max(1, parallel):
-                    job = queue.pop(0)
-                    running[pool.submit(timed, job)] = job
+                for job in list(queue):  # the first runs no other compare is training
+                    if len(running) >= max(1, parallel):
+                        break
+                    claimed = claim(job)
+                    if claimed is None:
+                        continue
+                    queue.remove(job)
+                    if claimed:
+                        running[pool.submit(timed, job)] = job
+                    else:
+                        progress.advance(bar)
+                if not running:
+                    if queue:  # every run left is being trained elsewhere
+                        time.sleep(1.0)
+                    continue
                 names = ", ".join(f"{j.model} seed {j.seed}" for j in running.values())
                 progress.update(bar, description=names)
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=1.0 if queue else None, return_when=FIRST_COMPLETED)
                 for future in done:
                     finish(running.pop(future), *future.result())
                     progress.advance(bar)
-        except KeyboardInterrupt:
-            for job in running.values():  # children share the process group; make sure
+        except BaseException as exc:
+            for job in running.values():
                 _stop(job)
+                _release(job)
             pool.shutdown(wait=False, cancel_futures=True)
+            if not isinstance(exc, KeyboardInterrupt):
+                raise
             say(
                 "[yellow]interrupted[/]: finished runs are in the store; rerun the same "
                 "command to train the rest"
@@ -435,10 +614,23 @@ def collect(
     return runs, failures, missing
 
 
+def run_report_hooks(records: list[dict[str, Any]], out_dir: Path, console) -> None:
+    """Extra report parts a task names in its records (``report_hook``: a function taking the
+    records and the output folder; the RL task's draws its curves over simulated time)."""
+    from hydra.utils import get_method
+
+    for hook in sorted({str(r["report_hook"]) for r in records if r.get("report_hook")}):
+        try:
+            get_method(hook)(records, out_dir)
+        except Exception as exc:  # an extra part never costs the report itself
+            console.print(f"[yellow]report hook {hook} failed:[/] {type(exc).__name__}: {exc}")
+
+
 def run(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
 
+    check_config(cfg, "compare")  # every problem that needs no data, before any run starts
     console = Console(stderr=True)
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
@@ -466,8 +658,9 @@ def run(cfg: DictConfig) -> None:
             f"Output: {out_dir}"
         )
         failures, notes = train_all(todo, root, hydra_passed, console, int(cfg.jobs))
+    damaged: list = []  # store lines that are not one whole record, shown in the report
     runs, earlier_failures, missing = collect(
-        jobs, read_records(root, stale=False), bool(cfg.report_only)
+        jobs, read_records(root, stale=False, damaged=damaged), bool(cfg.report_only)
     )
     failures += earlier_failures
 
@@ -495,11 +688,13 @@ def run(cfg: DictConfig) -> None:
         command=_command_line(task_overrides, list(hc.overrides.hydra), bool(cfg.report_only)),
         tensorboard=os.path.commonpath(used) if used else str(out_dir / "runs"),
         notes=notes,
+        store_problems=[str(d) for d in damaged],
         resamples=int(cfg.bootstrap.resamples),
         bootstrap_seed=int(cfg.bootstrap.seed),
         level=float(cfg.bootstrap.level),
     )
     write_report(report, out_dir)
+    run_report_hooks([r for rs in runs.values() for r in rs], out_dir, console)
 
     finished_models = [summarise_model(m, runs[m]) for m in models if runs[m]]
     if finished_models:

@@ -82,13 +82,51 @@ def gauc(scores: Tensor, labels: Tensor, groups: Tensor) -> tuple[float, float]:
     return float((n_u[ok] * auc_u).sum() / n_u[ok].sum()), float(n_u[ok].sum() / n)
 
 
+def _some_group_has_both(labels: Tensor, groups: Tensor) -> bool:
+    _, inverse = torch.unique(groups.long(), return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    y = (labels > 0.5).double()
+    pos = torch.zeros(n_groups, dtype=torch.float64, device=y.device).index_add_(0, inverse, y)
+    rows = torch.zeros_like(pos).index_add_(0, inverse, torch.ones_like(y))
+    return bool(((pos > 0) & (pos < rows)).any())
+
+
+def undefined_reasons(labels: Tensor, groups: Tensor, split: str = "evaluation") -> dict[str, str]:
+    """Why each CTR metric is undefined on these rows (metrics not named are defined).
+
+    AUC needs both labels; GAUC needs a user holding both labels; every metric needs a row.
+    """
+    n = len(labels)
+    if n == 0:
+        why = f"the {split} split is empty"
+        return {"auc": why, "gauc": why, "logloss": why}
+    n_pos = int((labels > 0.5).sum())
+    out: dict[str, str] = {}
+    if n_pos in (0, n):
+        cls = 1 if n_pos else 0
+        out["auc"] = f"the {split} split holds one class (all {cls})"
+        out["gauc"] = f"the {split} split holds one class (all {cls}), so no user has both labels"
+    elif not _some_group_has_both(labels, groups):
+        out["gauc"] = f"no user in the {split} split has both a positive and a negative row"
+    return out
+
+
 class CTRMetrics(Metric):
-    """AUC and logloss (torchmetrics / torch), GAUC and its row coverage, and the row count."""
+    """AUC and logloss (torchmetrics / torch), GAUC and its row coverage, and the row count.
+
+    A metric the rows leave undefined (AUC of one class, GAUC with no user holding both labels,
+    anything on no rows) is NaN in ``compute``'s result, never a number such as torchmetrics'
+    0.0, and ``undefined`` (set by ``compute``) says why: ``{"auc": "the val split holds ..."}``.
+    ``nonfinite`` (set by ``compute``) counts the rows whose logits are not finite.
+    """
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, split: str = "evaluation") -> None:
         super().__init__()
+        self.split = split
+        self.undefined: dict[str, str] = {}
+        self.nonfinite = 0
         self.add_state("logits", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
         self.add_state("groups", default=[], dist_reduce_fx="cat")
@@ -99,15 +137,24 @@ class CTRMetrics(Metric):
         self.groups.append(groups.detach().long())
 
     def compute(self) -> dict[str, Tensor]:
-        cat = lambda xs: torch.cat(xs) if isinstance(xs, list) else xs  # noqa: E731
-        logits, labels, groups = cat(self.logits), cat(self.labels), cat(self.groups)
-        probs = torch.sigmoid(logits.double())  # float64 keeps distinct logits distinct
-        out = {
-            "auc": binary_auroc(probs, labels.long()),
-            "logloss": F.binary_cross_entropy_with_logits(logits.double(), labels.double()),
-        }
+        def cat(xs, dtype):
+            if isinstance(xs, Tensor):
+                return xs
+            return torch.cat(xs) if xs else torch.zeros(0, dtype=dtype, device=self.device)
+
+        logits = cat(self.logits, torch.float32)
+        labels, groups = cat(self.labels, torch.float32), cat(self.groups, torch.long)
+        self.nonfinite = int((~torch.isfinite(logits)).sum())
+        self.undefined = undefined_reasons(labels, groups, self.split)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        out = {"auc": nan, "logloss": nan}
+        if "auc" not in self.undefined:
+            probs = torch.sigmoid(logits.double())  # float64 keeps distinct logits distinct
+            out["auc"] = binary_auroc(probs, labels.long()).double()
+        if "logloss" not in self.undefined:
+            out["logloss"] = F.binary_cross_entropy_with_logits(logits.double(), labels.double())
         g, cover = gauc(logits, labels, groups)
-        out["gauc"] = torch.tensor(g, dtype=torch.float64)
+        out["gauc"] = nan if "gauc" in self.undefined else torch.tensor(g, dtype=torch.float64)
         out["gauc_coverage"] = torch.tensor(cover, dtype=torch.float64)
         out["rows"] = torch.tensor(float(len(labels)), dtype=torch.float64)
         return out

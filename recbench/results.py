@@ -1,9 +1,15 @@
 """Append-only results store: one JSON line per run under ``<outputs root>/results.jsonl``.
 
 Every finished run appends its record (``recbench.train``); ``compare`` appends a record with
-``status: failed`` for a run that did not finish. Nothing is ever rewritten: a killed run simply
-never writes its line, and a rerun appends a new one. Reports and resume read the store only
+``status: failed`` for a run that did not finish. Reports and resume read the store only
 through ``read_records``.
+
+A finished record is never lost: each append writes its whole line under an exclusive lock,
+checks every byte went out (a full disk raises ``StoreWriteError`` and the partial line is cut
+off again), and starts on a fresh line when a writer killed mid-write left a torn one. Readers
+report every line they cannot read (file and line number) and carry on; a line where an older
+torn write glued records together is split back into its whole records. ``recbench results
+check --repair`` rewrites the store without its damaged lines, keeping the original as a backup.
 
 A record is *stale* when it was written by another recbench version than the running one: its
 numbers may come from different code, so it is shown as stale and never reused. ``run_key``
@@ -12,17 +18,36 @@ includes the version for the same reason, so a stale record never matches a curr
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from recbench.errors import RecbenchError
 
 STORE_NAME = "results.jsonl"
 
 FINISHED = "finished"
 FAILED = "failed"
+
+log = logging.getLogger("recbench.results")
+
+
+class StoreError(RecbenchError):
+    """The results store cannot be read or written as asked."""
+
+
+class StoreWriteError(StoreError):
+    """A record could not be appended; the store is left as it was before the append."""
 
 
 def code_version() -> str:
@@ -36,30 +61,241 @@ def store_path(root: str | os.PathLike) -> Path:
     return Path(root) / STORE_NAME
 
 
-def append_record(record: dict[str, Any], root: str | os.PathLike) -> Path:
-    """Append one record atomically: one ``write`` of the whole line under an exclusive lock, so
-    parallel writers (sweep jobs, compares sharing one outputs root) never interleave lines."""
-    path = store_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+# ---------------------------------------------------------------------------- locking
+
+
+@contextmanager
+def _locked(path: Path, flags: int, how: int) -> Iterator[int]:
+    """``path`` opened with ``flags`` and ``flock``-ed with ``how``. A repair swaps the store's
+    file while others wait for its lock: whoever then gets the old file's lock opens the new
+    one, so no append lands in the replaced file."""
+    while True:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, how)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path)
+                current = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
         os.close(fd)
+    try:
+        yield fd
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write less than asked (a signal, a nearly
+    full disk); a write that makes no progress is an error, never a silent short record."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, f"no progress writing the last {len(view)} bytes")
+        view = view[n:]
+
+
+def _append_line(path: Path, line: bytes) -> None:
+    with _locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, fcntl.LOCK_EX) as fd:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a writer was killed mid-line: never glue onto its fragment
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError:
+            try:  # cut the partial line off again; the lock keeps everyone else out meanwhile
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # left torn: the next append starts a fresh line, readers report it
+            raise
+
+
+def append_record(record: dict[str, Any], root: str | os.PathLike) -> Path:
+    """Append one record as one whole line under an exclusive lock, so parallel writers (sweep
+    jobs, compares sharing one outputs root) never interleave lines. Raises ``StoreWriteError``
+    (and leaves the store as it was) when the line cannot be written in full."""
+    path = store_path(root)
+    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _append_line(path, line)
+    except OSError as exc:
+        raise StoreWriteError(
+            f"could not append a record to the results store {path}: "
+            f"{exc.strerror or exc} (errno {exc.errno}). The store is as it was before; free "
+            "space or fix permissions, then add the record again."
+        ) from exc
     return path
 
 
-def record_version(record: dict[str, Any]) -> str | None:
-    return (record.get("versions") or {}).get("recbench")
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON through a temporary file renamed over ``path``: a reader
+    sees the old file or the whole new one, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps(obj, indent=2, default=str))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def is_stale(record: dict[str, Any], version: str | None = None) -> bool:
-    """True when ``record`` was written by another recbench version (or says none)."""
-    return record_version(record) != (version or code_version())
+def save_run_record(
+    record: dict[str, Any], metrics_path: str | os.PathLike, root: str | os.PathLike | None
+) -> None:
+    """A finished run's record into ``metrics_path`` and, unless ``root`` is None, the store.
+    Both are tried; if either fails, ``StoreWriteError`` says what was kept where and how to add
+    the record to the store later, so a run never ends "successfully" without its record."""
+    metrics_path = Path(metrics_path)
+    problems = []
+    try:
+        write_json(metrics_path, record)
+        in_file = True
+    except OSError as exc:
+        in_file = False
+        problems.append(f"{metrics_path} could not be written ({exc.strerror or exc})")
+    in_store = root is None
+    if root is not None:
+        try:
+            append_record(record, root)
+            in_store = True
+        except StoreWriteError as exc:
+            cause = exc.__cause__
+            reason = getattr(cause, "strerror", None) or cause or exc
+            problems.append(
+                f"it could not be appended to the results store {store_path(root)} ({reason})"
+            )
+    if not problems:
+        return
+    if in_file and root is not None:
+        where = (
+            f"Its record is in {metrics_path}: once the store is writable, add it with "
+            f"`recbench results add {metrics_path}`."
+        )
+    elif in_store and root is not None:
+        where = "Its record is in the results store."
+    else:
+        where = "The record, to save by hand: " + json.dumps(record, default=str)
+    raise StoreWriteError(
+        "the run finished but its record was not saved: " + "; ".join(problems) + ". " + where
+    )
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class DamagedLine:
+    """A store line that is not one whole record."""
+
+    path: Path
+    lineno: int  # 1-based
+    text: str  # the line, shortened for messages
+    records: list[dict[str, Any]] = field(default_factory=list)  # whole records found in it
+
+    def __str__(self) -> str:
+        if self.records:
+            what = (
+                f"{len(self.records)} whole record(s) glued to a torn one (read; "
+                "`recbench results check --repair` splits them onto their own lines)"
+            )
+        else:
+            what = "no whole record (a torn write: the writer was killed or the disk was full)"
+        return f"{self.path}:{self.lineno}: {what}: {self.text!r}"
+
+
+_OPEN_BRACE = re.compile(r"\{")
+
+
+def _records_in(text: str) -> list[dict[str, Any]]:
+    """Every whole record in a damaged line, in order: a torn write followed by the next
+    writer's line on the same line (``{"mod{"model": ...}``), or records glued ``}{``. Only
+    objects with a ``status`` count, so an inner object of a torn record (``"test": {...}``) is
+    never taken for a record."""
+    decoder = json.JSONDecoder()
+    out, pos = [], 0
+    while (m := _OPEN_BRACE.search(text, pos)) is not None:
+        try:
+            obj, end = decoder.raw_decode(text, m.start())
+        except ValueError:
+            pos = m.start() + 1
+            continue
+        if isinstance(obj, dict) and "status" in obj:
+            out.append(obj)
+            pos = end
+        else:
+            pos = m.start() + 1
+    return out
+
+
+def _shorten(raw: bytes, width: int = 120) -> str:
+    text = raw.decode("utf-8", errors="replace").rstrip("\n")
+    return text if len(text) <= width else f"{text[: width // 2]} … {text[-width // 2 :]}"
+
+
+def _parse_line(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _read_lines(path: Path) -> list[bytes]:
+    """The store's lines, read under a shared lock so an append in progress is never half seen."""
+    try:
+        with _locked(path, os.O_RDONLY, fcntl.LOCK_SH) as fd, os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreError(f"cannot read the results store {path}: {exc.strerror or exc}") from exc
+
+
+def scan_store(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[DamagedLine]]:
+    """Every record of the store in written order, and the lines that are not one whole record
+    (whatever whole records those still hold are among the records)."""
+    path = store_path(root)
+    records: list[dict[str, Any]] = []
+    damaged: list[DamagedLine] = []
+    for lineno, raw in enumerate(_read_lines(path), 1):
+        if not raw.strip():
+            continue
+        rec = _parse_line(raw)
+        if rec is not None:
+            records.append(rec)
+            continue
+        found = _records_in(raw.decode("utf-8", errors="replace"))
+        records.extend(found)
+        damaged.append(DamagedLine(path, lineno, _shorten(raw), found))
+    return records, damaged
+
+
+_warned: set[tuple[str, int, str]] = set()
+
+
+def _warn(damaged: list[DamagedLine]) -> None:
+    """Log each damaged line once per process (a compare reads the store several times)."""
+    for d in damaged:
+        key = (str(d.path), d.lineno, d.text)
+        if key not in _warned:
+            _warned.add(key)
+            log.warning("results store: %s; `recbench results check` lists them all", d)
 
 
 def read_records(
@@ -69,39 +305,154 @@ def read_records(
     status: str | None = None,
     run_key: str | None = None,
     stale: bool | None = None,
+    damaged: list[DamagedLine] | None = None,
 ) -> list[dict[str, Any]]:
     """Records of the store in the order they were written, filtered by every argument given.
 
     ``stale=False`` keeps only records of the running recbench version, ``stale=True`` only the
-    others; ``None`` keeps both. Lines that are not valid JSON (the torn last line of a writer
-    killed mid-write) are skipped.
+    others; ``None`` keeps both. A line that is not one whole record (the torn line of a writer
+    killed mid-write) is logged as a warning with its line number and added to ``damaged`` when
+    given; the whole records it still holds are read.
     """
-    path = store_path(root)
-    if not path.exists():
-        return []
+    records, bad = scan_store(root)
+    _warn(bad)
+    if damaged is not None:
+        damaged.extend(bad)
     models = {model} if isinstance(model, str) else set(model) if model is not None else None
     version = code_version()
     out = []
-    with open(path, "rb") as fh:
-        for raw in fh:
-            try:
-                rec = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if not isinstance(rec, dict):
-                continue
-            if models is not None and rec.get("model") not in models:
-                continue
-            if dataset is not None and rec.get("dataset") != dataset:
-                continue
-            if status is not None and rec.get("status") != status:
-                continue
-            if run_key is not None and rec.get("run_key") != run_key:
-                continue
-            if stale is not None and is_stale(rec, version) != stale:
-                continue
-            out.append(rec)
+    for rec in records:
+        if models is not None and rec.get("model") not in models:
+            continue
+        if dataset is not None and rec.get("dataset") != dataset:
+            continue
+        if status is not None and rec.get("status") != status:
+            continue
+        if run_key is not None and rec.get("run_key") != run_key:
+            continue
+        if stale is not None and is_stale(rec, version) != stale:
+            continue
+        out.append(rec)
     return out
+
+
+# ---------------------------------------------------------------------------- repair
+
+
+def _backup_path(path: Path) -> Path:
+    bak = path.with_name(path.name + ".bak")
+    n = 1
+    while bak.exists():  # never overwrite an earlier backup: it may hold the only copy of a line
+        n += 1
+        bak = path.with_name(f"{path.name}.bak{n}")
+    return bak
+
+
+@dataclass
+class Repair:
+    """What ``repair_store`` did."""
+
+    path: Path
+    damaged: list[DamagedLine]
+    kept: int = 0  # lines kept as they were
+    recovered: int = 0  # whole records split out of damaged lines
+    dropped: list[DamagedLine] = field(default_factory=list)  # lines with no whole record
+    backup: Path | None = None  # the store as it was, when anything changed
+
+
+def repair_store(root: str | os.PathLike) -> Repair:
+    """Rewrite the store with every whole record on its own line and the fragments of torn writes
+    left out. The new store is written to a temporary file, synced and renamed over the old one,
+    under the store's lock; the old file is kept as ``results.jsonl.bak`` (``.bak2``... when
+    that exists). A store without damaged lines is not touched."""
+    path = store_path(root)
+    if not path.exists():
+        raise StoreError(f"there is no results store at {path}")
+    try:
+        with _locked(path, os.O_RDWR, fcntl.LOCK_EX) as fd:
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                lines = fh.read().splitlines(keepends=True)
+            result = Repair(path, [])
+            out: list[bytes] = []
+            for lineno, raw in enumerate(lines, 1):
+                if not raw.strip():
+                    continue
+                if _parse_line(raw) is not None:
+                    out.append(raw if raw.endswith(b"\n") else raw + b"\n")
+                    result.kept += 1
+                    continue
+                found = _records_in(raw.decode("utf-8", errors="replace"))
+                d = DamagedLine(path, lineno, _shorten(raw), found)
+                result.damaged.append(d)
+                if not found:
+                    result.dropped.append(d)
+                for rec in found:
+                    out.append((json.dumps(rec, sort_keys=True, default=str) + "\n").encode())
+                result.recovered += len(found)
+            if not result.damaged:
+                return result
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.repair")
+            try:
+                with open(tmp, "wb") as fh:
+                    _write_all(fh.fileno(), b"".join(out))
+                    os.fsync(fh.fileno())
+                os.chmod(tmp, os.fstat(fd).st_mode & 0o777)
+                backup = _backup_path(path)
+                try:
+                    os.link(path, backup)  # the old file itself: no copy to fail half way
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(path, backup)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            result.backup = backup
+            return result
+    except OSError as exc:
+        raise StoreError(
+            f"could not repair the results store {path}: {exc.strerror or exc}; it is unchanged"
+        ) from exc
+
+
+def add_records(paths: list[str | os.PathLike], root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Append the records in ``paths`` (each a run's ``metrics.json``) to the store, skipping any
+    already there (same run key, run directory and finish time). Returns (path, what happened)."""
+    have = {(r.get("run_key"), r.get("run_dir"), r.get("finished_at")) for r in scan_store(root)[0]}
+    done = []
+    for p in map(Path, paths):
+        try:
+            rec = json.loads(p.read_text())
+        except OSError as exc:
+            raise StoreError(f"cannot read {p}: {exc.strerror or exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"{p} is not JSON ({exc}); give a run's metrics.json") from exc
+        if not isinstance(rec, dict) or "status" not in rec or "model" not in rec:
+            raise StoreError(f"{p} is not a run record (no status or model); give a metrics.json")
+        ident = (rec.get("run_key"), rec.get("run_dir"), rec.get("finished_at"))
+        if ident in have:
+            done.append((p, "already in the store"))
+            continue
+        append_record(rec, root)
+        have.add(ident)
+        done.append((p, "added"))
+    return done
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def record_version(record: dict[str, Any]) -> str | None:
+    return (record.get("versions") or {}).get("recbench")
+
+
+def is_stale(record: dict[str, Any], version: str | None = None) -> bool:
+    """True when ``record`` was written by another recbench version (or says none)."""
+    return record_version(record) != (version or code_version())
 
 
 def latest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -136,12 +487,21 @@ __all__ = [
     "FAILED",
     "FINISHED",
     "STORE_NAME",
+    "DamagedLine",
+    "Repair",
+    "StoreError",
+    "StoreWriteError",
+    "add_records",
     "append_record",
     "code_version",
     "is_stale",
     "latest",
     "read_records",
     "record_version",
+    "repair_store",
     "run_key",
+    "save_run_record",
+    "scan_store",
     "store_path",
+    "write_json",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import subprocess
 import time
@@ -18,11 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from recbench import __version__
 from recbench.callbacks import Throughput, peak_rss_mb
-from recbench.data.datamodule import RecDataModule
-from recbench.data.pipeline import EpochNegatives, PreparedData, prepare
 from recbench.launch import local_ranks
-from recbench.models import build_model, used_inputs
-from recbench.results import append_record, run_key
+from recbench.models import build_model
+from recbench.results import run_key, save_run_record
+from recbench.threads import apply_threads
+from recbench.validate import check as check_config
 
 log = logging.getLogger("recbench")
 
@@ -69,54 +68,39 @@ def git_commit() -> str | None:
         return None
 
 
-def build(cfg: DictConfig, data: PreparedData) -> tuple[pl.LightningModule, RecDataModule]:
+def task_class(cfg: DictConfig) -> type:
+    """The task class ``cfg.task`` names, checked against the model it will train."""
+    from hydra.utils import get_class
+
+    from recbench.tasks.base import check_model_task
+
+    task_cls = get_class(str(cfg.task._target_))
+    check_model_task(model_name(cfg), get_class(str(cfg.model._target_)), task_cls)
+    return task_cls
+
+
+def build(cfg: DictConfig, data: Any) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+    """The task (holding the model built on the prepared schema) and its data module."""
     model = build_model(cfg.model, data.schema)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(
         cfg.task, model=model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler
     )
-    sample = {k: v[:8] for k, v in data.splits["train"].items()}
-    keys = used_inputs(model, sample) | {"label", "group"}
-    sampler = cfg.dataset.get("sampler") or {}
-    negatives = None
-    if sampler.get("resample_each_epoch", False):
-        negatives = EpochNegatives(data, int(sampler.get("seed", 0)))
-    dm = RecDataModule(
-        data,
-        cfg.batch_size,
-        cfg.eval_batch_size,
-        cfg.seed,
-        cfg.device_resident,
-        keys=keys,
-        negatives=negatives,
-    )
-    return task, dm
-
-
-@torch.no_grad()
-def predict(
-    task: pl.LightningModule, split: dict[str, torch.Tensor], batch_size: int
-) -> np.ndarray:
-    """Logits for every row of ``split``, in row order (one process)."""
-    task.eval()
-    device = next(task.parameters()).device
-    out = []
-    n = len(split["label"])
-    for start in range(0, n, batch_size):
-        batch = {k: v[start : start + batch_size].to(device) for k, v in split.items()}
-        out.append(task(batch).float().cpu())
-    return torch.cat(out).numpy()
+    return task, task.datamodule(cfg, data)
 
 
 def run(cfg: DictConfig) -> float | None:
     """Train, test and record one configuration; returns the optimised metric (for sweeps)."""
     t_start = time.perf_counter()
+    check_config(cfg)  # every problem that needs no data, before any work
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = model_name(cfg)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    data = prepare(cfg.dataset, log=log.info)
+    apply_threads(cfg.get("threads"))  # auto: one thread per core free of other work
+    task_cls = task_class(cfg)
+    if getattr(task_cls, "standalone", False):  # a task with its own loop (an environment)
+        return _record_run(cfg, task_cls.run_standalone(cfg, run_dir), name, t_start)
+    data = task_cls.prepare(cfg, log=log.info)
     with local_ranks(cfg, run_dir):
         pl.seed_everything(cfg.seed, workers=False, verbose=False)
         task, dm = build(cfg, data)
@@ -141,61 +125,92 @@ def run(cfg: DictConfig) -> float | None:
 
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     history = task.val_history
-    best_val = max(history, key=lambda h: h[cfg.monitor.split("/")[-1]]) if history else {}
-    record: dict[str, Any] = {
-        "status": "finished",
-        "model": name,
-        "dataset": str(cfg.dataset.name),
-        "task": type(task).__name__.removesuffix("Task").lower(),
-        "primary_metric": task.primary,
-        "seed": int(cfg.seed),
-        "split_seed": int(cfg.dataset.split.seed) if "seed" in cfg.dataset.split else None,
+    monitor = cfg.monitor.split("/")[-1]
+    scored = [h for h in history if h.get(monitor) is not None]
+    pick = max if str(cfg.get("monitor_mode", "max")) == "max" else min
+    best_val = pick(scored, key=lambda h: h[monitor]) if scored else {}
+    result = {
         "val": {k: v for k, v in best_val.items() if k != "epoch"},
         "test": dict(task.test_result),
+        "undefined": dict(task.undefined),
         "best_epoch": best_val.get("epoch"),
         "epochs": len(history),
         "val_history": history,
         "params": sum(p.numel() for p in task.model.parameters()),
         "perf": {
             **(throughput.summary() if throughput else {}),
+            "accelerator": str(trainer.strategy.root_device.type),
+            "devices": trainer.world_size,
+            "precision": str(trainer.precision),
+        },
+        "data": {
+            "key": data.key,
+            "rows": data.info.get("rows"),
+            "unseen": data.info.get("unseen"),
+        },
+        "checkpoint": best,
+        "outputs": task.test_outputs() if cfg.test else {},
+        "extra": task.record_extra(data),
+        "loggers": loggers,
+    }
+    return _record_run(cfg, result, name, t_start, task_cls)
+
+
+def _record_run(
+    cfg: DictConfig,
+    result: dict[str, Any],
+    name: str,
+    t_start: float,
+    task_cls: type | None = None,
+) -> float | None:
+    """Write ``metrics.json`` and ``predictions.npz`` into the run directory and append the
+    record to the results store. ``result`` is what the task's run produced."""
+    task_cls = task_cls or task_class(cfg)
+    run_dir = Path(cfg.paths.run_dir)
+    record: dict[str, Any] = {
+        "status": "finished",
+        "model": name,
+        "dataset": str(cfg.dataset.name) if cfg.get("dataset") else None,
+        **task_cls.describe(),
+        "seed": int(cfg.seed),
+        "split_seed": (
+            int(cfg.dataset.split.seed)
+            if cfg.get("dataset") and "seed" in (cfg.dataset.get("split") or {})
+            else None
+        ),
+        "val": result.get("val", {}),
+        "test": result.get("test", {}),
+        "undefined": result.get("undefined") or {},
+        "best_epoch": result.get("best_epoch"),
+        "epochs": result.get("epochs"),
+        "val_history": result.get("val_history", []),
+        "params": result.get("params"),
+        "perf": {
+            **result.get("perf", {}),
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": (
                 torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             ),
             "wall_seconds": time.perf_counter() - t_start,
-            "accelerator": str(trainer.strategy.root_device.type),
-            "devices": trainer.world_size,
-            "precision": str(trainer.precision),
             "batch_size": int(cfg.batch_size),
         },
-        "data": {"key": data.key, "rows": data.info["rows"], "unseen": data.info["unseen"]},
+        "data": result.get("data", {}),
         "run_dir": str(run_dir),
-        "checkpoint": best,
+        "checkpoint": result.get("checkpoint"),
         "versions": versions(),
         "commit": git_commit(),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        **(result.get("extra") or {}),
     }
-    oracle = data.info.get("oracle_auc", {}).get("test")
-    if oracle:
-        record["oracle"] = {
-            "auc": oracle.get("oracle_p"),
-            "ablations": {k: v for k, v in oracle.items() if k != "oracle_p"},
-        }
-    record["run_key"] = run_key(cfg, data.key)
-    if cfg.test:
-        scores = predict(task, data.splits["test"], cfg.eval_batch_size)
-        np.savez_compressed(
-            run_dir / "predictions.npz",
-            logits=scores,
-            label=data.splits["test"]["label"].numpy(),
-            group=data.splits["test"]["group"].numpy(),
-        )
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
-    _log_hparams(loggers, cfg, record)
-    if cfg.record:
-        append_record(record, cfg.paths.results)
+    record["run_key"] = run_key(cfg, str(record["data"].get("key", "")))
+    outputs = result.get("outputs") or {}
+    if outputs:
+        np.savez_compressed(run_dir / "predictions.npz", **outputs)
+    _log_hparams(result.get("loggers") or [], cfg, record)
     _print_summary(record)
-    value = record["val"].get(cfg.optimized_metric.split("/")[-1])
+    # a record that cannot be written in full (a full disk) fails the run, saying where it is
+    save_run_record(record, run_dir / "metrics.json", cfg.paths.results if cfg.record else None)
+    value = _metric_value(record["val"], cfg.optimized_metric.split("/", 1)[-1])
     return float(value) if value is not None else None
 
 
@@ -205,16 +220,16 @@ def _log_hparams(loggers: list, cfg: DictConfig, record: dict) -> None:
         "dataset": record["dataset"],
         "seed": record["seed"],
         "batch_size": cfg.batch_size,
-        "lr": cfg.optimizer.get("lr"),
+        "lr": (cfg.get("optimizer") or {}).get("lr"),
     }
-    for k, v in OmegaConf.to_container(cfg.model, resolve=True).items():
+    for k, v in OmegaConf.to_container(cfg.get("model") or {}, resolve=True).items():
         if k != "_target_" and isinstance(v, int | float | str | bool):
             flat[f"model.{k}"] = v
     metrics = {
         f"hp/{split}_{k}": v
         for split in ("val", "test")
-        for k, v in record[split].items()
-        if isinstance(v, float)
+        for k in record.get("metrics") or ()
+        if isinstance(v := _metric_value(record[split], k), float)
     }
     for lg in loggers:
         if isinstance(lg, pl.loggers.TensorBoardLogger):
@@ -222,32 +237,50 @@ def _log_hparams(loggers: list, cfg: DictConfig, record: dict) -> None:
             lg.finalize("success")
 
 
+def _metric_value(split: dict, name: str) -> Any:
+    """``split[name]``, reading dotted names (``sampled.hr@10``) through nested dicts."""
+    value: Any = split
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
 def _print_summary(record: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    names = list(record.get("metrics") or [])[:6]
     table = Table(title=f"{record['model']} on {record['dataset']} (seed {record['seed']})")
     table.add_column("split")
-    for k in ("auc", "gauc", "logloss"):
+    for k in names:
         table.add_column(k, justify="right")
     for split in ("val", "test"):
         m = record[split]
         if m:
+            cells = [_metric_value(m, k) for k in names]
             table.add_row(
-                split, *(f"{m.get(k, float('nan')):.4f}" for k in ("auc", "gauc", "logloss"))
+                split, *("undefined" if v is None else f"{float(v):.4f}" for v in cells)
             )
-    if "oracle" in record and record["oracle"]["auc"] is not None:
-        table.add_row("oracle (test)", f"{record['oracle']['auc']:.4f}", "", "")
+    oracle = record.get("oracle") or {}
+    if any(oracle.get(k) is not None for k in names):
+        table.add_row(
+            "oracle (test)",
+            *("" if oracle.get(k) is None else f"{float(oracle[k]):.4f}" for k in names),
+        )
     perf = record["perf"]
     console = Console(soft_wrap=True)
     console.print(table)
+    for key, why in (record.get("undefined") or {}).items():
+        console.print(f"{key} is undefined: {why}")
     sps = perf.get("train_samples_per_sec")
     console.print(
-        f"best epoch {record['best_epoch']}, "
+        (f"best epoch {record['best_epoch']}, " if record.get("best_epoch") is not None else "")
         + (f"{sps:,.0f} train samples/s, " if sps else "")
         + f"peak RSS {perf['peak_rss_mb']:.0f} MB, {perf['wall_seconds']:.1f} s. "
         + f"Run directory: {record['run_dir']}"
     )
 
 
-__all__ = ["build", "predict", "run"]
+__all__ = ["build", "run", "task_class"]

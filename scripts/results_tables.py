@@ -4,8 +4,9 @@
     python scripts/results_tables.py outputs/compare/<time>_ctr_movielens-100k
 
 Reads the ``report.json`` that `recbench compare` (or its ``report_only`` rebuild) wrote and
-prints one row per model: mean ± std over seeds of the test metrics, train samples/s, parameter
-count and, on synthetic data, the gap to the oracle AUC.
+prints one row per model: mean ± std over seeds of every test metric the task reports (in the
+task's order, primary first), train samples/s, parameter count and, where the data has an oracle
+(the synthetic world), each model's gap to the oracle's value of every metric it has.
 """
 
 from __future__ import annotations
@@ -14,42 +15,76 @@ import argparse
 import json
 from pathlib import Path
 
+NAMES = {"auc": "AUC", "gauc": "GAUC"}  # display names; any other metric shows as it is named
 
-def fmt(pair: list[float] | None, digits: int = 4) -> str:
+
+def fmt(pair: list[float | None] | None, digits: int = 4) -> str:
     if not pair:
         return "—"
     mean, std = pair
+    if mean is None:  # no seed defines it
+        return "undefined"
     if std is None:  # a single seed
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def metric_names(models: dict) -> list[str]:
+    """Every test metric of the report, in the order the first model reports them."""
+    names: list[str] = []
+    for m in models.values():
+        names += [k for k in m["test"] if k not in names]
+    return names
+
+
+def oracle_of(model: dict) -> dict[str, float]:
+    """The oracle's values (``oracle_auc`` alone in reports written before ``oracle``)."""
+    oracle = model.get("oracle")
+    if oracle is None and model.get("oracle_auc") is not None:
+        oracle = {"auc": model["oracle_auc"]}
+    return oracle or {}
+
+
+def gap(model: dict, name: str) -> str:
+    oracle = oracle_of(model).get(name)
+    mean = (model["test"].get(name) or [None])[0]
+    if oracle is None or mean is None:
+        return "—"
+    lower = (model.get("modes") or {}).get(name) == "min"
+    return f"{(mean - oracle) if lower else (oracle - mean):.4f}"
+
+
 def table(report: dict) -> list[str]:
     models = report["models"]
-    oracle = next((m.get("oracle_auc") for m in models.values() if m.get("oracle_auc")), None)
-    head = "| model | seeds | test AUC | test GAUC | test logloss | train samples/s | params |"
-    rule = "|---|---:|---:|---:|---:|---:|---:|"
-    if oracle:
-        head += " gap to oracle |"
-        rule += "---:|"
-    lines = [head, rule]
+    names = metric_names(models)
+    oracle: dict[str, float] = {}
+    for m in models.values():
+        for k, v in oracle_of(m).items():
+            oracle.setdefault(k, v)
+    gaps = [k for k in names if k in oracle]
+    head = ["model", "seeds", *(f"test {NAMES.get(k, k)}" for k in names)]
+    head += ["train samples/s", "params"]
+    head += [
+        "gap to oracle" if len(gaps) == 1 else f"{NAMES.get(k, k)} gap to oracle" for k in gaps
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
     for name, m in models.items():
-        test = m["test"]
         speed = (m.get("perf") or {}).get("train_samples_per_sec")
         row = [
             name,
             str(len(m["seeds"])),
-            fmt(test.get("auc")),
-            fmt(test.get("gauc")),
-            fmt(test.get("logloss")),
-            f"{speed[0]:,.0f}" if speed else "—",
+            *(fmt(m["test"].get(k)) for k in names),
+            f"{speed[0]:,.0f}" if speed and speed[0] is not None else "—",
             f"{m['params']:,}" if m.get("params") else "—",
+            *(gap(m, k) for k in gaps),
         ]
-        if oracle:
-            row.append(f"{oracle - test['auc'][0]:.4f}")
         lines.append("| " + " | ".join(row) + " |")
     if oracle:
-        lines += ["", f"Oracle test AUC (the planted click probabilities): {oracle:.4f}"]
+        values = ", ".join(f"{NAMES.get(k, k)} {v:.4f}" for k, v in oracle.items())
+        lines += ["", f"Oracle test values (the data's generating process): {values}"]
     return lines
 
 

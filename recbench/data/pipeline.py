@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 from recbench.data.adapters.base import RawData, cache_root, sha256_file
 from recbench.data.schema import OOV, FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES, assign_split
-from recbench.errors import ConfigError
+from recbench.errors import ConfigError, RecbenchError
 from recbench.metrics import auc
 
 PIPELINE_VERSION = 2
 HISTORY = "hist_item_id"
 HISTORY_NEG = "hist_item_id_neg"
+
+
+class CorruptCacheError(RecbenchError):
+    """A prepared-data cache that cannot be read back (truncated, overwritten, foreign)."""
 
 
 @dataclass
@@ -50,40 +55,79 @@ class PreparedData:
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         tmp = path / "data.pt.tmp"
-        torch.save(
-            {
-                "fields": [f.__dict__ for f in self.schema.fields],
-                "user": self.schema.user,
-                "item": self.schema.item,
-                "item_attributes": self.schema.item_attributes,
-                "splits": self.splits,
-                "info": self.info,
-                "key": self.key,
-                "vocab": self.vocab,
-                "negatives": self.negatives,
-            },
-            tmp,
-        )
-        os.replace(tmp, path / "data.pt")
-        (path / "info.json").write_text(json.dumps(self.info, indent=2, default=str))
+        blob = {
+            "fields": [f.__dict__ for f in self.schema.fields],
+            "user": self.schema.user,
+            "item": self.schema.item,
+            "item_attributes": self.schema.item_attributes,
+            "splits": self.splits,
+            "info": self.info,
+            "key": self.key,
+            "vocab": self.vocab,
+            "negatives": self.negatives,
+        }
+        # written whole under a temporary name, then renamed: a reader never sees half a file
+        try:
+            torch.save(blob, tmp)
+            os.replace(tmp, path / "data.pt")
+            (path / "info.json").write_text(json.dumps(self.info, indent=2, default=str))
+        except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as either
+            tmp.unlink(missing_ok=True)
+            reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+            raise RecbenchError(
+                f"cannot write the prepared-data cache {path / 'data.pt'}: {reason}. Free space "
+                f"there, or set RECBENCH_CACHE_DIR to a writable folder with room."
+            ) from exc
 
     @classmethod
     def load(cls, path: Path) -> PreparedData:
-        blob = torch.load(path / "data.pt", weights_only=False)
-        schema = FeatureSchema(
-            tuple(Field(**f) for f in blob["fields"]),
-            blob["user"],
-            blob["item"],
-            blob["item_attributes"],
-        )
+        """The cache in ``path``; ``CorruptCacheError`` naming the file when it is unreadable."""
+        file = path / "data.pt"
+        blob = read_cache(file, ("fields", "user", "item", "item_attributes", "splits", "key"))
+        try:
+            schema = FeatureSchema(
+                tuple(Field(**f) for f in blob["fields"]),
+                blob["user"],
+                blob["item"],
+                blob["item_attributes"],
+            )
+            missing = [s for s in SPLIT_NAMES if s not in blob["splits"]]
+            if missing:
+                raise KeyError(f"splits {missing}")
+        except Exception as exc:  # noqa: BLE001 - any malformed content means a damaged cache
+            raise _corrupt(file, exc) from exc
         return cls(
             schema,
             blob["splits"],
-            blob["info"],
+            blob.get("info", {}),
             blob["key"],
             blob.get("vocab", {}),
             blob.get("negatives", {}),
         )
+
+
+def _corrupt(file: Path, exc: BaseException) -> CorruptCacheError:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = type(exc).__name__ + (f": {detail}" if detail else "")
+    return CorruptCacheError(
+        f"the prepared-data cache {file} is unreadable ({reason}). Delete {file.parent}; "
+        "the next run rebuilds it from the raw files."
+    )
+
+
+def read_cache(file: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The dict ``torch.save`` wrote to ``file``, holding ``keys``. Any failure (truncated or
+    overwritten file, another format, missing keys) raises ``CorruptCacheError`` naming it."""
+    try:
+        blob = torch.load(file, weights_only=False)
+        if not isinstance(blob, dict):
+            raise TypeError(f"it holds a {type(blob).__name__}, not a dict")
+        missing = [k for k in keys if k not in blob]
+        if missing:
+            raise KeyError(f"missing {missing}")
+    except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF, type, key errors alike
+        raise _corrupt(file, exc) from exc
+    return blob
 
 
 # ---------------------------------------------------------------------------- caching
@@ -118,12 +162,24 @@ def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
     key = cache_key(cfg, adapter, raw)
     path = cache_root() / "prepared" / f"{cfg.name}-{key[:16]}"
     if (path / "data.pt").exists() and not force:
-        data = PreparedData.load(path)
-        resample = bool((cfg.get("sampler") or {}).get("resample_each_epoch", False))
-        if data.negatives or not resample:
-            return data
-        # an older cache of the same data, without the tables that redrawing negatives needs
-        log(f"rebuilding {cfg.name}: the cache predates per-epoch negatives")
+        try:
+            data = PreparedData.load(path)
+        except CorruptCacheError as exc:
+            cause = exc.__cause__
+            log(
+                f"rebuilding {cfg.name}: the cache {path / 'data.pt'} is unreadable "
+                f"({type(cause).__name__}); deleting it"
+            )
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            resample = bool((cfg.get("sampler") or {}).get("resample_each_epoch", False))
+            if data.key != key:
+                log(f"rebuilding {cfg.name}: the cache {path} holds other data (key {data.key})")
+            elif data.negatives or not resample:
+                return data
+            else:
+                # an older cache of the same data, without the tables redrawing negatives needs
+                log(f"rebuilding {cfg.name}: the cache predates per-epoch negatives")
     t0 = time.perf_counter()
     log(f"preparing {cfg.name} (cache: {path})")
     raw = raw or adapter.load()

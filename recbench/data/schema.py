@@ -133,3 +133,31 @@ class FeatureSchema:
 
     def describe(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass(eq=False)
+class InteractionSchema:
+    """What collaborative-filtering and sequence models are built on: user and item code spaces
+    and training statistics, no feature fields.
+
+    Codes: users 1..num_users and items 1..num_items; 0 is padding or a user/item unseen in
+    training. ``item_counts`` (num_items + 1,) holds each item's training interactions (Pop, the
+    popularity-weighted sampler); ``rating_range`` and ``global_mean`` are set for explicit
+    ratings; ``max_len`` for sequence tasks.
+    """
+
+    num_users: int
+    num_items: int
+    item_counts: torch.Tensor
+    rating_range: tuple[float, float] | None = None
+    global_mean: float | None = None
+    max_len: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError(f"an interaction schema needs items, got num_items={self.num_items}")
+        if len(self.item_counts) != self.num_items + 1:
+            raise ValueError(
+                f"item_counts has {len(self.item_counts)} entries, expected num_items + 1 = "
+                f"{self.num_items + 1} (code 0 is padding)"
+            )

@@ -3,6 +3,8 @@ evaluation row gathered from every rank."""
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,20 +15,28 @@ from torch import Tensor, nn
 
 from recbench.errors import TrainingDivergedError
 from recbench.metrics import CTRMetrics
+from recbench.tasks.base import Task
+from recbench.tasks.guard import FIX, LossGuard
 
-NAN_CHECK_EVERY = 50  # steps between finite-loss checks; each check syncs with the device
+log = logging.getLogger("recbench")
+
+LOSS_CHECK_EVERY = 50  # steps between host checks of the loss guard; each check syncs
 
 
-class CTRTask(pl.LightningModule):
+class CTRTask(Task):
     """Owns loss, metrics and optimisation; the model only maps a batch to logits.
 
     A model may return ``{"logits": ..., "<name>_loss": ...}`` in training: every ``*_loss``
     entry is added to the BCE (DIEN's auxiliary loss, DIN's mini-batch aware regularisation).
     """
 
-    metrics: tuple[str, ...] = ("auc", "gauc", "logloss")
-    primary: str = "auc"
-    primary_mode: str = "max"
+    name = "ctr"
+    metrics = ("auc", "gauc", "logloss")
+    primary = "auc"
+    primary_mode = "max"
+    lower_is_better = frozenset({"logloss"})
+    bootstrap_unit = "row"
+    bootstrap = {"auc": "auc", "logloss": "logloss"}
 
     def __init__(
         self,
@@ -34,15 +44,15 @@ class CTRTask(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         compile: bool = False,
+        max_loss: float = 1000.0,
     ) -> None:
-        super().__init__()
-        self.model = torch.compile(model) if compile else model
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
-        self.val_metrics = CTRMetrics()
-        self.test_metrics = CTRMetrics()
-        self.val_history: list[dict[str, float]] = []
-        self.test_result: dict[str, float] = {}
+        super().__init__(torch.compile(model) if compile else model, optimizer, scheduler)
+        self.val_metrics = CTRMetrics("val")
+        self.test_metrics = CTRMetrics("test")
+        # a mean BCE above max_loss means logits thousands of units on the wrong side: diverged
+        self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
+        self.val_guard = LossGuard(check_every=0, what="validation scores", unit="batch")
+        self.test_guard = LossGuard(check_every=0, what="test scores", unit="batch")
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         out = self.model(batch)
@@ -60,11 +70,9 @@ class CTRTask(pl.LightningModule):
         loss, bce, terms = self.loss(batch)
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True)
-        if batch_idx % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):  # syncs
-            raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
-            )
+        self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
+        if self.loss_guard.due():
+            self._check(self.loss_guard)
         self.log(
             "train/loss",
             bce,
@@ -76,34 +84,122 @@ class CTRTask(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self.val_metrics.update(self(batch), batch["label"], batch["group"])
+        logits = self(batch)
+        self.val_guard.update(logits, self.current_epoch, batch_idx)
+        self.val_metrics.update(logits, batch["label"], batch["group"])
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        self.test_metrics.update(self(batch), batch["label"], batch["group"])
+        logits = self(batch)
+        self.test_guard.update(logits, self.current_epoch, batch_idx)
+        self.test_metrics.update(logits, batch["label"], batch["group"])
 
-    def _epoch_end(self, stage: str, metrics: CTRMetrics) -> dict[str, float]:
+    def _check(self, guard: LossGuard) -> None:
+        """Raise on every rank when any rank's guard saw a bad value (one sync, one reduce)."""
+        bad = guard.flagged()
+        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            guard.reset_pending()
+            return
+        guard.check()  # raises here on the rank that saw it
+        raise TrainingDivergedError(
+            f"the {guard.what} became non-finite or too large on another rank at epoch "
+            f"{self.current_epoch}. {FIX}"
+        )
+
+    def on_train_epoch_start(self) -> None:
+        self.loss_guard.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._check(self.loss_guard)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_guard.reset()
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._check(self.loss_guard)  # a diverged loss explains bad scores: name it first
+
+    def on_test_epoch_start(self) -> None:
+        self.test_guard.reset()
+
+    def _epoch_end(self, stage: str, metrics: CTRMetrics) -> dict[str, float | None]:
+        self._check(self.val_guard if stage == "val" else self.test_guard)
         values = {k: float(v) for k, v in metrics.compute().items()}
+        undefined = dict(metrics.undefined)
         metrics.reset()
-        # every rank holds the same gathered values, so no further reduction is needed
+        # every rank holds the same gathered values, so no further reduction is needed; an
+        # undefined metric is logged as NaN (the checkpoint and early stopping need the key)
         self.log_dict(
             {f"{stage}/{k}": v for k, v in values.items()}, sync_dist=False, prog_bar=stage == "val"
         )
-        return values
+        for key in [k for k in self.undefined if k.startswith(f"{stage}.")]:
+            del self.undefined[key]
+        self.undefined.update({f"{stage}.{k}": why for k, why in undefined.items()})
+        return {k: None if k in undefined or math.isnan(v) else v for k, v in values.items()}
 
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_end("val", self.val_metrics)
-        if not self.trainer.sanity_checking:
-            self.val_history.append({"epoch": self.current_epoch, **values})
+        if self.trainer.sanity_checking:
+            return
+        ckpt = self.trainer.checkpoint_callback
+        monitor = str(getattr(ckpt, "monitor", None) or f"val/{self.primary}").replace("/", ".")
+        if monitor in self.undefined and not self.val_history:
+            log.warning(
+                f"{monitor} is undefined: {self.undefined[monitor]}. The best checkpoint and "
+                "early stopping cannot rank epochs by it; pick another monitor (for example "
+                "monitor=val/logloss monitor_mode=min) or a split with both labels."
+            )
+        self.val_history.append({"epoch": self.current_epoch, **values})
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_metrics)
 
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+    # ------------------------------------------------------------------ train.py hooks
+
+    def datamodule(self, cfg: Any, data: Any) -> pl.LightningDataModule:
+        from recbench.data.datamodule import RecDataModule
+        from recbench.data.pipeline import EpochNegatives
+        from recbench.models import used_inputs
+
+        sample = {k: v[:8] for k, v in data.splits["train"].items()}
+        keys = used_inputs(self.model, sample) | {"label", "group"}
+        sampler = cfg.dataset.get("sampler") or {}
+        negatives = None
+        if sampler.get("resample_each_epoch", False):
+            negatives = EpochNegatives(data, int(sampler.get("seed", 0)))
+        self._test_split = data.splits["test"]
+        self._eval_batch_size = int(cfg.eval_batch_size)
+        return RecDataModule(
+            data,
+            cfg.batch_size,
+            cfg.eval_batch_size,
+            cfg.seed,
+            cfg.device_resident,
+            keys=keys,
+            negatives=negatives,
+        )
+
+    @torch.no_grad()
+    def test_outputs(self) -> dict[str, Any]:
+        """Test logits in row order (one process), with labels and users, for the bootstrap."""
+        split = self._test_split
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        n, step = len(split["label"]), self._eval_batch_size
+        for start in range(0, n, step):
+            batch = {k: v[start : start + step].to(device) for k, v in split.items()}
+            out.append(self(batch).float().cpu())
         return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{self.primary}"},
+            "logits": torch.cat(out).numpy(),
+            "label": split["label"].numpy(),
+            "group": split["group"].numpy(),
+        }
+
+    def record_extra(self, data: Any) -> dict[str, Any]:
+        oracle = data.info.get("oracle_auc", {}).get("test")
+        if not oracle:
+            return {}
+        return {
+            "oracle": {
+                "auc": oracle.get("oracle_p"),
+                "ablations": {k: v for k, v in oracle.items() if k != "oracle_p"},
+            }
         }

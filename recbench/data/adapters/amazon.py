@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recbench.data.adapters.base import RawData, find_root, malformed
+from recbench.data.adapters.base import RawData, find_root, malformed, read_text
 from recbench.errors import ConfigError
 
 CATEGORIES = ("Beauty", "Toys_and_Games", "Sports_and_Outdoors")
@@ -26,16 +26,18 @@ class AmazonS3Rec:
     ``timestamp`` is the event's position in the user's sequence (0, 1, ...), since the files
     keep only the order. ``categories`` is the item's attribute ids (empty where the item has
     none). ``name`` picks the category; the dataset's name is ``amazon-<name in lower case>``.
+    Both files are read as UTF-8 unless ``encoding`` says otherwise.
     """
 
     subdir = "amazon-seq-s3rec"
 
-    def __init__(self, name: str, root: str | None = None) -> None:
+    def __init__(self, name: str, root: str | None = None, encoding: str | None = None) -> None:
         if name not in CATEGORIES:
             raise ConfigError(f"unknown Amazon category {name!r}; choose one of {CATEGORIES}")
         self.category = name
         self.name = f"amazon-{name.lower()}"
         self.root = root
+        self.encoding = encoding or "utf8"
 
     def files(self) -> tuple[Path, Path]:
         sequences = f"{self.category}.txt"
@@ -46,8 +48,8 @@ class AmazonS3Rec:
     def load(self) -> RawData:
         seq_path, attr_path = self.files()
         root, sequences, attributes = seq_path.parent, seq_path.name, attr_path.name
-        users, items, positions = _read_sequences(root / sequences)
-        categories = _read_attributes(root / attributes)
+        users, items, positions = _read_sequences(root / sequences, self.encoding)
+        categories = _read_attributes(root / attributes, self.encoding)
         events = pl.DataFrame(
             {
                 "user_id": users,
@@ -71,35 +73,35 @@ class AmazonS3Rec:
         )
 
 
-def _read_sequences(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_sequences(
+    path: Path, encoding: str = "utf8"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Users, items and positions (int64 arrays, one entry per event) of a sequence file."""
     users: list[int] = []
     items: list[int] = []
     positions: list[int] = []
     first_line: dict[int, int] = {}
-    with open(path, encoding="utf8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                ids = [int(t) for t in tokens]
-            except ValueError:
-                bad = next(t for t in tokens if not _is_int(t))
-                raise malformed(path, line_no, f"token {bad!r} is not an integer id") from None
-            user, seq = ids[0], ids[1:]
-            if not seq:
-                raise malformed(path, line_no, f"user {user} has no items")
-            if user in first_line:
-                raise malformed(
-                    path, line_no, f"user {user} already has a line (line {first_line[user]})"
-                )
-            first_line[user] = line_no
-            users.extend([user] * len(seq))
-            items.extend(seq)
-            positions.extend(range(len(seq)))
-    if not items:
-        raise malformed(path, 1, "the file holds no user sequences")
+    # read_text: an empty file, or a byte the encoding rejects, is named with its line
+    for line_no, line in enumerate(read_text(path, encoding).splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        try:
+            ids = [int(t) for t in tokens]
+        except ValueError:
+            bad = next(t for t in tokens if not _is_int(t))
+            raise malformed(path, line_no, f"token {bad!r} is not an integer id") from None
+        user, seq = ids[0], ids[1:]
+        if not seq:
+            raise malformed(path, line_no, f"user {user} has no items")
+        if user in first_line:
+            raise malformed(
+                path, line_no, f"user {user} already has a line (line {first_line[user]})"
+            )
+        first_line[user] = line_no
+        users.extend([user] * len(seq))
+        items.extend(seq)
+        positions.extend(range(len(seq)))
     return (
         np.asarray(users, dtype=np.int64),
         np.asarray(items, dtype=np.int64),
@@ -107,9 +109,9 @@ def _read_sequences(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def _read_attributes(path: Path) -> dict[int, list[int]]:
+def _read_attributes(path: Path, encoding: str = "utf8") -> dict[int, list[int]]:
     """``{item id: [attribute ids]}`` from the JSON attribute map."""
-    text = path.read_text(encoding="utf8")
+    text = read_text(path, encoding)
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:

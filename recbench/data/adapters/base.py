@@ -134,5 +134,55 @@ def _download(spec: Download, dest: Path) -> None:
     archive.unlink(missing_ok=True)
 
 
-def malformed(path: Path, line: int, problem: str) -> MalformedDataError:
-    return MalformedDataError(f"{path}:{line}: {problem}. Fix or remove that line.")
+def malformed(
+    path: Path, line: int, problem: str, fix: str = "Fix or remove that line."
+) -> MalformedDataError:
+    return MalformedDataError(f"{path}:{line}: {problem}. {fix}")
+
+
+RESTORE = (
+    "Restore the file from the dataset's archive (an interrupted download or copy leaves it "
+    "short), or point dataset.root at a complete copy."
+)
+
+
+def empty_file(path: Path) -> MalformedDataError:
+    size = path.stat().st_size
+    what = "is empty (0 bytes)" if size == 0 else f"holds only blank lines ({size} bytes)"
+    return malformed(path, 1, f"the file {what}", RESTORE)
+
+
+def decode(path: Path, data: bytes, encoding: str) -> str:
+    """``data`` (the bytes of ``path``) decoded; a byte the encoding rejects raises
+    ``MalformedDataError`` with its line, column and byte offset, and how to read the file."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise bad_encoding(path, data, exc.start, encoding) from None
+    except LookupError:
+        raise MalformedDataError(
+            f"{path}: unknown encoding {encoding!r}. Set dataset.adapter.encoding to a Python "
+            "codec name such as utf-8 or latin-1."
+        ) from None
+
+
+def bad_encoding(path: Path, data: bytes, offset: int, encoding: str) -> MalformedDataError:
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    other = "latin-1" if encoding.replace("-", "").lower() != "latin1" else "utf-8"
+    return malformed(
+        path,
+        line,
+        f"byte 0x{data[offset]:02x} at byte offset {offset} (column {column}) is not valid "
+        f"{encoding}",
+        f"Convert the file to {encoding} (e.g. `iconv -f {other} -t {encoding}`), or read it "
+        f"in its own encoding with ++dataset.adapter.encoding={other}.",
+    )
+
+
+def read_text(path: Path, encoding: str) -> str:
+    """The whole text of ``path``; empty files and undecodable bytes raise with file and line."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise empty_file(path)
+    return decode(path, data, encoding)

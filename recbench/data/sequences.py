@@ -1,0 +1,323 @@
+"""Sequence preparation for next-item recommendation: per-user item sequences in time order,
+leave-one-out, left-padded id tensors, and the shared sampled-evaluation negatives.
+
+Protocol (SASRec / BERT4Rec / S3-Rec): each user's interactions are ordered by time, ties kept
+in source order (a stable sort over (user, timestamp, source row)); the last item is the test
+target, the one before it the validation target, and everything before them is training. Users
+with fewer than three interactions have no training target and are left out (counted in
+``info["dropped_users"]``). Every item of the data is in the catalogue (codes 1..n_items by
+sorted raw id, so the S3-Rec files' contiguous ids keep their numbers); 0 is padding.
+
+Tensors (all int64, left-padded with 0 so the most recent item is the last column):
+- ``train["seq"]`` (users, L + 1): the last L + 1 training items. A causal model reads columns
+  0..L-1 and predicts columns 1..L; a Cloze model reads columns 1..L.
+- ``val`` / ``test``: ``items`` (users, L) the history before the target (validation: the
+  training items; test: the training items and the validation item), ``target`` (users,),
+  ``user`` (users,) the user's unit index, and ``negatives`` (users, N) when sampled evaluation
+  is on: N items the user never interacted with, drawn once (seeded) and shared by every model
+  and training seed.
+
+``seen_*`` (CSR over users) hold each split's full history, for ``eval.exclude_seen``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from recbench.data.adapters.base import cache_root, sha256_file
+from recbench.data.schema import InteractionSchema
+from recbench.errors import ConfigError
+from recbench.ranking import draw_negatives
+
+SEQ_VERSION = 1
+WEIGHTINGS = ("uniform", "popularity")
+
+
+@dataclass
+class SequenceData:
+    schema: InteractionSchema
+    splits: dict[str, dict[str, torch.Tensor]]
+    info: dict[str, Any]
+    key: str
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    raw_users: np.ndarray | None = None  # raw user id of each unit
+    raw_items: np.ndarray | None = None  # raw item id of code 1, 2, ...
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        tmp = path / "seq.pt.tmp"
+        s = self.schema
+        torch.save(
+            {
+                "schema": (s.num_users, s.num_items, s.item_counts, s.max_len),
+                "splits": self.splits,
+                "info": self.info,
+                "key": self.key,
+                "seen": self.seen,
+                "raw_users": self.raw_users,
+                "raw_items": self.raw_items,
+            },
+            tmp,
+        )
+        os.replace(tmp, path / "seq.pt")
+        (path / "info.json").write_text(json.dumps(self.info, indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: Path) -> SequenceData:
+        blob = torch.load(path / "seq.pt", weights_only=False)
+        users, items, counts, max_len = blob["schema"]
+        schema = InteractionSchema(users, items, counts, max_len=max_len)
+        return cls(
+            schema,
+            blob["splits"],
+            blob["info"],
+            blob["key"],
+            blob["seen"],
+            blob["raw_users"],
+            blob["raw_items"],
+        )
+
+
+@dataclass(frozen=True)
+class SequenceOptions:
+    """What changes the prepared tensors (and so enters the cache key)."""
+
+    max_len: int
+    sampled: int = 0  # sampled negatives per evaluated user (0: off)
+    weighting: str = "uniform"  # uniform | popularity (counts over all interactions)
+    seed: int = 7  # the sampled negatives' seed
+
+    def __post_init__(self) -> None:
+        if self.max_len < 1:
+            raise ConfigError(f"task.max_len must be >= 1, got {self.max_len}")
+        if self.sampled < 0:
+            raise ConfigError(f"eval.sampled must be >= 0 (0: off), got {self.sampled}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(
+                f"eval.sampled_weighting={self.weighting!r}; choose one of {WEIGHTINGS}"
+            )
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def tails(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """The last ``width`` entries of each ``codes[starts[u]:ends[u]]``, left-padded with 0.
+    (users, width)"""
+    idx = ends[:, None] - width + np.arange(width)[None, :]
+    valid = idx >= starts[:, None]
+    return np.where(valid, codes[np.clip(idx, 0, max(len(codes) - 1, 0))], 0).astype(np.int64)
+
+
+def _csr(codes: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[Tensor, Tensor]:
+    lengths = ends - starts
+    indptr = np.r_[0, np.cumsum(lengths)]
+    take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)] or [[]])
+    return torch.from_numpy(indptr.astype(np.int64)), torch.from_numpy(
+        codes[take.astype(np.int64)].astype(np.int64)
+    )
+
+
+def build_sequences(
+    users: np.ndarray, items: np.ndarray, order: np.ndarray, opts: SequenceOptions
+) -> tuple[SequenceData, dict[str, Any]]:
+    """Prepared sequences from parallel arrays of raw ``users``, ``items`` and an ordering key
+    ``order`` (timestamp); ties keep the arrays' order."""
+    frame = pl.DataFrame({"u": users, "i": items, "t": order}).with_row_index("row")
+    frame = frame.sort(["u", "t", "row"], maintain_order=True)
+    counts = frame.group_by("u", maintain_order=True).len()
+    keep_users = counts.filter(pl.col("len") >= 3)["u"]
+    dropped = counts.height - len(keep_users)
+    frame = frame.filter(pl.col("u").is_in(keep_users.implode()))
+    if frame.height == 0:
+        raise ConfigError(
+            "no user has three or more interactions, so leave-one-out has nothing to train on"
+        )
+    raw_items = np.unique(frame["i"].to_numpy())
+    codes = np.searchsorted(raw_items, frame["i"].to_numpy()) + 1  # 1..n_items
+    u = frame["u"].to_numpy()
+    new = np.r_[True, u[1:] != u[:-1]]
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(u)]
+    raw_users = u[starts]
+    n_users, n_items = len(starts), len(raw_items)
+    L = opts.max_len
+
+    train_end = ends - 2
+    seq = torch.from_numpy(tails(codes, starts, train_end, L + 1))
+    # ``label``: each sequence's last training item (what the throughput callback counts rows by)
+    splits: dict[str, dict[str, torch.Tensor]] = {
+        "train": {"seq": seq, "label": seq[:, -1].clone()}
+    }
+    user_index = torch.arange(n_users, dtype=torch.int64)
+    for name, hist_end in (("val", ends - 2), ("test", ends - 1)):
+        splits[name] = {
+            "items": torch.from_numpy(tails(codes, starts, hist_end, L)),
+            "target": torch.from_numpy(codes[hist_end].astype(np.int64)),
+            "user": user_index.clone(),
+        }
+    # training item counts (the validation and test items are not training data)
+    train_mask = np.ones(len(codes), dtype=bool)
+    train_mask[ends - 1] = False
+    train_mask[ends - 2] = False
+    item_counts = torch.from_numpy(
+        np.bincount(codes[train_mask], minlength=n_items + 1).astype(np.int64)
+    )
+    seen = {
+        "val": _csr(codes, starts, ends - 2),
+        "test": _csr(codes, starts, ends - 1),
+    }
+    if opts.sampled:
+        all_ptr, all_items = _csr(codes, starts, ends)
+        weights = None
+        if opts.weighting == "popularity":
+            weights = np.bincount(codes, minlength=n_items + 1).astype(np.float64)
+        for sid, name in enumerate(("val", "test")):
+            rng = np.random.default_rng([opts.seed, 200 + sid])
+            neg = draw_negatives(
+                all_ptr.numpy(), all_items.numpy(), n_items, opts.sampled, rng, weights
+            )
+            splits[name]["negatives"] = torch.from_numpy(neg)
+    schema = InteractionSchema(n_users, n_items, item_counts, max_len=L)
+    lengths = ends - starts
+    info = {
+        "rows": {"train": int(train_mask.sum()), "val": n_users, "test": n_users},
+        "users": n_users,
+        "items": n_items,
+        "interactions": int(len(codes)),
+        "dropped_users": int(dropped),
+        "mean_length": float(lengths.mean()),
+        "max_len": L,
+        "truncated_share": float((train_end - starts > L + 1).mean()),
+        "sampled": {"n": opts.sampled, "weighting": opts.weighting, "seed": opts.seed},
+    }
+    data = SequenceData(schema, splits, info, "", seen, raw_users, raw_items)
+    return data, {"starts": starts, "ends": ends, "codes": codes}
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def options_from(cfg: DictConfig) -> SequenceOptions:
+    """The preparation options of a run config (``cfg.task`` and ``cfg.dataset``)."""
+    task = cfg.task
+    max_len = task.get("max_len")
+    if max_len is None:
+        table = task.get("max_len_by_dataset") or {}
+        max_len = table.get(str(cfg.dataset.name), task.get("default_max_len", 50))
+    ev = task.get("eval") or {}
+    return SequenceOptions(
+        max_len=int(max_len),
+        sampled=int(ev.get("sampled") or 0),
+        weighting=str(ev.get("sampled_weighting", "uniform")),
+        seed=int(ev.get("sampled_seed", 7)),
+    )
+
+
+def _is_synthetic(cfg: DictConfig) -> bool:
+    return str(cfg.dataset.adapter._target_).endswith("SyntheticWorld")
+
+
+def sequence_key(cfg: DictConfig) -> tuple[str, dict[str, Any], Any]:
+    """(cache key, key material, the dataset adapter or None for the synthetic world) of a run
+    config's next-item data. Hashes the raw files; parses them only for an adapter without
+    ``files()``."""
+    from recbench.data import synthetic, synthetic_seq
+
+    opts = options_from(cfg)
+    material: dict[str, Any] = {"version": SEQ_VERSION, "options": opts.__dict__}
+    adapter = None
+    if _is_synthetic(cfg):
+        world = dict(OmegaConf.to_container(cfg.dataset.world, resolve=True))
+        synth = cfg.task.get("synthetic")
+        seq_params = OmegaConf.to_container(synth, resolve=True) if synth is not None else {}
+        material |= {"world": world, "synthetic": seq_params}
+        files = (Path(synthetic.__file__), Path(synthetic_seq.__file__))
+    else:
+        adapter_cfg = OmegaConf.to_container(cfg.dataset.adapter, resolve=True)
+        adapter_cfg.pop("root", None)  # where the files live does not change them
+        material["adapter"] = adapter_cfg
+        adapter = instantiate(cfg.dataset.adapter)
+        files = tuple(adapter.files()) if hasattr(adapter, "files") else adapter.load().files
+    material["files"] = {Path(f).name: sha256_file(Path(f)) for f in files}
+    key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    return key, material, adapter
+
+
+def prepare_sequences(cfg: DictConfig, log=print, force: bool = False) -> SequenceData:
+    """Prepared next-item data for a run config, from the cache when it holds it. The synthetic
+    world is generated in next-item mode (``recbench.data.synthetic_seq``) with the dataset's
+    ``world`` and the task's ``synthetic`` parameters."""
+    from recbench.data import synthetic, synthetic_seq
+
+    opts = options_from(cfg)
+    key, material, adapter = sequence_key(cfg)
+    path = cache_root() / "next_item" / f"{cfg.dataset.name}-{key[:16]}"
+    if (path / "seq.pt").exists() and not force:
+        return SequenceData.load(path)
+    t0 = time.perf_counter()
+    log(f"preparing next-item sequences of {cfg.dataset.name} (cache: {path})")
+    oracle = None
+    if _is_synthetic(cfg):
+        world = dict(material["world"])
+        seed = int(world.pop("seed", 0))
+        params = synthetic.WorldParams(**world)
+        try:
+            seq = synthetic_seq.SeqWorldParams(**material["synthetic"])
+        except TypeError as exc:
+            raise ConfigError(f"task.synthetic: {exc}") from None
+        gen = synthetic_seq.generate_sequences(params, seq, seed)
+        lengths = [len(s) for s in gen.sequences]
+        users = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+        items = np.concatenate(gen.sequences)
+        order = np.concatenate([np.arange(n) for n in lengths])
+        oracle = gen
+    else:
+        raw = adapter.load()
+        ev = raw.events
+        if not raw.implicit and "rating" not in ev.columns:
+            ev = ev.filter(pl.col("label") == 1)  # click logs: the clicked items
+        users = ev["user_id"].to_numpy()
+        items = ev["item_id"].to_numpy()
+        order = ev["timestamp"].to_numpy()
+    data, _ = build_sequences(users, items, order, opts)
+    if oracle is not None:
+        data.info["oracle"] = _oracle(oracle, data, tuple(cfg.task.get("ks") or (5, 10, 20)))
+    data.key = key
+    data.info["key"] = key
+    data.info["name"] = str(cfg.dataset.name)
+    data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
+    data.info["cache_dir"] = str(path)
+    data.save(path)
+    return data
+
+
+def _oracle(world: Any, data: SequenceData, ks: tuple[int, ...]) -> dict[str, Any]:
+    """Oracle metrics on the prepared validation and test targets (raw item ids)."""
+    from recbench.data.synthetic_seq import oracle_metrics
+
+    users = data.raw_users - 1  # generated users are 1..n_users
+    out: dict[str, Any] = {}
+    for name in ("val", "test"):
+        targets = data.raw_items[data.splits[name]["target"].numpy() - 1]
+        out[name] = oracle_metrics(world.probs[name][users], targets, ks)
+        out[name]["ablations"] = {
+            part: oracle_metrics(p[users], targets, ks) for part, p in world.parts[name].items()
+        }
+    return out
+
+
+__all__ = ["SequenceData", "SequenceOptions", "build_sequences", "prepare_sequences", "tails"]

@@ -1,0 +1,337 @@
+"""``NewsEnv``: a news-like request stream over the synthetic world, with the Gymnasium API.
+
+One step is one request. The observation describes the user who just arrived and a pool of
+``n_candidates`` fresh items; the action ranks ``slate_size`` of them (indices into the pool,
+best first); the user clicks position ``k`` with probability ``(k + 1)^-position_bias · p_i``
+where ``p_i`` is the planted click probability (``recbench.envs.world``). The step's reward is
+``clicks + beta · activeness``, the user's activeness at this request.
+
+Returns follow DRN's survival model of user activeness (Zheng et al., WWW 2018, §4.3): the
+activeness score starts at ``s0``, decays as ``S(t) = exp(-lambda0 · t)`` between returns and
+gains ``sa`` at each return, capped at 1. The time to the user's next request is exponential
+with hazard ``lambda0 · exp(return_sensitivity · (clicks / slate_size - satisfaction_ref))``:
+a list the user liked brings the user back sooner. Between visits the user's interest drifts
+(the synthetic world's session step: a new focus genre with ``switch_prob``, a pull toward it
+and a random walk), and clicked items join the history the attention term reads.
+
+Common random numbers: each user draws from an own stream a fixed block of numbers per visit
+(the focus switch, the interest noise, the pool, the click uniforms, the return time's unit
+exponential), so the n-th request of user u uses the same numbers under every policy. The pool
+is identical whenever the request happens at the same time (always for the first request);
+return times then differ only by the hazard's factor.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from recbench.envs.world import DAY, HOUR, NewsParams, NewsWorld
+from recbench.errors import ConfigError
+
+ITEM_DENSE = 6  # age, log1p impressions/clicks over 1 h and 24 h, smoothed recent CTR
+USER_ITEM = 3  # item genres · history profile, · recent profile, cosine with the profile
+CONTEXT = 4  # activeness, log1p hours since the last visit, log1p visits, history fill
+HALF_LIVES = (HOUR, DAY)  # decayed impression and click counters
+BOUND = 1e6  # feature boxes: finite, far above any value the stream produces
+
+
+def exam_weights(k: int, position_bias: float) -> np.ndarray:
+    """Examination probability of each list position: ``(k + 1)^-position_bias``."""
+    return (np.arange(k) + 1.0) ** -position_bias
+
+
+def ranking_quality(probs: np.ndarray, shown: np.ndarray, k: int = 5) -> tuple[float, float]:
+    """precision@k and nDCG@k of the ``shown`` pool indices against the true click probabilities:
+    overlap with the oracle's top k, and DCG with gains ``probs`` over the oracle's DCG."""
+    k = min(k, len(shown))
+    best = np.argsort(-probs, kind="stable")[:k]
+    prec = len(set(shown[:k].tolist()) & set(best.tolist())) / k
+    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    ideal = float((probs[best] * disc).sum())
+    return prec, float((probs[shown[:k]] * disc).sum()) / ideal if ideal > 0 else 0.0
+
+
+class NewsEnv(gym.Env):
+    """The news stream; ``NewsEnv(params, seed)`` or ``gymnasium.make("recbench/News-v0")``.
+
+    ``seed`` fixes the world (users, items, planted model) and, unless ``reset(seed=...)`` gives
+    another, the users' random streams.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        params: NewsParams | dict | None = None,
+        seed: int = 0,
+        world_seed: int | None = None,
+    ) -> None:
+        if params is None:
+            params = NewsParams()
+        elif not isinstance(params, NewsParams):
+            params = NewsParams.from_config(params)
+        params.check()
+        self.params = p = params
+        self.world = NewsWorld(p, seed if world_seed is None else world_seed)
+        w = self.world.wp
+        self.n_genres = w.n_genres
+        self.n_items = p.n_items
+        self.exam = exam_weights(p.slate_size, p.position_bias)
+        N, K, H = p.n_candidates, self.n_genres, p.history_len
+        self.user_dim = w.n_ages + 2 + w.n_occupations
+        self.item_dim = K + ITEM_DENSE
+        self.observation_space = spaces.Dict(
+            {
+                "user": spaces.Discrete(p.n_users),
+                "user_features": spaces.Box(0.0, 1.0, (self.user_dim,), np.float32),
+                "context": spaces.Box(0.0, BOUND, (CONTEXT,), np.float32),
+                "profile": spaces.Box(0.0, 1.0, (K,), np.float32),
+                "history": spaces.Box(0, self.n_items, (H,), np.int64),
+                "candidates": spaces.Box(1, self.n_items, (N,), np.int64),
+                "item_features": spaces.Box(-BOUND, BOUND, (N, self.item_dim), np.float32),
+                "user_item_features": spaces.Box(-BOUND, BOUND, (N, USER_ITEM), np.float32),
+            }
+        )
+        self.action_space = spaces.MultiDiscrete(np.full(p.slate_size, N))
+        self._seed = int(seed)
+        self._ready = False
+        # static one-hot user features
+        U = p.n_users
+        uf = np.zeros((U, self.user_dim), np.float32)
+        uf[np.arange(U), self.world.age] = 1
+        uf[np.arange(U), w.n_ages + self.world.gender] = 1
+        uf[np.arange(U), w.n_ages + 2 + self.world.occ] = 1
+        self.user_features = uf
+
+    @property
+    def policy_spec(self):
+        """The sizes a policy is built on (``recbench.envs.features.EnvSpec``)."""
+        from recbench.envs.features import EnvSpec
+
+        return EnvSpec.of(self)
+
+    # ------------------------------------------------------------------ the survival model
+
+    def hazard(self, clicks: float) -> float:
+        """Return hazard (1/s) after a list with ``clicks`` clicks."""
+        p = self.params
+        return p.lambda0 * float(
+            np.exp(p.return_sensitivity * (clicks / p.slate_size - p.satisfaction_ref))
+        )
+
+    def returned(self, act: float, gap: float) -> float:
+        """Activeness after a return ``gap`` seconds after the last one at activeness ``act``."""
+        p = self.params
+        return min(1.0, act * float(np.exp(-p.lambda0 * gap)) + p.sa)
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self._seed = int(seed)
+        p, w = self.params, self.world.wp
+        U = p.n_users
+        seqs = np.random.SeedSequence([self._seed, 7]).spawn(U)
+        self._rngs = [np.random.default_rng(s) for s in seqs]
+        self.n_block = 2 + 2 * p.n_candidates + p.slate_size + 1
+        world = self.world
+        self.z = np.empty((U, w.latent_dim))
+        self.focus = np.empty(U, np.int64)
+        heap = []
+        for u, r in enumerate(self._rngs):
+            first = r.random(2)
+            self.focus[u] = min(
+                int(np.searchsorted(world.pref_cum[u], first[0], side="right")), w.n_genres - 1
+            )
+            noise = r.standard_normal(w.latent_dim) / np.sqrt(w.latent_dim)
+            z = world.centroids[self.focus[u]] + w.interest_noise * noise
+            self.z[u] = z / np.linalg.norm(z)
+            heap.append((-np.log1p(-first[1]) / p.lambda0, u))
+        heapq.heapify(heap)
+        self._heap = heap
+        # the clicks users bring: of 40 items published before the start, the closest to z
+        n_old = max(1, int(np.searchsorted(world.publish, 0.0)))
+        self.history: list[list[int]] = []
+        for u, r in enumerate(self._rngs):
+            old = r.integers(0, n_old, 40)
+            best = old[np.argsort(-(world.emb[old] @ self.z[u]), kind="stable")]
+            self.history.append(list(dict.fromkeys(best.tolist()))[: p.initial_history][::-1])
+        self.activeness = np.full(U, p.s0)
+        self.last_time = np.zeros(U)  # time of the last activeness update (start: 0)
+        self.visits = np.zeros(U, np.int64)
+        self.counts = np.zeros((self.n_items, 4))  # impressions 1 h, clicks 1 h, 24 h, 24 h
+        self.count_time = np.zeros(self.n_items)
+        self.now = 0.0
+        self._ready = True
+        self._done = False
+        if not self._arrive():
+            raise ConfigError("env: no user arrives within the horizon; raise horizon_days")
+        return self._obs, {"user": self.user, "time": self.now}
+
+    def step(
+        self, action: Any
+    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        if not self._ready or self._done:
+            raise RuntimeError("call reset() before step() (the episode has ended)")
+        p = self.params
+        K, N = p.slate_size, p.n_candidates
+        shown = self._ranking(action)
+        u, t = self.user, self.now
+        probs = self.probs
+        pc = self.exam * probs[shown]
+        clicks = (self._block[2 + 2 * N : 2 + 2 * N + K] < pc).astype(np.int64)
+        n_click = int(clicks.sum())
+        oracle = np.argsort(-probs, kind="stable")[:K]
+        prec, ndcg = ranking_quality(probs, shown)
+        act = float(self.activeness[u])
+        items = self.pool[shown]
+        self._count(items, clicks, t)
+        hist = self.history[u]
+        hist.extend(int(i) for i in items[clicks > 0])
+        del hist[: max(0, len(hist) - p.history_len)]
+        # next return of this user: the visit's unit exponential over the hazard
+        gap = -np.log1p(-self._block[-1]) / self.hazard(n_click)
+        if t + gap < p.horizon:
+            heapq.heappush(self._heap, (t + gap, u))
+        info = {
+            "user": u,
+            "time": t,
+            "shown": shown,
+            "clicks": clicks,
+            "expected_clicks": float(pc.sum()),
+            "oracle_action": oracle,
+            "oracle_expected_clicks": float((self.exam * probs[oracle]).sum()),
+            "precision@5": prec,
+            "ndcg@5": ndcg,
+            "activeness": act,
+            "next_time": t + gap,
+        }
+        reward = n_click + p.beta * act
+        truncated = not self._arrive()
+        self._done = truncated
+        return self._obs, float(reward), False, truncated, info
+
+    # ------------------------------------------------------------------ internals
+
+    def _ranking(self, action: Any) -> np.ndarray:
+        """Pool indices shown, best first: repeated or out-of-range entries are replaced by the
+        lowest unused indices, so any action of the action space is a valid list."""
+        K, N = self.params.slate_size, self.params.n_candidates
+        a = np.asarray(action, dtype=np.int64).reshape(-1)[:K]
+        out, seen = [], set()
+        for x in a.tolist():
+            if 0 <= x < N and x not in seen:
+                out.append(x)
+                seen.add(x)
+        j = 0
+        while len(out) < K:
+            if j not in seen:
+                out.append(j)
+                seen.add(j)
+            j += 1
+        return np.asarray(out, dtype=np.int64)
+
+    def _count(self, items: np.ndarray, clicks: np.ndarray, t: float) -> None:
+        c = self._decayed(items, t)
+        c[:, 0] += 1
+        c[:, 2] += 1
+        c[:, 1] += clicks
+        c[:, 3] += clicks
+        self.counts[items] = c
+        self.count_time[items] = t
+
+    def _decayed(self, items: np.ndarray, t: float) -> np.ndarray:
+        dt = (t - self.count_time[items])[:, None]
+        hl = np.array([HALF_LIVES[0], HALF_LIVES[0], HALF_LIVES[1], HALF_LIVES[1]])
+        return self.counts[items] * np.exp2(-dt / hl)
+
+    def _arrive(self) -> bool:
+        """Pop the next request within the horizon and prepare its observation."""
+        p, w, world = self.params, self.world.wp, self.world
+        if not self._heap or self._heap[0][0] >= p.horizon:
+            return False
+        t, u = heapq.heappop(self._heap)
+        self.now, self.user = float(t), int(u)
+        r = self._rngs[u]
+        block = r.random(self.n_block)
+        noise = r.standard_normal(w.latent_dim) / np.sqrt(w.latent_dim)
+        self._block = block
+        # activeness: the survival decay since the last return, then the return's jump
+        gap_prev = t - self.last_time[u]
+        self.activeness[u] = self.returned(float(self.activeness[u]), gap_prev)
+        self.last_time[u] = t
+        self.visits[u] += 1
+        # interest drift: the synthetic world's session step
+        if block[0] < w.switch_prob:
+            self.focus[u] = min(
+                int(np.searchsorted(world.pref_cum[u], block[1], side="right")), w.n_genres - 1
+            )
+        z = self.z[u]
+        z = z + w.interest_pull * (world.centroids[self.focus[u]] - z) + w.interest_noise * noise
+        self.z[u] = z / np.linalg.norm(z)
+        # the pool: distinct fresh items from the visit's uniforms
+        N = p.n_candidates
+        lo = int(np.searchsorted(world.publish, t - p.fresh_hours * HOUR, side="right"))
+        hi = int(np.searchsorted(world.publish, t, side="right"))
+        idx = lo + (block[2 : 2 + 2 * N] * (hi - lo)).astype(np.int64)
+        _, first = np.unique(idx, return_index=True)
+        pool = idx[np.sort(first)][:N]
+        if len(pool) < N:  # rare: fill with the oldest fresh items not drawn
+            rest = np.setdiff1d(np.arange(lo, hi), pool)[: N - len(pool)]
+            pool = np.concatenate([pool, rest])
+        self.pool = pool
+        hist = np.asarray(self.history[u], dtype=np.int64)
+        self.probs = world.click_probs(u, pool, t, self.z[u], hist)
+        self._obs = self._observe(u, t, pool, hist, gap_prev)
+        return True
+
+    def _observe(
+        self, u: int, t: float, pool: np.ndarray, hist: np.ndarray, gap: float
+    ) -> dict[str, Any]:
+        p, world = self.params, self.world
+        K, H = self.n_genres, p.history_len
+        gm = world.gmix[pool]  # (N, K)
+        if len(hist):
+            profile = world.gmix[hist].mean(0)
+            recent = world.gmix[hist[-3:]].mean(0)
+        else:
+            profile = recent = np.zeros(K)
+        c = self._decayed(pool, t)
+        item = np.empty((len(pool), self.item_dim), np.float32)
+        item[:, :K] = gm
+        item[:, K] = (t - world.publish[pool]) / DAY
+        item[:, K + 1 : K + 5] = np.log1p(c)
+        item[:, K + 5] = (c[:, 3] + 0.3) / (c[:, 2] + 1.0)
+        norm = np.linalg.norm(gm, axis=1) * max(np.linalg.norm(profile), 1e-9)
+        ui = np.stack([gm @ profile, gm @ recent, (gm @ profile) / norm], axis=1)
+        history = np.zeros(H, np.int64)
+        history[: len(hist)] = hist + 1
+        return {
+            "user": np.int64(u),
+            "user_features": self.user_features[u].copy(),
+            "context": np.array(
+                [
+                    self.activeness[u],
+                    np.log1p(gap / HOUR),
+                    np.log1p(self.visits[u]),
+                    len(hist) / H,
+                ],
+                np.float32,
+            ),
+            "profile": profile.astype(np.float32),
+            "history": history,
+            "candidates": pool + 1,
+            "item_features": item,
+            "user_item_features": ui.astype(np.float32),
+        }
+
+
+__all__ = ["NewsEnv", "exam_weights", "ranking_quality"]

@@ -1,0 +1,221 @@
+"""RL additions to a compare report: curves over simulated time and paired policy deltas.
+
+``write_rl_report(records, out_dir)`` takes the finished run records of a compare (any mix; it
+keeps those of ``task: rl``) and writes into ``out_dir``:
+
+- ``rl_curves.png``: CTR and mean user activeness over simulated time for every policy (mean over
+  its seeds), from each run's saved ``curves.json``;
+- ``rl_pairs.md`` / ``rl_pairs.json``: for chosen pairs of policies, the delta of every window
+  metric with a 95% interval from a paired bootstrap over users: per user, the delta is averaged
+  over the seeds both policies ran (users are paired by their index, which every policy of one
+  seed shares), and users are resampled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# (a, b): the report shows b - a; pairs whose policies did not both run are skipped
+DEFAULT_PAIRS = (
+    ("random_policy", "most_popular"),
+    ("most_popular", "linucb"),
+    ("greedy_lr", "greedy_fm"),
+    ("greedy_lr", "greedy_wide_deep"),
+    ("greedy_wide_deep", "greedy_deepfm"),
+    ("drn_dn", "drn_ddqn"),
+    ("drn_ddqn", "drn_ddqn_u"),
+    ("drn_ddqn_u", "drn"),
+    ("drn_ddqn_u", "drn_eg"),
+    ("drn_eg", "drn"),
+    ("linucb", "drn"),
+    ("greedy_lr", "drn"),
+    ("greedy_fm", "drn"),
+    ("greedy_wide_deep", "drn"),
+    ("greedy_deepfm", "drn"),
+    ("drn", "oracle_policy"),
+)
+
+
+def rl_records(records: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """Finished RL records by model, in first-seen model order."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        if r.get("task") == "rl" and r.get("status", "finished") == "finished":
+            out.setdefault(str(r["model"]), []).append(r)
+    return out
+
+
+def _units(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    path = Path(str(record.get("run_dir"))) / "predictions.npz"
+    if not path.exists():
+        return {}
+    with np.load(path) as z:
+        return {k[len("unit__") :]: np.asarray(z[k]) for k in z.files if k.startswith("unit__")}
+
+
+def paired_delta(
+    a: Sequence[Mapping[str, Any]],
+    b: Sequence[Mapping[str, Any]],
+    metric: str,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any] | None:
+    """Delta b - a of ``metric`` over the seeds both ran, with a bootstrap interval over users
+    and the per-seed deltas; None when they share no seed or world."""
+    by_seed_a = {int(r["seed"]): r for r in a}
+    by_seed_b = {int(r["seed"]): r for r in b}
+    seeds = sorted(set(by_seed_a) & set(by_seed_b))
+    rows = []
+    for s in seeds:
+        ra, rb = by_seed_a[s], by_seed_b[s]
+        if (ra.get("data") or {}).get("key") != (rb.get("data") or {}).get("key"):
+            continue
+        ua, ub = _units(ra).get(metric), _units(rb).get(metric)
+        if ua is None or ub is None or len(ua) != len(ub):
+            continue
+        rows.append(ub - ua)
+    if not rows:
+        return None
+    d = np.mean(rows, axis=0)  # per user, averaged over seeds
+    rng = np.random.default_rng(seed)
+    boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(resamples)])
+    q = (1 - level) / 2
+    return {
+        "metric": metric,
+        "delta": float(d.mean()),
+        "low": float(np.quantile(boot, q)),
+        "high": float(np.quantile(boot, 1 - q)),
+        "per_seed": [float(r.mean()) for r in rows],
+        "seeds": len(rows),
+        "users": len(d),
+    }
+
+
+def summary(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Per model: mean ± std over seeds of each test metric."""
+    out = []
+    for m, rs in runs.items():
+        metrics = list(rs[0].get("metrics") or [])
+        row: dict[str, Any] = {"model": m, "seeds": len(rs)}
+        for k in metrics:
+            v = [float(r["test"][k]) for r in rs if r["test"].get(k) is not None]
+            row[k] = (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None)
+        row["oracle_ctr"] = float(np.mean([(r.get("oracle") or {}).get("ctr", np.nan) for r in rs]))
+        row["requests_per_sec"] = float(
+            np.mean([(r.get("perf") or {}).get("requests_per_sec", np.nan) for r in rs])
+        )
+        out.append(row)
+    return out
+
+
+def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path | None:
+    """CTR and activeness over simulated time, one line per policy (mean over its seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    drawn = 0
+    for m, rs in runs.items():
+        curves = []
+        for r in rs:
+            p = Path(str(r.get("run_dir"))) / str(r.get("curves") or "curves.json")
+            if p.exists():
+                curves.append(json.loads(p.read_text()))
+        if not curves:
+            continue
+        n = min(len(c["hours"]) for c in curves)
+        days = np.asarray(curves[0]["hours"][:n]) / 24.0
+        style = "--" if m == "oracle_policy" else ":" if m == "random_policy" else "-"
+        for ax, key in zip(axes, ("ctr", "activeness")):
+            y = np.mean([c[key][:n] for c in curves], axis=0)
+            ax.plot(days, y, style, label=m, lw=1.6 if m.startswith("drn") else 1.1)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    for ax, title in zip(axes, ("CTR per impression", "mean user activeness")):
+        ax.set_xlabel("simulated day")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pairs_markdown(pairs: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    head = "| b − a | " + " | ".join(metrics) + " |"
+    lines = [head, "|---|" + "---|" * len(metrics)]
+    for p in pairs:
+        cells = []
+        for m in metrics:
+            d = p["metrics"].get(m)
+            cells.append(
+                "—" if d is None else f"{d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            )
+        lines.append(f"| {p['b']} − {p['a']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    lines = [
+        "| policy | seeds | " + " | ".join(metrics) + " | oracle ctr | requests/s |",
+        "|---|---|" + "---|" * (len(metrics) + 2),
+    ]
+    for r in rows:
+        cells = []
+        for m in metrics:
+            mean, std = r.get(m) or (float("nan"), None)
+            cells.append(f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+        lines.append(
+            f"| {r['model']} | {r['seeds']} | "
+            + " | ".join(cells)
+            + f" | {r['oracle_ctr']:.4f} | {r['requests_per_sec']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_rl_report(
+    records: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
+    resamples: int = 1000,
+) -> dict[str, Any]:
+    """Write ``rl_curves.png``, ``rl_pairs.md`` and ``rl_pairs.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = rl_records(records)
+    if not runs:
+        return {}
+    metrics = list(next(iter(runs.values()))[0].get("metrics") or [])
+    result = []
+    for a, b in pairs:
+        if a in runs and b in runs:
+            d = {m: paired_delta(runs[a], runs[b], m, resamples) for m in metrics}
+            result.append({"a": a, "b": b, "metrics": d})
+    rows = summary(runs)
+    plot = plot_curves(runs, out / "rl_curves.png")
+    text = (
+        "# RL policies in the simulated news world\n\n"
+        "Test window; mean ± std over seeds.\n\n"
+        + summary_markdown(rows, metrics)
+        + "\n\nPaired deltas (b − a), 95% bootstrap interval over users (per-user deltas "
+        "averaged over the shared seeds).\n\n"
+        + pairs_markdown(result, metrics)
+        + ("\n\n![CTR and activeness over simulated time](rl_curves.png)\n" if plot else "\n")
+    )
+    (out / "rl_pairs.md").write_text(text)
+    (out / "rl_pairs.json").write_text(json.dumps({"summary": rows, "pairs": result}, indent=2))
+    return {"pairs": result, "summary": rows, "plot": str(plot) if plot else None}
+
+
+__all__ = ["DEFAULT_PAIRS", "paired_delta", "plot_curves", "rl_records", "write_rl_report"]

@@ -1,0 +1,225 @@
+"""The news world: the synthetic world's population and planted click model, over a stream of
+fresh items.
+
+The population, the item latent space and the planted click terms are those of
+``recbench.data.synthetic`` (same recipe, same ``WorldParams`` knobs, drawn with its helpers);
+what is new is time. Items are published at a steady rate and are candidates only while fresh;
+their appeal decays with age. The click logit of item ``i`` for user ``u`` at time ``t``::
+
+    b0 + user and demographic biases + item and genre biases             (first order)
+       + genre-weighted age×genre, gender×genre, occupation×genre, taste  (pairwise)
+       + genre-weighted pure age×gender×genre term                       (higher order)
+       + attention · Σ_j α_j s_j over the user's recently clicked items   (history)
+       + drift · <e_i, z_u(t)>, the user's current interest               (drift)
+       - appeal_decay_per_day · age_days(i, t)                           (freshness)
+
+``b0`` is solved so that a uniformly drawn fresh candidate shown to a user whose history is ten
+items drawn at random has mean click probability ``base_ctr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recbench.data.synthetic import (
+    WorldParams,
+    _categorical,
+    _center,
+    _items,
+    _sigmoid,
+    _solve_bias,
+    _streams,
+    _unit,
+)
+from recbench.errors import ConfigError
+
+DAY = 86_400.0
+HOUR = 3_600.0
+
+
+@dataclass(frozen=True)
+class NewsParams:
+    """Every knob of the news environment (``configs/env/news.yaml`` documents each)."""
+
+    n_users: int = 1000
+    horizon_days: float = 28.0
+    slate_size: int = 5
+    n_candidates: int = 20
+    items_per_hour: float = 6.0
+    fresh_hours: float = 48.0
+    appeal_decay_per_day: float = 1.0
+    position_bias: float = 0.5
+    history_len: int = 20
+    initial_history: int = 5  # clicks a user brings: the closest to their interest of 40 old items
+    # activeness (DRN's survival model) and how returns respond to satisfaction
+    lambda0: float = 1.2e-5
+    s0: float = 0.5
+    sa: float = 0.32
+    return_sensitivity: float = 2.0
+    satisfaction_ref: float = 0.2
+    beta: float = 1.0  # reward = clicks + beta * activeness
+    world: WorldParams = field(default_factory=WorldParams)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> NewsParams:
+        """From a mapping (``cfg.env``): unknown keys are an error naming the known ones."""
+        raw = dict(cfg)
+        raw.pop("name", None)
+        raw.pop("seed", None)
+        world = dict(raw.pop("world", None) or {})
+        known = {f.name for f in dataclasses.fields(cls)} - {"world"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"env: unknown keys {unknown}; known: {sorted(known)}")
+        wknown = {f.name for f in dataclasses.fields(WorldParams)}
+        wunknown = sorted(set(world) - wknown)
+        if wunknown:
+            raise ConfigError(f"env.world: unknown keys {wunknown}; known: {sorted(wknown)}")
+        p = cls(**raw, world=WorldParams(**world))
+        p.check()
+        return p
+
+    def check(self) -> None:
+        fresh = self.items_per_hour * self.fresh_hours
+        if self.slate_size < 1 or self.n_candidates < self.slate_size:
+            raise ConfigError(
+                f"env: need 1 <= slate_size <= n_candidates, got {self.slate_size} and "
+                f"{self.n_candidates}"
+            )
+        if fresh < 2 * self.n_candidates:
+            raise ConfigError(
+                f"env: only {fresh:.0f} items are fresh at a time (items_per_hour × fresh_hours) "
+                f"for pools of {self.n_candidates}; raise items_per_hour or fresh_hours to at "
+                f"least twice the pool"
+            )
+        if self.n_users < 1 or self.horizon_days <= 0 or self.lambda0 <= 0:
+            raise ConfigError("env: n_users, horizon_days and lambda0 must be positive")
+
+    @property
+    def n_items(self) -> int:
+        return int(math.ceil((self.horizon_days * 24 + self.fresh_hours) * self.items_per_hour))
+
+    @property
+    def horizon(self) -> float:
+        return self.horizon_days * DAY
+
+
+class NewsWorld:
+    """The static part of the world: users, items and the planted click model's tables."""
+
+    def __init__(self, params: NewsParams, seed: int) -> None:
+        p = params
+        w = dataclasses.replace(p.world, n_users=p.n_users, n_items=p.n_items)
+        self.params, self.wp = p, w
+        # the fourth stream (the frame's timelines) has no use here: per-user streams drive time
+        r_items, r_users, r_model, _, r_bias = _streams(seed)
+        U, I, K = w.n_users, w.n_items, w.n_genres
+        self.item_genres, self.gmix, genre_freq, self.centroids, self.emb, pop = _items(w, r_items)
+        # publication: steady rate, the first fresh_hours of items already out at t = 0
+        gaps = r_items.random(I)
+        self.publish = (np.arange(I) + gaps) * (HOUR / p.items_per_hour) - p.fresh_hours * HOUR
+
+        # users: demographics, genre preference, starting focus and interest
+        age_p = r_users.dirichlet(np.full(w.n_ages, 4.0))
+        occ_p = r_users.dirichlet(np.full(w.n_occupations, 2.0))
+        self.age = _categorical(r_users, age_p, U)
+        self.gender = (r_users.random(U) < w.male_share).astype(np.int64)
+        self.occ = _categorical(r_users, occ_p, U)
+        pref = r_users.dirichlet(w.genre_concentration * K * genre_freq + 1e-3, U)
+        self.pref_cum = np.cumsum(pref, axis=1)
+        self.pref_cum /= self.pref_cum[:, -1:]
+
+        # planted tables, the synthetic world's recipe
+        b_user = w.user_bias * r_model.standard_normal(U)
+        logpop = np.log(pop)
+        self.b_item = w.item_bias * (
+            0.5 * (logpop - logpop.mean()) / logpop.std()
+            + np.sqrt(0.75) * r_model.standard_normal(I)
+        )
+        b_age = w.demo_bias * r_model.standard_normal(w.n_ages)
+        b_gender = w.demo_bias * r_model.standard_normal(2)
+        b_occ = w.demo_bias * r_model.standard_normal(w.n_occupations)
+        b_genre = w.genre_bias * r_model.standard_normal(K)
+        t_age = w.pairwise * r_model.standard_normal((w.n_ages, K))
+        t_gender = w.pairwise * r_model.standard_normal((2, K))
+        t_occ = (
+            w.pairwise
+            * r_model.standard_normal((w.n_occupations, 3))
+            @ r_model.standard_normal((3, K))
+            / np.sqrt(3)
+        )
+        taste = (
+            w.taste
+            * r_model.standard_normal((U, w.taste_rank))
+            @ r_model.standard_normal((w.taste_rank, K))
+            / np.sqrt(w.taste_rank)
+        )
+        gender_p = np.array([1 - w.male_share, w.male_share])
+        h = r_model.standard_normal((w.n_ages, 2, K))
+        for axis, wt in enumerate((age_p, gender_p, genre_freq)):
+            h = _center(h, wt, axis)
+        wts = age_p[:, None, None] * gender_p[None, :, None] * genre_freq[None, None, :]
+        h *= w.higher_order / np.sqrt((wts * h**2).sum())
+        a, g, o = self.age, self.gender, self.occ
+        # per user: a scalar and a genre-space row; per item: a scalar and its genre mixture
+        self.user_static = b_user + b_age[a] + b_gender[g] + b_occ[o]
+        self.user_genre = t_age[a] + t_gender[g] + t_occ[o] + taste + h[a, g]  # (U, K)
+        self.item_static = self.b_item + self.gmix @ b_genre
+
+        # b0: mean click probability base_ctr over users without history, fresh candidates
+        n = 20_000
+        su = r_bias.integers(0, U, n)
+        si = r_bias.integers(0, I, n)
+        age_days = r_bias.random(n) * p.fresh_hours / 24.0
+        z0 = _unit(
+            self.centroids[_categorical(r_bias, genre_freq, n)]
+            + w.interest_noise * r_bias.standard_normal((n, w.latent_dim)) / np.sqrt(w.latent_dim)
+        )
+        rest = (
+            self.user_static[su]
+            + self.item_static[si]
+            + (self.gmix[si] * self.user_genre[su]).sum(1)
+            + w.drift * (self.emb[si] * z0).sum(1)
+            - p.appeal_decay_per_day * age_days
+        )
+        hist = r_bias.integers(0, I, (n, 10))  # a history of 10 items drawn at random
+        sims = np.einsum("nld,nd->nl", self.emb[hist], self.emb[si])
+        att = np.exp(w.attention_temperature * (sims - sims.max(axis=1, keepdims=True)))
+        rest = rest + w.attention * (att * sims).sum(1) / att.sum(1)
+        self.b0 = _solve_bias(rest, w.base_ctr)
+        self.genre_freq = genre_freq
+        self.genre_table = np.full((I, 3), -1, dtype=np.int64)
+        for i, gs in enumerate(self.item_genres):
+            self.genre_table[i, : len(gs)] = gs[:3]
+
+    def logits(
+        self, u: int, items: np.ndarray, t: float, z: np.ndarray, history: np.ndarray
+    ) -> np.ndarray:
+        """Click logits of ``items`` (indices) for user ``u`` at time ``t`` with interest ``z``
+        and clicked-item ``history`` (indices, most recent last; may be empty)."""
+        p, w = self.params, self.wp
+        e = self.emb[items]  # (N, d)
+        x = (
+            self.b0
+            + self.user_static[u]
+            + self.item_static[items]
+            + self.gmix[items] @ self.user_genre[u]
+            + w.drift * (e @ z)
+            - p.appeal_decay_per_day * (t - self.publish[items]) / DAY
+        )
+        if len(history):
+            s = self.emb[history] @ e.T  # (L, N) similarity of each history item to each target
+            a = np.exp(w.attention_temperature * (s - s.max(axis=0, keepdims=True)))
+            x = x + w.attention * (a * s).sum(0) / a.sum(0)
+        return x
+
+    def click_probs(self, *args: Any) -> np.ndarray:
+        return _sigmoid(self.logits(*args))
+
+
+__all__ = ["DAY", "HOUR", "NewsParams", "NewsWorld"]

@@ -1,0 +1,440 @@
+"""DRN (Zheng et al., WWW 2018): a deep reinforcement learning framework for news recommendation.
+
+- Q-network (§4.2, Fig. 4): dueling, ``Q(s, a) = V(s) + A(s, a)``; ``V`` reads the state (user
+  features, context, the genre profile of the user's recent clicks), ``A`` the state with the
+  candidate's features, the user–item features and a learned item embedding. With
+  ``center_advantage`` the advantage is centred over the request's pool (Wang et al., ICML 2016),
+  which leaves the ranking unchanged and makes ``V`` identifiable.
+- Targets (§4.1, eq. 1): double DQN, ``y = r + γ Q(s', argmax_a' Q(s', a'; W); W⁻)``: the
+  online network ``W`` picks the next action, the target network ``W⁻`` (swapped from ``W`` every
+  ``target_swap`` major updates) values it. ``s'`` is the same user's next request; ``γ = 0`` is
+  the paper's DN (no future reward).
+- Reward (§4.3): ``click + β · activeness``, the user's activeness when they come back
+  (``use_activeness``); without it, the click alone.
+- Exploration (§4.4): ``dbgd`` — Dueling Bandit Gradient Descent: an explore network
+  ``W̃ = W + ΔW``, ``ΔW = α · rand(-1, 1) · W``, ranks the pool beside ``W``; the two lists are
+  merged by probabilistic interleaving (Hofmann et al., CIKM 2011) and each shown item is
+  credited to the list it came from; when the explore network's items win more clicks over a
+  minor period, ``W ← W + η ΔW`` (a step toward ``W̃``). ``egreedy``: each slot shows a random
+  candidate with probability ε. ``none``: greedy.
+- Updates (§4.1, Fig. 3): a minor update (one gradient step on the transitions completed since
+  the last one, and the DBGD decision) every ``minor_every`` requests; a major update every
+  ``major_hours`` of simulated time: ``major_steps`` minibatches from the replay memory.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from recbench.envs.features import EnvSpec, encode
+from recbench.envs.policies import top_k
+from recbench.envs.world import HOUR
+from recbench.errors import ConfigError
+from recbench.models.layers import MLP
+
+EXPLORE = ("none", "egreedy", "dbgd")
+
+
+class DuelingQ(nn.Module):
+    """``Q(s, a) = V(s) + A(s, a)`` over a pool of candidates.
+
+    state (B, Ds), actions (B, N, Da), items (B, N) codes → Q (B, N).
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        n_items: int,
+        item_dim: int = 8,
+        hidden: Sequence[int] = (64, 32),
+        center_advantage: bool = True,
+    ) -> None:
+        super().__init__()
+        self.value = MLP(state_dim, hidden, 1)
+        self.item_emb = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=0.01)
+        self.advantage = MLP(state_dim + action_dim + item_dim, hidden, 1)
+        self.center_advantage = center_advantage
+
+    def parts(self, state: Tensor, actions: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """V (B, 1) and the raw advantage A (B, N)."""
+        b, n, _ = actions.shape
+        x = torch.cat(
+            [state.unsqueeze(1).expand(b, n, state.shape[-1]), actions, self.item_emb(items)], -1
+        )
+        return self.value(state), self.advantage(x).squeeze(-1)
+
+    def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
+        v, a = self.parts(state, actions, items)
+        if self.center_advantage:
+            a = a - a.mean(dim=1, keepdim=True)
+        return v + a
+
+    def snapshot(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """The weights as numpy arrays for ``act_numpy`` (take a new one after each update)."""
+        out = []
+        for mlp in (self.value, self.advantage):
+            lins = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+            out.append([(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in lins])
+        out.append([(self.item_emb.weight.detach().numpy().copy(), np.zeros(0))])
+        return out
+
+    def act_numpy(self, snap: list, state: np.ndarray, actions: np.ndarray, items: np.ndarray):
+        """``forward`` for one request in numpy, (Ds,), (N, Da), (N,) → (N,): the per-request
+        path, where torch's call overhead would dominate."""
+        v = state[None, :]
+        for j, (w, b) in enumerate(snap[0]):
+            v = v @ w + b
+            if j < len(snap[0]) - 1:
+                v = np.maximum(v, 0.0)
+        (w1, b1), *rest = snap[1]
+        ds, da = len(state), actions.shape[1]
+        # the first layer split by input block: the state's part is computed once
+        h = state @ w1[:ds] + actions @ w1[ds : ds + da] + snap[2][0][0][items] @ w1[ds + da :] + b1
+        for w, b in rest:
+            h = np.maximum(h, 0.0) @ w + b
+        a = h[:, 0]
+        if self.center_advantage:
+            a = a - a.mean()
+        return v[0, 0] + a
+
+
+def double_dqn_target(
+    reward: Tensor, q_online_next: Tensor, q_target_next: Tensor, gamma: float
+) -> Tensor:
+    """``r + γ Q_target(s', argmax_a' Q_online(s', a'))``: (B,), (B, N'), (B, N') → (B,)."""
+    if gamma == 0.0:
+        return reward
+    best = q_online_next.argmax(dim=1, keepdim=True)
+    return reward + gamma * q_target_next.gather(1, best).squeeze(1)
+
+
+def interleave_probs(n: int, tau: float) -> np.ndarray:
+    """Probabilistic interleaving's distribution over a ranking of ``n``: rank r (1-based) has
+    probability ∝ 1 / r^τ."""
+    w = (np.arange(n) + 1.0) ** -tau
+    return w / w.sum()
+
+
+def interleave(
+    rank_a: np.ndarray, rank_b: np.ndarray, k: int, tau: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilistic interleaving of two rankings of the same pool into a list of ``k``.
+
+    For each slot a fair coin picks list a or b; the item is drawn from that list's
+    ``1 / r^τ`` distribution renormalised over the items not yet placed. Returns the list and,
+    per slot, which list placed it (0: a, 1: b).
+    """
+    n = len(rank_a)
+    base = interleave_probs(n, tau)
+    pa = np.zeros(n)
+    pb = np.zeros(n)
+    pa[rank_a] = base  # probability of each pool index under list a
+    pb[rank_b] = base
+    out = np.empty(k, np.int64)
+    who = np.empty(k, np.int64)
+    free = np.ones(n, bool)
+    for j in range(k):
+        side = int(rng.random() < 0.5)
+        p = (pb if side else pa) * free
+        pick = int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right"))
+        pick = min(pick, n - 1)
+        while not free[pick]:  # only when rounding lands on a placed item
+            pick = (pick + 1) % n
+        out[j], who[j] = pick, side
+        free[pick] = False
+    return out, who
+
+
+@torch.no_grad()
+def dbgd_perturbation(net: nn.Module, alpha: float, gen: torch.Generator) -> list[Tensor]:
+    """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net``."""
+    return [alpha * (2 * torch.rand(p.shape, generator=gen) - 1) * p for p in net.parameters()]
+
+
+@torch.no_grad()
+def dbgd_update(net: nn.Module, delta: Sequence[Tensor], eta: float, won: bool) -> None:
+    """``W ← W + η ΔW`` when the explore network won, else nothing."""
+    if won:
+        for p, d in zip(net.parameters(), delta):
+            p.add_(eta * d)
+
+
+class Replay:
+    """Requests (state, pool) and item transitions ``(request, pool index, reward, next
+    request)`` in ring buffers; a request is addressed by its global number."""
+
+    def __init__(self, capacity: int, spec: EnvSpec) -> None:
+        n, k = spec.n_candidates, spec.slate_size
+        self.cap = capacity
+        self.state = np.zeros((capacity, spec.state_dim), np.float32)
+        self.actions = np.zeros((capacity, n, spec.action_dim), np.float32)
+        self.items = np.zeros((capacity, n), np.int64)
+        self.n_req = 0
+        tcap = capacity * k
+        self.t_req = np.zeros(tcap, np.int64)
+        self.t_pos = np.zeros(tcap, np.int64)
+        self.t_reward = np.zeros(tcap, np.float32)
+        self.t_next = np.full(tcap, -1, np.int64)
+        self.tcap, self.n_tr = tcap, 0
+
+    def add_request(self, state: np.ndarray, actions: np.ndarray, items: np.ndarray) -> int:
+        i = self.n_req % self.cap
+        self.state[i], self.actions[i], self.items[i] = state, actions, items
+        self.n_req += 1
+        return self.n_req - 1
+
+    def add_transitions(
+        self, req: int, pos: np.ndarray, reward: np.ndarray, next_req: int
+    ) -> np.ndarray:
+        idx = (self.n_tr + np.arange(len(pos))) % self.tcap
+        self.t_req[idx], self.t_pos[idx], self.t_reward[idx], self.t_next[idx] = (
+            req,
+            pos,
+            reward,
+            next_req,
+        )
+        self.n_tr += len(pos)
+        return self.n_tr - len(pos) + np.arange(len(pos))
+
+    def valid(self, tr: np.ndarray) -> np.ndarray:
+        """Transitions still held whose requests are both still held."""
+        slot = tr % self.tcap
+        oldest = self.n_req - self.cap
+        ok = (tr >= self.n_tr - self.tcap) & (self.t_req[slot] >= oldest)
+        nxt = self.t_next[slot]
+        return tr[ok & ((nxt < 0) | (nxt >= oldest))]
+
+    def batch(self, tr: np.ndarray) -> dict[str, Tensor]:
+        slot = tr % self.tcap
+        req = self.t_req[slot] % self.cap
+        nxt = self.t_next[slot]
+        has = nxt >= 0
+        nreq = np.where(has, nxt, 0) % self.cap
+        t = torch.from_numpy
+        return {
+            "state": t(self.state[req]),
+            "actions": t(self.actions[req]),
+            "items": t(self.items[req]),
+            "pos": t(self.t_pos[slot]),
+            "reward": t(self.t_reward[slot]),
+            "has_next": t(has),
+            "next_state": t(self.state[nreq]),
+            "next_actions": t(self.actions[nreq]),
+            "next_items": t(self.items[nreq]),
+        }
+
+
+class DRN(nn.Module):
+    """The DRN agent; ``recbench train model=drn`` (full: DDQN + U + DBGD) and its variants."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("rl",)
+
+    def __init__(
+        self,
+        schema: EnvSpec,
+        seed: int = 0,
+        gamma: float = 0.4,
+        use_activeness: bool = True,
+        beta: float | None = None,
+        explore: str = "dbgd",
+        epsilon: float = 0.1,
+        dbgd_alpha: float = 0.1,
+        dbgd_eta: float = 0.05,
+        interleave_tau: float = 3.0,
+        hidden: Sequence[int] = (64, 32),
+        item_dim: int = 8,
+        center_advantage: bool = True,
+        lr: float = 1e-3,
+        minor_every: int = 32,
+        major_hours: float = 6.0,
+        major_steps: int = 8,
+        major_batch: int = 128,
+        target_swap: int = 4,
+        replay_capacity: int = 20_000,
+    ) -> None:
+        super().__init__()
+        if explore not in EXPLORE:
+            raise ConfigError(f"model.explore={explore!r}; choose one of {EXPLORE}")
+        if not 0.0 <= gamma < 1.0:
+            raise ConfigError(f"model.gamma={gamma} must be in [0, 1)")
+        self.spec = schema
+        self.k = schema.slate_size
+        self.gamma, self.explore = float(gamma), explore
+        self.beta = float(schema.beta if beta is None else beta) if use_activeness else 0.0
+        self.use_activeness = use_activeness
+        self.epsilon, self.alpha, self.eta, self.tau = epsilon, dbgd_alpha, dbgd_eta, interleave_tau
+        self.minor_every, self.major_period = minor_every, major_hours * HOUR
+        self.major_steps, self.major_batch, self.target_swap = major_steps, major_batch, target_swap
+        self.rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.q = DuelingQ(
+            schema.state_dim, schema.action_dim, schema.n_items, item_dim, hidden, center_advantage
+        )
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
+        self.opt = torch.optim.Adam(self.q.parameters(), lr=lr)
+        self.replay = Replay(replay_capacity, schema)
+        # transitions wait for the user's next request (s', and the activeness at return)
+        self.pending: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+        self.fresh: list[np.ndarray] = []  # completed since the last minor update
+        self.n_seen = 0
+        self.next_major = self.major_period
+        self.n_major = 0
+        self.credit = np.zeros(2)  # DBGD: clicks credited to the current / explore network
+        self.delta: list[Tensor] = []
+        if explore == "dbgd":
+            self._new_explore()
+        self.stats = {"minor": 0, "major": 0, "dbgd_moves": 0, "loss": float("nan")}
+        self._cur: tuple[int, np.ndarray] | None = None
+        self._snap = self._snap_explore = None  # numpy weights for acting; None: stale
+
+    # ------------------------------------------------------------------ policy interface
+
+    def bind(self, env: Any) -> None:
+        pass
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.q.parameters())
+
+    @torch.inference_mode()
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        state, actions, items = encode(obs)
+        req = self.replay.add_request(state, actions, items)
+        u = int(obs["user"])
+        if u in self.pending:  # the user is back: the earlier list's transitions complete
+            prev, pos, clicks = self.pending.pop(u)
+            act = float(obs["context"][0])  # activeness at this return
+            self._complete(prev, pos, clicks + self.beta * act, req)
+        if self._snap is None:
+            self._snap = self.q.snapshot()
+        q = self.q.act_numpy(self._snap, state, actions, items)
+        who = None
+        if self.explore == "dbgd":
+            if self._snap_explore is None:
+                self._snap_explore = self.q_explore.snapshot()
+            q_tilde = self.q.act_numpy(self._snap_explore, state, actions, items)
+            ranks = np.argsort(-q, kind="stable"), np.argsort(-q_tilde, kind="stable")
+            shown, who = interleave(ranks[0], ranks[1], self.k, self.tau, self.rng)
+        else:
+            shown = top_k(q, self.k)
+            if self.explore == "egreedy":
+                shown = self._egreedy(shown, len(q))
+        self._cur = (req, who)
+        return shown
+
+    def observe(self, obs: Mapping[str, Any], shown: np.ndarray, info: Mapping[str, Any]) -> None:
+        req, who = self._cur
+        clicks = np.asarray(info["clicks"], np.float32)
+        if who is not None:
+            self.credit += np.bincount(who, weights=clicks, minlength=2)
+        if self.gamma == 0.0 and self.beta == 0.0:  # nothing to wait for
+            self._complete(req, shown, clicks, -1)
+        else:
+            self.pending[int(info["user"])] = (req, np.asarray(shown), clicks)
+        self.n_seen += 1
+        if self.n_seen % self.minor_every == 0:
+            self.minor_update()
+        if float(info["time"]) >= self.next_major:
+            self.major_update()
+            self.next_major = float(info["time"]) + self.major_period
+
+    # ------------------------------------------------------------------ learning
+
+    def _complete(self, req: int, pos: np.ndarray, reward: np.ndarray, next_req: int) -> None:
+        self.fresh.append(self.replay.add_transitions(req, pos, reward, next_req))
+
+    def _egreedy(self, shown: np.ndarray, n: int) -> np.ndarray:
+        out = shown.copy()
+        for j in range(self.k):
+            if self.rng.random() < self.epsilon:
+                rest = np.setdiff1d(np.arange(n), out[:j])
+                pick = int(self.rng.choice(rest))
+                if pick in out[j:]:  # keep the list distinct: swap it into this slot
+                    out[j + np.flatnonzero(out[j:] == pick)[0]] = out[j]
+                out[j] = pick
+        return out
+
+    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Squared error of ``Q(s, a)`` against the double-DQN target."""
+        q = self.q(batch["state"], batch["actions"], batch["items"])
+        q_sa = q.gather(1, batch["pos"][:, None]).squeeze(1)
+        y = batch["reward"]
+        if self.gamma > 0.0:
+            with torch.no_grad():
+                q_on = self.q(batch["next_state"], batch["next_actions"], batch["next_items"])
+                q_tg = self.q_target(
+                    batch["next_state"], batch["next_actions"], batch["next_items"]
+                )
+                y = torch.where(
+                    batch["has_next"], double_dqn_target(y, q_on, q_tg, self.gamma), y
+                )
+        return ((q_sa - y) ** 2).mean()
+
+    def _step(self, tr: np.ndarray) -> None:
+        tr = self.replay.valid(tr)
+        if len(tr) == 0:
+            return
+        loss = self.loss(self.replay.batch(tr))
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self._snap = None
+        self.stats["loss"] = float(loss.detach())
+
+    def minor_update(self) -> None:
+        if self.explore == "dbgd":
+            won = self.credit[1] > self.credit[0]
+            dbgd_update(self.q, self.delta, self.eta, bool(won))
+            self._snap = None
+            self.stats["dbgd_moves"] += int(won)
+            self.credit[:] = 0
+        if self.fresh:
+            self._step(np.concatenate(self.fresh))
+            self.fresh = []
+        if self.explore == "dbgd":
+            self._new_explore()
+        self.stats["minor"] += 1
+
+    def major_update(self) -> None:
+        n = min(self.replay.n_tr, self.replay.tcap)
+        if n:
+            lo = self.replay.n_tr - n
+            for _ in range(self.major_steps):
+                self._step(lo + self.rng.integers(0, n, min(self.major_batch, n)))
+        self.n_major += 1
+        if self.n_major % self.target_swap == 0:
+            self.q_target.load_state_dict(self.q.state_dict())
+        if self.explore == "dbgd":
+            self._new_explore()
+        self.stats["major"] += 1
+
+    def _new_explore(self) -> None:
+        self.delta = dbgd_perturbation(self.q, self.alpha, self.gen)
+        with torch.no_grad():
+            for pe, p, d in zip(self.q_explore.parameters(), self.q.parameters(), self.delta):
+                pe.copy_(p + d)
+        self._snap_explore = None
+
+    def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
+        return self.q(state, actions, items)
+
+
+__all__ = [
+    "DRN",
+    "DuelingQ",
+    "Replay",
+    "dbgd_perturbation",
+    "dbgd_update",
+    "double_dqn_target",
+    "interleave",
+    "interleave_probs",
+]

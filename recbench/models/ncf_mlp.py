@@ -1,0 +1,41 @@
+"""NCF's MLP (He et al., WWW 2017, eq. 10): user and item embeddings concatenated and crossed by a
+ReLU tower that halves toward the predictive factors, ŷ_ui = σ(hᵀ φ_L([p_u; q_i]) + b)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from recbench.data.schema import InteractionSchema
+from recbench.models.layers.cf import PairTower, id_embedding
+
+
+class NCFMLP(nn.Module):
+    tasks: ClassVar[tuple[str, ...]] = ("topk",)
+
+    def __init__(
+        self,
+        schema: InteractionSchema,
+        layers: Sequence[int] = (64, 32, 16, 8),
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.tower = PairTower(layers)
+        d = self.tower.input_dim // 2
+        self.user = id_embedding(schema.num_users + 1, d, init_std)
+        self.item = id_embedding(schema.num_items + 1, d, init_std)
+        self.out = nn.Linear(self.tower.output_dim, 1)
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        z = self.tower(self.user(batch["user"]), self.item(batch["item"]))
+        return self.out(z).squeeze(-1)
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, num_items + 1) by the tower's blocked all-items path."""
+        p = self.user(batch["user"])
+        return self.tower.score_all(p, self.item.weight, self.out.weight[0]) + self.out.bias
+
+
+__all__ = ["NCFMLP"]

@@ -1,0 +1,92 @@
+"""SASRec (Kang & McAuley, ICDM 2018)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from recbench.data.schema import InteractionSchema
+from recbench.errors import ConfigError
+from recbench.models.layers.transformer import SASRecBlock, attention_mask
+
+LOSSES = ("bce", "ce", "sampled_softmax")
+
+
+def causal_pairs(seq: Tensor) -> tuple[Tensor, Tensor]:
+    """Inputs and next-item targets of a left-padded (B, L + 1) training sequence: input
+    columns 0..L-1, targets columns 1..L, no target where the input is padding. (B, L) each."""
+    inputs = seq[:, :-1]
+    return inputs, torch.where(inputs > 0, seq[:, 1:], torch.zeros_like(inputs))
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommendation: causal self-attention over the item sequence.
+
+    GRU4Rec carries the whole past in one recurrent state; SASRec lets every position attend
+    directly to any earlier item (eq. 2–4), so a far-back item counts as much as the last one
+    when it predicts better. Input ``E = √d · M_s + P`` (item embedding scaled as in the official
+    code, learned positions), dropout, ``blocks`` of ``SASRecBlock``, a final layer norm; the
+    score of item i after position t is ``F_t · M_i`` with the input item embedding shared
+    (eq. 6). ``loss`` picks the objective the task applies to every position: ``bce`` (the
+    paper: the next item against one uniformly drawn negative), ``ce`` (softmax over the whole
+    catalogue) or ``sampled_softmax`` (``negatives`` items shared by the batch).
+    """
+
+    tasks: ClassVar[tuple[str, ...]] = ("next_item",)
+
+    def __init__(
+        self,
+        schema: InteractionSchema,
+        hidden_units: int = 50,
+        blocks: int = 2,
+        heads: int = 1,
+        dropout: float = 0.5,
+        loss: str = "bce",
+        negatives: int = 100,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"model.loss={loss!r}; SASRec trains with one of {LOSSES}")
+        self.loss = loss
+        self.num_negatives = negatives
+        self.num_items = schema.num_items
+        self.max_len = schema.max_len
+        self.items = nn.Embedding(schema.num_items + 1, hidden_units, padding_idx=0)
+        self.positions = nn.Embedding(schema.max_len, hidden_units)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            SASRecBlock(hidden_units, heads, dropout) for _ in range(blocks)
+        )
+        self.norm = nn.LayerNorm(hidden_units, eps=1e-8)
+        for p in self.parameters():  # the official PyTorch port's initialisation
+            if p.dim() > 1:
+                nn.init.xavier_normal_(p)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    def encode(self, items: Tensor) -> Tensor:
+        """Hidden state after every position of a left-padded (B, L) sequence. (B, L, d)"""
+        keep = items > 0
+        L = items.shape[1]
+        x = self.items(items) * math.sqrt(self.items.embedding_dim)
+        x = x + self.positions(torch.arange(L, device=items.device))[None]
+        x = self.dropout(x) * keep.unsqueeze(-1).to(x.dtype)
+        mask = attention_mask(keep, causal=True)
+        for block in self.blocks:
+            x = block(x, mask, keep)
+        return self.norm(x)
+
+    def output_embedding(self) -> tuple[Tensor, Tensor | None]:
+        return self.items.weight, None
+
+    def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        inputs, targets = causal_pairs(batch["seq"])
+        return {"hidden": self.encode(inputs), "target": targets, "context": batch["seq"]}
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        h = self.encode(batch["items"])[:, -1]  # (B, d): the state after the last item
+        return h @ self.items.weight.T  # (B, num_items + 1)

@@ -1,0 +1,208 @@
+"""Ranking metrics shared by the top-K and next-item tasks.
+
+Conventions: item codes run 1..n_items and 0 is padding, so a score matrix is (U, n_items + 1)
+and its column 0 never competes. A held-out (target) item's rank is *pessimistic*: every other
+candidate scoring at least as high as the target is placed above it, so a constant scorer ranks
+every target last and earns nothing. Several targets of one user (a per-user ratio split) do not
+push each other down on ties: among targets only strictly higher scores count.
+
+From 0-based ranks, per user (users without a target are left out of every mean):
+- HR@K: 1 when any target ranks below K;
+- Recall@K: the share of the user's targets that rank below K;
+- NDCG@K: Σ_{targets ranked below K} 1 / log2(rank + 2), divided by the ideal
+  Σ_{i < min(K, n_targets)} 1 / log2(i + 2);
+- MRR@K: 1 / (best rank + 1) when the best rank is below K, else 0.
+
+Everything is batched over a chunk of users: one (chunk, n_items + 1) score matrix, one masking
+scatter, and a comparison count (one target) or a sort and a ``searchsorted`` (several targets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+NEG_INF = float("-inf")
+
+
+def mask_items(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Set ``scores[rows, cols]`` and the padding column to -inf, in place; returns ``scores``.
+    ``rows`` index the chunk's users, ``cols`` item codes (e.g. the users' training items)."""
+    scores[:, 0] = NEG_INF
+    if rows.numel():
+        scores.index_put_((rows, cols), torch.tensor(NEG_INF, dtype=scores.dtype))
+    return scores
+
+
+def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
+    """0-based pessimistic rank of every target among all scored items. (U, T)
+
+    ``scores`` (U, I): already masked (padding and excluded items at -inf; targets must not be
+    masked). ``targets`` (U, T): item codes, 0 where a user has fewer targets (rank -1 there).
+    A NaN score counts as -inf, so a NaN target ranks last rather than first.
+    """
+    scores = torch.nan_to_num(scores.float(), nan=NEG_INF)
+    valid = targets > 0
+    t_scores = scores.gather(1, targets.clamp(min=0))  # (U, T)
+    if targets.shape[1] == 1:
+        at_least = (scores >= t_scores).sum(1, keepdim=True)  # includes the target itself
+        ranks = at_least - 1
+    else:
+        ordered = scores.sort(dim=1).values
+        at_least = scores.shape[1] - torch.searchsorted(ordered, t_scores.contiguous())  # (U, T)
+        # targets with a score ≥ the target's were counted above; only strictly higher count
+        ts = t_scores.unsqueeze(2)  # (U, T, 1)
+        others = t_scores.unsqueeze(1)  # (U, 1, T)
+        pair = valid.unsqueeze(1)
+        ge = ((others >= ts) & pair).sum(2)
+        gt = ((others > ts) & pair).sum(2)
+        ranks = at_least - ge + gt
+    return torch.where(valid, ranks, torch.full_like(ranks, -1))
+
+
+def sampled_ranks(target_scores: Tensor, negative_scores: Tensor, targets: Tensor) -> Tensor:
+    """Rank of each target among itself and the user's sampled negatives. (U, T)
+
+    ``target_scores`` (U, T), ``negative_scores`` (U, N) (NaN or padding columns at -inf never
+    outrank), ``targets`` (U, T) codes with 0 for padding. Same tie rule as ``target_ranks``.
+    """
+    ts = torch.nan_to_num(target_scores.float(), nan=NEG_INF)
+    neg = torch.nan_to_num(negative_scores.float(), nan=NEG_INF)
+    valid = targets > 0
+    ranks = (neg.unsqueeze(1) >= ts.unsqueeze(2)).sum(2)  # (U, T)
+    if targets.shape[1] > 1:
+        ranks = ranks + ((ts.unsqueeze(1) > ts.unsqueeze(2)) & valid.unsqueeze(1)).sum(2)
+    return torch.where(valid, ranks, torch.full_like(ranks, -1))
+
+
+def rank_metrics(ranks: Tensor, ks: Iterable[int], names: Sequence[str] = ()) -> dict[str, Tensor]:
+    """Per-user metrics from ranks (U, T) (-1 = no target). {name@K: (U,)}, NaN for users
+    without a target. ``names`` picks among hr, ndcg, recall, mrr (all by default)."""
+    names = tuple(names) or ("hr", "ndcg", "recall", "mrr")
+    valid = ranks >= 0
+    n_targets = valid.sum(1)
+    has = n_targets > 0
+    r = ranks.float()
+    out: dict[str, Tensor] = {}
+    for k in ks:
+        hit = valid & (ranks < k)
+        if "hr" in names:
+            out[f"hr@{k}"] = hit.any(1).float()
+        if "recall" in names:
+            out[f"recall@{k}"] = hit.sum(1) / n_targets.clamp(min=1)
+        if "ndcg" in names:
+            gain = torch.where(hit, 1.0 / torch.log2(r + 2.0), torch.zeros_like(r)).sum(1)
+            ideal_n = n_targets.clamp(max=k)
+            discounts = 1.0 / torch.log2(torch.arange(k, device=ranks.device).float() + 2.0)
+            ideal = torch.cumsum(discounts, 0)[(ideal_n - 1).clamp(min=0)]
+            out[f"ndcg@{k}"] = gain / ideal
+        if "mrr" in names:
+            best = torch.where(hit, r, torch.full_like(r, float("inf"))).min(1).values
+            out[f"mrr@{k}"] = torch.where(best < k, 1.0 / (best + 1.0), torch.zeros_like(best))
+    nan = torch.tensor(float("nan"), device=ranks.device)
+    return {name: torch.where(has, v, nan) for name, v in out.items()}
+
+
+def draw_negatives(
+    seen_indptr: np.ndarray,
+    seen_items: np.ndarray,
+    n_items: int,
+    n: int,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """``n`` distinct item codes per user, none of them in the user's ``seen`` set. (U, n)
+
+    ``seen_indptr`` (U + 1,) / ``seen_items``: CSR of every item code each user interacted with
+    (all splits, so no held-out item is drawn). Items are 1..n_items, drawn uniformly or in
+    proportion to ``weights`` (n_items + 1,; popularity-weighted protocol). Rejection sampling in
+    vectorised rounds; a user who has seen more than ``n_items - n`` items gets the rest padded
+    with 0 (that padding never outranks a target).
+    """
+    users = len(seen_indptr) - 1
+    out = np.zeros((users, n), dtype=np.int64)
+    p = None
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64).copy()
+        w[0] = 0.0
+        p = w / w.sum()
+    for u in range(users):
+        seen = seen_items[seen_indptr[u] : seen_indptr[u + 1]]
+        free = n_items - len(np.unique(seen))
+        want = min(n, max(free, 0))
+        if want <= 0:
+            continue
+        taken: list[int] = []
+        blocked = set(seen.tolist())
+        while len(taken) < want:
+            size = 2 * (want - len(taken)) + 8
+            cand = (
+                rng.choice(n_items + 1, size=size, p=p)
+                if p is not None
+                else rng.integers(1, n_items + 1, size=size)
+            )
+            for c in cand.tolist():
+                if c not in blocked:
+                    blocked.add(c)
+                    taken.append(c)
+                    if len(taken) == want:
+                        break
+            if p is not None and len(taken) < want and p[list(blocked)].sum() >= 1 - 1e-12:
+                break  # every item with weight is taken
+        out[u, : len(taken)] = taken
+    return out
+
+
+class UnitValues(Metric):
+    """Per-unit metric values gathered from every rank, each unit counted once (DDP-exact).
+
+    ``update(index, {name: (n,)})`` with the units' global indices; ``compute()`` returns
+    ``{name: (units,)}`` ordered by index, so every model on the same data lists units alike.
+    """
+
+    full_state_update = False
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__()
+        self.names = tuple(names)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        for i, _ in enumerate(self.names):
+            self.add_state(f"v{i}", default=[], dist_reduce_fx="cat")
+
+    def update(self, index: Tensor, values: dict[str, Tensor]) -> None:
+        self.index.append(index.long())
+        for i, name in enumerate(self.names):
+            getattr(self, f"v{i}").append(values[name].float())
+
+    def compute(self) -> dict[str, Tensor]:
+        def cat(x):
+            if isinstance(x, list):
+                return torch.cat(x) if x else torch.zeros(0)
+            return x
+
+        index = cat(self.index)
+        order = torch.argsort(index)
+        return {"_index": index[order]} | {
+            name: cat(getattr(self, f"v{i}"))[order] for i, name in enumerate(self.names)
+        }
+
+
+def nanmean(values: Tensor) -> float | None:
+    """Mean over units that have a value; None when none has (an undefined metric)."""
+    ok = ~torch.isnan(values)
+    return float(values[ok].mean()) if bool(ok.any()) else None
+
+
+__all__ = [
+    "UnitValues",
+    "draw_negatives",
+    "mask_items",
+    "nanmean",
+    "rank_metrics",
+    "sampled_ranks",
+    "target_ranks",
+]

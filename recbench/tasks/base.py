@@ -1,0 +1,128 @@
+"""What every task declares, and what ``recbench train``, ``compare`` and the report read from it.
+
+A task owns its data preparation, loss, metrics and evaluation protocol; a model only maps a batch
+to scores. ``recbench train`` is task-agnostic: it asks the task class to prepare the data, builds
+the model on the prepared schema, asks the task for its data module, fits, tests, and records
+what the task reports. The report learns every metric's name, direction and bootstrap recipe from
+the record the task wrote, never from the task's name.
+
+Bootstrap recipes (``bootstrap``), one per reported metric the report may resample:
+- ``auc`` / ``logloss``: from the saved ``logits`` and ``label`` rows of ``predictions.npz``;
+- ``mean``: the metric is the mean of the per-unit values saved as ``unit__<metric>``;
+- ``sqrt_mean``: the metric is the square root of that mean (RMSE from squared errors).
+Units are test rows (``bootstrap_unit: row``) or users (``user``), in the same order for every
+model trained on the same prepared data, so deltas between models are paired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from recbench.errors import ConfigError
+
+BOOTSTRAP_KINDS = ("auc", "logloss", "mean", "sqrt_mean")
+
+
+class Task(pl.LightningModule):
+    """Base of every Lightning task. Subclasses set the class attributes and the hooks below."""
+
+    name: ClassVar[str] = ""  # configs/task/<name>.yaml
+    metrics: ClassVar[tuple[str, ...]] = ()  # val/test keys in report order, primary first
+    primary: ClassVar[str] = ""
+    primary_mode: ClassVar[str] = "max"
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    bootstrap_unit: ClassVar[str] = "row"  # "row" | "user"
+    bootstrap: ClassVar[dict[str, str]] = {}  # metric → one of BOOTSTRAP_KINDS
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.val_history: list[dict[str, Any]] = []  # {"epoch": e, metric: value, ...}
+        self.test_result: dict[str, Any] = {}  # metric → value; None where undefined
+        self.undefined: dict[str, str] = {}  # "test.auc" → why it is undefined
+
+    # ------------------------------------------------------------------ what train.py calls
+
+    @classmethod
+    def prepare(cls, cfg: DictConfig, log: Callable[[str], None] = print) -> Any:
+        """The prepared data for ``cfg`` (the whole run config). It must have ``schema`` (what
+        the model is built on), ``key`` (cache key: same key, same test units) and ``info``
+        (with ``rows`` per split)."""
+        from recbench.data.pipeline import prepare
+
+        return prepare(cfg.dataset, log=log)
+
+    def datamodule(self, cfg: DictConfig, data: Any) -> pl.LightningDataModule:
+        raise NotImplementedError(f"{type(self).__name__} must build its data module")
+
+    def test_outputs(self) -> dict[str, np.ndarray]:
+        """Per-unit arrays saved to ``predictions.npz`` for the report's paired bootstrap."""
+        return {}
+
+    def record_extra(self, data: Any) -> dict[str, Any]:
+        """Task-specific record fields (``oracle``, fallback counts, ...)."""
+        return {}
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The record fields from which compare and the report learn this task's metrics."""
+        return {
+            "task": cls.name,
+            "metrics": list(cls.metrics),
+            "primary_metric": cls.primary,
+            "primary_mode": cls.primary_mode,
+            "metric_modes": {m: metric_mode(cls, m) for m in cls.metrics},
+            "bootstrap_unit": cls.bootstrap_unit,
+            "bootstrap": dict(cls.bootstrap),
+        }
+
+    # ------------------------------------------------------------------ shared Lightning glue
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{self.primary}"},
+        }
+
+
+def metric_mode(task: type[Task], name: str) -> str:
+    if name == task.primary:
+        return task.primary_mode
+    base = name.split(".")[-1]
+    return "min" if name in task.lower_is_better or base in task.lower_is_better else "max"
+
+
+def model_tasks(model_cls: type) -> tuple[str, ...]:
+    """The tasks a model class serves (``tasks`` class attribute; CTR when it declares none)."""
+    return tuple(getattr(model_cls, "tasks", ("ctr",)))
+
+
+def check_model_task(model_name: str, model_cls: type, task_cls: type) -> None:
+    served = model_tasks(model_cls)
+    name = getattr(task_cls, "name", "") or task_cls.__name__
+    if name not in served:
+        raise ConfigError(
+            f"model={model_name} does not serve task={name}; it serves "
+            f"{', '.join(f'task={t}' for t in served)}. Pick one of those, or a model listed by "
+            f"`recbench models` for task={name}."
+        )
+
+
+__all__ = ["BOOTSTRAP_KINDS", "Task", "check_model_task", "metric_mode", "model_tasks"]

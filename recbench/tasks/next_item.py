@@ -1,0 +1,308 @@
+"""Next-item recommendation: leave-one-out over per-user sequences, ranked over every item.
+
+Training: each batch is a set of users' left-padded training sequences (``train["seq"]``, see
+``recbench.data.sequences``); the model returns a hidden state per position and the positions'
+targets, and the task applies the model's objective (``model.loss``) to every position that has
+a target: ``ce`` (softmax over the catalogue, computed only on those positions, in chunks when
+large), ``bce`` (SASRec: the target against one uniform negative the user never saw in the
+sequence) or ``sampled_softmax`` (``model.num_negatives`` uniform items shared by the batch).
+
+Evaluation: the model scores every item after the user's history (``score_all``); the target's
+rank is pessimistic (ties count against it). ``eval.exclude_seen`` removes the user's earlier
+items from the candidates (off by default: the S3-Rec protocol ranks every item). HR@K, NDCG@K
+and MRR per user, and the same over the target and ``eval.sampled`` seeded negatives
+(``sampled.*``: the SASRec/S3-Rec tables use 99 uniform ones, the BERT4Rec table 99 drawn by
+popularity). Per-user values are gathered from every rank by user index, so DDP gives exactly
+the single-device numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from recbench.errors import TrainingDivergedError
+from recbench.ranking import (
+    UnitValues,
+    mask_items,
+    nanmean,
+    rank_metrics,
+    sampled_ranks,
+    target_ranks,
+)
+from recbench.tasks.base import Task
+
+NAN_CHECK_EVERY = 50  # steps between finite-loss checks; each check syncs with the device
+CE_CHUNK_ELEMENTS = 1 << 26  # logits per cross-entropy chunk (256 MB in float32)
+KS = (5, 10, 20)
+
+
+def metric_names(ks: tuple[int, ...] = KS, sampled: bool = True) -> tuple[str, ...]:
+    """Report order: NDCG@10 first (the primary), then HR@10, MRR, the other cut-offs, and the
+    sampled protocol under ``sampled.``."""
+    full = ["ndcg@10", "hr@10", "mrr"] + [f"{m}@{k}" for k in ks if k != 10 for m in ("ndcg", "hr")]
+    names = list(full)
+    if sampled:
+        names += [f"sampled.{n}" for n in full]
+    return tuple(names)
+
+
+def full_softmax_ce(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
+    """Mean cross-entropy of ``target`` (n,) codes under a softmax over codes 1..I of
+    ``hidden @ weight.T + bias`` (n, d) × (I + 1, d); code 0 (padding) is never a class.
+    Chunks of rows are recomputed in the backward pass, so at most ``CE_CHUNK_ELEMENTS``
+    logits exist at once."""
+    n = hidden.shape[0]
+    rows = max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
+    if n <= rows:
+        return _ce_sum(hidden, weight, bias, target) / n
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for s in range(0, n, rows):
+        total = total + checkpoint(
+            _ce_sum, hidden[s : s + rows], weight, bias, target[s : s + rows], use_reentrant=False
+        )
+    return total / n
+
+
+def _ce_sum(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
+    logits = hidden @ weight.T  # (n, I + 1)
+    if bias is not None:
+        logits = logits + bias
+    logits = logits.float().index_fill(1, target.new_zeros(1), float("-inf"))
+    return F.cross_entropy(logits, target, reduction="sum")
+
+
+def uniform_negatives(
+    context: Tensor, shape: torch.Size, num_items: int, rounds: int = 3
+) -> Tensor:
+    """Uniform item codes (B, L) none of which (after ``rounds`` redraws) is in its row of
+    ``context`` (B, L'): the user's sequence, as SASRec's sampler excludes it."""
+    neg = torch.randint(1, num_items + 1, shape, device=context.device)
+    for _ in range(rounds):
+        clash = (neg.unsqueeze(-1) == context.unsqueeze(1)).any(-1)  # (B, L)
+        if not bool(clash.any()):  # syncs; rare after the first round
+            break
+        neg = torch.where(clash, torch.randint_like(neg, 1, num_items + 1), neg)
+    return neg
+
+
+class NextItemTask(Task):
+    """Owns the objectives, the full and sampled ranking evaluation, and the sequence data."""
+
+    name = "next_item"
+    metrics = metric_names()
+    primary = "ndcg@10"
+    primary_mode = "max"
+    lower_is_better = frozenset()
+    bootstrap_unit = "user"
+    bootstrap = {m: "mean" for m in metric_names()}
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        max_len: int | None = None,
+        max_len_by_dataset: Mapping[str, int] | None = None,
+        default_max_len: int = 50,
+        ks: tuple[int, ...] = KS,
+        eval: Mapping[str, Any] | None = None,  # noqa: A002 - the config group's key
+        synthetic: Mapping[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(model, optimizer, scheduler)
+        self.score_model = torch.compile(model) if compile else model
+        self.ks = tuple(int(k) for k in ks)
+        ev = dict(eval or {})
+        self.exclude_seen = bool(ev.get("exclude_seen", False))
+        self.sampled = int(ev.get("sampled") or 0)
+        names = [f"hr@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks] + ["mrr"]
+        if self.sampled:
+            names += [f"sampled.{n}" for n in names]
+        self.unit_names = tuple(names)
+        self.val_values = UnitValues(self.unit_names)
+        self.test_values = UnitValues(self.unit_names)
+        self._test_units: dict[str, np.ndarray] = {}
+        self._seen: dict[str, tuple[Tensor, Tensor]] = {}
+        # a model with nothing to learn (Pop) gets one epoch of no-op steps, then evaluation
+        self.trainable = any(p.requires_grad for p in model.parameters())
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """(loss, loss, {}) of one training batch (the CTR task's signature, for ``bench``)."""
+        model = self.model
+        out = self.score_model(batch)
+        target = out["target"]
+        sel = target > 0
+        h = out["hidden"][sel]  # (n, d): only the positions with a target
+        t = target[sel]
+        weight, bias = model.output_embedding()
+        kind = getattr(model, "loss", "ce")
+        if kind == "ce":
+            value = full_softmax_ce(h, weight, bias, t)
+        elif kind == "bce":
+            neg = uniform_negatives(out["context"], target.shape, model.num_items)[sel]
+            pos_logit = (h * weight[t]).sum(-1).float()
+            neg_logit = (h * weight[neg]).sum(-1).float()
+            if bias is not None:
+                pos_logit, neg_logit = pos_logit + bias[t], neg_logit + bias[neg]
+            value = F.binary_cross_entropy_with_logits(
+                pos_logit, torch.ones_like(pos_logit)
+            ) + F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
+        elif kind == "sampled_softmax":
+            negs = torch.randint(1, model.num_items + 1, (model.num_negatives,), device=h.device)
+            pos_logit = (h * weight[t]).sum(-1, keepdim=True)  # (n, 1)
+            neg_logit = h @ weight[negs].T  # (n, N)
+            if bias is not None:
+                pos_logit, neg_logit = pos_logit + bias[t, None], neg_logit + bias[negs]
+            neg_logit = neg_logit.float().masked_fill(negs[None] == t[:, None], float("-inf"))
+            logits = torch.cat([pos_logit.float(), neg_logit], 1)
+            value = F.cross_entropy(logits, torch.zeros_like(t))
+        else:
+            raise ValueError(f"unknown next-item loss {kind!r}")
+        return value, value, {}
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        if not self.trainable:
+            return None  # no backward, no optimizer step
+        loss, _, _ = self.loss(batch)
+        if batch_idx % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):  # syncs
+            raise TrainingDivergedError(
+                f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
+                f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
+            )
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["seq"]),
+        )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if not self.trainable:
+            self.trainer.should_stop = True
+
+    def configure_optimizers(self) -> Any:
+        return super().configure_optimizers() if self.trainable else None
+
+    # ------------------------------------------------------------------ evaluation
+
+    def unit_values(self, batch: Mapping[str, Tensor], stage: str) -> dict[str, Tensor]:
+        """Per-user metric values of an evaluation batch. {name: (B,)}"""
+        scores = self.model.score_all(batch).float()  # (B, I + 1)
+        target = batch["target"]
+        rows = cols = target.new_zeros(0)
+        if self.exclude_seen:
+            rows, cols = self._seen_items(batch["user"], stage)
+            keep = cols != target[rows]  # a repeated target stays a candidate
+            rows, cols = rows[keep], cols[keep]
+        mask_items(scores, rows, cols)
+        ranks = target_ranks(scores, target[:, None])  # (B, 1)
+        values = rank_metrics(ranks, self.ks, ("hr", "ndcg"))
+        values["mrr"] = 1.0 / (ranks[:, 0].float() + 1.0)
+        if self.sampled:
+            neg = batch["negatives"]
+            neg_scores = scores.gather(1, neg)  # padding (code 0) is at -inf
+            s_ranks = sampled_ranks(scores.gather(1, target[:, None]), neg_scores, target[:, None])
+            sampled = rank_metrics(s_ranks, self.ks, ("hr", "ndcg"))
+            sampled["mrr"] = 1.0 / (s_ranks[:, 0].float() + 1.0)
+            values |= {f"sampled.{k}": v for k, v in sampled.items()}
+        return values
+
+    def _seen_items(self, users: Tensor, stage: str) -> tuple[Tensor, Tensor]:
+        """(row in batch, item code) of every item in the users' histories."""
+        indptr, items = self._seen[stage]
+        indptr, items = indptr.to(users.device), items.to(users.device)
+        start, end = indptr[users], indptr[users + 1]
+        counts = end - start
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device)
+        offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        return rows, items[start[rows] + offsets]
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self.val_values.update(batch["user"], self.unit_values(batch, "val"))
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        self.test_values.update(batch["user"], self.unit_values(batch, "test"))
+
+    def _epoch_end(self, stage: str, values: UnitValues) -> dict[str, Any]:
+        units = values.compute()
+        values.reset()
+        flat = {k: nanmean(v) for k, v in units.items() if k != "_index"}
+        # every rank holds the same gathered values, so no further reduction is needed
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in flat.items() if v is not None},
+            sync_dist=False,
+            prog_bar=False,
+        )
+        if stage == "test":
+            self._test_units = {
+                f"unit__{k}": v.cpu().numpy() for k, v in units.items() if k != "_index"
+            }
+        nested: dict[str, Any] = {}
+        for k, v in flat.items():
+            if k.startswith("sampled."):
+                nested.setdefault("sampled", {})[k.split(".", 1)[1]] = v
+            else:
+                nested[k] = v
+        return nested
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._epoch_end("val", self.val_values)
+        if not self.trainer.sanity_checking:
+            self.val_history.append({"epoch": self.current_epoch, **values})
+
+    def on_test_epoch_end(self) -> None:
+        self.test_result = self._epoch_end("test", self.test_values)
+
+    # ------------------------------------------------------------------ train.py hooks
+
+    @classmethod
+    def prepare(cls, cfg: Any, log: Callable[[str], None] = print) -> Any:
+        from recbench.data.sequences import prepare_sequences
+
+        return prepare_sequences(cfg, log=log)
+
+    @classmethod
+    def data_key(cls, cfg: Any) -> str:
+        """The prepared data's cache key, without preparing (``compare`` plans with it)."""
+        from recbench.data.sequences import sequence_key
+
+        return sequence_key(cfg)[0]
+
+    def datamodule(self, cfg: Any, data: Any) -> pl.LightningDataModule:
+        from recbench.data.datamodule import RecDataModule
+
+        self._seen = data.seen
+        return RecDataModule(
+            data, int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), cfg.device_resident
+        )
+
+    def test_outputs(self) -> dict[str, np.ndarray]:
+        """Per-user test values (``unit__ndcg@10``, ``unit__sampled.hr@10``, ...) in user
+        order."""
+        return dict(self._test_units)
+
+    def record_extra(self, data: Any) -> dict[str, Any]:
+        extra: dict[str, Any] = {
+            "sequences": {
+                k: data.info.get(k)
+                for k in ("users", "items", "mean_length", "max_len", "dropped_users", "sampled")
+            }
+        }
+        oracle = (data.info.get("oracle") or {}).get("test")
+        if oracle:
+            extra["oracle"] = dict(oracle)
+        return extra

@@ -1,0 +1,151 @@
+"""Bad input to the real CLI: exit status 2, one message naming the problem and the fix, no
+traceback, and nothing written where nothing should be (no run directory, no record)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["model=lr", "++dataset.world.n_users=300", "debug=fast", "logger=none", "threads=1"]
+
+
+def recbench(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    exe = shutil.which("recbench")
+    cmd = [exe] if exe else [sys.executable, "-m", "recbench.cli"]
+    return subprocess.run(
+        [*cmd, *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text and "HYDRA_FULL_ERROR" not in text, text
+    assert "nothing was run" in text, text
+    for needle in needles:
+        assert needle in text, f"{needle!r} not in:\n{text}"
+    return text
+
+
+def records() -> list[str]:
+    store = Path(os.environ["RECBENCH_OUTPUTS"]) / "results.jsonl"
+    return store.read_text().splitlines() if store.exists() else []
+
+
+def test_every_bad_value_in_one_message_before_any_work(tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    before = records()
+    t = time.perf_counter()
+    proc = recbench(
+        "train",
+        "trainer.max_epochs=abc",
+        "+model.embeding_dim=8",
+        "model.embed_dim=0",
+        "optimizer.lr=-1",
+        "batch_size=0",
+        "trainer.precision=fp8",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+        env={"RECBENCH_CACHE_DIR": str(cache)},
+    )
+    seconds = time.perf_counter() - t
+    refused(
+        proc,
+        "6 problems",
+        "trainer.max_epochs='abc': must be an integer",
+        "model has no parameter 'embeding_dim'; did you mean 'embed_dim'?",
+        "embed_dim, history, hidden",
+        "model.embed_dim=0: must be >= 1",
+        "optimizer.lr=-1: must be > 0",
+        "batch_size=0: must be >= 1",
+        "trainer.precision='fp8' is not a Lightning precision",
+    )
+    assert not run.exists() and records() == before
+    assert not cache.exists() or not any(cache.iterdir())  # no data was prepared
+    print(f"refused in {seconds:.1f} s (interpreter start, imports, composition, checks)")
+
+
+def test_several_devices_without_ddp_and_too_many_devices(tmp_path):
+    run = tmp_path / "run"
+    proc = recbench("train", *TINY, "trainer.devices=2", f"hydra.run.dir={run}", cwd=tmp_path)
+    refused(
+        proc,
+        "several devices need the DDP strategy",
+        "trainer=ddp trainer.accelerator=cpu trainer.devices=2",
+    )
+    assert not run.exists()
+    cores = len(os.sched_getaffinity(0))
+    proc = recbench(
+        "train",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=99",
+        f"hydra.run.dir={run}",
+        cwd=tmp_path,
+    )
+    refused(proc, f"this process may use {cores} CPU core", f"use trainer.devices={cores}")
+    assert proc.stderr.count("error:") == 1 and not run.exists()
+
+
+def test_zero_epochs_and_system_or_unwritable_folders_are_refused(tmp_path):
+    proc = recbench(
+        "train", *TINY, "trainer.max_epochs=0", f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path
+    )
+    refused(proc, "trains nothing", "fit=false ckpt_path=")
+    assert not (tmp_path / "r").exists()
+    target = Path("/etc/recbench-run-dir-check")
+    assert not target.exists()
+    refused(
+        recbench("train", *TINY, f"hydra.run.dir={target}", cwd=tmp_path),
+        "in the system folder /etc",
+        "hydra.run.dir=",
+    )
+    assert not target.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = recbench("train", *TINY, cwd=tmp_path, env={"RECBENCH_OUTPUTS": str(blocker / "out")})
+    refused(proc, "cannot be written", "results store", "RECBENCH_OUTPUTS=<folder>")
+
+
+def test_a_rerun_moves_leftovers_aside_and_keeps_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best-7.ckpt").write_text("a killed run's checkpoint")
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host").write_text("")
+    proc = recbench("train", *TINY, "record=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (stale,) = run.glob("stale-*")
+    assert "did not finish" in proc.stderr and str(stale) in proc.stderr
+    assert (stale / "checkpoints" / "best-7.ckpt").exists()
+    assert [p.name for p in (run / "checkpoints").iterdir()] != ["best-7.ckpt"]
+    finished = (run / "metrics.json").read_text()
+    assert json.loads(finished)["model"] == "lr"
+    # the same command again: the finished run stays, untouched
+    proc = recbench("train", *TINY, "record=false", f"hydra.run.dir={run}", cwd=tmp_path)
+    refused(proc, "holds a finished run", "overwrite=true")
+    assert (run / "metrics.json").read_text() == finished and len(list(run.glob("stale-*"))) == 1
+
+
+@pytest.mark.slow
+def test_overwrite_moves_the_finished_run_and_trains_again(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "record=false", f"hydra.run.dir={run}"]
+    assert recbench("train", *args, cwd=tmp_path).returncode == 0
+    proc = recbench("train", *args, "++overwrite=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (stale,) = run.glob("stale-*")
+    assert (stale / "metrics.json").exists() and (run / "metrics.json").exists()

@@ -1,0 +1,193 @@
+"""The news environment: Gymnasium API, seeding and common random numbers, the survival model of
+activeness, the pools, and the window metrics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from recbench.envs import NewsEnv, NewsParams
+from recbench.envs.metrics import Tracker, activeness_integral
+from recbench.envs.news import exam_weights, ranking_quality
+from recbench.envs.world import DAY, HOUR
+from recbench.errors import ConfigError
+
+
+def tiny(**kw) -> NewsParams:
+    return NewsParams(**{"n_users": 30, "horizon_days": 3.0, **kw})
+
+
+def rollout(env: NewsEnv, policy, seed: int) -> list[tuple]:
+    obs, _ = env.reset(seed=seed)
+    out, done = [], False
+    while not done:
+        a = policy(obs, env)
+        obs, reward, _, done, info = env.step(a)
+        out.append(
+            (info["user"], info["time"], tuple(info["shown"]), tuple(info["clicks"]), reward)
+        )
+    return out
+
+
+def first_by_features(obs, env):
+    return np.argsort(-obs["item_features"][:, -1], kind="stable")[:5]
+
+
+def test_check_env_passes():
+    check_env(NewsEnv(tiny(n_users=20, horizon_days=1.0), seed=3), skip_render_check=True)
+
+
+def test_same_seed_same_trajectory_and_another_seed_differs():
+    a = rollout(NewsEnv(tiny(), seed=1), first_by_features, 5)
+    b = rollout(NewsEnv(tiny(), seed=1), first_by_features, 5)
+    c = rollout(NewsEnv(tiny(), seed=1), first_by_features, 6)
+    assert a == b and len(a) > 30
+    assert a != c
+    # reset(seed) on a used env replays the stream exactly
+    env = NewsEnv(tiny(), seed=1)
+    rollout(env, first_by_features, 9)
+    assert rollout(env, first_by_features, 5) == a
+
+
+def test_common_random_numbers_first_requests_match_across_policies():
+    """Every user's first request happens at the same time with the same pool under any policy,
+    and the same click uniforms: showing the same list there gives the same clicks."""
+
+    def firsts(policy):
+        env = NewsEnv(tiny(), seed=2)
+        obs, _ = env.reset(seed=2)
+        seen, done = {}, False
+        while not done:
+            u = int(obs["user"])
+            if u not in seen:
+                seen[u] = (env.now, obs["candidates"].copy())
+            obs, _, _, done, _ = env.step(policy(obs, env))
+        return seen
+
+    def rand(obs, env, rng=np.random.default_rng(0)):
+        return rng.permutation(20)[:5]
+
+    def oracle(obs, env):
+        return np.argsort(-env.probs)[:5]
+
+    fa, fb = firsts(rand), firsts(oracle)
+    assert fa.keys() == fb.keys() and len(fa) > 20
+    for u in fa:
+        assert fa[u][0] == fb[u][0]
+        np.testing.assert_array_equal(fa[u][1], fb[u][1])
+
+
+def test_pools_are_distinct_fresh_items():
+    env = NewsEnv(tiny(), seed=4)
+    obs, _ = env.reset(seed=4)
+    p = env.params
+    for _ in range(50):
+        items = obs["candidates"] - 1
+        assert len(set(items.tolist())) == p.n_candidates
+        age = env.now - env.world.publish[items]
+        assert (age >= 0).all() and (age <= p.fresh_hours * HOUR).all()
+        obs, *_ = env.step(np.arange(5))
+
+
+def test_any_action_is_made_a_valid_list():
+    env = NewsEnv(tiny(), seed=4)
+    env.reset(seed=4)
+    _, _, _, _, info = env.step([3, 3, 99, -1, 0])
+    assert info["shown"].tolist() == [3, 0, 1, 2, 4]
+
+
+def run_forced(click_prob: float, seed: int = 0, n_users: int = 300):
+    """Roll the env with every candidate's click probability forced to ``click_prob`` and no
+    position bias: a user who never (0) or always (1) clicks every item of the list."""
+    env = NewsEnv(
+        NewsParams(n_users=n_users, horizon_days=40.0, position_bias=0.0), seed=seed
+    )
+    env.reset(seed=seed)
+    gaps, acts, done = [], [], False
+    last: dict[int, tuple[float, float]] = {}
+    while not done:
+        env.probs = np.full_like(env.probs, click_prob)
+        _, _, _, done, info = env.step(np.arange(5))
+        u, t = info["user"], info["time"]
+        if u in last:
+            gaps.append(t - last[u][0])
+            acts.append((last[u][1], t - last[u][0], info["activeness"]))
+        last[u] = (t, info["activeness"])
+    return env, np.array(gaps), acts
+
+
+@pytest.mark.parametrize("click_prob", [0.0, 1.0])
+def test_return_times_follow_the_survival_model(click_prob):
+    """Time to return is exponential with hazard lambda0·exp(κ(c/K - ref)): its mean and its
+    distribution (Kolmogorov–Smirnov) match the closed form, for a user who never clicks and one
+    who always clicks every item."""
+    env, gaps, _ = run_forced(click_prob)
+    p = env.params
+    lam = p.lambda0 * math.exp(p.return_sensitivity * (click_prob - p.satisfaction_ref))
+    assert env.hazard(5 * click_prob) == pytest.approx(lam)
+    # gaps beyond the horizon are never observed: compare with the truncated exponential
+    cut = 10 * DAY
+    g = np.sort(gaps[gaps < cut])
+    assert len(g) > 500
+    cdf = (1 - np.exp(-lam * g)) / (1 - math.exp(-lam * cut))
+    ks = np.max(np.abs(cdf - np.arange(1, len(g) + 1) / len(g)))
+    assert ks < 1.36 / math.sqrt(len(g)) * 1.5
+    if click_prob == 1.0:  # uncensored enough: the mean itself matches 1/λ
+        assert np.mean(gaps) == pytest.approx(1 / lam, rel=0.08)
+
+
+def test_activeness_jumps_by_sa_on_the_survival_decay():
+    env, _, acts = run_forced(1.0, n_users=50)
+    p = env.params
+    for a0, gap, a1 in acts[:300]:
+        assert a1 == pytest.approx(min(1.0, a0 * math.exp(-p.lambda0 * gap) + p.sa))
+    # users who always click come back often: activeness saturates near 1; never: stays low
+    _, _, never = run_forced(0.0, n_users=50)
+    assert np.mean([a for *_, a in acts]) > np.mean([a for *_, a in never]) + 0.2
+
+
+def test_tracker_activeness_integral_matches_numeric():
+    lam, a0 = 1.2e-5, 0.7
+    x = np.linspace(3600.0, 50_000.0, 200_001)
+    numeric = np.trapezoid(a0 * np.exp(-lam * (x - 1000.0)), x)
+    assert activeness_integral(a0, 1000.0, 3600.0, 50_000.0, lam) == pytest.approx(numeric)
+    # a user seen once: s0 decays from 0 to the return, then the new value to the horizon
+    tr = Tracker(1, 5, lam, 0.5, 1.0, {"all": (0.0, 2 * DAY)}, 2 * DAY, DAY)
+    info = {
+        "user": 0,
+        "time": 0.5 * DAY,
+        "activeness": 0.8,
+        "clicks": np.array([1, 0, 0, 1, 0]),
+        "precision@5": 0.4,
+        "ndcg@5": 0.5,
+        "oracle_expected_clicks": 3.0,
+        "expected_clicks": 1.5,
+    }
+    tr.add(info)
+    tr.finish()
+    want = activeness_integral(0.5, 0, 0, 0.5 * DAY, lam) + activeness_integral(
+        0.8, 0.5 * DAY, 0.5 * DAY, 2 * DAY, lam
+    )
+    m = tr.metrics("all")
+    assert m["activeness"] == pytest.approx(want / (2 * DAY))
+    assert m["clicks"] == 2 and m["ctr"] == pytest.approx(0.4) and m["reward"] == 2.8
+    curves = tr.curves()
+    assert np.mean(curves["activeness"]) == pytest.approx(m["activeness"])
+
+
+def test_ranking_quality_and_examination():
+    probs = np.array([0.1, 0.9, 0.5, 0.3, 0.7, 0.2])
+    assert ranking_quality(probs, np.array([1, 4, 2, 3, 5])) == (1.0, 1.0)
+    prec, ndcg = ranking_quality(probs, np.array([0, 5, 3, 2, 4]))
+    assert prec == pytest.approx(0.6) and 0 < ndcg < 1
+    np.testing.assert_allclose(exam_weights(3, 1.0), [1, 0.5, 1 / 3])
+
+
+def test_unknown_env_key_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown keys"):
+        NewsParams.from_config({"n_user": 3})
+    with pytest.raises(ConfigError, match="fresh"):
+        NewsParams(items_per_hour=0.1, fresh_hours=10).check()

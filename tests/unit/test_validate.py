@@ -1,0 +1,212 @@
+"""Config checks made before any work: every shipped config passes, every bad value is named."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+
+from recbench import validate
+from recbench.cli import _with_checks, config_dir
+from recbench.errors import ConfigError
+from recbench.validate import check, problems_of, system_folder
+
+CONFIGS = Path(config_dir())
+MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def cfg_of(overrides: list[str], run_dir: Path, name: str = "train"):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(name, overrides=[*overrides, f"paths.run_dir={run_dir}"])
+
+
+def messages(overrides: list[str], run_dir: Path, name: str = "train") -> list[str]:
+    cmd = name
+    rd = run_dir if name == "train" else None
+    return list(problems_of(cfg_of(overrides, run_dir, name), cmd, rd).items.values())
+
+
+@pytest.mark.parametrize("overrides", [[f"model={m}"] for m in MODELS], ids=MODELS)
+def test_every_model_config_passes(tmp_path, overrides):
+    assert messages(overrides, tmp_path) == []
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_and_command_config_passes(tmp_path, experiment):
+    assert messages([f"experiment={experiment}"], tmp_path) == []
+    assert messages([], tmp_path, "compare") == []
+    assert messages([], tmp_path, "bench") == []
+    assert messages(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], tmp_path) == []
+
+
+def test_every_problem_is_listed_in_one_message(tmp_path):
+    bad = [
+        "trainer.max_epochs=abc",
+        "model.embed_dim=0",
+        "optimizer.lr=-1",
+        "batch_size=0",
+        "trainer.precision=fp8",
+        "model.dropout=1.5",
+        "optimizer.weight_decay=-0.1",
+        "callbacks.early_stopping.patience=-1",
+        "threads=0",
+        "model.hidden=[64,0]",
+    ]
+    with pytest.raises(ConfigError) as err:
+        check(cfg_of(bad, tmp_path), run_dir=tmp_path)
+    text = str(err.value)
+    assert "10 problems" in text
+    for override in bad:
+        key, value = override.split("=")
+        assert key in text, key
+    assert "trainer.max_epochs='abc': must be an integer" in text
+    assert "optimizer.lr=-1: must be > 0, e.g. optimizer.lr=1e-3" in text
+    assert "model.hidden=[64, 0]: must be a list of integers >= 1" in text
+    assert "'fp8' is not a Lightning precision: use one of 32-true, bf16-mixed" in text
+
+
+def test_a_misspelled_key_names_the_right_one_for_any_target(tmp_path):
+    (msg,) = messages(["+model.embeding_dim=8"], tmp_path)
+    assert "model has no parameter 'embeding_dim'; did you mean 'embed_dim'?" in msg
+    assert "embed_dim, history, hidden" in msg  # the valid keys of DIN, in signature order
+    (msg,) = messages(["model=deepfm", "+model.hiden=[8]"], tmp_path)
+    assert "did you mean 'hidden'?" in msg and "recbench.models.deepfm.DeepFM" in msg
+    (msg,) = messages(["+optimizer.weight_decai=0.1"], tmp_path)
+    assert "optimizer has no parameter 'weight_decai'; did you mean 'weight_decay'?" in msg
+    (msg,) = messages(["model=lr", "+model.embed_dim=8"], tmp_path)
+    assert "recbench.models.lr.LR takes: no parameters" in msg
+    (msg,) = messages(["model._target_=recbench.models.din.DNI"], tmp_path)
+    assert "cannot be imported" in msg
+
+
+def test_a_value_of_the_wrong_type_is_found_from_the_signature(tmp_path):
+    (msg,) = messages(["model=deepfm", "model.embed_dim=1.5"], tmp_path)
+    assert "model.embed_dim=1.5: must be an integer >= 1" in msg
+    (msg,) = messages(["trainer.log_every_n_steps=often"], tmp_path)
+    assert "trainer.log_every_n_steps='often'" in msg
+
+
+def test_max_epochs_zero_is_refused_unless_evaluating_only(tmp_path):
+    (msg,) = messages(["trainer.max_epochs=0"], tmp_path)
+    assert "trains nothing" in msg and "fit=false ckpt_path=" in msg
+    assert messages(["trainer.max_epochs=0", "fit=false"], tmp_path) == []
+    ckpt = tmp_path / "best.ckpt"
+    ckpt.write_bytes(b"")
+    assert messages(["fit=false", f"ckpt_path={ckpt}"], tmp_path) == []
+    (msg,) = messages(["fit=false", f"ckpt_path={tmp_path / 'none.ckpt'}"], tmp_path)
+    assert "no such checkpoint file" in msg
+
+
+def test_several_devices_without_ddp_get_the_command_that_works(tmp_path):
+    (msg,) = messages(["model=lr", "trainer.devices=2"], tmp_path)
+    assert "several devices need the DDP strategy" in msg
+    command = msg.split("Run instead:")[1].strip()
+    assert command == "recbench train trainer=ddp trainer.accelerator=cpu trainer.devices=2"
+    assert messages(shlex.split(command)[2:], tmp_path) == []  # the suggestion passes
+
+
+def test_more_devices_than_this_process_may_use_are_refused(tmp_path):
+    n = len(os.sched_getaffinity(0)) + 1
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={n}"]
+    (msg,) = messages(ddp, tmp_path)
+    assert f"may use {n - 1} CPU core" in msg and f"trainer.devices={n - 1} or fewer" in msg
+    assert any("trainer.devices=0" in m for m in messages(["trainer.devices=0"], tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
+def test_a_gpu_trainer_without_a_gpu_is_refused(tmp_path):
+    (msg,) = messages(["trainer=gpu"], tmp_path)
+    assert "torch sees no GPU" in msg and "use trainer=cpu" in msg
+
+
+def test_system_folders_are_never_run_directories():
+    for p in ("/", "/etc", "/etc/recbench", "/usr/lib/x", "/proc/1", "/var/lib/run", "/boot"):
+        assert system_folder(Path(p)), p
+    for p in ("/tmp/run", "/usr/local/work/run", "/var/tmp/run", "/home/user/outputs/run"):
+        assert system_folder(Path(p)) is None, p
+    assert system_folder(Path.home()) is not None
+
+
+def test_unwritable_outputs_are_refused_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    msgs = messages([f"paths.results={blocker / 'out'}"], blocker / "run")
+    assert any("the run directory" in m and "is a file" in m for m in msgs)
+    assert any("results store folder" in m and "record would be lost" in m for m in msgs)
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert any("not writable" in m for m in messages([], ro / "run"))
+
+
+def test_a_full_cache_disk_is_refused(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(validate.shutil, "disk_usage", lambda p: usage(10**9, 10**9, 10 * 2**20))
+    msgs = messages([], tmp_path)
+    assert any("data cache" in m and "10 MB free" in m and "RECBENCH_CACHE_DIR" in m for m in msgs)
+
+
+def earlier(run_dir: Path, finished: bool) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best-7.ckpt").write_text("old")
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "stdout.log").write_text("compare's log of this run")
+    if finished:
+        (run_dir / "metrics.json").write_text("{}")
+
+
+def test_an_unfinished_earlier_run_is_moved_aside(tmp_path):
+    earlier(tmp_path, finished=False)
+    lines: list[str] = []
+    check(cfg_of([], tmp_path), run_dir=tmp_path, log=lines.append)
+    (stale,) = tmp_path.glob("stale-*")
+    assert (stale / "checkpoints" / "best-7.ckpt").read_text() == "old"
+    assert (stale / "tensorboard").is_dir() and not (tmp_path / "checkpoints").exists()
+    assert (tmp_path / "stdout.log").exists()  # not an artefact of the earlier run
+    assert len(lines) == 1 and "did not finish" in lines[0] and str(stale) in lines[0]
+
+
+def test_a_finished_run_is_kept_unless_overwrite(tmp_path):
+    earlier(tmp_path, finished=True)
+    with pytest.raises(ConfigError, match=r"holds a finished run .*\+\+overwrite=true"):
+        check(cfg_of([], tmp_path), run_dir=tmp_path)
+    assert (tmp_path / "metrics.json").exists() and not list(tmp_path.glob("stale-*"))
+    check(cfg_of(["++overwrite=true"], tmp_path), run_dir=tmp_path, log=lambda m: None)
+    (stale,) = tmp_path.glob("stale-*")
+    assert (stale / "metrics.json").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_a_launched_rank_leaves_the_run_directory_alone(tmp_path, monkeypatch):
+    earlier(tmp_path, finished=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    check(cfg_of([], tmp_path), run_dir=tmp_path)
+    assert (tmp_path / "checkpoints").exists() and not list(tmp_path.glob("stale-*"))
+
+
+def test_checks_take_well_under_a_second(tmp_path):
+    cfg = cfg_of(["model=dien"], tmp_path)
+    problems_of(cfg, "train", tmp_path)  # imports the targets' modules once
+    t = time.perf_counter()
+    problems_of(cfg, "train", tmp_path)
+    assert time.perf_counter() - t < 0.5
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["model=lr"], ["--cfg", "job"], ["model=lr", "--cfg", "job"], ["-m", "seed=1,2"]],
+    ids=str,
+)
+def test_the_checks_ride_along_with_any_command_line(args):
+    parsed = get_args_parser().parse_args(_with_checks(args, "train"))
+    assert any("recbench.validate.EarlyChecks" in o for o in parsed.overrides)
+    assert [o for o in parsed.overrides if "hydra.callbacks" not in o] == [
+        a for a in args if "=" in a
+    ]
