@@ -26,6 +26,17 @@ def config_dir() -> str:
     raise SystemExit("recbench: cannot find its configs/ folder; set RECBENCH_CONFIG_DIR")
 
 
+def user_search_path(args: list[str]) -> list[str]:
+    """``args`` with the folders of ``$RECBENCH_CONFIG_PATH`` (``:``-separated) added to Hydra's
+    search path, so a user's own ``dataset/<name>.yaml`` or ``model/<name>.yaml`` is found beside
+    the packaged configs. An explicit ``hydra.searchpath=`` on the command line wins."""
+    extra = [p for p in os.environ.get("RECBENCH_CONFIG_PATH", "").split(os.pathsep) if p]
+    if not extra or any(a.lstrip("+").startswith("hydra.searchpath=") for a in args):
+        return args
+    paths = ",".join(f"file://{Path(p).expanduser().resolve()}" for p in extra)
+    return [f"hydra.searchpath=[{paths}]", *args]
+
+
 def _fail(exc: BaseException) -> None:
     from rich.markup import escape
 
@@ -44,7 +55,7 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
             except RecbenchError as exc:
                 _fail(exc)
 
-        sys.argv = [f"recbench {config_name}", *_with_checks(args, config_name)]
+        sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
         entry()
 
     return command
@@ -85,7 +96,7 @@ def _compose(config_name: str, overrides: list[str]):
 
     try:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
+            return compose(config_name=config_name, overrides=user_search_path(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         _fail(exc)
 

@@ -13,10 +13,13 @@ finished run (``metrics.json``) is kept unless ``overwrite=true`` asks to move i
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import copy
 import datetime as dt
 import difflib
 import importlib
+import importlib.util
 import inspect
 import math
 import os
@@ -368,7 +371,136 @@ def _type_problem(value: Any, allowed: set[type]) -> str | None:
     return None
 
 
-def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str]) -> None:
+_NO_PARAMS = ("self", "schema")  # schema: given by build_model, never by the config
+
+
+def _source_file(module: str) -> Path | None:
+    """The source file of ``module``, found without importing it or its parent packages."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level lookup runs no package code
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin else None
+    if not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest[:-1])
+    for candidate in (base / rest[-1] / "__init__.py", base / f"{rest[-1]}.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _static_parameters(
+    module: str, name: str, depth: int = 0
+) -> tuple[dict[str, str | None], bool] | None:
+    """``name``'s parameters in ``module`` (annotation source by name, and whether it takes
+    ``**kwargs``) read from the source, following re-exports; None when the source does not say
+    (an inherited ``__init__``, a dynamic export)."""
+    path = _source_file(module)
+    if path is None or depth > 5:
+        return None
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        fn = None
+        if isinstance(node, ast.ClassDef) and node.name == name:
+            fn = next(
+                (b for b in node.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"),
+                None,
+            )
+            if fn is None:
+                return None
+        elif isinstance(node, ast.FunctionDef) and node.name == name:
+            fn = node
+        if fn is not None:
+            a = fn.args
+            params = {
+                arg.arg: ast.unparse(arg.annotation) if arg.annotation else None
+                for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs)
+                if arg.arg != "self"
+            }
+            return params, a.kwarg is not None
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if (alias.asname or alias.name) == name:
+                    if node.level:
+                        package = (
+                            module if path.name == "__init__.py" else module.rpartition(".")[0]
+                        )
+                        for _ in range(node.level - 1):
+                            package = package.rpartition(".")[0]
+                        source = f"{package}.{node.module}" if node.module else package
+                    else:
+                        source = node.module or ""
+                    return _static_parameters(source, alias.name, depth + 1)
+    return None
+
+
+_SCALAR_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+
+
+def _types_of_source(annotation: str | None) -> set[type] | None:
+    """``_scalar_types`` of an annotation's source text ("Optional[int]", "int | None")."""
+    if not annotation:
+        return None
+    try:
+        tree = ast.parse(annotation, mode="eval").body
+    except SyntaxError:
+        return None
+
+    def walk(n: ast.expr) -> set[type] | None:
+        if isinstance(n, ast.Name) and n.id in _SCALAR_NAMES:
+            return {_SCALAR_NAMES[n.id]}
+        if isinstance(n, ast.Constant) and n.value is None:
+            return {type(None)}
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr):
+            left, right = walk(n.left), walk(n.right)
+            return None if left is None or right is None else left | right
+        if isinstance(n, ast.Subscript) and isinstance(n.value, ast.Name):
+            args = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
+            if n.value.id in ("Optional", "Union"):
+                out: set[type] = {type(None)} if n.value.id == "Optional" else set()
+                for arg in args:
+                    t = walk(arg)
+                    if t is None:
+                        return None
+                    out |= t
+                return out
+        return None
+
+    return walk(tree)
+
+
+def _parameters(target: str, light: bool) -> tuple[dict[str, set[type] | None], bool] | None:
+    """The parameters ``target`` takes (allowed scalar types by name; None: not checked) and
+    whether it takes ``**kwargs``. ``light``: read a class not imported yet from its source, so
+    that a refused command does not wait seconds for Lightning to import. Raises when the target
+    cannot be imported."""
+    module, _, name = target.rpartition(".")
+    if light and module not in sys.modules:
+        static = _static_parameters(module, name)
+        if static is not None:
+            params, kwargs = static
+            return {k: _types_of_source(v) for k, v in params.items()}, kwargs
+    sig = _signature(_import(target))
+    if sig is None:
+        return None
+    kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    return {
+        n: None if p.annotation is inspect.Parameter.empty else _scalar_types(p.annotation)
+        for n, p in sig.parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }, kwargs
+
+
+def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str], light: bool) -> None:
     """Every node with a ``_target_``: the target imports, and each key is a parameter of it
     (no ``**kwargs`` swallowing a misspelled key), of the type its annotation names."""
 
@@ -388,25 +520,21 @@ def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str]) -> None:
     for path, node in nodes(cfg, ""):
         if path in skip:
             continue
+        target = str(node.get("_target_"))
         try:
-            target = str(node._target_)
-            obj = _import(target)
+            found = _parameters(target, light)
         except Exception as exc:
             problems.add(
                 f"{path}._target_",
-                f"{path}._target_={node.get('_target_')!r} cannot be imported ({exc}): "
+                f"{path}._target_={target!r} cannot be imported ({exc}): "
                 f"check the spelling in the {path} config",
             )
             continue
-        sig = _signature(obj)
-        if sig is None:
-            continue
-        params = sig.parameters
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            continue
-        valid = [n for n, p in params.items() if n not in ("self", "schema")]
-        keys = [k for k in node if k not in HYDRA_KEYS]
-        for k in keys:
+        if found is None or found[1]:
+            continue  # unknown, or **kwargs takes anything
+        params = found[0]
+        valid = [n for n in params if n not in _NO_PARAMS]
+        for k in [k for k in node if k not in HYDRA_KEYS]:
             key = f"{path}.{k}"
             if k not in params:
                 close = difflib.get_close_matches(k, valid, n=1, cutoff=0.6)
@@ -417,15 +545,12 @@ def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str]) -> None:
                     f"{', '.join(valid) or 'no parameters'}. Remove or rename {key}",
                 )
                 continue
-            ann = params[k].annotation
-            allowed = None if ann is inspect.Parameter.empty else _scalar_types(ann)
-            if allowed is None:
-                continue
+            allowed = params[k]
             try:
                 value = node[k]
             except Exception:
                 continue
-            if isinstance(value, DictConfig | ListConfig):
+            if allowed is None or isinstance(value, DictConfig | ListConfig):
                 continue
             why = _type_problem(value, allowed)
             if why:
@@ -770,12 +895,15 @@ def move_aside(run_dir: Path, found: list[Path], log: Callable[[str], None]) -> 
 # ------------------------------------------------------------------ entry points
 
 
-def problems_of(cfg: DictConfig, command: str = "train", run_dir: Path | None = None) -> Problems:
-    """Every problem of ``cfg`` that can be found without data (nothing is changed)."""
+def problems_of(
+    cfg: DictConfig, command: str = "train", run_dir: Path | None = None, light: bool = False
+) -> Problems:
+    """Every problem of ``cfg`` that can be found without data (nothing is changed); ``light``
+    leaves out the signatures of targets that would import Lightning."""
     problems = Problems()
     _check_values(cfg, problems)
     skip = {"model"} if command == "compare" else set()  # each lineage model has its own keys
-    _check_targets(cfg, problems, skip)
+    _check_targets(cfg, problems, skip, light)
     _check_trainer(cfg, problems, command)
     if command in ("train", "compare"):
         _check_fit(cfg, problems)
@@ -787,6 +915,25 @@ def _print(msg: str) -> None:
     print(f"recbench: {msg}", file=sys.stderr)
 
 
+def _remove_fresh(run_dir: Path) -> None:
+    """Remove a run directory that holds only what Hydra wrote when this run started (its
+    ``.hydra/`` and job log), so a refused run leaves no directory behind."""
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return
+    if run_dir.resolve() == Path.cwd().resolve() or not entries:
+        return
+    if all(
+        p.name in HYDRA_ARTEFACTS or (p.suffix == ".log" and p.name != "stdout.log")
+        for p in entries
+    ):
+        for p in entries:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
 def check(
     cfg: DictConfig,
     command: str = "train",
@@ -795,19 +942,23 @@ def check(
     log: Callable[[str], None] = _print,
 ) -> None:
     """Refuse ``cfg`` with one ``ConfigError`` listing every problem, or prepare its run
-    directory (an earlier run's leftovers moved aside). Takes milliseconds once the modules the
-    run imports anyway are loaded."""
-    if run_dir is None and command == "train":
+    directory (an earlier run's leftovers moved aside). ``early``: called before Hydra made the
+    run directory (``EarlyChecks``); otherwise at the start of a run, where a refusal also removes
+    the directory Hydra has just made. Takes milliseconds once the modules the run imports
+    anyway are loaded."""
+    if run_dir is None and command in ("train", "compare"):
         try:
             run_dir = Path(str(cfg.paths.run_dir))
         except Exception:
             run_dir = None
     rd = Path(run_dir) if run_dir is not None else None
-    problems = problems_of(cfg, command, rd)
+    problems = problems_of(cfg, command, rd, light=early)
     found: list[Path] = []
     if rd is not None and command == "train" and not _launched_rank():
         found = earlier_run(cfg, rd, problems, early)
     if problems:
+        if rd is not None and not early and not _launched_rank():
+            _remove_fresh(rd)
         raise problems.error(command)
     if rd is not None:
         move_aside(rd, found, log)
@@ -851,7 +1002,7 @@ class EarlyChecks(Callback):
         with read_write(task), open_dict(task):
             del task["hydra"]
         if self.command == "compare":
-            problems = problems_of(task, "compare", run_dir)
+            problems = problems_of(task, "compare", run_dir, light=True)
             if problems:
                 raise problems.error("compare")
             return

@@ -105,8 +105,10 @@ def main() -> None:
         f"{cpus} CPUs ({r0['device']}), batch {r0['batch_size']}, torch {r0['torch']}; "
         f'busy loops: `python -c "{BUSY_LOOP}"` processes.\n'
     )
-    print("| busy loops | threads= | OMP_WAIT_POLICY | threads used | samples/s | step ms (median) "
-          "| load avg (1 min) |")
+    print(
+        "| busy loops | threads= | OMP_WAIT_POLICY | threads used | samples/s | step ms (median) "
+        "| load avg (1 min) |"
+    )
     print("|---:|---|---|---:|---:|---:|---:|")
     for n, threads, wait, r, load in rows:
         print(

@@ -489,6 +489,10 @@ def _add_negatives(
                 pl.Series("item_id", neg), pl.lit(0, dtype=pl.Int64).alias("label")
             )
             rows = rows.join(item_table, on="item_id", how="left")
+            if raw.context and raw.negative_context == "resample" and rows.height:
+                # the context of another event of the same split, drawn with the same stream
+                donor = pos.select(raw.context)[rng.integers(0, pos.height, rows.height)]
+                rows = rows.with_columns(donor)
             parts.append(rows.select(ev.columns))
     return pl.concat(parts)
 

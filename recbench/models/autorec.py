@@ -36,18 +36,22 @@ class AutoRec(nn.Module):
         self,
         schema: InteractionSchema,
         based: str = "item",
-        hidden: int = 500,
+        hidden_dim: int = 500,
         l2: float = 1.0,
+        batch_rows: int | None = None,
     ) -> None:
         super().__init__()
         if based not in ("item", "user"):
             raise ConfigError(f"model.based must be 'item' or 'user', got {based!r}")
         self.based = based
         self.l2 = l2
+        self.batch_rows = (
+            batch_rows  # rows per training batch; None: all (full-batch, as the paper)
+        )
         width = (schema.num_users if based == "item" else schema.num_items) + 1
         self.rows = schema.num_items if based == "item" else schema.num_users
-        self.encoder = nn.Linear(width, hidden)  # V, μ
-        self.decoder = nn.Linear(hidden, width)  # W, b
+        self.encoder = nn.Linear(width, hidden_dim)  # V, μ
+        self.decoder = nn.Linear(hidden_dim, width)  # W, b
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Reconstruction of the ``ratings`` rows. (B, n)"""

@@ -255,8 +255,8 @@ class DRN(nn.Module):
         lr: float = 1e-3,
         minor_every: int = 32,
         major_hours: float = 6.0,
-        major_steps: int = 8,
-        major_batch: int = 128,
+        major_steps: int = 4,
+        major_batch: int = 64,
         target_swap: int = 4,
         replay_capacity: int = 20_000,
     ) -> None:

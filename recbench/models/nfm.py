@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
 from recbench.models.layers import MLP, BiInteraction, FeatureEmbedding, FeatureLinear
+from recbench.models.layers.mlp import BatchNorm
 
 
 class NFM(nn.Module):
@@ -29,7 +30,7 @@ class NFM(nn.Module):
         self.linear = FeatureLinear(schema)
         self.embedding = FeatureEmbedding(schema, embed_dim)
         self.bi = BiInteraction()
-        self.bi_norm = nn.BatchNorm1d(embed_dim) if batch_norm else nn.Identity()
+        self.bi_norm = BatchNorm(embed_dim) if batch_norm else nn.Identity()
         self.bi_dropout = nn.Dropout(dropout)
         self.mlp = MLP(embed_dim, hidden, 1, dropout, "relu", batch_norm)
 

@@ -72,11 +72,10 @@ def full_softmax_ce(hidden: Tensor, weight: Tensor, bias: Tensor | None, target:
 
 
 def _ce_sum(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
-    logits = hidden @ weight.T  # (n, I + 1)
+    logits = hidden @ weight[1:].T  # (n, I): code 0 left out, so column c is code c + 1
     if bias is not None:
-        logits = logits + bias
-    logits = logits.float().index_fill(1, target.new_zeros(1), float("-inf"))
-    return F.cross_entropy(logits, target, reduction="sum")
+        logits = logits + bias[1:]
+    return F.cross_entropy(logits.float(), target - 1, reduction="sum")
 
 
 def uniform_negatives(

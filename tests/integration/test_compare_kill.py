@@ -67,7 +67,13 @@ def _live(text: str) -> dict[int, str]:
 
 
 def _trainers(outputs: Path) -> dict[int, str]:
+    """The training processes of compares writing under ``outputs``, with their guards."""
     return {p: c for p, c in _live(str(outputs)).items() if "recbench.cli train" in c}
+
+
+def _runs(outputs: Path) -> list[int]:
+    """The training processes alone (each leads its process group), without their guards."""
+    return [p for p, c in _trainers(outputs).items() if "recbench.guard" not in c]
 
 
 def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 300):
@@ -160,7 +166,7 @@ def side_by_side(tmp_path_factory) -> tuple[Path, str]:
     second = None
     stopped: list[int] = []
     try:
-        (run, *_) = _wait_for(lambda: _trainers(outputs), "a run to start", first)
+        (run,) = _wait_for(lambda: _runs(outputs), "a run to start", first)
         os.killpg(run, signal.SIGSTOP)  # the run's process group: it cannot finish meanwhile
         stopped.append(run)
         second = _start(outputs, *ONE, log="second.log")

@@ -269,3 +269,40 @@ def test_cli_diverged_run_exits_2_with_the_message_and_no_traceback(tmp_path):
     assert "Lower optimizer.lr, or set trainer.gradient_clip_val=1.0." in out
     assert "Traceback" not in out
     assert not (tmp_path / "run" / "metrics.json").exists()  # never recorded as finished
+
+
+@pytest.mark.data
+def test_cli_one_class_test_split_records_null_auc_with_reason(tmp_path, ml100k):
+    """label_threshold=0 makes every MovieLens row a positive: AUC is undefined, not 0.0."""
+    import json
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recbench.cli",
+            "train",
+            "model=lr",
+            "dataset=movielens-100k",
+            f"dataset.root={ml100k}",
+            "dataset.adapter.label_threshold=0",
+            "debug=fast",
+            "threads=1",
+            "logger=none",
+            "record=false",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["test"]["auc"] is None and m["test"]["gauc"] is None
+    assert m["undefined"]["test.auc"] == "the test split holds one class (all 1)"
+    assert "test.auc is undefined: the test split holds one class (all 1)" in out
+    assert "Traceback" not in out

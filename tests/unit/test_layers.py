@@ -238,3 +238,19 @@ def test_interacting_layer_equals_per_head_computation() -> None:
                 parts.append(sum(alpha[k] * (wv[rows] @ e[n, k]) for k in range(f)))
             out[n, m] = torch.relu(torch.cat(parts) + wres @ e[n, m])
     close(layer(e), out)
+
+
+def test_batch_normalised_models_train_on_a_one_row_batch():
+    """The last batch of an epoch on a DDP rank can hold one row; nn.BatchNorm1d raises there."""
+    import torch
+
+    from recbench.models.layers.mlp import MLP
+    from recbench.models.nfm import NFM
+    from recbench.testing import random_batch, toy_schema
+
+    schema = toy_schema(with_history=False)
+    model = NFM(schema, embed_dim=4, hidden=(8,), batch_norm=True).train()
+    out = model(random_batch(schema, batch_size=1))
+    assert out.shape == (1,) and torch.isfinite(out).all()
+    mlp = MLP(3, (4,), 1, batch_norm=True).train()
+    assert mlp(torch.randn(1, 3)).shape == (1, 1)

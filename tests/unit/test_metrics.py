@@ -61,3 +61,58 @@ def test_ctr_metrics_accumulates_batches_like_one():
     assert float(a["rows"]) == 1001
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double())
     assert float(a["logloss"]) == pytest.approx(float(bce))
+
+
+def test_one_class_auc_is_undefined_with_a_reason_never_zero():
+    """torchmetrics returns 0.0 for one-class AUC; a stored 0.0 reads as a perfectly wrong model."""
+    m = CTRMetrics("test")
+    m.update(torch.tensor([0.3, -1.0, 2.0]), torch.zeros(3), torch.tensor([1, 1, 2]))
+    out = m.compute()
+    assert torch.isnan(out["auc"]) and torch.isnan(out["gauc"])
+    assert float(out["gauc_coverage"]) == 0.0
+    assert m.undefined["auc"] == "the test split holds one class (all 0)"
+    assert "no user has both labels" in m.undefined["gauc"]
+    want = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([0.3, -1.0, 2.0]).double(), torch.zeros(3).double()
+    )
+    assert float(out["logloss"]) == pytest.approx(float(want))  # logloss stays defined
+    assert "logloss" not in m.undefined
+    ones = CTRMetrics("val")
+    ones.update(torch.randn(4), torch.ones(4), torch.arange(4))
+    ones.compute()
+    assert ones.undefined["auc"] == "the val split holds one class (all 1)"
+
+
+def test_gauc_undefined_when_no_user_has_both_labels_but_auc_defined():
+    m = CTRMetrics("val")
+    # user 1 only positives, user 2 only negatives: a global AUC exists, no per-user AUC does
+    m.update(
+        torch.tensor([2.0, 1.0, -1.0, 0.5]),
+        torch.tensor([1, 1, 0, 0.0]),
+        torch.tensor([1, 1, 2, 2]),
+    )
+    out = m.compute()
+    assert float(out["auc"]) == pytest.approx(1.0)
+    assert torch.isnan(out["gauc"])
+    assert m.undefined == {
+        "gauc": "no user in the val split has both a positive and a negative row"
+    }
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric CTRMetrics was called before")
+def test_empty_split_leaves_every_metric_undefined():
+    m = CTRMetrics("test")
+    out = m.compute()
+    assert all(torch.isnan(out[k]) for k in ("auc", "gauc", "logloss"))
+    assert float(out["rows"]) == 0
+    assert set(m.undefined) == {"auc", "gauc", "logloss"}
+    assert m.undefined["auc"] == "the test split is empty"
+
+
+def test_defined_metrics_carry_no_reason_and_count_nonfinite_logits():
+    m = CTRMetrics("test")
+    m.update(
+        torch.tensor([0.1, 0.9, float("nan")]), torch.tensor([0, 1, 1.0]), torch.tensor([1, 1, 1])
+    )
+    m.compute()
+    assert m.undefined == {} and m.nonfinite == 1

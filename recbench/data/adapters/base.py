@@ -40,6 +40,10 @@ class RawData:
     files: tuple[Path, ...] = ()  # raw files whose sha256 enters the cache key
     fingerprint: dict = field(default_factory=dict)  # other inputs that change the data
     implicit: bool = False  # every event is a positive; the pipeline samples negatives
+    # columns of the event's context (time of day, device, ...): a sampled negative keeps its
+    # positive's context ("keep", the NFM paper's protocol) or draws another event's ("resample")
+    context: tuple[str, ...] = ()
+    negative_context: str = "keep"
 
     def __post_init__(self) -> None:
         need = {"user_id", "item_id", "timestamp", "label"}

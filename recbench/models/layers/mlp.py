@@ -65,7 +65,7 @@ class MLP(nn.Module):
         for h in hidden:
             layers.append(nn.Linear(d, h))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
+                layers.append(BatchNorm(h))
             layers.append(activation(act, h))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

@@ -1,0 +1,340 @@
+"""A table a user brings, declared in YAML alone (``dataset=table``, or a copy of
+``configs/dataset/table.yaml`` under the user's own config folder).
+
+One or more files (a path or a glob; CSV, TSV or Parquet, ``.gz`` accepted for text) hold one
+event per row. The YAML names each column's role: ``user`` and ``item`` (required), ``time``
+(optional: without it the file order is the time order), the label (a binary ``label`` column,
+or a ``rating`` column with ``rating_threshold``, or neither: every row is a positive and the
+pipeline samples negatives), and the feature columns: ``sparse`` (categorical), ``dense``
+(numeric) and ``multi`` (a column of values joined by a separator). Side tables of user or item
+attributes are joined on their key. Everything downstream (splits, vocabularies, histories,
+negatives, the cache key, ``recbench data info``) works as for the built-in datasets.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recbench.data.adapters.base import RawData, decode, empty_file, malformed
+from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
+
+SEPARATORS = {"csv": ",", "tsv": "\t"}
+
+
+def _format_of(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        if fmt not in ("csv", "tsv", "parquet"):
+            raise ConfigError(f"dataset.adapter.format={fmt!r}: choose auto, csv, tsv or parquet")
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    last = suffixes[-1] if suffixes else ""
+    if last in (".parquet", ".pq"):
+        return "parquet"
+    if last in (".tsv", ".tab"):
+        return "tsv"
+    return "csv"
+
+
+class TableSource:
+    """One file or glob with its reading options; also used for side tables."""
+
+    def __init__(
+        self,
+        path: str,
+        root: str | None = None,
+        format: str = "auto",
+        separator: str | None = None,
+        has_header: bool = True,
+        encoding: str = "utf8",
+    ) -> None:
+        self.pattern = path
+        self.root = root
+        self.format = format
+        self.separator = separator
+        self.has_header = bool(has_header)
+        self.encoding = encoding
+
+    def files(self) -> tuple[Path, ...]:
+        if not self.pattern:
+            raise ConfigError("dataset.adapter.path is empty: name the file (or glob) to read")
+        base = Path(self.root).expanduser() if self.root else Path.cwd()
+        pattern = Path(self.pattern).expanduser()
+        full = pattern if pattern.is_absolute() else base / pattern
+        found = sorted(Path(p) for p in glob.glob(str(full)))
+        if not found:
+            raise DataNotFoundError(
+                f"dataset table: no file matches {full}. Set dataset.adapter.path to a file or "
+                "glob (relative paths start at dataset.root, else the current folder)."
+            )
+        return tuple(found)
+
+    def read(self) -> pl.DataFrame:
+        frames = [self._read_one(p) for p in self.files()]
+        names = [f.columns for f in frames]
+        if any(n != names[0] for n in names):
+            raise MalformedDataError(
+                f"the files of {self.pattern} have different columns: "
+                + "; ".join(f"{p.name}: {n}" for p, n in zip(self.files(), names, strict=True))
+            )
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
+
+    def _read_one(self, path: Path) -> pl.DataFrame:
+        fmt = _format_of(path, self.format)
+        if fmt == "parquet":
+            try:
+                return pl.read_parquet(path)
+            except Exception as exc:  # polars raises several kinds for a bad file
+                raise MalformedDataError(
+                    f"{path}: not a readable Parquet file ({exc}). Check dataset.adapter.format."
+                ) from None
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            try:
+                raw = gzip.decompress(raw)
+            except OSError as exc:
+                raise MalformedDataError(f"{path}: not a gzip file ({exc})") from None
+        if not raw.strip():
+            raise empty_file(path)
+        text = decode(path, raw, self.encoding)
+        sep = self.separator or SEPARATORS[fmt]
+        try:
+            frame = pl.read_csv(
+                text.encode(),
+                separator=sep,
+                has_header=self.has_header,
+                infer_schema_length=10_000,
+                truncate_ragged_lines=False,
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise MalformedDataError(
+                f"{path}: cannot be read as {fmt.upper()} with separator {sep!r} ({exc}). Check "
+                "dataset.adapter.separator and has_header."
+            ) from None
+        if frame.height == 0:
+            raise malformed(
+                path,
+                1,
+                "the file has a header but no rows",
+                "Add the event rows, or point dataset.adapter.path at the full file.",
+            )
+        return frame
+
+
+class Table:
+    """The ``dataset=table`` adapter: roles of columns → canonical ``RawData`` events."""
+
+    def __init__(
+        self,
+        path: str,
+        columns: Mapping[str, Any],
+        root: str | None = None,
+        format: str = "auto",
+        separator: str | None = None,
+        has_header: bool = True,
+        encoding: str = "utf8",
+        item_attributes: Sequence[str] = (),
+        side_tables: Mapping[str, Any] | None = None,
+        name: str = "table",
+        negative_context: str = "keep",
+    ) -> None:
+        if negative_context not in ("keep", "resample"):
+            raise ConfigError(
+                f"dataset.adapter.negative_context={negative_context!r}: choose keep (a sampled "
+                "negative keeps its positive's context) or resample (another event's context)"
+            )
+        self.negative_context = negative_context
+        self.name = name
+        self.source = TableSource(path, root, format, separator, has_header, encoding)
+        self.root = root
+        self.columns = dict(columns)
+        known = {"user", "item", "time", "label", "rating", "rating_threshold"}
+        known |= {"sparse", "dense", "multi"}
+        stray = sorted(set(self.columns) - known)
+        if stray:
+            raise ConfigError(
+                f"dataset.adapter.columns has unknown roles {stray}; the roles are {sorted(known)}"
+            )
+        for role in ("user", "item"):
+            if not self.columns.get(role):
+                raise ConfigError(f"dataset.adapter.columns.{role} must name a column")
+        if self.columns.get("label") and self.columns.get("rating"):
+            raise ConfigError(
+                "dataset.adapter.columns: give either label (a 0/1 column) or rating (with "
+                "rating_threshold), not both"
+            )
+        if self.columns.get("rating") and self.columns.get("rating_threshold") is None:
+            raise ConfigError(
+                "dataset.adapter.columns.rating needs rating_threshold: the label is "
+                "rating >= rating_threshold"
+            )
+        self.item_attributes = tuple(item_attributes)
+        self.side_tables = {k: dict(v) for k, v in (side_tables or {}).items()}
+        stray = sorted(set(self.side_tables) - {"user", "item"})
+        if stray:
+            raise ConfigError(f"dataset.adapter.side_tables takes user and item, not {stray}")
+
+    def files(self) -> tuple[Path, ...]:
+        out = list(self.source.files())
+        for spec in self.side_tables.values():
+            out += self._side_source(spec).files()
+        return tuple(out)
+
+    def _side_source(self, spec: Mapping[str, Any]) -> TableSource:
+        return TableSource(
+            str(spec.get("path", "")),
+            self.root,
+            str(spec.get("format", "auto")),
+            spec.get("separator"),
+            bool(spec.get("has_header", True)),
+            str(spec.get("encoding", "utf8")),
+        )
+
+    def load(self) -> RawData:
+        frame = self.source.read()
+        where = str(self.source.pattern)
+        c = self.columns
+        sparse = list(c.get("sparse") or [])
+        dense = list(c.get("dense") or [])
+        multi = dict(c.get("multi") or {})
+        for role, spec in self.side_tables.items():
+            frame, extra = self._join_side(frame, role, spec)
+            sparse += extra["sparse"]
+            dense += extra["dense"]
+            multi |= extra["multi"]
+        roles = [c["user"], c["item"], c.get("time"), c.get("label"), c.get("rating")]
+        _require(frame, [r for r in roles if r] + sparse + dense + list(multi), where)
+        n = frame.height
+        time = (
+            pl.col(c["time"]).cast(pl.Int64, strict=False)
+            if c.get("time")
+            else pl.int_range(n, dtype=pl.Int64)  # no time: file order is time order
+        )
+        if c.get("time") and frame[c["time"]].dtype == pl.String:
+            time = pl.col(c["time"]).str.to_datetime(strict=False).dt.epoch("s")
+        implicit = not c.get("label") and not c.get("rating")
+        if c.get("label"):
+            values = frame[c["label"]].drop_nulls().unique().to_list()
+            bad = [v for v in values if v not in (0, 1, True, False)]
+            if bad:
+                raise MalformedDataError(
+                    f"{where}: the label column {c['label']!r} holds values other than 0/1 "
+                    f"(e.g. {bad[:5]}). For ratings use columns.rating with rating_threshold; "
+                    "for a log of positives only, leave columns.label empty."
+                )
+            label = pl.col(c["label"]).cast(pl.Int64)
+        elif c.get("rating"):
+            label = (pl.col(c["rating"]).cast(pl.Float64) >= float(c["rating_threshold"])).cast(
+                pl.Int64
+            )
+        else:
+            label = pl.lit(1, dtype=pl.Int64)
+        exprs = [
+            pl.col(c["user"]).cast(pl.String).alias("user_id"),
+            pl.col(c["item"]).cast(pl.String).alias("item_id"),
+            time.alias("timestamp"),
+            label.alias("label"),
+        ]
+        if c.get("rating"):
+            exprs.append(pl.col(c["rating"]).cast(pl.Float64).alias("rating"))
+        exprs += [pl.col(s).cast(pl.String).alias(s) for s in sparse]
+        exprs += [pl.col(d).cast(pl.Float64, strict=False).alias(d) for d in dense]
+        exprs += [
+            pl.col(m).cast(pl.String).str.split(sep).list.eval(pl.element().str.strip_chars())
+            for m, sep in multi.items()
+        ]
+        events = frame.select(exprs)
+        missing = events.select(
+            pl.col("user_id").is_null().sum(), pl.col("item_id").is_null().sum()
+        )
+        if missing.row(0) != (0, 0):
+            raise MalformedDataError(
+                f"{where}: {missing.row(0)[0]} rows lack a user and {missing.row(0)[1]} an item. "
+                "Drop those rows or fill them."
+            )
+        if c.get("time") and events["timestamp"].null_count():
+            bad_row = int(events["timestamp"].is_null().arg_max())
+            raise malformed(
+                Path(where),
+                bad_row + 1 + int(self.source.has_header),
+                f"the time column {c['time']!r} is not a number or a date",
+                "Give epoch seconds or an ISO date, or leave columns.time empty.",
+            )
+        stray = [a for a in self.item_attributes if a not in sparse and a not in multi]
+        if stray:
+            raise ConfigError(
+                f"dataset.adapter.item_attributes {stray} must be sparse or multi columns"
+            )
+        own = [*(c.get("sparse") or []), *(c.get("dense") or []), *(c.get("multi") or {})]
+        context = tuple(x for x in own if x not in self.item_attributes)
+        return RawData(
+            events,
+            sparse=tuple(sparse),
+            multi=tuple(multi),
+            dense=tuple(dense),
+            item_attributes=self.item_attributes,
+            files=self.files(),
+            fingerprint={"columns": c, "negative_context": self.negative_context},
+            implicit=implicit,
+            context=context,
+            negative_context=self.negative_context,
+        )
+
+    def _join_side(
+        self, frame: pl.DataFrame, role: str, spec: Mapping[str, Any]
+    ) -> tuple[pl.DataFrame, dict[str, Any]]:
+        source = self._side_source(spec)
+        side = source.read()
+        key = spec.get("key")
+        on = self.columns["user" if role == "user" else "item"]
+        if not key:
+            raise ConfigError(f"dataset.adapter.side_tables.{role}.key must name its key column")
+        extra = {
+            "sparse": list(spec.get("sparse") or []),
+            "dense": list(spec.get("dense") or []),
+            "multi": dict(spec.get("multi") or {}),
+        }
+        _require(side, [key, *extra["sparse"], *extra["dense"], *extra["multi"]], source.pattern)
+        keep = [key, *extra["sparse"], *extra["dense"], *extra["multi"]]
+        clash = [k for k in keep[1:] if k in frame.columns]
+        if clash:
+            raise ConfigError(
+                f"side table {role}: columns {clash} are also in the events table; rename one"
+            )
+        if side[key].is_duplicated().any():
+            raise MalformedDataError(
+                f"{source.pattern}: key {key!r} repeats; a side table holds one row per {role}"
+            )
+        side = side.select(keep).with_columns(pl.col(key).cast(pl.String))
+        joined = frame.with_columns(pl.col(on).cast(pl.String)).join(
+            side, left_on=on, right_on=key, how="left"
+        )
+        if role == "item":
+            self.item_attributes = tuple(
+                dict.fromkeys([*self.item_attributes, *extra["sparse"], *extra["multi"]])
+            )
+        return joined, extra
+
+
+def _require(frame: pl.DataFrame, names: Sequence[str], where: str) -> None:
+    missing = [n for n in names if n not in frame.columns]
+    if not missing:
+        return
+    hint = ""
+    if len(frame.columns) == 1:
+        hint = (
+            f" Only one column was found ({frame.columns[0]!r}): the separator is probably "
+            "wrong; set dataset.adapter.separator."
+        )
+    raise MalformedDataError(
+        f"{where}: no column {missing} (the file has {frame.columns}).{hint} Name existing "
+        "columns under dataset.adapter.columns, or set has_header=false and use column_1, ..."
+    )
+
+
+__all__ = ["Table", "TableSource"]

@@ -1,0 +1,156 @@
+"""`recbench train task=topk` end to end: the record and its per-user outputs, the oracle, a model
+without parameters, DDP evaluation parity, MovieLens-1M's layout, and compare's NeuMF pretraining."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration.test_train import metrics, recbench, run_dir_of
+
+TINY = [
+    "task=topk",
+    "++dataset.world.n_users=150",
+    "++dataset.world.n_items=300",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+    "batch_size=1024",
+]
+
+
+def test_topk_run_records_full_and_sampled_metrics_per_user_and_the_oracle(tmp_path):
+    recbench("train", "model=gmf", *TINY, "trainer.max_epochs=2", *run_dir_of(tmp_path, "g"),
+             cwd=tmp_path)  # fmt: skip
+    m = metrics(tmp_path, "g")
+    assert m["task"] == "topk" and m["primary_metric"] == "ndcg@10"
+    assert m["bootstrap_unit"] == "user" and m["bootstrap"]["sampled.hr@10"] == "mean"
+    for split in ("val", "test"):
+        for k in ("ndcg@10", "hr@10", "recall@10", "mrr@10", "hr@5", "ndcg@20"):
+            assert 0.0 <= m[split][k] <= 1.0, (split, k)
+            assert 0.0 <= m[split]["sampled"][k] <= 1.0
+        # 99 sampled negatives are far easier than every item
+        assert m[split]["sampled"]["hr@10"] >= m[split]["hr@10"]
+    assert 0 < m["oracle"]["ndcg@10"] <= 1 and 0 < m["oracle"]["hr@10"] <= 1
+    assert m["oracle"]["hr@10"] > m["test"]["hr@10"]  # two epochs do not beat the truth
+    out = np.load(tmp_path / "g" / "predictions.npz")
+    units = m["data"]["rows"]["test"]  # leave-one-out: one test event per user
+    assert len(out["unit__ndcg@10"]) == len(out["user"]) == units == 150
+    assert float(out["unit__ndcg@10"].mean()) == pytest.approx(m["test"]["ndcg@10"], abs=1e-6)
+    assert float(out["unit__sampled.hr@10"].mean()) == pytest.approx(
+        m["test"]["sampled"]["hr@10"], abs=1e-6
+    )
+    assert np.all(np.diff(out["user"]) > 0)  # users in code order
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for e in (tmp_path / "g" / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(e))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"val/ndcg@10", "test/sampled.hr@10", "train/loss_epoch"} <= tags
+
+    # Pop has no parameters: one epoch of no-op steps, then validation, checkpoint and test
+    recbench("train", "model=pop", *TINY, "logger=none", *run_dir_of(tmp_path, "p"), cwd=tmp_path)
+    pop = metrics(tmp_path, "p")
+    assert pop["params"] == 0 and pop["epochs"] == 1 and pop["test"]["hr@10"] > 0
+    assert pop["oracle"] == m["oracle"]  # same prepared data, same held-out events
+
+
+def test_ddp_ranking_metrics_equal_one_rank_exactly(tmp_path):
+    """One checkpoint evaluated on 1 and on 2 CPU ranks: every user counted once, same numbers."""
+    base = ["model=neumf", *TINY, "trainer.max_epochs=1", "record=false", "logger=none",
+            "++dataset.world.n_users=151"]  # fmt: skip
+    recbench("train", *base, *run_dir_of(tmp_path, "fit"), cwd=tmp_path)
+    ckpt = metrics(tmp_path, "fit")["checkpoint"]
+    evaluate = [*base, "fit=false", f"ckpt_path={ckpt}", "task.eval.chunk_users=16"]
+    recbench("train", *evaluate, *run_dir_of(tmp_path, "one"), cwd=tmp_path)
+    recbench(
+        "train",
+        *evaluate,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *run_dir_of(tmp_path, "two"),
+        cwd=tmp_path,
+    )
+    one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
+    assert two["perf"]["devices"] == 2
+    assert one["test"] == two["test"] and one["val"] == two["val"]
+    a = np.load(tmp_path / "one" / "predictions.npz")
+    b = np.load(tmp_path / "two" / "predictions.npz")
+    assert np.array_equal(a["unit__ndcg@10"], b["unit__ndcg@10"])
+    assert len(a["user"]) == 151  # an odd number of users: uneven shards
+
+
+def test_a_ctr_model_under_task_topk_stops_with_the_tasks_it_serves(tmp_path):
+    proc = recbench("train", "task=topk", "model=din", cwd=tmp_path, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in text
+    assert "model=din does not serve task=topk; it serves task=ctr" in text
+
+
+def write_ml1m(root: Path, n_users: int = 40, n_items: int = 60, seed: int = 0) -> int:
+    """A small file set in the MovieLens-1M layout ('::', latin-1)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    lines = []
+    for u in range(1, n_users + 1):
+        for i in rng.choice(np.arange(1, n_items + 1), 8, replace=False):
+            lines.append(f"{u}::{i}::{rng.integers(1, 6)}::{978300000 + rng.integers(0, 10**6)}")
+    (root / "ratings.dat").write_text("\n".join(lines) + "\n", encoding="latin-1")
+    (root / "users.dat").write_text(
+        "\n".join(f"{u}::{'MF'[u % 2]}::25::{u % 21}::4810{u % 10}" for u in range(1, n_users + 1))
+        + "\n",
+        encoding="latin-1",
+    )
+    (root / "movies.dat").write_text(
+        "\n".join(f"{i}::Film {i} (1999)::Comedy|Drama" for i in range(1, n_items + 1)) + "\n",
+        encoding="latin-1",
+    )
+    return len(lines)
+
+
+def test_movielens_1m_layout_under_the_ncf_protocol(tmp_path):
+    n = write_ml1m(tmp_path / "ml-1m")
+    recbench(
+        "train",
+        "task=topk",
+        "model=gmf",
+        "dataset=movielens-1m",
+        f"dataset.root={tmp_path / 'ml-1m'}",
+        "debug=fast",
+        "logger=none",
+        "record=false",
+        "threads=1",
+        *run_dir_of(tmp_path, "ml"),
+        cwd=tmp_path,
+    )
+    m = metrics(tmp_path, "ml")
+    rows = m["data"]["rows"]
+    assert rows == {"train": n - 80, "val": 40, "test": 40}  # every rating a positive, LOO
+    assert 0 <= m["test"]["sampled"]["hr@10"] <= 1
+
+
+@pytest.mark.slow
+def test_compare_drops_models_off_task_and_pretrains_neumf_from_its_parts(tmp_path):
+    outputs = tmp_path / "outputs"
+    env_args = ["task=topk", "lineage=cf", "models=[pop,autorec,neumf_pretrained]", "seeds=1",
+                *TINY[1:], "trainer.max_epochs=1", "logger=none"]  # fmt: skip
+    os.environ["RECBENCH_OUTPUTS"], old = str(outputs), os.environ["RECBENCH_OUTPUTS"]
+    try:
+        proc = recbench("compare", *env_args, cwd=tmp_path)
+        assert "leaves out autorec" in proc.stderr
+        runs = {p.parent.parent.name: p for p in outputs.rglob("runs/*/seed_1/metrics.json")}
+        assert set(runs) == {"pop", "gmf", "ncf_mlp", "neumf_pretrained"}
+        overrides = (runs["neumf_pretrained"].parent / ".hydra" / "overrides.yaml").read_text()
+        assert "runs/gmf/seed_1" in overrides and "runs/ncf_mlp/seed_1" in overrides
+        again = recbench("compare", *env_args, cwd=tmp_path)  # everything reused from the store
+        assert "0 to train" in again.stderr.replace("\n", " ")
+        m = json.loads(runs["neumf_pretrained"].read_text())
+        assert m["test"]["hr@10"] > 0
+    finally:
+        os.environ["RECBENCH_OUTPUTS"] = old

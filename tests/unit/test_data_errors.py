@@ -1,0 +1,303 @@
+"""Broken data files and caches: every reader names the file, the line and the fix, and the CLI
+prints that without a traceback. The files are small synthetic copies in each official layout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from recbench.cli import config_dir
+from recbench.data import pipeline
+from recbench.data.adapters.amazon import AmazonS3Rec
+from recbench.data.adapters.movielens import MovieLens1M, MovieLens100K, MovieLensCSV
+from recbench.data.adapters.synthetic import SyntheticWorld
+from recbench.data.pipeline import CorruptCacheError, PreparedData, prepare
+from recbench.errors import ConfigError, MalformedDataError, RecbenchError
+from tests.unit.test_movielens import write_100k
+
+RESTORE = "Restore the file from the dataset's archive"
+
+
+def write_csv(root: Path, ratings: bytes, movies: bytes | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "ratings.csv").write_bytes(ratings)
+    (root / "movies.csv").write_bytes(
+        movies or b"movieId,title,genres\n1,Toy Story (1995),Animation\n3,Heat (1995),Drama\n"
+    )
+    return root
+
+
+HEADER = b"userId,movieId,rating,timestamp\n"
+GOOD = b"1,1,4.0,964982703\n1,3,3.5,964981247\n"
+
+
+def load_csv(root: Path, **kw):
+    return MovieLensCSV(root=str(root), **kw).load()
+
+
+# ---------------------------------------------------------------------------- MovieLens 100K / 1M
+
+
+def test_empty_u_data_names_the_file_and_says_to_restore_it(tmp_path):
+    root = write_100k(tmp_path / "ml")
+    (root / "u.data").write_bytes(b"")
+    with pytest.raises(MalformedDataError, match=r"u\.data:1: the file is empty \(0 bytes\)\. "):
+        MovieLens100K(root=str(root)).load()
+    (root / "u.data").write_bytes(b"\n  \n")
+    with pytest.raises(MalformedDataError, match=r"u\.data:1: the file holds only blank lines"):
+        MovieLens100K(root=str(root)).load()
+    (root / "u.data").write_text("1\t10\t5\t100\n")
+    (root / "u.user").write_bytes(b"")
+    with pytest.raises(MalformedDataError, match=r"u\.user:1: the file is empty") as err:
+        MovieLens100K(root=str(root)).load()
+    assert RESTORE in str(err.value)
+
+
+def test_non_utf8_byte_reports_line_column_offset_and_the_encoding_option(tmp_path):
+    root = write_100k(tmp_path / "ml")
+    (root / "u.data").write_bytes(b"1\t10\t5\t100\n1\t11\t3\t101\xe9\n")
+    with pytest.raises(MalformedDataError) as err:
+        MovieLens100K(root=str(root)).load()
+    msg = str(err.value)
+    # line 2; offset 21 = 11 bytes of line 1 + 10 before the bad byte; column 11 of line 2
+    assert f"{root / 'u.data'}:2: byte 0xe9 at byte offset 21 (column 11) is not valid utf8" in msg
+    assert "++dataset.adapter.encoding=latin-1" in msg
+    # the option reads a latin-1 file as latin-1
+    (root / "u.data").write_text("1\t10\t5\t100\n")
+    (root / "u.user").write_bytes("1|24|M|t\xe9chnicien|85711\n".encode("latin-1"))
+    with pytest.raises(MalformedDataError, match=r"u\.user:1: byte 0xe9"):
+        MovieLens100K(root=str(root)).load()
+    raw = MovieLens100K(root=str(root), encoding="latin-1").load()
+    assert raw.events["occupation"].to_list() == ["t\xe9chnicien"]
+
+
+def test_wrong_field_counts_and_values_name_the_fields(tmp_path):
+    root = write_100k(tmp_path / "ml")
+    (root / "u.data").write_text("1\t10\t5\t100\n1\t11\t3\n")
+    with pytest.raises(
+        MalformedDataError,
+        match=r"u\.data:2: expected 4 tab-separated fields \(user_id, item_id, rating, "
+        r"timestamp\), found 3\. Fix or remove that line\.",
+    ):
+        MovieLens100K(root=str(root)).load()
+    (root / "u.data").write_text("1\t10\t5\t100\n1\t11\t\t101\n")
+    with pytest.raises(MalformedDataError, match=r"u\.data:2: field 'rating' is empty"):
+        MovieLens100K(root=str(root)).load()
+    (root / "u.data").write_text("1\t10\tfive\t100\n")
+    with pytest.raises(MalformedDataError, match=r"u\.data:1: field 'rating' is not an integer"):
+        MovieLens100K(root=str(root)).load()
+
+
+def test_1m_empty_and_short_lines(tmp_path):
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n")
+    (tmp_path / "movies.dat").write_text("10::Toy Story (1995)::Animation\n")
+    (tmp_path / "ratings.dat").write_bytes(b"")
+    with pytest.raises(MalformedDataError, match=r"ratings\.dat:1: the file is empty"):
+        MovieLens1M(root=str(tmp_path)).load()
+    (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n1::10::5\n")
+    with pytest.raises(MalformedDataError, match=r"ratings\.dat:2: expected 4 '::'-separated"):
+        MovieLens1M(root=str(tmp_path)).load()
+    # 1M is latin-1 by default; a UTF-8 copy reads with the option
+    (tmp_path / "ratings.dat").write_text("1::10::5::978300760\n")
+    (tmp_path / "movies.dat").write_bytes("10::Caf\u00e9 (1995)::Drama\n".encode())
+    raw = MovieLens1M(root=str(tmp_path), encoding="utf-8").load()
+    assert raw.events.height == 1
+
+
+# ---------------------------------------------------------------------------- MovieLens CSV
+
+
+def test_header_only_ratings_csv_says_there_are_no_rows(tmp_path):
+    root = write_csv(tmp_path, HEADER)
+    with pytest.raises(
+        MalformedDataError, match=r"ratings\.csv:2: the file holds its header but no rows\. Restore"
+    ):
+        load_csv(root)
+    write_csv(tmp_path, HEADER + b"\n\n")
+    with pytest.raises(MalformedDataError, match="header but no rows"):
+        load_csv(root)
+    write_csv(tmp_path, b"")
+    with pytest.raises(MalformedDataError, match=r"ratings\.csv:1: the file is empty \(0 bytes\)"):
+        load_csv(root)
+
+
+def test_csv_non_utf8_names_line_and_offset(tmp_path):
+    root = write_csv(tmp_path, HEADER + GOOD + b"2,3,4\xe9.0,964981247\n")
+    with pytest.raises(MalformedDataError) as err:
+        load_csv(root)
+    offset = len(HEADER + GOOD) + 5
+    assert f"ratings.csv:4: byte 0xe9 at byte offset {offset} (column 6) is not valid utf8" in str(
+        err.value
+    )
+    # in a text column too (movies.csv titles), and the option reads latin-1 files
+    write_csv(tmp_path, HEADER + GOOD, b"movieId,title,genres\n1,Caf\xe9,Drama\n3,Heat,Drama\n")
+    with pytest.raises(MalformedDataError, match=r"movies\.csv:2: byte 0xe9 .*latin-1"):
+        load_csv(root)
+    raw = load_csv(root, encoding="latin-1")
+    assert raw.events.height == 2
+
+
+@pytest.mark.parametrize(
+    "header, problem",
+    [
+        (b"userId,movieId,rating\n", r"missing column\(s\) timestamp"),
+        (b"userId,movieId,rating,timestamp,tag\n", r"unexpected column\(s\) tag"),
+        (b"movieId,userId,rating,timestamp\n", r"the columns are in another order"),
+    ],
+)
+def test_csv_header_names_missing_or_extra_columns(tmp_path, header, problem):
+    root = write_csv(tmp_path, header + GOOD)
+    with pytest.raises(
+        MalformedDataError, match=rf"ratings\.csv:1: expected the header .*{problem}"
+    ):
+        load_csv(root)
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        (b"2,3,4.0\n", r"expected 4 comma-separated fields \(userId, movieId, rating, timestamp\)"),
+        (b"2,3,4.0,9,7\n", "expected 4 comma-separated fields"),
+        (b"2,3,,964981247\n", "field 'rating' is empty"),
+        (b"2,3,four,964981247\n", "field 'rating' is not a number: 'four'"),
+        (b"2,x3,4.0,964981247\n", "field 'movieId' is not an integer: 'x3'"),
+        (b"2,3,nan,964981247\n", "field 'rating' is not a finite number: 'nan'"),
+        (b"2.5,3,4.0,964981247\n", "field 'userId' is not an integer: '2.5'"),
+    ],
+)
+def test_csv_bad_line_is_named(tmp_path, line, problem):
+    root = write_csv(tmp_path, HEADER + GOOD + b"\n" + line)  # a blank line before it: line 5
+    with pytest.raises(MalformedDataError, match=rf"ratings\.csv:5: {problem}"):
+        load_csv(root)
+
+
+# ---------------------------------------------------------------------------- Amazon, synthetic
+
+
+def write_amazon(root: Path, seq: bytes, attrs: bytes = b'{"11": [1], "12": [2]}') -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Beauty.txt").write_bytes(seq)
+    (root / "Beauty_item2attributes.json").write_bytes(attrs)
+    return root
+
+
+def test_amazon_empty_and_undecodable_files(tmp_path):
+    root = write_amazon(tmp_path, b"")
+    with pytest.raises(MalformedDataError, match=r"Beauty\.txt:1: the file is empty"):
+        AmazonS3Rec("Beauty", root=str(root)).load()
+    write_amazon(tmp_path, b"1 11 12\n", b'{"11": [1],\n "12\xff": [2]}')
+    with pytest.raises(MalformedDataError, match=r"item2attributes\.json:2: byte 0xff"):
+        AmazonS3Rec("Beauty", root=str(root)).load()
+    write_amazon(tmp_path, b"1 11 12\n", b"")
+    with pytest.raises(MalformedDataError, match=r"item2attributes\.json:1: the file is empty"):
+        AmazonS3Rec("Beauty", root=str(root)).load()
+
+
+@pytest.mark.parametrize(
+    "world, problem",
+    [
+        ({"n_user": 10}, r"dataset\.world\.n_user is not a parameter of the synthetic world"),
+        ({"n_users": 0}, r"dataset\.world\.n_users must be at least 1, got 0"),
+        ({"n_users": "many"}, r"dataset\.world\.n_users must be an integer, got 'many'"),
+        ({"n_users": 10.5}, r"dataset\.world\.n_users must be an integer"),
+        ({"base_ctr": 1.5}, r"dataset\.world\.base_ctr is a share and must lie in \[0, 1\]"),
+        ({"version": 1}, r"dataset\.world\.version=1 is not a synthetic world version"),
+        ({"seed": "x"}, r"dataset\.world\.seed must be an integer"),
+    ],
+)
+def test_synthetic_world_parameters_are_checked(world, problem):
+    with pytest.raises(ConfigError, match=problem):
+        SyntheticWorld(world)
+
+
+# ---------------------------------------------------------------------------- the cache
+
+
+def tiny_cfg():
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("data", ["dataset=synthetic", "++dataset.world.n_users=60"])
+    return cfg.dataset
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "truncated", "other_dict", "empty"],
+)
+def test_corrupt_cache_is_named_deleted_and_rebuilt(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    cfg = tiny_cfg()
+    first = prepare(cfg, log=lambda m: None)
+    path = Path(first.info["cache_dir"])
+    file = path / "data.pt"
+    blob = file.read_bytes()
+    if damage == "garbage":
+        file.write_bytes(b"not a torch file at all")
+    elif damage == "truncated":
+        file.write_bytes(blob[: len(blob) // 2])  # what a full disk or a killed copy leaves
+    elif damage == "other_dict":
+        torch.save({"key": first.key}, file)
+    else:
+        file.write_bytes(b"")
+    with pytest.raises(CorruptCacheError) as err:
+        PreparedData.load(path)
+    assert str(file) in str(err.value) and f"Delete {path}" in str(err.value)
+    messages: list[str] = []
+    again = prepare(cfg, log=messages.append)
+    assert any(str(file) in m and "unreadable" in m and "rebuilding" in m for m in messages)
+    assert torch.equal(again.splits["test"]["label"], first.splits["test"]["label"])
+    assert PreparedData.load(path).key == first.key  # the rebuilt cache reads back
+
+
+def test_failed_cache_write_leaves_no_file_and_names_the_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+
+    def full_disk(obj, f, *a, **k):
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 0 vs 17")
+
+    monkeypatch.setattr(pipeline.torch, "save", full_disk)
+    with pytest.raises(
+        RecbenchError,
+        match=r"cannot write the prepared-data cache .*data\.pt: .*"
+        r"Free space there, or set RECBENCH_CACHE_DIR",
+    ):
+        prepare(tiny_cfg(), log=lambda m: None)
+    left = [p.name for p in (tmp_path / "prepared").rglob("data.pt*")]
+    assert left == []
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def recbench_data(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "recbench.cli", "data", "info", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_bad_data_files_exit_2_with_file_line_fix_and_no_traceback(tmp_path):
+    root = write_100k(tmp_path / "ml")
+    (root / "u.data").write_bytes(b"")
+    proc = recbench_data("dataset=movielens-100k", f"dataset.root={root}", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"{root / 'u.data'}:1: the file is empty (0 bytes)" in " ".join(out.split())
+    assert "Traceback" not in out
+    csv_root = write_csv(tmp_path / "csv", HEADER)
+    proc = recbench_data("dataset=movielens-latest", f"dataset.root={csv_root}", cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "ratings.csv:2: the file holds its header but no rows" in " ".join(out.split())
+    assert "Traceback" not in out and "zero-size array" not in out

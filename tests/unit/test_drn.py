@@ -1,0 +1,195 @@
+"""DRN against its equations: the dueling head, the double-DQN target, DBGD's perturbation and
+update, probabilistic interleaving, and the switchable parts of the agent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recbench.envs import NewsEnv, NewsParams
+from recbench.models.drn import (
+    DRN,
+    DuelingQ,
+    dbgd_perturbation,
+    dbgd_update,
+    double_dqn_target,
+    interleave,
+    interleave_probs,
+)
+
+
+def linear_q(center: bool) -> DuelingQ:
+    """A DuelingQ without hidden layers: V(s) = v·s + c, A(s, a) = w·[s, a, e_item] + d."""
+    q = DuelingQ(
+        state_dim=2, action_dim=2, n_items=3, item_dim=1, hidden=(), center_advantage=center
+    )
+    with torch.no_grad():
+        q.value.net[0].weight.copy_(torch.tensor([[1.0, -2.0]]))
+        q.value.net[0].bias.fill_(0.5)
+        q.advantage.net[0].weight.copy_(torch.tensor([[0.1, 0.2, 1.0, -1.0, 3.0]]))
+        q.advantage.net[0].bias.fill_(-0.3)
+        q.item_emb.weight.copy_(torch.tensor([[0.0], [1.0], [2.0], [-1.0]]))
+    return q
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_dueling_head_matches_hand_computed_values(center):
+    q = linear_q(center)
+    s = torch.tensor([[1.0, 2.0]])
+    a = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])
+    items = torch.tensor([[1, 2, 3]])
+    v = 1 * 1 - 2 * 2 + 0.5  # -2.5
+    base = 0.1 * 1 + 0.2 * 2 - 0.3  # the state's part of every advantage: 0.2
+    adv = np.array([base + 1 + 3 * 1, base - 1 + 3 * 2, base + 0 + 3 * -1])  # 4.2, 5.2, -2.8
+    if center:
+        adv = adv - adv.mean()
+    got = q(s, a, items)[0].detach().numpy()
+    np.testing.assert_allclose(got, v + adv, rtol=1e-6)
+    # the numpy acting path is the same function
+    np.testing.assert_allclose(
+        q.act_numpy(q.snapshot(), s[0].numpy(), a[0].numpy(), items[0].numpy()),
+        v + adv,
+        rtol=1e-6,
+    )
+    # centring changes Q but never the ranking
+    assert np.argsort(-got).tolist() == [1, 0, 2]
+
+
+def test_double_dqn_target_uses_online_argmax_and_target_value():
+    r = torch.tensor([1.0, 0.0])
+    q_online = torch.tensor([[1.0, 3.0, 2.0], [5.0, 0.0, 1.0]])
+    q_target = torch.tensor([[10.0, 20.0, 30.0], [-1.0, 7.0, 9.0]])
+    y = double_dqn_target(r, q_online, q_target, gamma=0.5)
+    # online picks action 1 then 0; DQN's max over the target would give 16 and 4.5 instead
+    np.testing.assert_allclose(y.numpy(), [1 + 0.5 * 20, 0 + 0.5 * -1])
+    np.testing.assert_allclose(double_dqn_target(r, q_online, q_target, 0.0).numpy(), r.numpy())
+
+
+def test_drn_loss_is_squared_error_to_the_double_dqn_target():
+    env = NewsEnv(NewsParams(n_users=10, horizon_days=1.0), seed=0)
+    agent = DRN(env.policy_spec, gamma=0.5, explore="none")
+    rng = np.random.default_rng(0)
+    B, N, ds, da = 3, env.params.n_candidates, agent.spec.state_dim, agent.spec.action_dim
+    t = torch.from_numpy
+    batch = {
+        "state": t(rng.random((B, ds), np.float32)),
+        "actions": t(rng.random((B, N, da), np.float32)),
+        "items": t(rng.integers(1, 50, (B, N))),
+        "pos": torch.tensor([0, 4, 7]),
+        "reward": torch.tensor([1.0, 0.0, 1.3]),
+        "has_next": torch.tensor([True, False, True]),
+        "next_state": t(rng.random((B, ds), np.float32)),
+        "next_actions": t(rng.random((B, N, da), np.float32)),
+        "next_items": t(rng.integers(1, 50, (B, N))),
+    }
+    with torch.no_grad():
+        q = agent.q(batch["state"], batch["actions"], batch["items"])
+        qn = agent.q(batch["next_state"], batch["next_actions"], batch["next_items"])
+        qt = agent.q_target(batch["next_state"], batch["next_actions"], batch["next_items"])
+    want = 0.0
+    for i in range(B):
+        y = float(batch["reward"][i])
+        if batch["has_next"][i]:
+            y += 0.5 * float(qt[i, int(qn[i].argmax())])
+        want += (float(q[i, batch["pos"][i]]) - y) ** 2
+    assert float(agent.loss(batch).detach()) == pytest.approx(want / B, rel=1e-5)
+
+
+def test_interleaving_follows_its_definition():
+    """Each slot: a fair coin picks a list, the item is drawn ∝ 1/r^τ among the unplaced."""
+    p = interleave_probs(4, 3.0)
+    w = np.array([1, 1 / 8, 1 / 27, 1 / 64])
+    np.testing.assert_allclose(p, w / w.sum())
+    a, b = np.array([0, 1, 2, 3]), np.array([3, 2, 1, 0])
+    rng = np.random.default_rng(0)
+    n = 20_000
+    first = np.zeros(4)
+    second_after_0_from_a = []
+    for _ in range(n):
+        out, who = interleave(a, b, 3, 3.0, rng)
+        assert len(set(out.tolist())) == 3
+        first[out[0]] += 1
+        if out[0] == 0 and who[1] == 0:
+            second_after_0_from_a.append(out[1])
+        # the list credited with a slot ranks that item where it could have drawn it
+        assert set(who.tolist()) <= {0, 1}
+    want_first = 0.5 * p + 0.5 * p[::-1]  # pool index i: rank i+1 in a, rank 4-i in b
+    np.testing.assert_allclose(first / n, want_first, atol=0.01)
+    # given item 0 placed, list a draws among 1, 2, 3 ∝ 1/2^τ, 1/3^τ, 1/4^τ
+    cond = np.bincount(second_after_0_from_a, minlength=4)[1:] / len(second_after_0_from_a)
+    np.testing.assert_allclose(cond, p[1:] / p[1:].sum(), atol=0.02)
+
+
+def test_dbgd_perturbation_and_update():
+    net = torch.nn.Linear(3, 2)
+    gen = torch.Generator().manual_seed(0)
+    delta = dbgd_perturbation(net, 0.1, gen)
+    for p, d in zip(net.parameters(), delta):
+        assert (d.abs() <= 0.1 * p.abs() + 1e-12).all()  # ΔW = α · rand(-1, 1) · W
+    before = [p.detach().clone() for p in net.parameters()]
+    dbgd_update(net, delta, eta=0.5, won=False)
+    for p, w in zip(net.parameters(), before):
+        assert torch.equal(p, w)
+    dbgd_update(net, delta, eta=0.5, won=True)
+    for p, w, d in zip(net.parameters(), before, delta):
+        torch.testing.assert_close(p.detach(), w + 0.5 * d)
+
+
+def play(agent: DRN, steps: int, seed: int = 0) -> int:
+    """Requests served (the episode may end first)."""
+    env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=seed)
+    obs, _ = env.reset(seed=seed)
+    for n in range(1, steps + 1):
+        shown = agent.act(obs)
+        nxt, _, _, done, info = env.step(shown)
+        agent.observe(obs, info["shown"], info)
+        obs = nxt
+        if done:
+            break
+    return n
+
+
+def test_dn_completes_transitions_at_once_and_u_waits_for_the_return():
+    env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=0)
+    dn = DRN(env.policy_spec, gamma=0.0, use_activeness=False, explore="none", minor_every=10**6)
+    served = play(dn, 40)
+    assert served > 10 and dn.replay.n_tr == served * 5 and not dn.pending
+    assert (dn.replay.t_next[: dn.replay.n_tr] == -1).all()
+
+    u = DRN(env.policy_spec, gamma=0.4, use_activeness=True, explore="none", minor_every=10**6)
+    env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=0)
+    obs, _ = env.reset(seed=0)
+    last: dict[int, np.ndarray] = {}
+    rewards_checked = 0
+    done = False
+    while not done:
+        user = int(obs["user"])
+        n_before = u.replay.n_tr
+        shown = u.act(obs)
+        if user in last:  # this request completed the user's earlier list
+            got = u.replay.t_reward[n_before : n_before + 5]
+            np.testing.assert_allclose(got, last[user] + 1.0 * float(obs["context"][0]), rtol=1e-6)
+            rewards_checked += 1
+        nxt, _, _, done, info = env.step(shown)
+        u.observe(obs, info["shown"], info)
+        last[user] = info["clicks"].astype(np.float32)
+        obs = nxt
+    assert rewards_checked > 5
+
+
+@pytest.mark.parametrize("explore", ["none", "egreedy", "dbgd"])
+def test_every_variant_learns_and_shows_distinct_lists(explore):
+    env = NewsEnv(NewsParams(n_users=15, horizon_days=3.0), seed=1)
+    agent = DRN(env.policy_spec, explore=explore, epsilon=0.5, minor_every=8, major_hours=3.0)
+    w0 = [p.detach().clone() for p in agent.q.parameters()]
+    obs, _ = env.reset(seed=1)
+    done = False
+    while not done:
+        shown = agent.act(obs)
+        assert len(set(np.asarray(shown).tolist())) == 5
+        nxt, _, _, done, info = env.step(shown)
+        agent.observe(obs, info["shown"], info)
+        obs = nxt
+    assert agent.stats["minor"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(w0, agent.q.parameters()))

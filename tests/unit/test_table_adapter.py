@@ -1,0 +1,149 @@
+"""dataset=table: a user's table declared in YAML alone — every role, format and error."""
+
+import gzip
+
+import numpy as np
+import polars as pl
+import pytest
+from hydra import compose, initialize_config_dir
+
+from recbench.cli import config_dir
+from recbench.data.adapters.table import Table
+from recbench.data.pipeline import prepare
+from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
+
+
+def _log(n: int = 600, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "uid": rng.integers(0, 40, n),
+            "iid": rng.integers(0, 60, n),
+            "ts": np.arange(n) * 7,
+            "hour": rng.integers(0, 24, n),
+            "city": rng.choice(["paris", "oslo", "lima"], n),
+            "price": rng.random(n).round(3),
+            "tags": ["|".join(rng.choice(["x", "y", "z"], 2, replace=False)) for _ in range(n)],
+            "clicked": rng.integers(0, 2, n),
+            "stars": rng.integers(1, 6, n),
+        }
+    )
+
+
+COLS = {"user": "uid", "item": "iid", "time": "ts", "sparse": ["hour", "city"], "dense": ["price"]}
+
+
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "csv.gz", "parquet"])
+def test_each_format_reads_the_same_events(tmp_path, suffix):
+    df = _log()
+    path = tmp_path / f"log.{suffix}"
+    if suffix == "parquet":
+        df.write_parquet(path)
+    elif suffix == "csv.gz":
+        path.write_bytes(gzip.compress(df.write_csv().encode()))
+    else:
+        df.write_csv(path, separator="\t" if suffix == "tsv" else ",")
+    raw = Table(path.name, COLS, root=str(tmp_path)).load()
+    assert raw.events.height == df.height and raw.implicit
+    assert raw.events["timestamp"].to_list() == df["ts"].to_list()
+    assert set(raw.sparse) == {"hour", "city"} and raw.dense == ("price",)
+
+
+def test_label_rating_and_implicit_roles(tmp_path):
+    df = _log()
+    df.write_csv(tmp_path / "log.csv")
+    labelled = Table("log.csv", {**COLS, "label": "clicked"}, root=str(tmp_path)).load()
+    assert not labelled.implicit
+    assert labelled.events["label"].to_list() == df["clicked"].to_list()
+    rated = Table(
+        "log.csv", {**COLS, "rating": "stars", "rating_threshold": 4}, root=str(tmp_path)
+    ).load()
+    assert rated.events["label"].to_list() == (df["stars"] >= 4).cast(pl.Int64).to_list()
+    assert rated.events["rating"].to_list() == df["stars"].cast(pl.Float64).to_list()
+
+
+def test_no_time_column_uses_file_order_and_multi_values_split(tmp_path):
+    _log().write_csv(tmp_path / "log.csv")
+    cols = {"user": "uid", "item": "iid", "multi": {"tags": "|"}}
+    raw = Table("log.csv", cols, root=str(tmp_path)).load()
+    assert raw.events["timestamp"].to_list() == list(range(600))
+    assert all(len(v) == 2 for v in raw.events["tags"].to_list())
+
+
+def test_side_tables_join_on_their_keys(tmp_path):
+    _log().write_csv(tmp_path / "log.csv")
+    pl.DataFrame({"uid": range(40), "segment": [f"s{i % 3}" for i in range(40)]}).write_csv(
+        tmp_path / "users.csv"
+    )
+    pl.DataFrame({"item": range(60), "brand": [f"b{i % 5}" for i in range(60)]}).write_csv(
+        tmp_path / "items.csv"
+    )
+    side = {
+        "user": {"path": "users.csv", "key": "uid", "sparse": ["segment"]},
+        "item": {"path": "items.csv", "key": "item", "sparse": ["brand"]},
+    }
+    raw = Table("log.csv", COLS, root=str(tmp_path), side_tables=side).load()
+    ev = raw.events
+    assert "brand" in raw.item_attributes and "segment" not in raw.item_attributes
+    for u, seg in zip(ev["user_id"].to_list()[:50], ev["segment"].to_list()[:50], strict=True):
+        assert seg == f"s{int(u) % 3}"
+
+
+def test_clear_errors(tmp_path):
+    df = _log()
+    df.write_csv(tmp_path / "log.csv")
+    with pytest.raises(MalformedDataError, match=r"no column \['visitor'\]"):
+        Table("log.csv", {**COLS, "user": "visitor"}, root=str(tmp_path)).load()
+    df.write_csv(tmp_path / "semi.csv", separator=";")
+    with pytest.raises(MalformedDataError, match="separator is probably wrong"):
+        Table("semi.csv", COLS, root=str(tmp_path)).load()
+    with pytest.raises(MalformedDataError, match="values other than 0/1"):
+        Table("log.csv", {**COLS, "label": "stars"}, root=str(tmp_path)).load()
+    with pytest.raises(DataNotFoundError, match="no file matches"):
+        Table("nothing*.csv", COLS, root=str(tmp_path)).load()
+    (tmp_path / "head.csv").write_text("uid,iid,ts\n")
+    with pytest.raises(MalformedDataError, match="header but no rows"):
+        Table("head.csv", {"user": "uid", "item": "iid"}, root=str(tmp_path)).load()
+    (tmp_path / "bytes.csv").write_bytes(b"uid,iid\n1,2\n3,\xff\n")
+    with pytest.raises(MalformedDataError, match=r"bytes.csv:3: .*0xff"):
+        Table("bytes.csv", {"user": "uid", "item": "iid"}, root=str(tmp_path)).load()
+    with pytest.raises(ConfigError, match="rating_threshold"):
+        Table("log.csv", {**COLS, "rating": "stars"}, root=str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown roles"):
+        Table("log.csv", {**COLS, "weather": "w"}, root=str(tmp_path))
+
+
+def _compose(tmp_path, *extra):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(
+            "train",
+            overrides=[
+                "dataset=table",
+                f"dataset.root={tmp_path}",
+                "dataset.adapter.path=log.csv",
+                "dataset.adapter.columns.user=uid",
+                "dataset.adapter.columns.item=iid",
+                "dataset.adapter.columns.time=ts",
+                "dataset.adapter.columns.sparse=[hour,city]",
+                *extra,
+            ],
+        )
+
+
+def test_yaml_only_table_prepares_with_context_kept_or_resampled(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    _log().write_csv(tmp_path / "log.csv")
+    kept = prepare(_compose(tmp_path).dataset, log=lambda m: None)
+    assert kept.info["rows"]["train"] > 0 and kept.info["label_rate"]["test"] == 0.5
+    names = [f.name for f in kept.schema.fields]
+    assert names[:4] == ["user_id", "item_id", "hour", "city"]
+    test = kept.splits["test"]
+    pos, neg = test["label"] == 1, test["label"] == 0
+    # a negative sits beside its positive: same user and, when kept, the same context
+    assert (test["sparse"][neg][:, 2:] == test["sparse"][pos][:, 2:]).all()
+    drawn = prepare(
+        _compose(tmp_path, "dataset.adapter.negative_context=resample").dataset, log=lambda m: None
+    )
+    t2 = drawn.splits["test"]
+    same = (t2["sparse"][t2["label"] == 0][:, 2:] == t2["sparse"][t2["label"] == 1][:, 2:]).all(1)
+    assert same.float().mean() < 0.5  # most negatives took another event's context

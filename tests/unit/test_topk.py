@@ -1,0 +1,211 @@
+"""Top-K preparation and metric plumbing: splits that never leak, fixed evaluation negatives,
+per-epoch training negatives, the ranking protocol on hand-made data, Pop."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from recbench.cli import config_dir
+from recbench.data.implicit import TrainNegatives, build, prepare
+from recbench.data.schema import InteractionSchema
+from recbench.errors import ConfigError
+from recbench.models.ncf_mlp import NCFMLP
+from recbench.models.pop import Pop
+from recbench.tasks.topk import evaluate_scores, score_all, unit_metrics
+
+
+def task_cfg(kind: str = "leave_one_out", threshold=None, sampled: int = 5, **split):
+    return OmegaConf.create(
+        {
+            "positive_threshold": threshold,
+            "split": {"kind": kind, "ratios": [0.6, 0.2, 0.2], "seed": 3, **split},
+            "eval": {"sampled": sampled, "seed": 0},
+        }
+    )
+
+
+def random_events(n_users: int = 30, n_items: int = 40, per_user: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(1, n_users + 1):
+        items = rng.choice(np.arange(1, n_items + 1), per_user, replace=False)
+        stamps = rng.integers(0, 50, per_user)  # many ties within a user
+        for i, t in zip(items, stamps, strict=True):
+            rows.append((u * 10, int(i) * 7, int(t), int(rng.integers(1, 6))))
+    frame = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp", "rating"], orient="row")
+    return frame.with_columns(pl.lit(1, pl.Int64).alias("label"))
+
+
+def pairs(user: torch.Tensor, items: torch.Tensor) -> set[tuple[int, int]]:
+    out = set()
+    for u, row in zip(user.tolist(), items.reshape(len(user), -1).tolist(), strict=True):
+        out |= {(u, i) for i in row if i > 0}
+    return out
+
+
+def test_leave_one_out_holds_out_the_latest_and_never_leaks_it_into_training():
+    ev = random_events()
+    data = build(ev, task_cfg())
+    train = set(zip(data.train["user"].tolist(), data.train["item"].tolist(), strict=True))
+    val, test = data.eval["val"], data.eval["test"]
+    assert len(test["user"]) == len(val["user"]) == 30  # every user: one test, one val event
+    held = pairs(test["user"], test["targets"]) | pairs(val["user"], val["targets"])
+    assert not held & train  # no held-out (user, item) in training
+    assert len(train) + len(held) == ev.height
+    # the latest event by (timestamp, item id, file row) is test, the one before is val
+    users = np.unique(ev["user_id"].to_numpy())
+    items = np.unique(ev["item_id"].to_numpy())
+    for k, raw_user in enumerate(users[:10], start=1):
+        mine = ev.filter(pl.col("user_id") == raw_user).sort(["timestamp", "item_id"])
+        last, before = mine["item_id"][-1], mine["item_id"][-2]
+        assert items[test["targets"][k - 1, 0] - 1] == last
+        assert items[val["targets"][k - 1, 0] - 1] == before
+    # test rankings exclude training and validation items, never the test item
+    for split, extra in ((test, val), (val, None)):
+        for unit in range(len(split["user"])):
+            a, b = split["exclude_indptr"][unit], split["exclude_indptr"][unit + 1]
+            excluded = set(split["exclude_items"][a:b].tolist())
+            u = int(split["user"][unit])
+            want = {i for uu, i in train if uu == u}
+            if extra is not None:
+                want |= set(extra["targets"][unit].tolist()) - {0}
+            assert excluded == want
+            assert int(split["targets"][unit, 0]) not in excluded
+
+
+def test_positive_threshold_and_repeated_pairs():
+    ev = random_events()
+    data = build(ev, task_cfg(threshold=4))
+    assert data.info["positives"] == int((ev["rating"] >= 4).sum())
+    dup = pl.concat([ev, ev.head(5).with_columns(pl.col("timestamp") + 1000)])
+    assert build(dup, task_cfg()).info["positives"] == ev.height  # earliest event kept
+    with pytest.raises(ConfigError, match="needs ratings"):
+        build(ev.drop("rating"), task_cfg(threshold=4))
+
+
+def test_user_temporal_split_gives_several_targets_per_user():
+    data = build(random_events(per_user=20), task_cfg("user_temporal"))
+    targets = data.eval["test"]["targets"]
+    assert targets.shape[1] == 4 and bool((targets > 0).all())
+
+
+def test_sampled_negatives_are_fixed_and_never_an_interacted_item():
+    ev = random_events(n_items=60)
+    a = build(ev, task_cfg(threshold=4, sampled=20))
+    b = build(ev, task_cfg(threshold=4, sampled=20))
+    items = np.unique(ev.filter(pl.col("rating") >= 4)["item_id"].to_numpy())
+    users = np.unique(ev["user_id"].to_numpy())
+    for name in ("val", "test"):
+        neg = a.eval[name]["neg"]
+        assert torch.equal(neg, b.eval[name]["neg"])
+        for unit, u in enumerate(a.eval[name]["user"].tolist()):
+            row = [i for i in neg[unit].tolist() if i > 0]
+            assert len(set(row)) == len(row) == 20
+            # any event of the user, low ratings and other splits included
+            touched = set(ev.filter(pl.col("user_id") == users[u - 1])["item_id"].to_list())
+            assert not {int(items[i - 1]) for i in row} & touched
+
+
+def compose_topk(overrides: list[str]):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("train", overrides=["task=topk", *overrides])
+
+
+def test_evaluation_negatives_are_shared_by_every_model_and_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    small = ["++dataset.world.n_users=60", "++dataset.world.n_items=200"]
+    one = prepare(compose_topk(["model=gmf", "seed=1", *small]), log=lambda _: None)
+    two = prepare(compose_topk(["model=neumf", "seed=2", *small]), log=lambda _: None)
+    assert one.key == two.key
+    for name in ("val", "test"):
+        assert torch.equal(one.eval[name]["neg"], two.eval[name]["neg"])
+    assert one.info["oracle"]["test"]["hr@10"] > 0  # the synthetic world's top-K oracle
+    other = prepare(
+        compose_topk(["model=gmf", "task.eval.seed=5", *small]), log=lambda _: None
+    )
+    assert other.key != one.key
+    assert not torch.equal(other.eval["test"]["neg"], one.eval["test"]["neg"])
+
+
+def test_training_negatives_avoid_training_items_and_are_redrawn_per_epoch():
+    data = build(random_events(n_items=40), task_cfg())
+    neg = TrainNegatives(data, per_positive=4, seed=1, resample=True)
+    users = data.train["user"].repeat_interleave(4)
+    train = set(zip(data.train["user"].tolist(), data.train["item"].tolist(), strict=True))
+    e0, e1 = neg.draw(0), neg.draw(1)
+    assert len(e0) == 4 * len(data.train["user"])
+    assert not set(zip(users.tolist(), e0.tolist(), strict=True)) & train
+    assert not torch.equal(e0, e1)
+    assert torch.equal(e1, TrainNegatives(data, 4, seed=1, resample=True).draw(1))
+    assert not torch.equal(e1, TrainNegatives(data, 4, seed=2, resample=True).draw(1))
+    fixed = TrainNegatives(data, 4, seed=1, resample=False)
+    assert torch.equal(fixed.draw(0), fixed.draw(3))
+
+
+def hand_made():
+    """Three users, six items; leave-one-out."""
+    rows = [
+        (1, 1, 1), (1, 2, 2), (1, 3, 3), (1, 4, 4),
+        (2, 2, 1), (2, 5, 2), (2, 6, 3),
+        (3, 1, 1), (3, 3, 2), (3, 6, 3), (3, 5, 4),
+    ]  # fmt: skip
+    ev = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+    return build(ev.with_columns(pl.lit(1, pl.Int64).alias("label")), task_cfg(sampled=2))
+
+
+def test_a_model_scoring_the_held_out_item_highest_gets_hr_at_1_and_a_constant_gets_0():
+    data = hand_made()
+    split = data.eval["test"]
+    unit = torch.arange(len(split["user"]))
+    cheat = torch.zeros(len(unit), data.schema.num_items + 1)
+    cheat[unit, split["targets"][:, 0]] = 1.0
+    _, means = evaluate_scores(cheat, split, unit, [1, 10])
+    assert means["hr@1"] == means["ndcg@1"] == means["mrr@1"] == 1.0
+    assert means["sampled"]["hr@1"] == 1.0
+    # every user has at least 3 candidates: a constant ranks each target last (ties count
+    # against it), outside the top 2
+    _, const = evaluate_scores(torch.zeros_like(cheat), split, unit, [1, 2])
+    assert const["hr@1"] == const["hr@2"] == const["ndcg@2"] == 0.0
+    assert const["sampled"]["hr@1"] == 0.0
+    # a training item scored highest is excluded, so it does not push the target down
+    cheat[0, split["exclude_items"][0]] = 5.0
+    _, means = evaluate_scores(cheat, split, unit, [1])
+    assert means["hr@1"] == 1.0
+    # one free item above the target: rank 1, NDCG@10 = 1 / log2(3), HR@1 = 0
+    cheat[0, 5] = 2.0  # user 1 (items 1-4): item 5 is neither excluded nor the target
+    values = unit_metrics(cheat.clone(), split, unit, [1, 10])
+    assert values["ndcg@10"][0] == pytest.approx(1 / np.log2(3))
+    assert values["hr@1"][0] == 0 and values["hr@10"][0] == 1
+
+
+def test_pairwise_scoring_matches_score_all_and_pop_serves_any_batch():
+    schema = InteractionSchema(5, 9, torch.arange(10.0))
+    model = NCFMLP(schema, layers=[8, 4])
+    users = torch.tensor([1, 3, 5])
+
+    class NoScoreAll(torch.nn.Module):
+        def forward(self, batch):
+            return model(batch)
+
+    fast = score_all(model, {"user": users}, 9)
+    slow = score_all(NoScoreAll(), {"user": users}, 9)
+    assert torch.allclose(fast[:, 1:], slow[:, 1:], atol=1e-6)
+    pop = Pop(schema)
+    assert sum(p.numel() for p in pop.parameters()) == 0
+    scores = pop.score_all({"seq": torch.zeros(4, 7, dtype=torch.long)})
+    assert scores.shape == (4, 10) and torch.equal(scores[2], torch.arange(10.0))
+    scores[0, 3] = -1  # a fresh tensor: masking one row leaves the model alone
+    assert pop.counts[3] == 3
+
+
+def test_a_ctr_model_under_task_topk_names_the_tasks_it_serves():
+    from recbench.train import task_class
+
+    cfg = compose_topk(["model=din"])
+    with pytest.raises(ConfigError, match="model=din does not serve task=topk; it serves task=ctr"):
+        task_class(cfg)
