@@ -20,6 +20,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from recbench.errors import ConfigError, RecbenchError
+
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK")
 
 
@@ -33,8 +35,9 @@ def needs_launch(cfg: DictConfig) -> int:
     if "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return 0  # torchrun / SLURM started the ranks
     if int(t.get("num_nodes", 1)) > 1:
-        raise SystemExit(
-            "trainer.num_nodes > 1: start recbench with torchrun or srun on every node"
+        raise ConfigError(
+            f"trainer.num_nodes={t.num_nodes}: recbench starts the ranks of one node only; start "
+            "recbench with torchrun or srun on every node instead"
         )
     return devices
 
@@ -83,14 +86,20 @@ def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
             else:
                 os.environ[k] = v
         if any(failed):
-            raise RuntimeError(f"a DDP rank exited with status {max(failed)}; see its output above")
+            raise RecbenchError(
+                f"a DDP rank exited with status {max(failed)}; its own message is above"
+            )
 
 
 def main() -> None:
     from recbench.train import run
 
     cfg = OmegaConf.load(sys.argv[1])
-    run(cfg)
+    try:
+        run(cfg)
+    except RecbenchError as exc:
+        print(f"error (rank {os.environ.get('RANK', '?')}): {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -414,7 +414,11 @@ def _static_parameters(
                 (b for b in node.body if isinstance(b, ast.FunctionDef) and b.name == "__init__"),
                 None,
             )
-            if fn is None:
+            if fn is None:  # inherited: the first base that defines it
+                for base in node.bases:
+                    found = _static_base(tree, module, base, depth)
+                    if found is not None:
+                        return found
                 return None
         elif isinstance(node, ast.FunctionDef) and node.name == name:
             fn = node
@@ -440,6 +444,21 @@ def _static_parameters(
                     else:
                         source = node.module or ""
                     return _static_parameters(source, alias.name, depth + 1)
+    return None
+
+
+def _static_base(
+    tree: ast.Module, module: str, base: ast.expr, depth: int
+) -> tuple[dict[str, str | None], bool] | None:
+    """``_static_parameters`` of a base class written ``Name`` or ``alias.Name``."""
+    if isinstance(base, ast.Name):
+        return _static_parameters(module, base.id, depth + 1)
+    if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if (alias.asname or alias.name) == base.value.id:
+                        return _static_parameters(alias.name, base.attr, depth + 1)
     return None
 
 
@@ -478,13 +497,13 @@ def _types_of_source(annotation: str | None) -> set[type] | None:
     return walk(tree)
 
 
-def _parameters(target: str, light: bool) -> tuple[dict[str, set[type] | None], bool] | None:
+def _parameters(target: str) -> tuple[dict[str, set[type] | None], bool] | None:
     """The parameters ``target`` takes (allowed scalar types by name; None: not checked) and
-    whether it takes ``**kwargs``. ``light``: read a class not imported yet from its source, so
-    that a refused command does not wait seconds for Lightning to import. Raises when the target
-    cannot be imported."""
+    whether it takes ``**kwargs``. A class not imported yet is read from its source, so that a
+    refused command does not wait seconds for Lightning to import. Raises when the target cannot
+    be imported."""
     module, _, name = target.rpartition(".")
-    if light and module not in sys.modules:
+    if module not in sys.modules:
         static = _static_parameters(module, name)
         if static is not None:
             params, kwargs = static
@@ -500,7 +519,7 @@ def _parameters(target: str, light: bool) -> tuple[dict[str, set[type] | None], 
     }, kwargs
 
 
-def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str], light: bool) -> None:
+def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str]) -> None:
     """Every node with a ``_target_``: the target imports, and each key is a parameter of it
     (no ``**kwargs`` swallowing a misspelled key), of the type its annotation names."""
 
@@ -522,7 +541,7 @@ def _check_targets(cfg: DictConfig, problems: Problems, skip: set[str], light: b
             continue
         target = str(node.get("_target_"))
         try:
-            found = _parameters(target, light)
+            found = _parameters(target)
         except Exception as exc:
             problems.add(
                 f"{path}._target_",
@@ -625,15 +644,19 @@ def _check_trainer(cfg: DictConfig, problems: Problems, command: str) -> None:
         precision = t.get("precision", "32-true")
     except Exception:
         return  # reported by the value walk
-    import torch
-
     if accelerator not in ACCELERATORS:
         problems.add(
             "trainer.accelerator",
             f"trainer.accelerator={accelerator!r} is not one of {', '.join(ACCELERATORS)}",
         )
         return
-    cuda = torch.cuda.is_available()
+    if accelerator == "cpu" and "torch" not in sys.modules:
+        torch = None  # a CPU run asks nothing of torch here; importing it takes seconds
+        cuda = False
+    else:
+        import torch
+
+        cuda = torch.cuda.is_available()
     if accelerator == "auto":
         accelerator_kind = "gpu" if cuda else "cpu"
     else:
@@ -689,6 +712,15 @@ def _check_trainer(cfg: DictConfig, problems: Problems, command: str) -> None:
                     f"trainer.strategy={strategy}: recbench starts the DDP ranks itself; use "
                     "trainer.strategy=ddp (or trainer=ddp)",
                 )
+
+    nodes = t.get("num_nodes", 1)
+    started = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if _is_int(nodes) and nodes > 1 and not started and command != "bench":
+        problems.add(
+            "trainer.num_nodes",
+            f"trainer.num_nodes={nodes}: recbench starts the ranks of one node only; start "
+            "recbench with torchrun or srun on every node instead",
+        )
 
     p = str(precision)
     if p not in LIGHTNING_PRECISIONS:
@@ -768,13 +800,15 @@ def system_folder(path: Path) -> str | None:
     return None
 
 
-def _check_run_dir(run_dir: Path, problems: Problems, what: str = "run directory") -> None:
+def _check_run_dir(
+    run_dir: Path, problems: Problems, what: str = "run directory", flag: str = "hydra.run.dir"
+) -> None:
     sysdir = system_folder(run_dir)
     if sysdir:
         problems.add(
             "run_dir",
             f"the {what} {run_dir} is {'in ' if str(run_dir) != sysdir else ''}the system "
-            f"folder {sysdir}: give the run a folder of its own, e.g. hydra.run.dir=outputs/my-run "
+            f"folder {sysdir}: give the run a folder of its own, e.g. {flag}=outputs/my-run "
             "(or set RECBENCH_OUTPUTS)",
         )
         return
@@ -783,7 +817,7 @@ def _check_run_dir(run_dir: Path, problems: Problems, what: str = "run directory
         problems.add(
             "run_dir",
             f"the {what} {run_dir} cannot be written: {why}. Choose another with "
-            "hydra.run.dir=<folder> or RECBENCH_OUTPUTS=<folder>",
+            f"{flag}=<folder> or RECBENCH_OUTPUTS=<folder>",
         )
     elif _free_mb(run_dir) < MIN_FREE_OUTPUTS_MB:
         problems.add(
@@ -895,15 +929,12 @@ def move_aside(run_dir: Path, found: list[Path], log: Callable[[str], None]) -> 
 # ------------------------------------------------------------------ entry points
 
 
-def problems_of(
-    cfg: DictConfig, command: str = "train", run_dir: Path | None = None, light: bool = False
-) -> Problems:
-    """Every problem of ``cfg`` that can be found without data (nothing is changed); ``light``
-    leaves out the signatures of targets that would import Lightning."""
+def problems_of(cfg: DictConfig, command: str = "train", run_dir: Path | None = None) -> Problems:
+    """Every problem of ``cfg`` that can be found without data (nothing is changed)."""
     problems = Problems()
     _check_values(cfg, problems)
     skip = {"model"} if command == "compare" else set()  # each lineage model has its own keys
-    _check_targets(cfg, problems, skip, light)
+    _check_targets(cfg, problems, skip)
     _check_trainer(cfg, problems, command)
     if command in ("train", "compare"):
         _check_fit(cfg, problems)
@@ -952,7 +983,7 @@ def check(
         except Exception:
             run_dir = None
     rd = Path(run_dir) if run_dir is not None else None
-    problems = problems_of(cfg, command, rd, light=early)
+    problems = problems_of(cfg, command, rd)
     found: list[Path] = []
     if rd is not None and command == "train" and not _launched_rank():
         found = earlier_run(cfg, rd, problems, early)
@@ -986,23 +1017,29 @@ class EarlyChecks(Callback):
 
             _fail(exc)
 
-    def _run_start(self, config: DictConfig) -> None:
+    @staticmethod
+    def _task_config(config: DictConfig, output_dir: Path) -> DictConfig:
+        """The job's config as ``run_job`` will pass it, with ``${hydra:...}`` resolvable."""
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
 
         full = copy.deepcopy(config)
-        if self.command == "bench":
-            run_dir = None  # bench writes no run directory
-        else:
-            run_dir = Path(os.path.abspath(str(OmegaConf.select(full, "hydra.run.dir"))))
         with read_write(full.hydra.runtime), open_dict(full.hydra.runtime):
-            full.hydra.runtime.output_dir = str(run_dir or Path.cwd())
-        HydraConfig.instance().set_config(full)  # as run_job will, so ${hydra:...} resolves
+            full.hydra.runtime.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(full)
         task = copy.deepcopy(full)
         with read_write(task), open_dict(task):
             del task["hydra"]
+        return task
+
+    def _run_start(self, config: DictConfig) -> None:
+        if self.command == "bench":
+            run_dir = None  # bench writes no run directory
+        else:
+            run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+        task = self._task_config(config, run_dir or Path.cwd())
         if self.command == "compare":
-            problems = problems_of(task, "compare", run_dir, light=True)
+            problems = problems_of(task, "compare", run_dir)
             if problems:
                 raise problems.error("compare")
             return
@@ -1010,8 +1047,9 @@ class EarlyChecks(Callback):
 
     def _multirun_start(self, config: DictConfig) -> None:
         sweep = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir"))))
-        problems = Problems()
-        _check_run_dir(sweep, problems, "sweep directory")
+        # the values every job shares; a swept value is checked when its job starts
+        problems = problems_of(self._task_config(config, sweep), self.command)
+        _check_run_dir(sweep, problems, "sweep directory", "hydra.sweep.dir")
         if sweep.is_dir() and not config.get("overwrite", False):
             done = sorted(sweep.glob("*/metrics.json"))
             if done:

@@ -8,9 +8,10 @@ From a dataset's events (any adapter) to what ``task=topk`` trains and evaluates
 - codes: users 1..num_users and items 1..num_items by sorted raw id, over every positive (so every
   held-out item is a candidate, even one without a training interaction); 0 is padding.
 - split (``task.split``): events ordered by (user, timestamp, item id, file row), the stable rule
-  of ``pipeline.split_events``; ``leave_one_out`` makes each user's last event test and the one
-  before validation (users with fewer than 3 positives stay in training), ``user_temporal`` a
-  per-user ratio by time, ``random`` a seeded ratio over all events.
+  of ``pipeline.split_events`` (``ties: row`` orders same-timestamp events by file row instead,
+  as libraries that stable-sort by time do); ``leave_one_out`` makes each user's last event
+  test and the one before validation (users with fewer than 3 positives stay in training),
+  ``user_temporal`` a per-user ratio by time, ``random`` a seeded ratio over all events.
 - evaluation units: the users with at least one held-out event in a split, in code order, each
   with its held-out items (``targets``, right-padded with 0), the items to exclude from its full
   ranking (training items; at test also validation items) and ``sampled`` fixed negatives drawn
@@ -40,14 +41,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from recbench.data.adapters.base import cache_root, sha256_file
+from recbench.data.adapters.base import cache_root
 from recbench.data.pipeline import cache_key as dataset_cache_key
 from recbench.data.pipeline import split_events
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.ranking import draw_negatives
 
-IMPLICIT_VERSION = 1
+IMPLICIT_VERSION = 1  # part of the cache key: bump when the prepared data change
 EVAL_SPLITS = ("val", "test")
 
 
@@ -136,7 +137,6 @@ def _key(cfg: DictConfig, adapter: Any) -> str:
         "version": IMPLICIT_VERSION,
         "dataset": dataset_cache_key(cfg.dataset, adapter),
         "options": _options(cfg.task),
-        "code": sha256_file(Path(__file__)),
     }
     world = _synthetic(cfg, adapter)
     if world is not None:
@@ -144,7 +144,9 @@ def _key(cfg: DictConfig, adapter: Any) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def prepare(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = print) -> ImplicitData:
+def prepare(
+    cfg: DictConfig, force: bool = False, log: Callable[[str], None] = print
+) -> ImplicitData:
     """Prepared top-K data for run config ``cfg`` (``cfg.dataset`` and ``cfg.task``), from the
     cache when it holds them."""
     adapter = instantiate(cfg.dataset.adapter)
@@ -175,9 +177,10 @@ def positives(events: pl.DataFrame, threshold: float | None) -> pl.DataFrame:
     """The positive events: all (threshold None) or those rated at least ``threshold``; a
     repeated (user, item) keeps its earliest event (ties: the first in the file)."""
     ev = events.select(
-        "user_id", "item_id", pl.col("timestamp").cast(pl.Int64), *(
-            ["rating"] if "rating" in events.columns else []
-        )
+        "user_id",
+        "item_id",
+        pl.col("timestamp").cast(pl.Int64),
+        *(["rating"] if "rating" in events.columns else []),
     ).with_row_index("_file_row")
     if threshold is not None:
         if "rating" not in ev.columns:
@@ -213,7 +216,13 @@ def build(
     ``oracle``: true preference indexed by raw (user_id, item_id) where known (synthetic)."""
     opts = _options(task)
     raw_events = events
-    ev = split_events(positives(events, opts["positive_threshold"]), task.split)
+    pos = positives(events, opts["positive_threshold"])  # in file order
+    ties = str(task.split.get("ties", "item"))
+    if ties == "row":  # same-second events in file order: time becomes a rank, ties broken by row
+        pos = pos.with_columns(pl.col("timestamp").rank("ordinal").cast(pl.Int64))
+    elif ties != "item":
+        raise ConfigError(f"task.split.ties={ties!r}; choose item (the default) or row")
+    ev = split_events(pos, task.split)
     if ev.height == 0:
         raise ConfigError("no positive events: lower task.positive_threshold")
     users = np.unique(ev["user_id"].to_numpy())

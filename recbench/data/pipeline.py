@@ -36,6 +36,10 @@ HISTORY_NEG = "hist_item_id_neg"
 class CorruptCacheError(RecbenchError):
     """A prepared-data cache that cannot be read back (truncated, overwritten, foreign)."""
 
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass
 class PreparedData:
@@ -111,7 +115,8 @@ def _corrupt(file: Path, exc: BaseException) -> CorruptCacheError:
     reason = type(exc).__name__ + (f": {detail}" if detail else "")
     return CorruptCacheError(
         f"the prepared-data cache {file} is unreadable ({reason}). Delete {file.parent}; "
-        "the next run rebuilds it from the raw files."
+        "the next run rebuilds it from the raw files.",
+        reason,
     )
 
 
@@ -165,10 +170,9 @@ def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
         try:
             data = PreparedData.load(path)
         except CorruptCacheError as exc:
-            cause = exc.__cause__
             log(
                 f"rebuilding {cfg.name}: the cache {path / 'data.pt'} is unreadable "
-                f"({type(cause).__name__}); deleting it"
+                f"({exc.reason.split('. ')[0][:160]}); deleting it"
             )
             shutil.rmtree(path, ignore_errors=True)
         else:

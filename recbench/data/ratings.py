@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ class RatingData:
     splits: dict[str, dict[str, Tensor]]
     info: dict[str, Any]
     key: str
+    vocab: dict[str, np.ndarray] = field(default_factory=dict)  # "user"/"item": raw id of code c+1
+
+    def decode(self, kind: str, codes: Tensor | np.ndarray) -> np.ndarray:
+        """Raw ids of ``kind`` ("user" or "item") ``codes``; None for code 0 (unseen)."""
+        values = np.array([None, *self.vocab[kind].tolist()], dtype=object)
+        return values[np.asarray(codes)]
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -66,6 +72,7 @@ class RatingData:
                 "splits": self.splits,
                 "info": self.info,
                 "key": self.key,
+                "vocab": self.vocab,
             },
             tmp,
         )
@@ -77,7 +84,9 @@ class RatingData:
         blob = torch.load(path / "ratings.pt", weights_only=False)
         sc = dict(blob["schema"])
         sc["rating_range"] = tuple(sc["rating_range"]) if sc["rating_range"] else None
-        return cls(InteractionSchema(**sc), blob["splits"], blob["info"], blob["key"])
+        return cls(
+            InteractionSchema(**sc), blob["splits"], blob["info"], blob["key"], blob["vocab"]
+        )
 
     def matrix(self, by: str) -> CSR:
         """The training ratings as a CSR matrix with one row per ``by`` code ("item": rows are
@@ -185,7 +194,7 @@ def build_ratings(
         rating_range=(low, high),
         global_mean=mean,
     )
-    return RatingData(schema, splits, info, key)
+    return RatingData(schema, splits, info, key, {"user": users, "item": items})
 
 
 # ---------------------------------------------------------------------------- rows of the matrix
@@ -283,7 +292,13 @@ class RowLoader:
         for batch in self.rows:
             rows = batch["row"]
             total = int(self.lengths[rows].sum())  # CPU: no sync
-            yield {"row": rows.to(self.matrix.indptr.device), **self.matrix.gather(rows, total)}
+            entries = self.matrix.gather(rows, total)
+            # ``label``: the batch's ratings, what throughput counts as training samples
+            yield {
+                "row": rows.to(self.matrix.indptr.device),
+                "label": entries["entry_value"],
+                **entries,
+            }
 
 
 class PairRowLoader:

@@ -44,11 +44,19 @@ class TopKWorld:
         self.params = params or TopKParams()
 
     def fingerprint(self) -> dict:
-        code = [hashlib.sha256(Path(m).read_bytes()).hexdigest() for m in (__file__, synthetic.__file__)]
-        return {"world": asdict(self.world), "seed": self.seed, "topk": asdict(self.params), "code": code}
+        code = [
+            hashlib.sha256(Path(m).read_bytes()).hexdigest() for m in (__file__, synthetic.__file__)
+        ]
+        return {
+            "world": asdict(self.world),
+            "seed": self.seed,
+            "topk": asdict(self.params),
+            "code": code,
+        }
 
     def preference(self) -> np.ndarray:
-        """True preference logits (n_users, n_items); row ``user_id - 1``, column ``item_id - 1``."""
+        """True preference logits (n_users, n_items): row ``user_id - 1``, column
+        ``item_id - 1``."""
         return self._draw()[0]
 
     def _draw(self) -> tuple[np.ndarray, np.random.Generator]:

@@ -176,9 +176,7 @@ class NewsEnv(gym.Env):
             raise ConfigError("env: no user arrives within the horizon; raise horizon_days")
         return self._obs, {"user": self.user, "time": self.now}
 
-    def step(
-        self, action: Any
-    ) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
         if not self._ready or self._done:
             raise RuntimeError("call reset() before step() (the episode has ended)")
         p = self.params

@@ -189,8 +189,8 @@ class GreedyRanker(Policy):
         ranker_kwargs: Mapping[str, Any] | None = None,
         retrain_hours: float = 24.0,
         window_days: float = 7.0,
-        epochs: int = 2,
-        batch_size: int = 256,
+        epochs: int = 1,
+        batch_size: int = 512,
         lr: float = 1e-3,
         capacity: int = 200_000,
     ) -> None:

@@ -46,8 +46,8 @@ HOUR = 3_600.0
 class NewsParams:
     """Every knob of the news environment (``configs/env/news.yaml`` documents each)."""
 
-    n_users: int = 300
-    horizon_days: float = 21.0
+    n_users: int = 250
+    horizon_days: float = 14.0
     slate_size: int = 5
     n_candidates: int = 20
     items_per_hour: float = 6.0

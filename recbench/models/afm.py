@@ -19,8 +19,11 @@ class AFM(nn.Module):
 
     Adds to FM an attention weight per pairwise interaction,
     ``a'_ij = hᵀ ReLU(W (v_i ⊙ v_j) + b)`` normalised by a softmax over the pairs, so
-    uninformative crosses stop contributing as much as informative ones. Dropout acts on the
-    pooled interaction vector.
+    uninformative crosses stop contributing as much as informative ones.
+
+    Regularised as the paper does (Sec. 3.3): ``dropout`` acts on the pair-wise interaction
+    layer, each ``v_i ⊙ v_j`` before attention and pooling; ``attention_l2 > 0`` adds
+    ``λ ||W||²`` on the attention network's weight matrix (eq. 7) as ``reg_loss`` in training.
     """
 
     def __init__(
@@ -29,16 +32,26 @@ class AFM(nn.Module):
         embed_dim: int = 16,
         attention_dim: int = 16,
         dropout: float = 0.1,
+        attention_l2: float = 0.0,
     ) -> None:
         super().__init__()
+        if attention_l2 < 0:
+            raise ValueError(f"attention_l2 must be >= 0, got {attention_l2}")
         self.linear = FeatureLinear(schema)
         self.embedding = FeatureEmbedding(schema, embed_dim)
         self.pairs = PairwiseProduct(self.embedding.num_fields)
         self.attention = AttentionalPooling(embed_dim, attention_dim)
         self.dropout = nn.Dropout(dropout)
         self.p = nn.Linear(embed_dim, 1, bias=False)
+        self.attention_l2 = attention_l2
 
-    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        pairs = self.pairs(self.embedding(batch))  # (B, P, D)
-        pooled = self.dropout(self.attention(pairs))  # (B, D)
-        return self.linear(batch) + self.p(pooled).squeeze(-1)
+    def attention_penalty(self) -> Tensor:
+        """``λ ||W||²`` over the attention network's weight matrix W (attention_dim, D)."""
+        return self.attention_l2 * self.attention.project.weight.pow(2).sum()
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
+        pairs = self.dropout(self.pairs(self.embedding(batch)))  # (B, P, D)
+        logits = self.linear(batch) + self.p(self.attention(pairs)).squeeze(-1)
+        if not (self.training and self.attention_l2 > 0):
+            return logits
+        return {"logits": logits, "reg_loss": self.attention_penalty()}

@@ -82,7 +82,9 @@ class DuelingQ(nn.Module):
         out = []
         for mlp in (self.value, self.advantage):
             lins = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
-            out.append([(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in lins])
+            out.append(
+                [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in lins]
+            )
         out.append([(self.item_emb.weight.detach().numpy().copy(), np.zeros(0))])
         return out
 
@@ -374,9 +376,7 @@ class DRN(nn.Module):
                 q_tg = self.q_target(
                     batch["next_state"], batch["next_actions"], batch["next_items"]
                 )
-                y = torch.where(
-                    batch["has_next"], double_dqn_target(y, q_on, q_tg, self.gamma), y
-                )
+                y = torch.where(batch["has_next"], double_dqn_target(y, q_on, q_tg, self.gamma), y)
         return ((q_sa - y) ** 2).mean()
 
     def _step(self, tr: np.ndarray) -> None:

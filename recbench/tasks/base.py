@@ -92,7 +92,10 @@ class Task(pl.LightningModule):
     # ------------------------------------------------------------------ shared Lightning glue
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        from recbench.optim import build_optimizer
+
+        # factory(params=...) for a plain optimiser, factory(model=...) for one per model part
+        optimizer = build_optimizer(self.optimizer_factory, self.model)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.errors import TrainingDivergedError
 from recbench.metrics import CTRMetrics
 from recbench.tasks.base import Task
-from recbench.tasks.guard import FIX, LossGuard
+from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
 log = logging.getLogger("recbench")
 
@@ -94,16 +93,7 @@ class CTRTask(Task):
         self.test_metrics.update(logits, batch["label"], batch["group"])
 
     def _check(self, guard: LossGuard) -> None:
-        """Raise on every rank when any rank's guard saw a bad value (one sync, one reduce)."""
-        bad = guard.flagged()
-        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            guard.reset_pending()
-            return
-        guard.check()  # raises here on the rank that saw it
-        raise TrainingDivergedError(
-            f"the {guard.what} became non-finite or too large on another rank at epoch "
-            f"{self.current_epoch}. {FIX}"
-        )
+        check_on_all_ranks(guard, self.trainer, self.current_epoch)
 
     def on_train_epoch_start(self) -> None:
         self.loss_guard.reset()

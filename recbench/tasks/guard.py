@@ -116,4 +116,18 @@ class LossGuard:
         raise TrainingDivergedError(f"the {self.what} became {value} {where}. {FIX}")
 
 
-__all__ = ["FIX", "LossGuard"]
+def check_on_all_ranks(guard: LossGuard, trainer, epoch: int) -> None:
+    """``guard.check()`` that raises on every rank when any rank's guard saw a bad value, so no
+    rank is left waiting in a collective (one host sync, one all-reduce under DDP). Call it from
+    a hook every rank runs at the same point (``due`` is in step on equal-length shards)."""
+    bad = guard.flagged()
+    if not trainer.strategy.reduce_boolean_decision(bad, all=False):
+        guard.reset_pending()
+        return
+    guard.check()  # raises here on the rank that saw it, naming the first bad step
+    raise TrainingDivergedError(
+        f"the {guard.what} became non-finite or too large on another rank at epoch {epoch}. {FIX}"
+    )
+
+
+__all__ = ["FIX", "LossGuard", "check_on_all_ranks"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -131,8 +132,14 @@ class RatingTask(Task):
                 data, by, batch_rows, int(cfg.eval_batch_size), cfg.seed, cfg.device_resident
             )
         else:
+            # ``label``: the rating again (a view), what throughput counts as training samples
+            splits = {n: {**t, "label": t["rating"]} for n, t in data.splits.items()}
             self._dm = RecDataModule(
-                data, cfg.batch_size, cfg.eval_batch_size, cfg.seed, cfg.device_resident
+                SimpleNamespace(splits=splits),
+                cfg.batch_size,
+                cfg.eval_batch_size,
+                cfg.seed,
+                cfg.device_resident,
             )
         return self._dm
 

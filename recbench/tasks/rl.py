@@ -58,7 +58,7 @@ class RLTask(Task):
         model: Any = None,
         optimizer: Any = None,
         scheduler: Any = None,
-        eval_days: float = 7.0,
+        eval_days: float = 4.0,
         curve_hours: float = 12.0,
     ) -> None:
         """The protocol's knobs (``configs/task/rl.yaml``); ``run_standalone`` reads them from

@@ -231,7 +231,12 @@ class TopKTask(Task):
                 f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
             )
         self.log(
-            "train/loss", fit, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["user"])
+            "train/loss",
+            fit,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["user"]),
         )
         return loss
 
@@ -266,7 +271,8 @@ class TopKTask(Task):
                 self.log(f"{stage}/{k}", v, sync_dist=False, prog_bar=bar)
         for k, v in means.items():
             if v is None:
-                self.undefined[f"{stage}.{k}"] = f"no user has a held-out event in the {stage} split"
+                why = f"no user has a held-out event in the {stage} split"
+                self.undefined[f"{stage}.{k}"] = why
         return nest(means), values
 
     def on_validation_epoch_end(self) -> None:

@@ -1,5 +1,6 @@
-"""`recbench train task=topk` end to end: the record and its per-user outputs, the oracle, a model
-without parameters, DDP evaluation parity, MovieLens-1M's layout, and compare's NeuMF pretraining."""
+"""`recbench train task=topk` end to end: the record and its per-user outputs, the oracle, a
+model without parameters, DDP evaluation parity, MovieLens-1M's layout, and compare's NeuMF
+pretraining."""
 
 from __future__ import annotations
 

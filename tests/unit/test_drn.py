@@ -140,24 +140,37 @@ def play(agent: DRN, steps: int, seed: int = 0) -> int:
     """Requests served (the episode may end first)."""
     env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=seed)
     obs, _ = env.reset(seed=seed)
-    for n in range(1, steps + 1):
+    n, done = 0, False
+    while not done and n < steps:
         shown = agent.act(obs)
         nxt, _, _, done, info = env.step(shown)
         agent.observe(obs, info["shown"], info)
-        obs = nxt
-        if done:
-            break
+        obs, n = nxt, n + 1
     return n
 
 
 def test_dn_completes_transitions_at_once_and_u_waits_for_the_return():
     env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=0)
-    dn = DRN(env.policy_spec, gamma=0.0, use_activeness=False, explore="none", minor_every=10**6)
+    dn = DRN(
+        env.policy_spec,
+        gamma=0.0,
+        use_activeness=False,
+        explore="none",
+        minor_every=10**6,
+        major_hours=100.0,
+    )
     served = play(dn, 40)
     assert served > 10 and dn.replay.n_tr == served * 5 and not dn.pending
     assert (dn.replay.t_next[: dn.replay.n_tr] == -1).all()
 
-    u = DRN(env.policy_spec, gamma=0.4, use_activeness=True, explore="none", minor_every=10**6)
+    u = DRN(
+        env.policy_spec,
+        gamma=0.4,
+        use_activeness=True,
+        explore="none",
+        minor_every=10**6,
+        major_hours=100.0,
+    )
     env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=0)
     obs, _ = env.reset(seed=0)
     last: dict[int, np.ndarray] = {}
@@ -180,12 +193,13 @@ def test_dn_completes_transitions_at_once_and_u_waits_for_the_return():
 
 @pytest.mark.parametrize("explore", ["none", "egreedy", "dbgd"])
 def test_every_variant_learns_and_shows_distinct_lists(explore):
-    env = NewsEnv(NewsParams(n_users=15, horizon_days=3.0), seed=1)
-    agent = DRN(env.policy_spec, explore=explore, epsilon=0.5, minor_every=8, major_hours=3.0)
+    env = NewsEnv(NewsParams(n_users=30, horizon_days=3.0), seed=1)
+    agent = DRN(env.policy_spec, explore=explore, epsilon=0.5, minor_every=8, major_hours=0.5)
     w0 = [p.detach().clone() for p in agent.q.parameters()]
     obs, _ = env.reset(seed=1)
-    done = False
-    while not done:
+    done, n = False, 0
+    while not done and n < 40:
+        n += 1
         shown = agent.act(obs)
         assert len(set(np.asarray(shown).tolist())) == 5
         nxt, _, _, done, info = env.step(shown)

@@ -67,7 +67,9 @@ def test_common_random_numbers_first_requests_match_across_policies():
             obs, _, _, done, _ = env.step(policy(obs, env))
         return seen
 
-    def rand(obs, env, rng=np.random.default_rng(0)):
+    rng = np.random.default_rng(0)
+
+    def rand(obs, env):
         return rng.permutation(20)[:5]
 
     def oracle(obs, env):
@@ -102,9 +104,7 @@ def test_any_action_is_made_a_valid_list():
 def run_forced(click_prob: float, seed: int = 0, n_users: int = 100, days: float = 4.0):
     """Roll the env with every candidate's click probability forced to ``click_prob`` and no
     position bias: a user who never (0) or always (1) clicks every item of the list."""
-    env = NewsEnv(
-        NewsParams(n_users=n_users, horizon_days=days, position_bias=0.0), seed=seed
-    )
+    env = NewsEnv(NewsParams(n_users=n_users, horizon_days=days, position_bias=0.0), seed=seed)
     env.reset(seed=seed)
     gaps, acts, done = [], [], False
     last: dict[int, tuple[float, float]] = {}

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from recbench.callbacks import AtomicModelCheckpoint
 from recbench.errors import RecbenchError, TrainingDivergedError
 from recbench.tasks.ctr import CTRTask
-from recbench.tasks.guard import LossGuard
+from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
 # ---------------------------------------------------------------------------- LossGuard
 
@@ -96,6 +96,34 @@ def test_guard_update_does_not_synchronise(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(TrainingDivergedError, match="step 2"):
         guard.check()
+
+
+def test_every_rank_raises_when_one_rank_saw_a_bad_loss():
+    """Under DDP a rank whose own losses were fine must stop too, or it waits forever."""
+
+    class Strategy:
+        def __init__(self, others_bad: bool) -> None:
+            self.others_bad = others_bad
+
+        def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+            assert all is False  # "any rank"
+            return decision or self.others_bad
+
+    class Trainer:
+        def __init__(self, others_bad: bool) -> None:
+            self.strategy = Strategy(others_bad)
+
+    fine = LossGuard(max_loss=1000.0, check_every=2)
+    fine.update(torch.tensor(0.5), epoch=0, step=0)
+    fine.update(torch.tensor(0.5), epoch=0, step=1)
+    assert fine.due()
+    check_on_all_ranks(fine, Trainer(others_bad=False), epoch=0)
+    assert not fine.due()  # checked: the count restarts
+    with pytest.raises(TrainingDivergedError, match="on another rank at epoch 4. Lower"):
+        check_on_all_ranks(fine, Trainer(others_bad=True), epoch=4)
+    fine.update(torch.tensor(float("inf")), epoch=4, step=9)
+    with pytest.raises(TrainingDivergedError, match="became inf at epoch 4, step 9"):
+        check_on_all_ranks(fine, Trainer(others_bad=False), epoch=4)
 
 
 # ---------------------------------------------------------------------------- CTRTask

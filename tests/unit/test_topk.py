@@ -78,6 +78,21 @@ def test_leave_one_out_holds_out_the_latest_and_never_leaks_it_into_training():
             assert int(split["targets"][unit, 0]) not in excluded
 
 
+def test_same_timestamp_ties_follow_item_id_by_default_or_file_row():
+    rows = [(1, 9, 5), (1, 3, 5), (1, 7, 1), (1, 5, 2)]  # items 9 and 3 share the last second
+    ev = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
+    ev = ev.with_columns(pl.lit(1, pl.Int64).alias("label"))
+    items = [3, 5, 7, 9]
+    by_item = build(ev, task_cfg())
+    assert items[int(by_item.eval["test"]["targets"][0, 0]) - 1] == 9  # larger item id last
+    assert items[int(by_item.eval["val"]["targets"][0, 0]) - 1] == 3
+    by_row = build(ev, task_cfg(ties="row"))
+    assert items[int(by_row.eval["test"]["targets"][0, 0]) - 1] == 3  # later in the file last
+    assert items[int(by_row.eval["val"]["targets"][0, 0]) - 1] == 9
+    with pytest.raises(ConfigError, match="ties"):
+        build(ev, task_cfg(ties="time"))
+
+
 def test_positive_threshold_and_repeated_pairs():
     ev = random_events()
     data = build(ev, task_cfg(threshold=4))
@@ -125,9 +140,7 @@ def test_evaluation_negatives_are_shared_by_every_model_and_seed(tmp_path, monke
     for name in ("val", "test"):
         assert torch.equal(one.eval[name]["neg"], two.eval[name]["neg"])
     assert one.info["oracle"]["test"]["hr@10"] > 0  # the synthetic world's top-K oracle
-    other = prepare(
-        compose_topk(["model=gmf", "task.eval.seed=5", *small]), log=lambda _: None
-    )
+    other = prepare(compose_topk(["model=gmf", "task.eval.seed=5", *small]), log=lambda _: None)
     assert other.key != one.key
     assert not torch.equal(other.eval["test"]["neg"], one.eval["test"]["neg"])
 

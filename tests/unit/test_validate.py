@@ -210,3 +210,19 @@ def test_the_checks_ride_along_with_any_command_line(args):
     assert [o for o in parsed.overrides if "hydra.callbacks" not in o] == [
         a for a in args if "=" in a
     ]
+
+
+def test_gpu_counts_come_from_torch(tmp_path, monkeypatch):
+    """On a machine with one GPU (torch.cuda patched): two GPUs are refused, one is fine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert messages(["trainer=gpu"], tmp_path) == []
+    msgs = messages(["trainer=gpu", "trainer.strategy=ddp", "trainer.devices=2"], tmp_path)
+    assert msgs == [
+        "trainer.devices=2, but torch sees 1 GPU (torch.cuda.device_count()): "
+        "use trainer.devices=1 or fewer"
+    ]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    (msg,) = messages(["trainer=gpu"], tmp_path)
+    assert "no bfloat16" in msg and "trainer.precision=16-mixed" in msg

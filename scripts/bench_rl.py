@@ -1,0 +1,100 @@
+"""Speed of the RL loop: simulated requests per second with DRN acting and learning, the
+environment alone, and (with --compare) the wall time of a finished `recbench compare lineage=rl`.
+
+    python scripts/bench_rl.py                      # default world, seed 1, torch threads 2
+    python scripts/bench_rl.py --threads 1 --users 250 --days 14
+    python scripts/bench_rl.py --compare outputs/compare/<folder>
+
+Prints one JSON object. The machine's load average is part of it: numbers measured while other
+work shares the cores are labelled by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def loop(env, policy, seed: int) -> dict[str, float]:
+    """One episode; seconds spent in the env, acting and observing (learning)."""
+    obs, _ = env.reset(seed=seed)
+    t_env = t_act = t_obs = 0.0
+    n, done = 0, False
+    while not done:
+        t0 = time.perf_counter()
+        shown = policy.act(obs)
+        t1 = time.perf_counter()
+        nxt, _, _, done, info = env.step(shown)
+        t2 = time.perf_counter()
+        policy.observe(obs, info["shown"], info)
+        t3 = time.perf_counter()
+        t_act, t_env, t_obs = t_act + t1 - t0, t_env + t2 - t1, t_obs + t3 - t2
+        obs, n = nxt, n + 1
+    total = t_env + t_act + t_obs
+    return {
+        "requests": n,
+        "requests_per_sec": n / total,
+        "env_share": t_env / total,
+        "act_share": t_act / total,
+        "learn_share": t_obs / total,
+        "seconds": total,
+    }
+
+
+def compare_wall(folder: Path) -> dict[str, float]:
+    """Wall time of a compare from its runs: first run start to last run end."""
+    starts, ends, per_model = [], [], {}
+    for m in folder.glob("runs/*/seed_*/metrics.json"):
+        rec = json.loads(m.read_text())
+        end = dt.datetime.fromisoformat(rec["finished_at"]).timestamp()
+        wall = float(rec["perf"]["wall_seconds"])
+        starts.append(end - wall)
+        ends.append(end)
+        per_model.setdefault(rec["model"], []).append(wall)
+    if not ends:
+        raise SystemExit(f"no finished runs under {folder}/runs")
+    return {
+        "runs": len(ends),
+        "wall_minutes": (max(ends) - min(starts)) / 60.0,
+        "run_seconds_mean": {k: float(np.mean(v)) for k, v in sorted(per_model.items())},
+    }
+
+
+def main() -> None:
+    from recbench.envs import NewsEnv, NewsParams
+    from recbench.envs.policies import RandomPolicy
+    from recbench.models.drn import DRN
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, default=NewsParams.n_users)
+    ap.add_argument("--days", type=float, default=NewsParams.horizon_days)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compare", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out: dict = {
+        "load_average_before": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": args.threads,
+        "world": {"n_users": args.users, "horizon_days": args.days, "seed": args.seed},
+    }
+    params = NewsParams(n_users=args.users, horizon_days=args.days)
+    env = NewsEnv(params, seed=args.seed)
+    out["env_only"] = loop(env, RandomPolicy(env.policy_spec, seed=0), args.seed)
+    out["drn_acting_and_learning"] = loop(env, DRN(env.policy_spec, seed=0), args.seed)
+    if args.compare is not None:
+        out["compare"] = compare_wall(args.compare)
+    out["load_average_after"] = os.getloadavg()
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Next-item data and evaluation: leave-one-out sequences, the sampled negatives, and the metric
+plumbing on hand-made users."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from recbench.data.sequences import SequenceOptions, build_sequences, tails
+from recbench.data.synthetic import WorldParams
+from recbench.data.synthetic_seq import SeqWorldParams, generate_sequences, oracle_metrics
+from recbench.errors import ConfigError
+from recbench.tasks.next_item import NextItemTask, metric_names
+
+# user 10: items 5 1 2 3 4 (time order); user 20: 7 5 6 with a tie at t=1 kept in file order;
+# user 30: two items only (no training target: dropped)
+USERS = np.array([10, 10, 10, 10, 10, 20, 20, 20, 30, 30])
+ITEMS = np.array([5, 1, 2, 3, 4, 7, 5, 6, 1, 2])
+TIMES = np.array([0, 1, 2, 3, 4, 0, 1, 1, 0, 1])
+
+
+def prepared(max_len: int = 3, sampled: int = 0):
+    data, _ = build_sequences(USERS, ITEMS, TIMES, SequenceOptions(max_len, sampled, seed=1))
+    return data
+
+
+def test_leave_one_out_never_trains_on_validation_or_test_items():
+    data = prepared(max_len=3)
+    code = {raw: i + 1 for i, raw in enumerate(data.raw_items)}  # codes by sorted raw id
+    assert list(data.raw_users) == [10, 20] and data.info["dropped_users"] == 1
+    assert data.schema.num_items == 6 and data.schema.max_len == 3
+    train = data.splits["train"]["seq"]
+    assert train.shape == (2, 4)  # max_len + 1 columns, left-padded
+    assert train[0].tolist() == [0, code[5], code[1], code[2]]  # 3 (val) and 4 (test) held out
+    assert train[1].tolist() == [0, 0, 0, code[7]]  # 5 then 6 at the same time: file order
+    val, test = data.splits["val"], data.splits["test"]
+    assert val["target"].tolist() == [code[3], code[5]]
+    assert test["target"].tolist() == [code[4], code[6]]
+    assert val["items"][0].tolist() == [code[5], code[1], code[2]]
+    assert test["items"][0].tolist() == [code[1], code[2], code[3]]  # truncated to max_len
+    assert test["items"][1].tolist() == [0, code[7], code[5]]
+    for u in range(2):  # no held-out item enters training (these users never repeat items)
+        assert val["target"][u] not in train[u] and test["target"][u] not in train[u]
+    # training counts exclude the held-out items
+    counts = data.schema.item_counts
+    assert counts[code[4]] == 0 and counts[code[6]] == 0 and counts[code[5]] == 1
+    assert data.info["rows"]["train"] == 4
+
+
+def test_tails_left_pad():
+    codes = np.array([1, 2, 3, 4, 5])
+    out = tails(codes, np.array([0, 3]), np.array([3, 5]), 4)
+    assert out.tolist() == [[0, 1, 2, 3], [0, 0, 4, 5]]
+
+
+def test_sampled_negatives_are_unseen_seeded_and_shared():
+    a, b = prepared(sampled=2), prepared(sampled=2)
+    for split in ("val", "test"):
+        neg = a.splits[split]["negatives"]
+        assert torch.equal(neg, b.splits[split]["negatives"])  # same seed, same draw
+        for u in range(2):
+            seen = set(a.splits["train"]["seq"][u].tolist()) | {
+                int(a.splits["val"]["target"][u]),
+                int(a.splits["test"]["target"][u]),
+            }
+            assert not (set(neg[u].tolist()) & seen)
+    with pytest.raises(ConfigError, match="sampled_weighting"):
+        SequenceOptions(50, 99, "zipf")
+
+
+class Fixed(nn.Module):
+    """Scores from a given (users, n_items + 1) table, looked up by the batch's user."""
+
+    tasks = ("next_item",)
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+
+    def score_all(self, batch):
+        return self.table[batch["user"]].clone()
+
+
+def unit_values(table: torch.Tensor, sampled: int = 0, exclude_seen: bool = False):
+    data = prepared(max_len=3, sampled=sampled)
+    task = NextItemTask(
+        Fixed(table),
+        lambda params: None,
+        eval={"sampled": sampled, "exclude_seen": exclude_seen},
+        ks=(1, 5),
+    )
+    task._seen = data.seen
+    return task.unit_values(data.splits["test"], "test"), data
+
+
+def test_a_model_scoring_the_true_next_item_highest_gets_every_hit():
+    data = prepared(sampled=2)
+    table = torch.zeros(2, 7)
+    table[torch.arange(2), data.splits["test"]["target"]] = 1.0
+    values, _ = unit_values(table, sampled=2)
+    assert values["hr@1"].tolist() == [1.0, 1.0] and values["ndcg@1"].tolist() == [1.0, 1.0]
+    assert values["mrr"].tolist() == [1.0, 1.0]
+    assert values["sampled.hr@1"].tolist() == [1.0, 1.0]
+
+
+def test_a_constant_model_earns_nothing():
+    values, _ = unit_values(torch.zeros(2, 7), sampled=2)
+    assert values["hr@1"].tolist() == [0.0, 0.0] and values["hr@5"].tolist() == [0.0, 0.0]
+    assert values["sampled.hr@1"].tolist() == [0.0, 0.0]
+    assert values["mrr"].tolist() == pytest.approx([1 / 6, 1 / 6])  # last of 6 items
+
+
+def test_exclude_seen_removes_history_items_but_never_the_target():
+    data = prepared()
+    target = data.splits["test"]["target"]
+    table = torch.zeros(2, 7)
+    hist = data.splits["test"]["items"]
+    for u in range(2):  # the history scores highest, the target next
+        table[u, hist[u][hist[u] > 0]] = 5.0
+        table[u, target[u]] = 4.0
+    values, _ = unit_values(table)
+    assert values["hr@1"].tolist() == [0.0, 0.0]
+    values, _ = unit_values(table, exclude_seen=True)
+    assert values["hr@1"].tolist() == [1.0, 1.0]
+
+
+def test_metric_names_put_the_primary_first():
+    names = metric_names()
+    assert names[0] == "ndcg@10" and "sampled.hr@10" in names and "mrr" in names
+    assert NextItemTask.bootstrap_unit == "user"
+    assert all(NextItemTask.bootstrap[m] == "mean" for m in names)
+
+
+def test_synthetic_sequences_have_an_oracle_above_its_parts():
+    world = WorldParams(n_users=300, n_items=150, events_per_user=30)
+    gen = generate_sequences(world, SeqWorldParams(), seed=0)
+    assert len(gen.sequences) == 300 and min(len(s) for s in gen.sequences) >= 3
+    assert max(int(s.max()) for s in gen.sequences) <= 150
+    targets = np.array([s[-1] for s in gen.sequences])
+    full = oracle_metrics(gen.probs["test"], targets)
+    parts = {k: oracle_metrics(p, targets) for k, p in gen.parts["test"].items()}
+    assert 0 < full["ndcg@10"] < 1
+    for part in parts.values():
+        assert part["ndcg@10"] < full["ndcg@10"] + 0.02  # the full distribution ranks best
+    # a uniform random ranking is far below the oracle
+    rnd = oracle_metrics(np.random.default_rng(0).random((300, 151)), targets)
+    assert rnd["ndcg@10"] < 0.5 * full["ndcg@10"]
+    again = generate_sequences(world, SeqWorldParams(), seed=0)
+    assert all(np.array_equal(x, y) for x, y in zip(gen.sequences, again.sequences, strict=True))
