@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from recbench.callbacks import peak_rss_mb
@@ -41,7 +41,9 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     apply_threads(cfg.get("threads"))  # auto: one thread per core free of other work
     torch.manual_seed(cfg.seed)
     device = _device(cfg)
-    data = prepare(cfg.dataset)
+    # the task prepares its own data (CTR rows, top-K interactions, next-item sequences)
+    task_cls = get_class(str(cfg.task._target_))
+    data = task_cls.prepare(cfg) if hasattr(task_cls, "prepare") else prepare(cfg.dataset)
     model = build_model(cfg.model, data.schema)
     keys = used_inputs(model, {k: v[:8] for k, v in data.splits["train"].items()})
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer)).to(device)

@@ -6,7 +6,7 @@ recorded. Before training, each run's config is composed here with the same over
 run key; a run whose key already has a finished record in the results store is not trained
 again. A rerun of a killed compare therefore trains only what is missing.
 
-Each child runs under ``recbench.guard``: it dies with the compare (even a ``kill -9`` of the
+Each child runs under ``recbench.supervise``: it dies with the compare (even a ``kill -9`` of the
 compare alone), and while it trains it holds a lock on its run key, so a second compare started
 beside a live one waits for that run instead of training it twice, and a lock left by a killed
 compare is known to be stale.
@@ -29,7 +29,6 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from recbench.errors import ConfigError
-from recbench.guard import STOP_GRACE_S, RunLock, guarded_command
 from recbench.report import (
     ReportInput,
     Table,
@@ -46,6 +45,7 @@ from recbench.results import (
     read_records,
     run_key,
 )
+from recbench.supervise import STOP_GRACE_S, RunLock, guarded_command
 from recbench.validate import check as check_config
 
 log = logging.getLogger("recbench")
@@ -329,8 +329,8 @@ def _failure_record(job: Job, error: str, returncode: int | None, command: str) 
 
 
 def _stop(job: Job) -> None:
-    """Stop the child training ``job`` (if it runs): its guard passes SIGTERM on to the run's
-    process group and kills the group after ``STOP_GRACE_S``; the guard itself is killed if it
+    """Stop the child training ``job`` (if it runs): its supervisor passes SIGTERM on to the run's
+    process group and kills the group after ``STOP_GRACE_S``; the supervisor itself is killed if it
     is still there 5 s later."""
     proc = job.process
     if proc is None or proc.poll() is not None:
@@ -363,8 +363,8 @@ def train_job(
         env = dict(os.environ)
         if threads and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(threads)
-        # a session of its own under a guard that kills the run's whole process group when
-        # this process dies, even by SIGKILL; Ctrl-C reaches the run through _stop. The guard
+        # a session of its own under a supervisor that kills the run's whole process group when
+        # this process dies, even by SIGKILL; Ctrl-C reaches the run through _stop. The supervisor
         # also holds the run's lock until the run's processes are gone.
         proc = subprocess.Popen(
             guarded_command(cmd),

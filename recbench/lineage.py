@@ -238,6 +238,27 @@ NODES: tuple[Node, ...] = (
         "starts from a trained GMF and MLP, output layer [α h_GMF ; (1-α) h_MLP]",
         "topk",
     ),
+    # rating prediction (task=rating): the autoencoder branch, against biased MF
+    Node(
+        "autorec",
+        "I-AutoRec",
+        "autoencoder",
+        ("mf",),
+        "Sedhain et al., WWW 2015",
+        "deeper",
+        "an autoencoder reconstructs an item's whole rating row through a sigmoid bottleneck",
+        "rating",
+    ),
+    Node(
+        "u_autorec",
+        "U-AutoRec",
+        "autoencoder",
+        ("autorec",),
+        "Sedhain et al., WWW 2015",
+        "deeper",
+        "the same autoencoder on user rows: a user's ratings of every item",
+        "rating",
+    ),
     # next-item recommendation (task=next_item): the NLP crossover, Pop as the root
     Node(
         "gru4rec",

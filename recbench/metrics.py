@@ -3,6 +3,8 @@ users whose rows hold both labels (n_u: the user's row count).
 
 ``CTRMetrics`` keeps every row's score, label and user; under DDP ``compute`` gathers the rows of
 every rank first, so the numbers equal those of one device exactly (no per-rank averaging).
+A metric the rows do not define (AUC of a one-class split, GAUC when no user has both labels) is
+NaN with a reason in ``CTRMetrics.undefined``, and is recorded as undefined, never as a number.
 """
 
 from __future__ import annotations

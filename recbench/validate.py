@@ -161,7 +161,7 @@ def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: 
 
 
 def _positive_int_list(v: Any) -> str | None:
-    if v is None:
+    if v is None or (_is_int(v) and v >= 1):  # one width
         return None
     if not isinstance(v, list | tuple):
         return "must be a list of layer widths, e.g. [256, 128]"

@@ -22,7 +22,9 @@ class BatchLoader:
     padded by wrapping so all ranks run the same number of steps (as DDP needs).
     ``before_epoch(epoch)``, when given, runs before each pass (e.g. to redraw negatives).
     Evaluation (``shuffle=False``): rank ``r`` takes rows ``r::w`` of the natural order, without
-    padding, so over all ranks every row is seen exactly once.
+    padding, so over all ranks every row is seen exactly once. A rank left without rows (fewer
+    rows than ranks) yields one batch of zero rows: the evaluation's gather is a collective
+    every rank must join, and a rank that ran no step would not reach it with the others.
     """
 
     def __init__(
@@ -65,7 +67,13 @@ class BatchLoader:
             return math.ceil(self.n / self.world_size)
         return len(range(self.rank, self.n, self.world_size))
 
+    def empty_rank(self) -> bool:
+        """An evaluation rank without rows under DDP: it yields one zero-row batch."""
+        return not self.shuffle and self.world_size > 1 and self.rows_per_rank() == 0
+
     def __len__(self) -> int:
+        if self.empty_rank():
+            return 1
         rows = self.rows_per_rank()
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
@@ -90,6 +98,9 @@ class BatchLoader:
             self.before_epoch(self.epoch)
         idx = self.indices()
         self.epoch += 1  # the next pass draws a new permutation
+        if self.empty_rank():
+            yield {k: t[:0] for k, t in self.tensors.items()}
+            return
         rows = self.n if idx is None else len(idx)
         bs = self.batch_size
         stop = rows - rows % bs if self.drop_last else rows

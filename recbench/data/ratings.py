@@ -37,7 +37,7 @@ from recbench.data.schema import InteractionSchema
 from recbench.data.splits import SPLIT_NAMES
 from recbench.errors import ConfigError
 
-RATINGS_VERSION = 1  # bump when the prepared layout or coding changes (it enters the cache path)
+RATINGS_VERSION = 2  # bump when the prepared layout or coding changes (it enters the cache path)
 
 
 @dataclass

@@ -23,10 +23,11 @@ class DIN(nn.Module):
     as its BaseModel, sum pooling, and training learns how far to move from it.
 
     ``mba_reg > 0`` adds mini-batch aware regularisation (eq. 4) as ``reg_loss`` in training:
-    ``mba_reg · Σ_j ||w_j||² / n_j`` over the item embedding rows ``w_j`` of the ids in the batch
-    (targets and histories). The paper's ``n_j`` is the id's frequency in the training data, which
-    a model does not see; here ``n_j`` is the id's count in the current batch, a noisy estimate of
-    the same thing that still shrinks rare ids harder than frequent ones.
+    ``mba_reg · Σ_j ||w_j||² / n_j`` over the item embedding rows ``w_j`` of the distinct ids in
+    the batch (targets and histories), ``n_j`` the id's number of occurrences in the training
+    data as in the paper (counted by ``fit_statistics``, which the CTR task calls with the
+    training split). ``mba_counts="batch"`` uses the id's count in the current batch instead, a
+    noisy and much smaller estimate: the same ``mba_reg`` then regularises far harder.
 
     ``input_norm`` batch-normalises the MLP input, as the DIN reference code does; off by default
     (the paper's form, which the shipped results use).
@@ -44,11 +45,15 @@ class DIN(nn.Module):
         dropout: float = 0.0,
         mba_reg: float = 0.0,
         input_norm: bool = False,
+        mba_counts: str = "train",
     ) -> None:
         super().__init__()
         if mba_reg < 0:
             raise ValueError(f"mba_reg must be >= 0, got {mba_reg}")
+        if mba_counts not in ("train", "batch"):
+            raise ValueError(f"mba_counts must be 'train' or 'batch', got {mba_counts!r}")
         self.inputs = BehaviourHistory(schema, embed_dim, history)
+        self.inputs.mba_counts = mba_counts
         self.unit = ActivationUnit(self.inputs.item_dim, unit_hidden, activation, unit_init)
         width = self.inputs.context_dim + 2 * self.inputs.item_dim
         self.norm = BatchNorm(width) if input_norm else nn.Identity()

@@ -82,12 +82,25 @@ class CTRTask(Task):
         )
         return loss
 
+    def _no_rows(self, batch: Mapping[str, Tensor], metrics: CTRMetrics) -> bool:
+        # a DDP rank without evaluation rows gets one zero-row batch (BatchLoader): it adds no
+        # rows but joins the metrics' gather; neither the model nor the guard sees it
+        if len(batch["label"]) > 0:
+            return False
+        empty = batch["label"].float()
+        metrics.update(empty, empty, batch["group"])
+        return True
+
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        if self._no_rows(batch, self.val_metrics):
+            return
         logits = self(batch)
         self.val_guard.update(logits, self.current_epoch, batch_idx)
         self.val_metrics.update(logits, batch["label"], batch["group"])
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        if self._no_rows(batch, self.test_metrics):
+            return
         logits = self(batch)
         self.test_guard.update(logits, self.current_epoch, batch_idx)
         self.test_metrics.update(logits, batch["label"], batch["group"])
@@ -148,6 +161,10 @@ class CTRTask(Task):
         from recbench.data.pipeline import EpochNegatives
         from recbench.models import used_inputs
 
+        # training-split statistics a model's loss needs (DIN's and DIEN's n_j), before fitting
+        for module in self.model.modules():
+            if callable(getattr(module, "fit_statistics", None)):
+                module.fit_statistics(data.splits["train"])
         sample = {k: v[:8] for k, v in data.splits["train"].items()}
         keys = used_inputs(self.model, sample) | {"label", "group"}
         sampler = cfg.dataset.get("sampler") or {}

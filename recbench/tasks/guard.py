@@ -6,15 +6,25 @@ the first bad entry, on the values' device: no host synchronisation per step. ``
 flag on the host (one sync) and raises ``TrainingDivergedError`` naming the first bad step; a task
 calls it every ``check_every`` updates (``due``) and at the end of each epoch.
 
-Task-agnostic: any LightningModule can own one per stream::
+Task-agnostic: any LightningModule can own one per stream (``CTRTask`` is the reference)::
 
-    self.loss_guard = LossGuard(max_loss=1000.0)
-    ...
+    self.loss_guard = LossGuard(max_loss=1000.0)            # in __init__ (task.max_loss)
+
     def training_step(self, batch, batch_idx):
         loss = ...
-        self.loss_guard.update(loss, epoch=self.current_epoch, step=batch_idx)
+        self.loss_guard.update(loss, self.current_epoch, batch_idx)   # no sync
         if self.loss_guard.due():
-            self.loss_guard.check()
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+        return loss
+
+    def on_train_epoch_start(self):
+        self.loss_guard.reset()
+
+    def on_train_epoch_end(self):
+        check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+
+For evaluation outputs, ``LossGuard(check_every=0, what="validation scores", unit="batch")``:
+``update`` each batch, ``reset`` at the epoch start, check before computing the metrics.
 """
 
 from __future__ import annotations
@@ -72,8 +82,10 @@ class LossGuard:
             x = x.reshape(-1)
             bad_each = ~torch.isfinite(x) | (x > self.max_loss)
             bad_now = bad_each.any()
-            # the first bad entry (argmax of a bool picks the first True; 0 when none)
-            value = x[torch.argmax(bad_each.to(torch.uint8))] if len(x) else x.new_zeros(())
+            # the first bad entry (argmax picks the first maximum; 0 when none); index_select,
+            # not x[i]: indexing with a 0-dim tensor reads it on the host
+            first = torch.argmax(bad_each.to(torch.uint8)).reshape(1)
+            value = x.index_select(0, first).reshape(()) if len(x) else x.new_zeros(())
         value = value.double()
         if self._bad is None:
             self._bad = torch.zeros((), dtype=torch.bool, device=x.device)

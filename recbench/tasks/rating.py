@@ -68,6 +68,16 @@ class RatingMetrics(Metric):
         }
 
 
+def observed_squared_error(
+    reconstruction: Tensor, target: Tensor, observed: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(squared error over the observed entries per row, its mean per observed entry) of a
+    batch of reconstructed matrix rows (B, n); unobserved entries count for nothing."""
+    sq = (reconstruction.float() - target).pow(2) * observed
+    total = sq.sum()
+    return total / len(observed), total.detach() / observed.sum().clamp(min=1)
+
+
 class RatingTask(Task):
     """Squared loss on explicit ratings; RMSE (primary) and MAE, lower is better."""
 
@@ -174,10 +184,7 @@ class RatingTask(Task):
         """(total loss, mean squared error per rating) of one training batch."""
         out = self.model(batch)
         if self.rows_mode:
-            observed = batch["observed"]
-            sq = (out.float() - batch["ratings"]).pow(2) * observed  # unobserved entries: 0
-            fit = sq.sum() / len(observed)  # squared error per row, as the paper sums over rows
-            mse = sq.sum().detach() / observed.sum().clamp(min=1)
+            fit, mse = observed_squared_error(out, batch["ratings"], batch["observed"])
         else:
             fit = (out.float() - batch["rating"]).pow(2).mean()
             mse = fit.detach()
@@ -273,4 +280,4 @@ class RatingTask(Task):
         }
 
 
-__all__ = ["RatingMetrics", "RatingTask"]
+__all__ = ["RatingMetrics", "RatingTask", "observed_squared_error"]

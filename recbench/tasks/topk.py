@@ -182,7 +182,7 @@ class TopKTask(Task):
 
     def datamodule(self, cfg: Any, data: Any) -> pl.LightningDataModule:
         self.num_items = data.schema.num_items
-        self._eval = data.eval
+        self._eval = dict(data.eval)  # per-split tensors, moved to the device on first use
         chunk = self.chunk_users or max(1, SCORES_PER_CHUNK // (self.num_items + 1))
         return TopKDataModule(
             data,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from recbench.guard import guarded_command
 from recbench.results import FINISHED, read_records
+from recbench.supervise import guarded_command
 
 TINY = ["++dataset.world.n_users=300", "debug=fast", "logger=none", "threads=1"]
 ONE = ["models=[lr]", "seeds=[1]"]
@@ -73,7 +73,7 @@ def _trainers(outputs: Path) -> dict[int, str]:
 
 def _runs(outputs: Path) -> list[int]:
     """The training processes alone (each leads its process group), without their guards."""
-    return [p for p, c in _trainers(outputs).items() if "recbench.guard" not in c]
+    return [p for p, c in _trainers(outputs).items() if "recbench.supervise" not in c]
 
 
 def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 300):
@@ -117,7 +117,7 @@ def _once_each(outputs: Path) -> dict[tuple[str, int], int]:
 
 _PARENT = """
 import subprocess, sys, time
-from recbench.guard import guarded_command
+from recbench.supervise import guarded_command
 child = subprocess.Popen(guarded_command([sys.executable, "-c", sys.argv[1], sys.argv[2]]))
 time.sleep(600)
 """
@@ -208,7 +208,7 @@ def test_kill_9_of_compare_kills_its_run_and_a_rerun_trains_it_once(
         os.kill(first.pid, signal.SIGKILL)  # the compare alone, not its process group
         first.wait()
         assert _gone(trainers), f"left running: {_trainers(tmp_path)}"
-        assert not _trainers(tmp_path) and not _live(f"recbench.guard {first.pid}")
+        assert not _trainers(tmp_path) and not _live(f"recbench.supervise {first.pid}")
     finally:
         first.kill()
     assert not read_records(tmp_path, status=FINISHED)

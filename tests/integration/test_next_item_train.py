@@ -76,7 +76,9 @@ def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
 
 
 def test_a_ctr_model_is_refused_for_next_item(tmp_path):
-    out = recbench("train", "model=fm", *TINY, *run_dir_of(tmp_path, "x"), cwd=tmp_path, check=False)
+    out = recbench(
+        "train", "model=fm", *TINY, *run_dir_of(tmp_path, "x"), cwd=tmp_path, check=False
+    )
     assert out.returncode != 0
     assert "does not serve task=next_item" in out.stdout + out.stderr
 

@@ -11,7 +11,7 @@ import torch
 from recbench.data.ratings import RatingData, RatingRowsDataModule, build_ratings
 from recbench.data.schema import InteractionSchema
 from recbench.models.autorec import AutoRec
-from recbench.tasks.rating import RatingTask
+from recbench.tasks.rating import RatingTask, observed_squared_error
 
 
 def schema(users: int = 3, items: int = 4) -> InteractionSchema:
@@ -68,12 +68,14 @@ def test_loss_counts_observed_entries_only():
     sq = ((out - ratings) ** 2)[ratings > 0]
     assert loss.item() == pytest.approx(sq.sum().item() / 2 + model.penalty(batch).item(), rel=1e-6)
     assert mse.item() == pytest.approx(sq.mean().item(), rel=1e-6)
-    # a different target at an unobserved entry changes nothing: it is not a zero rating
-    changed = dict(batch, ratings=ratings + torch.tensor([[1.0, 0, 2.0, 0], [3.0, 4.0, 0, 5.0]]))
-    assert task.loss(changed)[0].item() == loss.item()
-    # the same change at an observed entry does
-    moved = dict(batch, ratings=ratings + torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 0]]))
-    assert task.loss(moved)[0].item() != loss.item()
+    # a different target at an unobserved entry changes nothing (it is no zero rating); the
+    # same change at an observed entry does
+    out = model(batch)
+    fit = observed_squared_error(out, ratings, batch["observed"])[0].item()
+    other = ratings + torch.tensor([[1.0, 0, 2.0, 0], [3.0, 4.0, 0, 5.0]])
+    assert observed_squared_error(out, other, batch["observed"])[0].item() == fit
+    moved = ratings + torch.tensor([[0, 1.0, 0, 0], [0, 0, 0, 0]])
+    assert observed_squared_error(out, moved, batch["observed"])[0].item() != fit
     # and the gradient of an unobserved output is zero
     model.zero_grad()
     task.loss(batch)[0].backward()

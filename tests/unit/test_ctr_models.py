@@ -133,8 +133,8 @@ def test_wide_deep_unknown_cross_field_raises() -> None:
     with pytest.raises(ValueError, match="sparse") as err:
         WideDeep(toy_schema(), crosses=[["gender", "occupation"]])
     assert "occupation" in str(err.value) and "user_id" in str(err.value)
-    with pytest.raises(ValueError, match="sparse"):  # a multi field cannot be crossed
-        WideDeep(toy_schema(), crosses=[["gender", "genres"]])
+    with pytest.raises(ValueError, match="sparse"):  # a dense field has no values to cross
+        WideDeep(toy_schema(), crosses=[["gender", "price"]])
 
 
 def test_wide_deep_crosses_from_dataset_config() -> None:
@@ -144,7 +144,7 @@ def test_wide_deep_crosses_from_dataset_config() -> None:
     with torch.no_grad():
         model.crosses.weight.weight.copy_(torch.arange(36.0).unsqueeze(1))
     sparse = torch.tensor([[0, 0, g, a] for g in range(4) for a in range(9)])
-    weights = model.crosses(sparse)  # each combination reads its own row
+    weights = model.crosses({"sparse": sparse})  # each combination reads its own row
     assert sorted(weights.tolist()) == list(range(36))
 
     cfg = OmegaConf.create({"dataset": {}, "model": OmegaConf.load(CONFIGS / "wide_deep.yaml")})

@@ -275,10 +275,10 @@ def test_failed_cache_write_leaves_no_file_and_names_the_path(tmp_path, monkeypa
 # ---------------------------------------------------------------------------- the CLI
 
 
-def recbench_data(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def recbench_data(*args: str, cwd: Path, verb: str = "info") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "recbench.cli", "data", "info", *args],
+        [sys.executable, "-m", "recbench.cli", "data", verb, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -301,3 +301,24 @@ def test_cli_bad_data_files_exit_2_with_file_line_fix_and_no_traceback(tmp_path)
     assert proc.returncode == 2, out
     assert "ratings.csv:2: the file holds its header but no rows" in " ".join(out.split())
     assert "Traceback" not in out and "zero-size array" not in out
+    (root / "u.data").write_bytes(b"1\t10\t5\t100\n1\t11\t3\t101\xe9\n")
+    proc = recbench_data("dataset=movielens-100k", f"dataset.root={root}", cwd=tmp_path)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, out
+    assert f"{root / 'u.data'}:2: byte 0xe9 at byte offset 21 (column 11) is not valid utf8" in out
+    assert "++dataset.adapter.encoding=latin-1" in out and "Traceback" not in out
+
+
+def test_cli_rebuilds_a_corrupt_cache_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    args = ("dataset=synthetic", "++dataset.world.n_users=60")
+    first = recbench_data(*args, cwd=tmp_path, verb="prepare")
+    assert first.returncode == 0, first.stdout + first.stderr
+    (file,) = (tmp_path / "cache" / "prepared").glob("synthetic-*/data.pt")
+    file.write_bytes(file.read_bytes()[:4096])  # truncated
+    again = recbench_data(*args, cwd=tmp_path)
+    out = " ".join((again.stdout + again.stderr).split())
+    assert again.returncode == 0, out
+    assert f"rebuilding synthetic: the cache {file} is unreadable (" in out
+    assert "deleting it" in out and "Traceback" not in out
+    assert PreparedData.load(file.parent).info["rows"]

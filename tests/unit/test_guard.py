@@ -66,6 +66,29 @@ def test_guard_is_due_every_n_updates_and_quiet_on_good_values():
     assert not guard.flagged()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_guard_update_makes_no_cuda_sync():
+    """CUDA's sync debug mode raises on any device-to-host synchronisation inside update."""
+    guard = LossGuard(max_loss=1000.0, check_every=1000)
+    scores = LossGuard(check_every=0, what="test scores", unit="batch")
+    losses = torch.tensor([0.5, 0.6, float("nan"), 0.4], device="cuda")
+    batch = torch.randn(4, 8192, device="cuda")
+    batch[3, 100] = float("inf")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(4):
+            guard.update(losses[step], epoch=0, step=step)
+            scores.update(batch[step], epoch=0, step=step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(TrainingDivergedError, match="step 2"):
+        guard.check()
+    with pytest.raises(TrainingDivergedError, match="batch 3"):
+        scores.check()
+
+
 def test_guard_on_score_batches_reports_the_bad_score():
     guard = LossGuard(check_every=0, what="validation scores", unit="batch")
     guard.update(torch.tensor([1e30, -5.0, 2.0]), epoch=1, step=0)  # huge but finite: fine
@@ -82,7 +105,8 @@ def test_guard_on_score_batches_reports_the_bad_score():
 
 
 def test_guard_update_does_not_synchronise(monkeypatch):
-    """The per-step path must not read a tensor on the host (that would sync a GPU each step)."""
+    """The per-step path never reads a tensor value from Python (on a GPU that syncs each step;
+    the CUDA test checks the kernels' side)."""
     guard = LossGuard(max_loss=1000.0, check_every=1000)
 
     def no_host_read(*a, **k):
@@ -91,11 +115,19 @@ def test_guard_update_does_not_synchronise(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__bool__", no_host_read)
     monkeypatch.setattr(torch.Tensor, "item", no_host_read)
     monkeypatch.setattr(torch.Tensor, "__float__", no_host_read)
+    monkeypatch.setattr(torch.Tensor, "__int__", no_host_read)
+    monkeypatch.setattr(torch.Tensor, "__index__", no_host_read)
+    monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
+    scores = LossGuard(check_every=0, what="test scores", unit="batch")
     for step in range(5):
         guard.update(torch.tensor(float("nan") if step == 2 else 0.5), epoch=0, step=step)
+        batch = torch.tensor([0.0, 1.0, float("inf") if step == 3 else 2.0])
+        scores.update(batch, epoch=0, step=step)
     monkeypatch.undo()
     with pytest.raises(TrainingDivergedError, match="step 2"):
         guard.check()
+    with pytest.raises(TrainingDivergedError, match="became inf at epoch 0, batch 3"):
+        scores.check()
 
 
 def test_every_rank_raises_when_one_rank_saw_a_bad_loss():

@@ -30,7 +30,7 @@ def test_leave_one_out_never_trains_on_validation_or_test_items():
     data = prepared(max_len=3)
     code = {raw: i + 1 for i, raw in enumerate(data.raw_items)}  # codes by sorted raw id
     assert list(data.raw_users) == [10, 20] and data.info["dropped_users"] == 1
-    assert data.schema.num_items == 6 and data.schema.max_len == 3
+    assert data.schema.num_items == 7 and data.schema.max_len == 3
     train = data.splits["train"]["seq"]
     assert train.shape == (2, 4)  # max_len + 1 columns, left-padded
     assert train[0].tolist() == [0, code[5], code[1], code[2]]  # 3 (val) and 4 (test) held out
@@ -97,7 +97,7 @@ def unit_values(table: torch.Tensor, sampled: int = 0, exclude_seen: bool = Fals
 
 def test_a_model_scoring_the_true_next_item_highest_gets_every_hit():
     data = prepared(sampled=2)
-    table = torch.zeros(2, 7)
+    table = torch.zeros(2, 8)
     table[torch.arange(2), data.splits["test"]["target"]] = 1.0
     values, _ = unit_values(table, sampled=2)
     assert values["hr@1"].tolist() == [1.0, 1.0] and values["ndcg@1"].tolist() == [1.0, 1.0]
@@ -106,16 +106,16 @@ def test_a_model_scoring_the_true_next_item_highest_gets_every_hit():
 
 
 def test_a_constant_model_earns_nothing():
-    values, _ = unit_values(torch.zeros(2, 7), sampled=2)
+    values, _ = unit_values(torch.zeros(2, 8), sampled=2)
     assert values["hr@1"].tolist() == [0.0, 0.0] and values["hr@5"].tolist() == [0.0, 0.0]
     assert values["sampled.hr@1"].tolist() == [0.0, 0.0]
-    assert values["mrr"].tolist() == pytest.approx([1 / 6, 1 / 6])  # last of 6 items
+    assert values["mrr"].tolist() == pytest.approx([1 / 7, 1 / 7])  # last of 7 items
 
 
 def test_exclude_seen_removes_history_items_but_never_the_target():
     data = prepared()
     target = data.splits["test"]["target"]
-    table = torch.zeros(2, 7)
+    table = torch.zeros(2, 8)
     hist = data.splits["test"]["items"]
     for u in range(2):  # the history scores highest, the target next
         table[u, hist[u][hist[u] > 0]] = 5.0

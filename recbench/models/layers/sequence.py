@@ -69,6 +69,10 @@ class BehaviourHistory(nn.Module):
         self.item_column = schema.sparse_index(schema.item)
         self.context_dim = len(keep) * embed_dim
         self.item_dim = self.embedding.item_dim()
+        # n_j of the mini-batch aware regulariser: item occurrences in the training split, set by
+        # fit_statistics; empty until then. "batch" uses the id's count in the current batch.
+        self.register_buffer("item_counts", torch.zeros(0), persistent=False)
+        self.mba_counts = "train"
 
     def packed(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The history as its valid steps only: ``context`` (B, C), ``target`` (B, Di),
@@ -102,16 +106,32 @@ class BehaviourHistory(nn.Module):
         history = scatter_steps(steps, rows, cols, ids.shape)
         return context, target, history, ids > 0
 
+    def fit_statistics(self, train: Mapping[str, Tensor]) -> None:
+        """Count every item's occurrences in the training split, as a target and in histories:
+        the ``n_j`` of DIN's mini-batch aware regulariser (eq. 4). Called by the CTR task with
+        the training tensors before fitting."""
+        schema = self.embedding.schema
+        ids = torch.cat(
+            [train["sparse"][:, self.item_column].long(), train[self.history].flatten().long()]
+        )
+        counts = torch.bincount(ids[ids > 0], minlength=schema[schema.item].vocab_size)
+        self.item_counts = counts.to(self.item_counts.device, torch.float32)
+
     def item_l2(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Mini-batch aware L2 (DIN, eq. 4): ``Σ_j ||w_j||² / n_j`` over the item embedding rows
-        ``w_j`` of the ids in the batch (targets and history), ``n_j`` the id's count in the
-        batch. The paper's ``n_j`` is the id's frequency in the training data, which a model does
-        not see; the batch count is a noisy estimate of it that still shrinks rare ids harder."""
+        ``w_j`` of the distinct ids in the batch (targets and history), ``n_j`` the id's number
+        of occurrences in the training data (``fit_statistics``), as the paper defines it.
+        With ``mba_counts = "batch"``, or before the training data was counted (a model used
+        outside a task), ``n_j`` is the id's count in the batch instead."""
         ids = torch.cat([batch["sparse"][:, self.item_column], batch[self.history].flatten()])
         ids, counts = torch.unique(ids[ids > 0], return_counts=True)  # padding is not a feature
         offset = self.embedding.offset_of[self.embedding.schema.item]
         rows = self.embedding.table.weight.index_select(0, ids.long() + offset)
-        return (rows.pow(2).sum(-1) / counts.to(rows.dtype)).sum()
+        if self.mba_counts == "train" and self.item_counts.numel():
+            n = self.item_counts.index_select(0, ids.long()).clamp_min(1.0)  # ids seen in training
+        else:
+            n = counts.to(rows.dtype)
+        return (rows.pow(2).sum(-1) / n.to(rows.dtype)).sum()
 
 
 def scatter_steps(steps: Tensor, rows: Tensor, cols: Tensor, shape: torch.Size) -> Tensor:

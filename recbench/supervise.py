@@ -1,21 +1,22 @@
 """Training children that die with their parent, and per-run locks that die with their holder.
 
-``compare`` starts each run as ``python -m recbench.guard <compare pid> -- <train command>``.
-The guard runs the train command in a process group of its own and
+``compare`` starts each run as ``python -m recbench.supervise <compare pid> -- <train command>``.
+The supervisor runs the train command in a process group of its own and
 
 - kills that whole group (the run, its DDP ranks, its data-loader workers) when the compare
-  dies, even by SIGKILL: Linux signals the guard on its parent's death (``PR_SET_PDEATHSIG``),
-  and the guard also polls its parent id, so nothing outlives the compare for long;
+  dies, even by SIGKILL: Linux signals the supervisor on its parent's death
+  (``PR_SET_PDEATHSIG``), and the supervisor also polls its parent id, so nothing outlives the
+  compare for long;
 - kills whatever of the group is left when the run itself ends;
 - on SIGTERM (the compare stopping it) passes SIGTERM on to the group and kills the group
   ``STOP_GRACE_S`` seconds later if it is still there;
 - exits the way the run did (its exit status, or killed by the same signal).
 
 A ``RunLock`` marks a run key as being trained: an ``flock`` on
-``<results root>/.running/<run key>.lock``. The guard inherits the lock, so it is held until the
-run's processes are gone, and the kernel drops it when its holders exit however they exit. A
-lock file whose lock is free is therefore stale (its compare was killed): its run is trained
-again. A held one belongs to a live compare: the other compare waits for it.
+``<results root>/.running/<run key>.lock``. The supervisor inherits the lock, so it is held
+until the run's processes are gone, and the kernel drops it when its holders exit however they
+exit. A lock file whose lock is free is therefore stale (its compare was killed): its run is
+trained again. A held one belongs to a live compare: the other compare waits for it.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def guard(parent: int, cmd: list[str]) -> int:
-    """Run ``cmd`` guarded (see the module doc); returns its wait status."""
+def supervise(parent: int, cmd: list[str]) -> int:
+    """Run ``cmd`` supervised (see the module doc); returns its wait status."""
     _signal_on_parent_death(signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the request above
         return 137 << 8
@@ -66,7 +67,7 @@ def guard(parent: int, cmd: list[str]) -> int:
         nonlocal deadline
         if child is None:
             os._exit(128 + signum)
-        if os.getppid() != parent:  # the loop below reaps the run before the guard exits
+        if os.getppid() != parent:  # the loop below reaps the run before the supervisor exits
             _kill_group(child.pid)
             return
         _kill_group(child.pid, signal.SIGTERM)
@@ -103,10 +104,10 @@ def _exit_like(status: int) -> None:
 
 
 def guarded_command(cmd: list[str]) -> list[str]:
-    """``cmd`` wrapped so that it dies with the calling process. Linux signals the guard when
-    the *thread* that started it ends, so that thread must wait for the guard (as
+    """``cmd`` wrapped so that it dies with the calling process. Linux signals the supervisor when
+    the *thread* that started it ends, so that thread must wait for the supervisor (as
     ``subprocess.run`` or ``Popen.wait`` in the same thread do)."""
-    return [sys.executable, "-m", "recbench.guard", str(os.getpid()), "--", *cmd]
+    return [sys.executable, "-m", "recbench.supervise", str(os.getpid()), "--", *cmd]
 
 
 # ---------------------------------------------------------------------------- run locks
@@ -180,8 +181,8 @@ class RunLock:
 
 def main(argv: list[str]) -> None:
     if len(argv) < 3 or argv[1] != "--":
-        sys.exit("usage: python -m recbench.guard <parent pid> -- <command ...>")
-    _exit_like(guard(int(argv[0]), argv[2:]))
+        sys.exit("usage: python -m recbench.supervise <parent pid> -- <command ...>")
+    _exit_like(supervise(int(argv[0]), argv[2:]))
 
 
 if __name__ == "__main__":
