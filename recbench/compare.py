@@ -34,6 +34,7 @@ from recbench.report import (
     Table,
     error_line,
     metric_table,
+    metric_value,
     summarise_model,
     write_report,
 )
@@ -211,10 +212,8 @@ def plan(
 ) -> list[Job]:
     """One job per (model, seed), model-major, each with its run key (or why it has none)."""
     from hydra.errors import HydraException
-    from hydra.utils import instantiate
+    from hydra.utils import get_class, instantiate
     from omegaconf.errors import OmegaConfBaseException
-
-    from hydra.utils import get_class
 
     from recbench.data.pipeline import cache_key
 
@@ -479,9 +478,10 @@ def train_all(
                 if record.get("run_key") != job.key:
                     moved.append(f"{job.model} seed {job.seed}")
                 primary = record.get("primary_metric", "auc")
-                value = (record.get("test") or {}).get(primary, float("nan"))
+                value = metric_value(record.get("test") or {}, primary)
+                shown = "undefined" if value is None else f"{float(value):.4f}"
                 say(
-                    f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {value:.4f} "
+                    f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {shown} "
                     f"({seconds:.0f} s)"
                 )
             else:

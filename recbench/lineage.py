@@ -189,6 +189,16 @@ NODES: tuple[Node, ...] = (
         "rating",
     ),
     Node(
+        "mf_bce",
+        "MF (BCE)",
+        "collaborative filtering",
+        ("mf",),
+        "He et al., WWW 2017 (NCF's pointwise log loss)",
+        "crossing",
+        "the same factors trained as a classifier of positives against sampled negatives",
+        "topk",
+    ),
+    Node(
         "mf_bpr",
         "MF (BPR)",
         "collaborative filtering",

@@ -33,7 +33,9 @@ class FTRLProximal(torch.optim.Optimizer):
         l2: float = 0.0,
     ) -> None:
         if alpha <= 0 or beta < 0 or l1 < 0 or l2 < 0:
-            raise ValueError(f"FTRL needs alpha > 0 and beta, l1, l2 >= 0; got {alpha, beta, l1, l2}")
+            raise ValueError(
+                f"FTRL needs alpha > 0 and beta, l1, l2 >= 0; got {alpha, beta, l1, l2}"
+            )
         super().__init__(params, {"alpha": alpha, "beta": beta, "l1": l1, "l2": l2})
 
     @torch.no_grad()

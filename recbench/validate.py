@@ -142,6 +142,14 @@ def _int_at_least(lo: int, none_ok: bool = True) -> Callable[[Any], str | None]:
     return rule
 
 
+def _threads(v: Any) -> str | None:
+    if v is None or (isinstance(v, str) and v.strip().lower() == "auto"):
+        return None
+    if not _is_int(v) or v < 1:
+        return "must be an integer >= 1, auto (the cores free of other work) or null"
+    return None
+
+
 def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
     def rule(v: Any) -> str | None:
         if v is None:
@@ -205,7 +213,7 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
         else "must be an integer >= 1 (or -1: no step limit)"
     ),
     "patience": _int_at_least(0),
-    "threads": _int_at_least(1),
+    "threads": _threads,
     "jobs": _int_at_least(1),
     "seeds": lambda v: (
         None

@@ -7,6 +7,15 @@ import torch
 
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import EpochNegatives, PreparedData
+from recbench.data.shards import ShardLoader, ShardSplit
+
+
+def make_loader(split, batch_size: int, **kwargs) -> BatchLoader | ShardLoader:
+    """The loader of one split: ``ShardLoader`` over memory-mapped shards, ``BatchLoader`` over
+    tensors; both take the same arguments and yield the same batch layout."""
+    if isinstance(split, ShardSplit):
+        return ShardLoader(split, batch_size, **kwargs)
+    return BatchLoader(split, batch_size, **kwargs)
 
 
 class RecDataModule(pl.LightningDataModule):
@@ -28,7 +37,9 @@ class RecDataModule(pl.LightningDataModule):
         self.device_resident = device_resident
         # only the tensors the model reads are gathered into batches
         self.splits = {
-            name: {k: v for k, v in split.items() if keys is None or k in keys}
+            name: split.select(keys)
+            if isinstance(split, ShardSplit)
+            else {k: v for k, v in split.items() if keys is None or k in keys}
             for name, split in data.splits.items()
         }
         self._train: BatchLoader | None = None
@@ -45,7 +56,8 @@ class RecDataModule(pl.LightningDataModule):
         resident = self.device_resident
         if resident == "auto":
             resident = device.type == "cuda"
-        if resident and device.type != "cpu":
+        sharded = any(isinstance(s, ShardSplit) for s in self.splits.values())
+        if resident and device.type != "cpu" and not sharded:  # shards stay on disk
             self.splits = {
                 name: {k: t.to(device) for k, t in split.items()}
                 for name, split in self.splits.items()
@@ -60,7 +72,7 @@ class RecDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> BatchLoader:
         rank, world = self._rank_world
         if self._train is None:  # one loader for the whole fit, so its epoch counter advances
-            self._train = BatchLoader(
+            self._train = make_loader(
                 self.splits["train"],
                 self.batch_size,
                 shuffle=True,
@@ -77,7 +89,7 @@ class RecDataModule(pl.LightningDataModule):
 
     def _eval(self, split: str) -> BatchLoader:
         rank, world = self._rank_world
-        return BatchLoader(self.splits[split], self.eval_batch_size, rank=rank, world_size=world)
+        return make_loader(self.splits[split], self.eval_batch_size, rank=rank, world_size=world)
 
     def val_dataloader(self) -> BatchLoader:
         return self._eval("val")

@@ -163,6 +163,16 @@ def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
 def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
     """Prepared tensors for ``cfg`` (a dataset config), from the cache when it holds them."""
     adapter = instantiate(cfg.adapter)
+    if hasattr(adapter, "chunks"):  # streamed out of core into column shards
+        from recbench.data.shards import prepare_streamed
+
+        root = cache_root() / "prepared"
+        return prepare_streamed(cfg, adapter, force, log, root, PIPELINE_VERSION)
+    if str(cfg.get("storage", "memory")) != "memory":
+        raise ConfigError(
+            f"dataset.storage={cfg.storage}: only streamed datasets (dataset=criteo) are served "
+            f"from shards; {cfg.name} is prepared in memory (dataset.storage=memory)"
+        )
     raw = None if hasattr(adapter, "files") else adapter.load()
     key = cache_key(cfg, adapter, raw)
     path = cache_root() / "prepared" / f"{cfg.name}-{key[:16]}"

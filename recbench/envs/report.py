@@ -27,6 +27,8 @@ DEFAULT_PAIRS = (
     ("greedy_lr", "greedy_fm"),
     ("greedy_lr", "greedy_wide_deep"),
     ("greedy_wide_deep", "greedy_deepfm"),
+    ("linucb", "drn_dn"),
+    ("greedy_deepfm", "drn_dn"),
     ("drn_dn", "drn_ddqn"),
     ("drn_ddqn", "drn_ddqn_u"),
     ("drn_ddqn_u", "drn"),
@@ -37,6 +39,7 @@ DEFAULT_PAIRS = (
     ("greedy_fm", "drn"),
     ("greedy_wide_deep", "drn"),
     ("greedy_deepfm", "drn"),
+    ("drn_dn", "drn"),
     ("drn", "oracle_policy"),
 )
 

@@ -38,5 +38,7 @@ class FM(nn.Module):
         logits = self.linear(batch) + self.fm(self.embedding(batch))
         if not (self.training and self.l2_reg > 0):
             return logits
-        l2 = self.embedding.table.weight.pow(2).sum() + self.linear.weights.table.weight.pow(2).sum()
+        l2 = (
+            self.embedding.table.weight.pow(2).sum() + self.linear.weights.table.weight.pow(2).sum()
+        )
         return {"logits": logits, "reg_loss": self.l2_reg * l2}

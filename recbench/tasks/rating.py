@@ -106,8 +106,8 @@ class RatingTask(Task):
         self.rows_mode = getattr(model, "batches", "pairs") == "rows"
         self.val_metrics = RatingMetrics()
         self.test_metrics = RatingMetrics()
-        # a mean squared error above max_loss is thousands of stars off: the run diverged
-        self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
+        # a mean squared error per rating above max_loss is tens of stars off: it diverged
+        self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training mean squared error")
         self.rating_range: tuple[float, float] | None = None
         self.fallback_value = float(fallback) if fallback != "mean" else float("nan")
         self._dm: Any = None
@@ -194,7 +194,9 @@ class RatingTask(Task):
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         loss, mse = self.loss(batch)
-        self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
+        # watched per rating in both layouts (a rows batch's loss sums each row's ratings);
+        # 0 · loss still carries a non-finite total (the penalty) into the check
+        self.loss_guard.update(mse + 0.0 * loss.detach(), self.current_epoch, batch_idx)
         if self.loss_guard.due():
             self._check(self.loss_guard)
         n = len(batch["row"]) if self.rows_mode else len(batch["rating"])

@@ -27,6 +27,7 @@ def test_a_rating_run_records_rmse_mae_fallbacks_and_unit_errors(tmp_path, ml_ro
         "dataset=movielens-100k",
         f"dataset.root={ml_root}",
         f"trainer.max_epochs={epochs}",
+        "callbacks.early_stopping.patience=20",
         "record=false",
         *QUIET,
     ]

@@ -21,6 +21,7 @@ from recbench.validate import check, problems_of, system_folder
 CONFIGS = Path(config_dir())
 MODELS = sorted(p.stem for p in (CONFIGS / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONFIGS / "task").glob("*.yaml"))
 
 
 def cfg_of(overrides: list[str], run_dir: Path, name: str = "train"):
@@ -34,8 +35,12 @@ def messages(overrides: list[str], run_dir: Path, name: str = "train") -> list[s
     return list(problems_of(cfg_of(overrides, run_dir, name), cmd, rd).items.values())
 
 
-@pytest.mark.parametrize("overrides", [[f"model={m}"] for m in MODELS], ids=MODELS)
-def test_every_model_config_passes(tmp_path, overrides):
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"model={m}"] for m in MODELS] + [[f"task={t}"] for t in TASKS],
+    ids=[*MODELS, *(f"task={t}" for t in TASKS)],
+)
+def test_every_model_and_task_config_passes(tmp_path, overrides):
     assert messages(overrides, tmp_path) == []
 
 
