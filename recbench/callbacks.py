@@ -6,16 +6,48 @@ import contextlib
 import os
 import resource
 import time
+from collections.abc import Mapping
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import Tensor
 
 from recbench.errors import RecbenchError
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+class EpochMeans:
+    """Batch-size-weighted epoch means of per-step values (a training loss and its terms),
+    summed on the values' device: no host sync and none of ``LightningModule.log``'s per-call
+    bookkeeping on every step; the task logs the means once, at the epoch's end."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._rows = 0
+
+    def update(self, values: Mapping[str, Tensor], rows: int) -> None:
+        for name, value in values.items():
+            weighted = value.detach().float() * rows
+            self._sums[name] = weighted + self._sums[name] if name in self._sums else weighted
+        self._rows += rows
+
+    def means(self) -> dict[str, Tensor]:
+        return {k: s / self._rows for k, s in self._sums.items()} if self._rows else {}
+
+
+def logs_step(trainer: pl.Trainer) -> bool:
+    """Whether Lightning writes step metrics to the loggers after the current training step
+    (every ``trainer.log_every_n_steps`` optimizer steps): a value logged ``on_step`` on other
+    steps only refreshes the progress bar."""
+    every = int(trainer.log_every_n_steps or 0)
+    return bool(trainer.fast_dev_run) or (every > 0 and (trainer.global_step + 1) % every == 0)
 
 
 class Throughput(pl.Callback):

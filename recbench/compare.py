@@ -387,8 +387,14 @@ def train_job(
 
 
 def _command_line(task: list[str], hydra_overrides: list[str], report_only: bool) -> str:
-    # hydra.mode is Hydra's own note, not something the user typed
-    args = [o for o in [*task, *hydra_overrides] if _key_of(o) not in ("report_only", "hydra.mode")]
+    # hydra.mode is Hydra's own note and hydra.callbacks.recbench_checks the CLI's own checks:
+    # neither is something the user typed
+    args = [
+        o
+        for o in [*task, *hydra_overrides]
+        if _key_of(o) not in ("report_only", "hydra.mode")
+        and not _key_of(o).lstrip("+").startswith("hydra.callbacks.recbench_checks")
+    ]
     if report_only:
         args.append("report_only=true")
     env = os.environ.get("RECBENCH_OUTPUTS")

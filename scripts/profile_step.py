@@ -83,8 +83,11 @@ def main(argv: list[str]) -> None:
             step()
     events = prof.key_averages()
     # phases: record_function ranges (their CPU total includes their children)
-    phases = {e.key: e.cpu_time_total for e in events if e.key in ("batch", "forward+loss",
-                                                                   "backward", "optimizer")}
+    phases = {
+        e.key: e.cpu_time_total
+        for e in events
+        if e.key in ("batch", "forward+loss", "backward", "optimizer")
+    }
     total_phase = sum(phases.values()) or 1.0
     print(f"threads={torch.get_num_threads()} steps={cfg.steps} precision={cfg.trainer.precision}")
     print("phase shares (CPU time inside each range):")

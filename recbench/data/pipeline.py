@@ -22,7 +22,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from recbench.data.adapters.base import RawData, cache_root, sha256_file
+from recbench.data.adapters.base import RawData, cache_root
+from recbench.data.hashmemo import file_sha256
 from recbench.data.schema import OOV, FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES, assign_split
 from recbench.errors import ConfigError, RecbenchError
@@ -155,7 +156,7 @@ def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
         "version": PIPELINE_VERSION,
         "adapter": adapter_cfg,
         "pipeline": _pipeline_cfg(cfg),
-        "files": {Path(f).name: sha256_file(Path(f)) for f in files},
+        "files": {Path(f).name: file_sha256(Path(f)) for f in files},  # memo by stat
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 

@@ -701,5 +701,7 @@ def streamed_key(cfg: DictConfig, adapter: Any, version: int) -> str:
 
 def prepare_streamed(cfg: DictConfig, adapter: Any, force: bool, log, root: Path, version: int):
     """``prepare`` for an adapter that streams (``chunks()``): shards in the data cache."""
+    _options(cfg)  # a wrong option fails before any file is touched
+    storage_of(cfg)
     key = streamed_key(cfg, adapter, version)
     return prepare_shards(cfg, adapter, key, root / f"{cfg.name}-{key[:16]}", force, log)

@@ -136,9 +136,10 @@ def test_missing_folder_and_wrong_options_say_what_to_do(tmp_path):
         Criteo(str(tmp_path)).files()
     with pytest.raises(ConfigError, match="dense_transform"):
         prepare(criteo_cfg(tmp_path, **{"features.dense_transform": "sqrt"}), log=QUIET)
-    synthetic = OmegaConf.load(ROOT / "configs/dataset/synthetic.yaml")
+    synthetic = OmegaConf.create(
+        {"dataset": OmegaConf.load(ROOT / "configs/dataset/synthetic.yaml")}
+    ).dataset
     synthetic.storage = "shards"
-    synthetic.world = {"n_users": 10}
     with pytest.raises(ConfigError, match="dataset.storage=shards"):
         prepare(synthetic, log=QUIET)
 
@@ -174,6 +175,7 @@ def test_vocabulary_min_count_and_hash_buckets(small_file, tmp_path, monkeypatch
     assert np.abs(dense.mean(0)).max() < 0.05 and (dense.std(0) <= 1.0 + 1e-4).all()
 
 
+@pytest.mark.slow
 def test_shard_fed_training_checkpoint_scores_the_same_from_memory(small_file, tmp_path):
     """Train from shards; evaluate that checkpoint from shards and from memory: same metrics."""
     base = [

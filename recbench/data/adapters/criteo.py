@@ -97,8 +97,8 @@ class Criteo:
         what = f"dataset.adapter.files={self.pattern!r}" if self.pattern else "train.txt, day_*"
         raise DataNotFoundError(
             f"dataset {self.name}: {folder} holds no file matching {what} (nor .txt/.tsv). "
-            "Point dataset.root at the Criteo folder, or name the file or glob with "
-            "dataset.adapter.files=<name>."
+            "Point dataset.root at the Criteo folder, name the file or glob with "
+            "dataset.adapter.files=<name>, or write a synthetic one with scripts/make_criteo.py."
         )
 
     def oracle_file(self) -> Path | None:
@@ -214,16 +214,16 @@ def _raise_first_bad_line(path: Path, first_line: int, buf: bytes, start: int = 
 
 
 def _line_problem(text: bytes) -> str | None:
-    fields = text.rstrip(b"\r").split(b"\t")
+    fields = [f.decode("utf-8", "replace") for f in text.rstrip(b"\r").split(b"\t")]
     if len(fields) != len(COLUMNS):
         return (
             f"{len(fields)} tab-separated fields, the Criteo layout has {len(COLUMNS)} (label, "
             f"I1..I{N_DENSE}, C1..C{N_SPARSE}; the Kaggle test.txt has no label column)"
         )
-    if fields[0] not in (b"0", b"1"):
+    if fields[0] not in ("0", "1"):
         return f"label {fields[0][:20]!r} is not 0 or 1"
     for name, value in zip(DENSE, fields[1 : 1 + N_DENSE], strict=True):
-        if value and not value.lstrip(b"-").isdigit():
+        if value and not value.lstrip("-").isdigit():
             return f"{name}={value[:20]!r} is not an integer"
     for name, value in zip(SPARSE, fields[1 + N_DENSE :], strict=True):
         try:

@@ -1,0 +1,62 @@
+"""What the per-run and per-step savings must not change: the cache key still follows the raw
+files' content, and the training loss a run logs is the same epoch mean as before."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from recbench.callbacks import EpochMeans
+from recbench.data import hashmemo
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_file_hash_is_remembered_until_the_file_changes(tmp_path: Path, monkeypatch):
+    raw = tmp_path / "u.data"
+    raw.write_bytes(b"1\t2\t5\t881250949\n" * 100)
+    memo = tmp_path / "cache"
+    assert hashmemo.file_sha256(raw, memo) == _sha(raw)
+    assert (memo / hashmemo.MEMO_NAME).exists()
+
+    calls = []
+    real = hashmemo.sha256_file
+    monkeypatch.setattr(hashmemo, "sha256_file", lambda p: calls.append(p) or real(p))
+    assert hashmemo.file_sha256(raw, memo) == _sha(raw)
+    assert calls == []  # unchanged file: read from the memo, not hashed again
+
+    # same size, modification time set back: the content still decides
+    st = raw.stat()
+    raw.write_bytes(b"9\t2\t5\t881250949\n" * 100)
+    os.utime(raw, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert raw.stat().st_size == st.st_size
+    assert hashmemo.file_sha256(raw, memo) == _sha(raw)
+    assert len(calls) == 1
+
+
+def test_an_unreadable_memo_costs_only_a_fresh_hash(tmp_path: Path):
+    raw = tmp_path / "ratings.dat"
+    raw.write_bytes(b"1::2::3::4\n")
+    memo = tmp_path / "cache"
+    memo.mkdir()
+    (memo / hashmemo.MEMO_NAME).write_text("{not json")
+    assert hashmemo.file_sha256(raw, memo) == _sha(raw)
+    assert hashmemo.file_sha256(raw, memo) == _sha(raw)  # rewritten, readable again
+    assert not list(memo.glob("*.tmp"))
+
+
+def test_epoch_means_weight_each_step_by_its_rows():
+    means = EpochMeans()
+    means.update({"loss": torch.tensor(1.0), "aux_loss": torch.tensor(0.5)}, 1024)
+    means.update({"loss": torch.tensor(4.0), "aux_loss": torch.tensor(0.0)}, 256)
+    out = means.means()
+    assert out["loss"].item() == pytest.approx((1.0 * 1024 + 4.0 * 256) / 1280)
+    assert out["aux_loss"].item() == pytest.approx(0.5 * 1024 / 1280)
+    means.reset()
+    assert means.means() == {}
