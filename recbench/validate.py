@@ -18,6 +18,7 @@ import contextlib
 import copy
 import datetime as dt
 import difflib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -402,6 +403,7 @@ def _source_file(module: str) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _static_parameters(
     module: str, name: str, depth: int = 0
 ) -> tuple[dict[str, str | None], bool] | None:
@@ -473,6 +475,7 @@ def _static_base(
 _SCALAR_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
 
 
+@functools.lru_cache(maxsize=1024)
 def _types_of_source(annotation: str | None) -> set[type] | None:
     """``_scalar_types`` of an annotation's source text ("Optional[int]", "int | None")."""
     if not annotation:

@@ -138,7 +138,7 @@ def throughput(cfg, data, device, placement, precision, compiled, sizes) -> dict
 
 
 @torch.no_grad()
-def test_auc(task, data, device, precision: str, batch: int) -> float:
+def test_scores(task, data, device, precision: str, batch: int) -> tuple[float, torch.Tensor]:
     from recbench.data.datamodule import make_loader
     from recbench.metrics import auc
 
@@ -150,7 +150,8 @@ def test_auc(task, data, device, precision: str, batch: int) -> float:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
             logits.append(task(b).float().cpu())
         labels.append(b["label"].cpu())
-    return float(auc(torch.cat(logits), torch.cat(labels)))
+    logits = torch.cat(logits)
+    return float(auc(logits, torch.cat(labels))), logits
 
 
 def guarded(results: dict, name: str, budget: Budget, need: float, fn) -> None:
@@ -304,13 +305,18 @@ def main(argv: list[str] | None = None) -> int:
 
     def auc_precision() -> dict[str, Any]:
         out = {"model": "deepfm", "steps": sizes["steps"] * 3, "seed": 0}
+        scores = {}
         for precision in precisions:
             task, opt, keys = make_task(criteo_cfg, in_memory, device)
             task.train()
             loader = loader_for(in_memory, keys, "resident", device, sizes["batch"], 0)
             train_steps(task, opt, loader, device, precision, out["steps"])
-            out[precision] = test_auc(task, in_memory, device, precision, sizes["eval_batch"])
+            out[precision], scores[precision] = test_scores(
+                task, in_memory, device, precision, sizes["eval_batch"]
+            )
         out["bf16_minus_fp32"] = out["bf16-mixed"] - out["32-true"]
+        gap = (scores["bf16-mixed"] - scores["32-true"]).abs()
+        out["logit_abs_diff"] = {"max": float(gap.max()), "mean": float(gap.mean())}
         return out
 
     guarded(results, "auc_precision", budget, 20, auc_precision)
@@ -334,16 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         "end_to_end",
         budget,
         30,
-        lambda: recbench_train([*base, *accel], work / "run_e2e", max(30, budget.left())),
+        lambda: recbench_train([*base, *accel], work / "run_e2e", min(900, max(30, budget.left()))),
     )
     if n_gpus > 1:
 
         def ddp() -> dict[str, Any]:
-            one = recbench_train([*base, *accel], work / "run_1gpu", budget.left())
+            one = recbench_train([*base, *accel], work / "run_1gpu", min(900, budget.left()))
             many = recbench_train(
                 [*base, "trainer=ddp", "trainer.accelerator=gpu", f"trainer.devices={n_gpus}"],
                 work / "run_ddp",
-                max(30, budget.left()),
+                min(900, max(30, budget.left())),
             )
             return {"gpus": n_gpus, "one": one, "all": many}
 

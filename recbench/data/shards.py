@@ -21,6 +21,7 @@ into the usual contiguous tensors for ``BatchLoader``. Both give batches of the 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -175,6 +176,17 @@ def prepare_shards(
 ) -> Any:
     """The prepared data of a streamed dataset: ``ShardedData`` (``storage=shards``) or the
     in-memory ``PreparedData`` (``storage=memory``), from the shard cache in ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # DDP ranks started by torchrun/srun all prepare at once: one builds, the others wait
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _prepare_locked(cfg, adapter, key, path, force, log)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare_locked(cfg, adapter, key: str, path: Path, force: bool, log) -> Any:
     storage = storage_of(cfg)
     opts = _options(cfg)
     meta = path / META

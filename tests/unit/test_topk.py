@@ -222,3 +222,20 @@ def test_a_ctr_model_under_task_topk_names_the_tasks_it_serves():
     cfg = compose_topk(["model=din"])
     with pytest.raises(ConfigError, match="model=din does not serve task=topk; it serves task=ctr"):
         task_class(cfg)
+
+
+def test_compare_keeps_the_models_serving_the_task_and_plans_neumf_parts_first(capsys):
+    from recbench.compare import _with_parts, model_list
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("compare", overrides=["lineage=cf", "task=topk"])
+        models = model_list(cfg)
+        assert "autorec" not in models and {"pop", "mf", "neumf_pretrained"} <= set(models)
+        assert "leaves out autorec" in capsys.readouterr().err
+        order = _with_parts(["pop", "neumf_pretrained", "gmf"], ["task=topk"], [])
+    assert order == [
+        ("pop", {}),
+        ("gmf", {}),
+        ("ncf_mlp", {}),
+        ("neumf_pretrained", {"gmf": "gmf", "mlp": "ncf_mlp"}),
+    ]
