@@ -6,6 +6,7 @@ On a generated Criteo-shaped file (``scripts/make_criteo.py``), each measurement
 process (so its peak RSS is its own):
 
 - ``prepare``: streamed preparation into shards: rows/s, peak RSS;
+- ``baseline``: the peak RSS of a process that imports everything and opens the cache;
 - ``read_shards``: one training epoch through ``ShardLoader`` (memory-mapped, block-shuffled);
 - ``read_memory``: the same epoch through ``BatchLoader`` after loading every shard into memory
   (``dataset.storage=memory``);
@@ -60,6 +61,8 @@ def child(mode: str, data: Path, batch: int, steps: int) -> dict:
         return {"rows": frame.height, "seconds": time.perf_counter() - t0}
     sharded = prepare(dataset_cfg(data), log=lambda m: None)  # from the cache after "prepare"
     rows = sum(sharded.info["rows"].values())
+    if mode == "baseline":  # imports and an opened cache, nothing read: what the others add to
+        return {"rows": rows}
     if mode == "prepare":
         seconds = time.perf_counter() - t0
         return {"rows": rows, "seconds": seconds, "rows_per_sec": rows / seconds}
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         spec.loader.exec_module(mk)
         out["generate"] = mk.write(data / "train.txt", args.rows, 0, 0.25, 250_000, 1.0)
     out["file_mb"] = round((data / "train.txt").stat().st_size / 2**20, 1)
-    modes = ["prepare", "read_shards", "read_memory", "read_polars", "train_shards"]
+    modes = ["prepare", "baseline", "read_shards", "read_memory", "read_polars", "train_shards"]
     modes.append("train_memory")
     for mode in [m for m in modes if m not in args.skip]:
         cmd = [sys.executable, __file__, "--child", mode, "--rows", str(args.rows)]

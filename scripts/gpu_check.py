@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and not dry
     device = torch.device("cuda" if cuda else "cpu")
     # a dry run checks every path, so it has no budget; a GPU run must end within 8 minutes
-    budget = Budget(args.budget or (1e9 if dry else 420))
+    budget = Budget(args.budget or (1e9 if dry else 360))
     sizes = (
         {"rows": 4000, "batch": 256, "warmup": 2, "steps": 3, "eval_batch": 2048}
         if dry

@@ -13,6 +13,7 @@ holds up under a loaded machine far better than wall time) and the top operators
 from __future__ import annotations
 
 import sys
+import time
 from collections import defaultdict
 
 import torch
@@ -78,6 +79,10 @@ def main(argv: list[str]) -> None:
 
     for _ in range(int(cfg.warmup_steps)):
         step()
+    c0 = time.process_time()
+    for _ in range(int(cfg.steps)):
+        step()
+    cpu_ms = 1000 * (time.process_time() - c0) / int(cfg.steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(int(cfg.steps)):
             step()
@@ -90,6 +95,7 @@ def main(argv: list[str]) -> None:
     }
     total_phase = sum(phases.values()) or 1.0
     print(f"threads={torch.get_num_threads()} steps={cfg.steps} precision={cfg.trainer.precision}")
+    print(f"process CPU per step, unprofiled: {cpu_ms:.2f} ms")
     print("phase shares (CPU time inside each range):")
     for k, v in sorted(phases.items(), key=lambda kv: -kv[1]):
         print(f"  {k:<14} {100 * v / total_phase:5.1f}%  {v / 1000 / int(cfg.steps):7.2f} ms/step")

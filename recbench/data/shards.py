@@ -24,6 +24,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import mmap
 import os
 import shutil
 import time
@@ -163,7 +164,7 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
             "dataset.features.dense_transform",
             DENSE_TRANSFORMS,
         ),
-        "shard_rows": max(1, int(shards.get("rows", 1 << 20))),
+        "shard_rows": max(1, int(shards.get("rows", 1 << 18))),
     }
 
 
@@ -377,6 +378,21 @@ class _ShardWriter:
 # ---------------------------------------------------------------------------- reading
 
 
+def _release(m: np.ndarray, start: int, stop: int) -> None:
+    mm = getattr(m, "_mmap", None)
+    if mm is None or not hasattr(mmap, "MADV_DONTNEED") or stop <= start:
+        return
+    row = m.strides[0]
+    base = m.offset - m.offset % mmap.ALLOCATIONGRANULARITY  # where numpy's mapping starts
+    lo = m.offset - base + start * row
+    hi = min(m.offset - base + stop * row, len(mm))
+    lo -= lo % mmap.PAGESIZE
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (OSError, ValueError):  # an advice the platform refuses changes nothing read
+        pass
+
+
 class ShardColumn:
     """One batch-layout column of a split, over its shards (opened by memory map)."""
 
@@ -396,7 +412,13 @@ class ShardColumn:
         return int(self.offsets[-1])
 
     def read(self, shard: int, start: int, stop: int) -> np.ndarray:
-        return np.array(self.maps[shard][start:stop])  # a copy: the map's pages can go
+        """Rows ``start:stop`` of one shard, copied out of the map. The mapped pages are then
+        released (``MADV_DONTNEED``: they stay in the page cache, not in this process), so a
+        pass over the data keeps the resident memory at one block, not at the file size."""
+        m = self.maps[shard]
+        out = np.array(m[start:stop])
+        _release(m, start, stop)
+        return out
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the whole split, across shard boundaries."""

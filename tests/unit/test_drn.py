@@ -194,7 +194,15 @@ def test_dn_completes_transitions_at_once_and_u_waits_for_the_return():
 @pytest.mark.parametrize("explore", ["none", "egreedy", "dbgd"])
 def test_every_variant_learns_and_shows_distinct_lists(explore):
     env = NewsEnv(NewsParams(n_users=30, horizon_days=3.0), seed=1)
-    agent = DRN(env.policy_spec, explore=explore, epsilon=0.5, minor_every=8, major_hours=0.5)
+    agent = DRN(
+        env.policy_spec,
+        explore=explore,
+        epsilon=0.5,
+        minor_every=8,
+        major_hours=4.0,
+        major_steps=1,
+        major_batch=16,
+    )
     w0 = [p.detach().clone() for p in agent.q.parameters()]
     obs, _ = env.reset(seed=1)
     done, n = False, 0

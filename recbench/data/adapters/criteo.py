@@ -49,7 +49,7 @@ class Criteo:
         root: str | None = None,
         files: str | None = None,
         subdir: str = "criteo",
-        chunk_mb: float = 64,
+        chunk_mb: float = 16,
         oracle: str | None = "auto",
         name: str = "criteo",
     ) -> None:
