@@ -461,7 +461,7 @@ def latest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 # config keys that change where a run writes or what it prints, never its numbers
-_VOLATILE = ("paths", "logger", "hydra", "record", "test")
+_VOLATILE = ("paths", "logger", "hydra", "record", "test", "overwrite")
 _VOLATILE_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 

@@ -17,6 +17,8 @@ What it does:
    embedding size, Adam learning rate and number of epochs, and records train samples/s of the
    last epoch (the first is warm-up when there are two or more; recbench's Throughput uses the
    same rule), process CPU seconds of training, test AUC, and the load average around each run.
+   Neither side draws a progress bar (recbench ``trainer.enable_progress_bar=false``, the
+   peer ``verbose=0``), and recbench writes no TensorBoard events (``logger=none``).
 4. Prints a markdown table (median over rounds, ratio recbench / peer) and writes every
    measurement with the date, host and load to ``--out`` (JSON).
 

@@ -21,9 +21,9 @@ class AFM(nn.Module):
     ``a'_ij = hᵀ ReLU(W (v_i ⊙ v_j) + b)`` normalised by a softmax over the pairs, so
     uninformative crosses stop contributing as much as informative ones.
 
-    Regularised as the paper does (Sec. 3.3): ``dropout`` acts on the pair-wise interaction
+    Regularised as the paper does against overfitting: ``dropout`` acts on the pair-wise interaction
     layer, each ``v_i ⊙ v_j`` before attention and pooling; ``attention_l2 > 0`` adds
-    ``λ ||W||²`` on the attention network's weight matrix (eq. 7) as ``reg_loss`` in training.
+    ``λ ||W||²`` on the attention network's weight matrix as ``reg_loss`` in training.
     """
 
     def __init__(

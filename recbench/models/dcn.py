@@ -18,11 +18,10 @@ class DCN(nn.Module):
     are concatenated and a linear layer gives the logit.
 
     ``l2_reg > 0`` adds ``l2_reg · (||E||² + Σ_l ||w_l||²)`` over the whole embedding table and
-    the cross weights as ``reg_loss`` in training (the paper regularises with L2 and early
-    stopping, Sec. 4.2). ``init_std`` is the embeddings' initial standard deviation;
-    ``mlp_init_std``, when set, draws the deep network's weights from N(0, std²) instead of
-    PyTorch's default. ``linear`` adds a first-order term ``Σ_i w_i x_i`` to the logit;
-    ``batch_norm`` batch-normalises each deep layer before its activation.
+    the cross weights as ``reg_loss`` in training. ``init_std`` is the embeddings' initial
+    standard deviation; ``mlp_init_std``, when set, draws the deep network's weights from
+    N(0, std²) instead of PyTorch's default. ``linear`` adds a first-order term ``Σ_i w_i x_i``
+    to the logit; ``batch_norm`` batch-normalises each deep layer before its activation.
     """
 
     def __init__(

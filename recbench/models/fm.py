@@ -16,7 +16,7 @@ class FM(nn.Module):
 
     ``init_std`` is the standard deviation of the latent vectors at the start; ``l2_reg > 0``
     adds ``l2_reg · (Σ ||v||² + Σ w²)`` over the whole latent and linear tables as ``reg_loss``
-    in training (Rendle's regularised objective, eq. 9 of the 2012 libFM paper, with one λ).
+    in training (one λ for every parameter group of Rendle's regularised objective).
     """
 
     def __init__(

@@ -150,7 +150,7 @@ def test_bce_negatives_avoid_the_users_sequence():
         lambda s: SASRec(s, dropout=0.0, loss="bce"),
         lambda s: SASRec(s, dropout=0.0, loss="ce"),
         lambda s: SASRec(s, dropout=0.0, loss="sampled_softmax", negatives=10),
-        lambda s: BERT4Rec(s, dropout=0.0, mask_prob=0.5),
+        lambda s: BERT4Rec(s, dropout=0.0, mask_prob=0.5, mask_last_prob=0.5),
     ],
     ids=["gru4rec", "sasrec_bce", "sasrec_ce", "sasrec_sampled", "bert4rec"],
 )
@@ -176,4 +176,4 @@ def test_each_model_learns_a_planted_successor(make):
         scores = model.score_all({"items": seq[:, 1:]})
     assert scores.shape == (64, N_ITEMS + 1)
     hit = (scores[:, 1:].argmax(1) + 1 == seq[:, -1] + 1).float().mean()
-    assert hit > 0.8
+    assert hit > 0.7  # chance: 1 in 30

@@ -77,7 +77,7 @@ def test_history_items_carry_their_side_features_and_padding_is_zero():
     ids = batch["hist_item_id"]
     torch.testing.assert_close(history[mask], inputs.embedding.items(ids[mask]))
     assert torch.all(history[~mask] == 0)
-    with pytest.raises(ValueError, match="sequence field"):
+    with pytest.raises(ConfigError, match="behaviour history 'genres'"):
         BehaviourHistory(schema, 4, history="genres")
 
 

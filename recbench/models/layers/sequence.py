@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
+from recbench.errors import ConfigError
 from recbench.models.layers.embedding import FeatureEmbedding
 from recbench.models.layers.mlp import MLP, activation
 
@@ -55,7 +56,11 @@ class BehaviourHistory(nn.Module):
     ) -> None:
         super().__init__()
         if history not in schema or schema[history].kind != "sequence":
-            raise ValueError(f"history field {history!r} is not a sequence field of the schema")
+            raise ConfigError(
+                f"this model reads the behaviour history {history!r}, which the dataset does not "
+                "have: use a dataset with histories (features.history.max_len > 0 and a time "
+                "order), or a model without one"
+            )
         if schema[history].shares != schema.item:
             raise ValueError(f"history {history!r} must share the item field {schema.item!r}")
         self.history = history
