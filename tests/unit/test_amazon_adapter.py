@@ -80,15 +80,22 @@ def test_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
     with pytest.raises(DataNotFoundError) as err:
         AmazonS3Rec("Toys_and_Games").load()
     message = str(err.value)
-    assert "Toys_and_Games.txt" in message and "Toys_and_Games_item2attributes.json" in message
+    assert "Toys_and_Games.txt" in message
     assert str(tmp_path / "amazon-seq-s3rec") in message and "dataset.root" in message
     with pytest.raises(DataNotFoundError, match="dataset.root="):
         AmazonS3Rec("Beauty", root=str(tmp_path / "nowhere")).load()
 
 
-def test_unknown_category_is_a_config_error():
-    with pytest.raises(ConfigError, match="Sports_and_Outdoors"):
-        AmazonS3Rec("Books")
+def test_any_s3rec_style_file_reads_and_attributes_are_optional(tmp_path):
+    (tmp_path / "Yelp.txt").write_text(SEQUENCES)
+    raw = AmazonS3Rec("Yelp", root=str(tmp_path)).load()
+    assert raw.events.height == 9 and raw.events["categories"].list.len().sum() == 0
+    assert [p.name for p in raw.files] == ["Yelp.txt"]
+    (tmp_path / "Yelp_item2attributes.json").write_text(json.dumps(ATTRIBUTES))
+    with_attrs = AmazonS3Rec("Yelp", root=str(tmp_path)).load()
+    assert with_attrs.events["categories"].list.len().sum() > 0
+    with pytest.raises(ConfigError, match="stem"):
+        AmazonS3Rec("Books.txt")
 
 
 def real_beauty() -> Path:

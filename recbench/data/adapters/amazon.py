@@ -17,39 +17,45 @@ import polars as pl
 from recbench.data.adapters.base import RawData, find_root, malformed, read_text
 from recbench.errors import ConfigError
 
+# the categories of the S3-Rec paper's tables; any other S3-Rec-style file works the same way
 CATEGORIES = ("Beauty", "Toys_and_Games", "Sports_and_Outdoors")
 
 
 class AmazonS3Rec:
-    """One S3-Rec Amazon category as implicit feedback: every event is a click (label 1).
+    """A sequence file in the S3-Rec layout as implicit feedback: every event is a click.
 
-    ``timestamp`` is the event's position in the user's sequence (0, 1, ...), since the files
-    keep only the order. ``categories`` is the item's attribute ids (empty where the item has
-    none). ``name`` picks the category; the dataset's name is ``amazon-<name in lower case>``.
-    Both files are read as UTF-8 unless ``encoding`` says otherwise.
+    ``<name>.txt`` holds one user a line, ``user item item ...`` in time order; the optional
+    ``<name>_item2attributes.json`` maps item ids to attribute ids, the item's ``categories``
+    (empty where the item has none, or everywhere when the file is absent). ``name`` is any such
+    file's stem (``Beauty``, ``Toys_and_Games``, ``Sports_and_Outdoors`` are the S3-Rec paper's;
+    ``Yelp`` or ``LastFM`` of the same preparation work too); the dataset's name is
+    ``amazon-<name in lower case>``. ``timestamp`` is the event's position in the user's
+    sequence, since the files keep only the order. Read as UTF-8 unless ``encoding`` says other.
     """
 
     subdir = "amazon-seq-s3rec"
 
     def __init__(self, name: str, root: str | None = None, encoding: str | None = None) -> None:
-        if name not in CATEGORIES:
-            raise ConfigError(f"unknown Amazon category {name!r}; choose one of {CATEGORIES}")
+        if not name or "/" in name or name.endswith(".txt"):
+            raise ConfigError(
+                f"dataset.adapter.name={name!r}: give the sequence file's stem, e.g. Beauty for "
+                "Beauty.txt (the S3-Rec categories are " + ", ".join(CATEGORIES) + ")"
+            )
         self.category = name
         self.name = f"amazon-{name.lower()}"
         self.root = root
         self.encoding = encoding or "utf8"
 
-    def files(self) -> tuple[Path, Path]:
+    def files(self) -> tuple[Path, ...]:
         sequences = f"{self.category}.txt"
-        attributes = f"{self.category}_item2attributes.json"
-        root = find_root(self.name, self.root, self.subdir, required=(sequences, attributes))
-        return root / sequences, root / attributes
+        root = find_root(self.name, self.root, self.subdir, required=(sequences,))
+        attributes = root / f"{self.category}_item2attributes.json"
+        return (root / sequences, attributes) if attributes.exists() else (root / sequences,)
 
     def load(self) -> RawData:
-        seq_path, attr_path = self.files()
-        root, sequences, attributes = seq_path.parent, seq_path.name, attr_path.name
-        users, items, positions = _read_sequences(root / sequences, self.encoding)
-        categories = _read_attributes(root / attributes, self.encoding)
+        files = self.files()
+        users, items, positions = _read_sequences(files[0], self.encoding)
+        categories = _read_attributes(files[1], self.encoding) if len(files) > 1 else {}
         events = pl.DataFrame(
             {
                 "user_id": users,
@@ -68,7 +74,7 @@ class AmazonS3Rec:
             events=events,
             multi=("categories",),
             item_attributes=("categories",),
-            files=(root / sequences, root / attributes),
+            files=files,
             implicit=True,
         )
 
