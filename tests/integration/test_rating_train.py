@@ -19,7 +19,10 @@ def ml_root(tmp_path):
     return root
 
 
-@pytest.mark.parametrize(("model", "epochs"), [("mf", 6), ("autorec", 30), ("u_autorec", 30)])
+@pytest.mark.parametrize(
+    ("model", "epochs"),
+    [("mf", 6), ("autorec", 30), pytest.param("u_autorec", 30, marks=pytest.mark.slow)],
+)
 def test_a_rating_run_records_rmse_mae_fallbacks_and_unit_errors(tmp_path, ml_root, model, epochs):
     args = [
         "task=rating",
@@ -49,7 +52,7 @@ def test_a_rating_run_records_rmse_mae_fallbacks_and_unit_errors(tmp_path, ml_ro
     assert min(history) < history[0]  # it learned something
 
 
-@pytest.mark.parametrize("model", ["mf", "autorec"])
+@pytest.mark.parametrize("model", ["mf", pytest.param("autorec", marks=pytest.mark.slow)])
 def test_ddp_rmse_and_mae_equal_one_device_exactly(tmp_path, ml_root, model):
     """One checkpoint evaluated on 1 and on 2 CPU ranks: every row counted once."""
     base = [
