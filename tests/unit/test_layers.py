@@ -83,12 +83,12 @@ def test_residual_unit_equals_formula() -> None:
     unit = ResidualUnit(6, 9).double()
     x = seeded(4, 6)
     w1, b1, w2, b2 = unit.inner.weight, unit.inner.bias, unit.outer.weight, unit.outer.bias
-    expected = x + torch.relu(torch.relu(x @ w1.T + b1) @ w2.T + b2)
+    expected = torch.relu(x + torch.relu(x @ w1.T + b1) @ w2.T + b2)  # ReLU(x + F(x))
     close(unit(x), expected)
-    # the shortcut: with the block's output forced to zero the unit is the identity
+    # the shortcut: with the block's output forced to zero the unit is ReLU of its input
     torch.nn.init.zeros_(unit.outer.weight)
     torch.nn.init.zeros_(unit.outer.bias)
-    close(unit(x), x)
+    close(unit(x), torch.relu(x))
 
 
 def test_dcn_cross_network_equals_formula() -> None:

@@ -181,10 +181,10 @@ def test_an_unfinished_earlier_run_is_moved_aside(tmp_path):
 
 def test_a_finished_run_is_kept_unless_overwrite(tmp_path):
     earlier(tmp_path, finished=True)
-    with pytest.raises(ConfigError, match=r"holds a finished run .*\+\+overwrite=true"):
+    with pytest.raises(ConfigError, match=r"holds a finished run .* pass overwrite=true"):
         check(cfg_of([], tmp_path), run_dir=tmp_path)
     assert (tmp_path / "metrics.json").exists() and not list(tmp_path.glob("stale-*"))
-    check(cfg_of(["++overwrite=true"], tmp_path), run_dir=tmp_path, log=lambda m: None)
+    check(cfg_of(["overwrite=true"], tmp_path), run_dir=tmp_path, log=lambda m: None)
     (stale,) = tmp_path.glob("stale-*")
     assert (stale / "metrics.json").exists() and not (tmp_path / "metrics.json").exists()
 
