@@ -203,9 +203,6 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from recbench.threads import prefer_passive_wait
-
-    prefer_passive_wait()  # before torch loads: idle OpenMP threads sleep instead of spinning
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())

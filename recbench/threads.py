@@ -7,8 +7,8 @@ needs) until it runs again, and every small kernel pays that wait. On 2 cores be
 processes a 2-thread team ran DeepFM steps many times slower than 1 thread; on idle cores it was
 only somewhat faster. So ``auto`` gives the team only cores that are free now: the CPUs this
 process may use (affinity, cgroup quota) less what other processes keep busy, rounded down.
-Passive waiting (``prefer_passive_wait``, before torch loads) stops the spinning itself: the
-waiting members sleep and leave the core to the one being waited for.
+Passive waiting (``OMP_WAIT_POLICY=PASSIVE``) was measured too and is not set: it cost a 2-thread
+team about a quarter of its idle speed and was no better loaded (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -143,17 +143,6 @@ def resolve_threads(setting: object) -> int | None:
     return int(str(setting).strip())
 
 
-def prefer_passive_wait() -> bool:
-    """Make idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``) unless
-    the environment already chooses. libgomp reads the variable once, when torch loads it, so
-    this must run before the first ``import torch`` of the process (child processes inherit
-    it). Returns whether it still could take effect here."""
-    import sys
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return "torch" not in sys.modules
-
-
 def apply_threads(setting: object) -> int | None:
     """Set torch's intra-op threads from ``threads=<setting>``; returns the count set."""
     n = resolve_threads(setting)
@@ -169,6 +158,5 @@ __all__ = [
     "apply_threads",
     "choose_threads",
     "cpu_state",
-    "prefer_passive_wait",
     "resolve_threads",
 ]

@@ -260,9 +260,7 @@ def _print_summary(record: dict) -> None:
         m = record[split]
         if m:
             cells = [_metric_value(m, k) for k in names]
-            table.add_row(
-                split, *("undefined" if v is None else f"{float(v):.4f}" for v in cells)
-            )
+            table.add_row(split, *("undefined" if v is None else f"{float(v):.4f}" for v in cells))
     oracle = record.get("oracle") or {}
     if any(oracle.get(k) is not None for k in names):
         table.add_row(

@@ -40,9 +40,7 @@ spans: list[tuple[str, float, float]] = []
 
 def main(argv: list[str]) -> None:
     import recbench.cli as cli
-    from recbench.threads import prefer_passive_wait
 
-    prefer_passive_wait()  # as the CLI does, before torch loads
     mark("import recbench.cli")
     import recbench.train as train
 

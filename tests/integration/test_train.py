@@ -12,7 +12,12 @@ import pytest
 
 from recbench.results import read_records
 
-SMALL = ["++dataset.world.n_users=300", "trainer.max_epochs=2", "trainer.enable_progress_bar=false"]
+SMALL = [
+    "++dataset.world.n_users=300",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "threads=1",  # the same thread count on both runs of the determinism test
+]
 
 
 def recbench(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -71,13 +71,3 @@ def test_settings_other_than_auto(monkeypatch):
         assert apply_threads(None) is None and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-
-
-def test_passive_wait_is_a_default_the_environment_can_override(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    effective = threads.prefer_passive_wait()
-    assert threads.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert effective is False  # torch is already loaded in this test process: too late here
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    threads.prefer_passive_wait()
-    assert threads.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
