@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from recbench.errors import TrainingDivergedError
 from recbench.ranking import (
     UnitValues,
     mask_items,
@@ -38,8 +37,9 @@ from recbench.ranking import (
     target_ranks,
 )
 from recbench.tasks.base import Task
+from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
-NAN_CHECK_EVERY = 50  # steps between finite-loss checks; each check syncs with the device
+LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
 CE_CHUNK_ELEMENTS = 1 << 26  # logits per cross-entropy chunk (256 MB in float32)
 KS = (5, 10, 20)
 
@@ -115,8 +115,11 @@ class NextItemTask(Task):
         eval: Mapping[str, Any] | None = None,  # noqa: A002 - the config group's key
         synthetic: Mapping[str, Any] | None = None,
         compile: bool = False,
+        max_loss: float = 1000.0,
     ) -> None:
         super().__init__(model, optimizer, scheduler)
+        # every step on the device, read every LOSS_CHECK_EVERY steps and at epoch end
+        self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
         self.score_model = torch.compile(model) if compile else model
         self.ks = tuple(int(k) for k in ks)
         ev = dict(eval or {})
@@ -173,11 +176,9 @@ class NextItemTask(Task):
         if not self.trainable:
             return None  # no backward, no optimizer step
         loss, _, _ = self.loss(batch)
-        if batch_idx % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):  # syncs
-            raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
-            )
+        self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
+        if self.loss_guard.due():
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
         self.log(
             "train/loss",
             loss,
@@ -188,7 +189,12 @@ class NextItemTask(Task):
         )
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.loss_guard.reset()
+
     def on_train_epoch_end(self) -> None:
+        if self.trainable:
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
         if not self.trainable:
             self.trainer.should_stop = True
 

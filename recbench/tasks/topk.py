@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from recbench.data.loader import BatchLoader
-from recbench.errors import ConfigError, TrainingDivergedError
+from recbench.errors import ConfigError
 from recbench.ranking import (
     UnitValues,
     mask_items,
@@ -36,8 +36,9 @@ from recbench.ranking import (
     target_ranks,
 )
 from recbench.tasks.base import Task
+from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
-NAN_CHECK_EVERY = 50  # steps between finite-loss checks; each check syncs with the device
+LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
 SCORES_PER_CHUNK = 1 << 24  # users per evaluation chunk × (num_items + 1): 64 MB of scores
 PAIRS_PER_BLOCK = 1 << 18  # pairwise scoring of models without score_all
 NAMES = ("hr", "ndcg", "recall", "mrr")
@@ -146,8 +147,11 @@ class TopKTask(Task):
         ks: Sequence[int] = (5, 10, 20),
         eval: Mapping[str, Any] | None = None,  # noqa: A002 (the config key)
         compile: bool = False,
+        max_loss: float = 1000.0,
     ) -> None:
         super().__init__(torch.compile(model) if compile else model, optimizer, scheduler)
+        # every step on the device, read every LOSS_CHECK_EVERY steps and at epoch end
+        self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
         if loss not in LOSSES:
             raise ConfigError(f"task.loss={loss!r}; choose one of {', '.join(LOSSES)}")
         if int(negatives) < 1:
@@ -225,11 +229,9 @@ class TopKTask(Task):
         penalty = getattr(self.model, "penalty", None)  # a model's own regulariser (MF's λ)
         if penalty is not None:
             loss = loss + penalty(pairs)
-        if batch_idx % NAN_CHECK_EVERY == 0 and not torch.isfinite(loss):  # syncs
-            raise TrainingDivergedError(
-                f"the training loss became {loss.item()} at epoch {self.current_epoch}, "
-                f"step {batch_idx}. Lower optimizer.lr, or set trainer.gradient_clip_val=1.0."
-            )
+        self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
+        if self.loss_guard.due():
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
         self.log(
             "train/loss",
             fit,
@@ -240,7 +242,12 @@ class TopKTask(Task):
         )
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.loss_guard.reset()
+
     def on_train_epoch_end(self) -> None:
+        if self.trainable:
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
         if not self.trainable:
             self.trainer.should_stop = True  # one epoch: the validation and checkpoint
 
