@@ -43,7 +43,7 @@ from torch import Tensor
 
 from recbench.data.adapters.base import cache_root
 from recbench.data.pipeline import cache_key as dataset_cache_key
-from recbench.data.pipeline import split_events
+from recbench.data.pipeline import load_or_discard, read_cache, split_events
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.ranking import draw_negatives
@@ -87,7 +87,7 @@ class ImplicitData:
 
     @classmethod
     def load(cls, path: Path) -> ImplicitData:
-        blob = torch.load(path / "data.pt", weights_only=False)
+        blob = read_cache(path / "data.pt")
         return cls(
             InteractionSchema(**blob["schema"]),
             blob["train"],
@@ -152,8 +152,9 @@ def prepare(
     adapter = instantiate(cfg.dataset.adapter)
     key = _key(cfg, adapter)
     path = cache_root() / "prepared" / f"{cfg.dataset.name}-topk-{key[:16]}"
-    if (path / "data.pt").exists() and not force:
-        return ImplicitData.load(path)
+    cached = None if force else load_or_discard(path, "data.pt", ImplicitData.load, log)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     log(f"preparing {cfg.dataset.name} for top-K ranking (cache: {path})")
     world = _synthetic(cfg, adapter)

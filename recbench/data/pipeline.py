@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,19 @@ def read_cache(file: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - zip, pickle, EOF, type, key errors alike
         raise _corrupt(file, exc) from exc
     return blob
+
+
+def load_or_discard(path: Path, file: str, load: Callable[[Path], Any], log: Callable) -> Any:
+    """``load(path)`` when ``path/file`` exists and reads back; None when it does not exist or is
+    unreadable (then it is deleted with a one-line message, and the caller rebuilds it)."""
+    if not (path / file).exists():
+        return None
+    try:
+        return load(path)
+    except CorruptCacheError as exc:
+        log(f"rebuilding: the cache {path / file} is unreadable ({exc.reason}); deleting it")
+        shutil.rmtree(path, ignore_errors=True)
+        return None
 
 
 # ---------------------------------------------------------------------------- caching

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from recbench.data.adapters.base import cache_root
 from recbench.data.loader import BatchLoader
-from recbench.data.pipeline import cache_key, split_events
+from recbench.data.pipeline import cache_key, load_or_discard, read_cache, split_events
 from recbench.data.schema import InteractionSchema
 from recbench.data.splits import SPLIT_NAMES
 from recbench.errors import ConfigError
@@ -81,7 +81,7 @@ class RatingData:
 
     @classmethod
     def load(cls, path: Path) -> RatingData:
-        blob = torch.load(path / "ratings.pt", weights_only=False)
+        blob = read_cache(path / "ratings.pt")
         sc = dict(blob["schema"])
         sc["rating_range"] = tuple(sc["rating_range"]) if sc["rating_range"] else None
         return cls(
@@ -112,8 +112,9 @@ def prepare_ratings(cfg: DictConfig, force: bool = False, log=print) -> RatingDa
     raw = None if hasattr(adapter, "files") else adapter.load()
     key = cache_key(cfg, adapter, raw)
     path = cache_root() / "prepared" / f"{cfg.name}-ratings{RATINGS_VERSION}-{key[:16]}"
-    if (path / "ratings.pt").exists() and not force:
-        return RatingData.load(path)
+    cached = None if force else load_or_discard(path, "ratings.pt", RatingData.load, log)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     log(f"preparing ratings of {cfg.name} (cache: {path})")
     raw = raw or adapter.load()

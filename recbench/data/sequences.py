@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from recbench.data.adapters.base import cache_root, sha256_file
+from recbench.data.pipeline import load_or_discard, read_cache
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.ranking import draw_negatives
@@ -77,7 +78,7 @@ class SequenceData:
 
     @classmethod
     def load(cls, path: Path) -> SequenceData:
-        blob = torch.load(path / "seq.pt", weights_only=False)
+        blob = read_cache(path / "seq.pt")
         users, items, counts, max_len = blob["schema"]
         schema = InteractionSchema(users, items, counts, max_len=max_len)
         return cls(
@@ -266,8 +267,9 @@ def prepare_sequences(cfg: DictConfig, log=print, force: bool = False) -> Sequen
     opts = options_from(cfg)
     key, material, adapter = sequence_key(cfg)
     path = cache_root() / "next_item" / f"{cfg.dataset.name}-{key[:16]}"
-    if (path / "seq.pt").exists() and not force:
-        return SequenceData.load(path)
+    cached = None if force else load_or_discard(path, "seq.pt", SequenceData.load, log)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     log(f"preparing next-item sequences of {cfg.dataset.name} (cache: {path})")
     oracle = None

@@ -239,3 +239,16 @@ def test_compare_keeps_the_models_serving_the_task_and_plans_neumf_parts_first(c
         ("ncf_mlp", {}),
         ("neumf_pretrained", {"gmf": "gmf", "mlp": "ncf_mlp"}),
     ]
+
+
+def test_a_corrupt_cache_is_named_deleted_and_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    cfg = compose_topk(["model=gmf", "++dataset.world.n_users=60", "++dataset.world.n_items=200"])
+    first = prepare(cfg, log=lambda _: None)
+    (cache,) = tmp_path.glob("prepared/*-topk-*/data.pt")
+    cache.write_bytes(cache.read_bytes()[:100])  # a writer killed mid-file
+    said: list[str] = []
+    again = prepare(cfg, log=said.append)
+    assert any("unreadable" in m and str(cache) in m for m in said)
+    assert again.key == first.key
+    assert torch.equal(again.eval["test"]["targets"], first.eval["test"]["targets"])
