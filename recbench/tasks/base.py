@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from recbench.errors import ConfigError
+from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
 BOOTSTRAP_KINDS = ("auc", "logloss", "mean", "sqrt_mean")
 
@@ -39,6 +40,7 @@ class Task(pl.LightningModule):
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     bootstrap_unit: ClassVar[str] = "row"  # "row" | "user"
     bootstrap: ClassVar[dict[str, str]] = {}  # metric → one of BOOTSTRAP_KINDS
+    loss_guard: LossGuard | None = None  # set by a task that watches its training loss
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Task(pl.LightningModule):
         self.val_history: list[dict[str, Any]] = []  # {"epoch": e, metric: value, ...}
         self.test_result: dict[str, Any] = {}  # metric → value; None where undefined
         self.undefined: dict[str, str] = {}  # "test.auc" → why it is undefined
+        self.trainable = any(p.requires_grad for p in model.parameters())
 
     # ------------------------------------------------------------------ what train.py calls
 
@@ -91,7 +94,26 @@ class Task(pl.LightningModule):
 
     # ------------------------------------------------------------------ shared Lightning glue
 
+    def watch_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Hand the step's loss to ``self.loss_guard`` (on the device, no sync) and read the
+        guard on the host when it is due; the epoch end reads it again."""
+        self.loss_guard.update(loss, self.current_epoch, batch_idx)
+        if self.loss_guard.due():
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+
+    def on_train_epoch_start(self) -> None:
+        if self.loss_guard is not None:
+            self.loss_guard.reset()
+
+    def on_train_epoch_end(self) -> None:
+        if not self.trainable:
+            self.trainer.should_stop = True  # nothing to fit: one epoch, then validation
+        elif self.loss_guard is not None:
+            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+
     def configure_optimizers(self) -> Any:
+        if not self.trainable:
+            return None  # a model without parameters (Pop): no optimizer, no backward
         from recbench.optim import build_optimizer
 
         # factory(params=...) for a plain optimiser, factory(model=...) for one per model part

@@ -37,7 +37,7 @@ from recbench.ranking import (
     target_ranks,
 )
 from recbench.tasks.base import Task
-from recbench.tasks.guard import LossGuard, check_on_all_ranks
+from recbench.tasks.guard import LossGuard
 
 LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
 CE_CHUNK_ELEMENTS = 1 << 26  # logits per cross-entropy chunk (256 MB in float32)
@@ -134,7 +134,6 @@ class NextItemTask(Task):
         self._test_units: dict[str, np.ndarray] = {}
         self._seen: dict[str, tuple[Tensor, Tensor]] = {}
         # a model with nothing to learn (Pop) gets one epoch of no-op steps, then evaluation
-        self.trainable = any(p.requires_grad for p in model.parameters())
 
     # ------------------------------------------------------------------ training
 
@@ -176,9 +175,7 @@ class NextItemTask(Task):
         if not self.trainable:
             return None  # no backward, no optimizer step
         loss, _, _ = self.loss(batch)
-        self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
-        if self.loss_guard.due():
-            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+        self.watch_loss(loss, batch_idx)
         self.log(
             "train/loss",
             loss,
@@ -188,18 +185,6 @@ class NextItemTask(Task):
             batch_size=len(batch["seq"]),
         )
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        self.loss_guard.reset()
-
-    def on_train_epoch_end(self) -> None:
-        if self.trainable:
-            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
-        if not self.trainable:
-            self.trainer.should_stop = True
-
-    def configure_optimizers(self) -> Any:
-        return super().configure_optimizers() if self.trainable else None
 
     # ------------------------------------------------------------------ evaluation
 

@@ -36,7 +36,7 @@ from recbench.ranking import (
     target_ranks,
 )
 from recbench.tasks.base import Task
-from recbench.tasks.guard import LossGuard, check_on_all_ranks
+from recbench.tasks.guard import LossGuard
 
 LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
 SCORES_PER_CHUNK = 1 << 24  # users per evaluation chunk × (num_items + 1): 64 MB of scores
@@ -164,7 +164,6 @@ class TopKTask(Task):
         self.names = metric_names(self.ks)
         self.val_units = UnitValues(self.names)
         self.test_units = UnitValues(self.names)
-        self.trainable = any(p.requires_grad for p in model.parameters())
         self.num_items = 0
         self._eval: dict[str, dict[str, Tensor]] = {}
         self._test_values: dict[str, np.ndarray] = {}
@@ -229,9 +228,7 @@ class TopKTask(Task):
         penalty = getattr(self.model, "penalty", None)  # a model's own regulariser (MF's λ)
         if penalty is not None:
             loss = loss + penalty(pairs)
-        self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
-        if self.loss_guard.due():
-            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+        self.watch_loss(loss, batch_idx)
         self.log(
             "train/loss",
             fit,
@@ -241,18 +238,6 @@ class TopKTask(Task):
             batch_size=len(batch["user"]),
         )
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        self.loss_guard.reset()
-
-    def on_train_epoch_end(self) -> None:
-        if self.trainable:
-            check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
-        if not self.trainable:
-            self.trainer.should_stop = True  # one epoch: the validation and checkpoint
-
-    def configure_optimizers(self) -> Any:
-        return super().configure_optimizers() if self.trainable else None
 
     # ------------------------------------------------------------------ evaluation
 
