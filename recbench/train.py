@@ -128,7 +128,8 @@ def run(cfg: DictConfig) -> float | None:
     monitor = cfg.monitor.split("/")[-1]
     scored = [h for h in history if h.get(monitor) is not None]
     pick = max if str(cfg.get("monitor_mode", "max")) == "max" else min
-    best_val = pick(scored, key=lambda h: h[monitor]) if scored else {}
+    # the monitored metric undefined in every epoch: report the last epoch
+    best_val = pick(scored, key=lambda h: h[monitor]) if scored else (history or [{}])[-1]
     result = {
         "val": {k: v for k, v in best_val.items() if k != "epoch"},
         "test": dict(task.test_result),
