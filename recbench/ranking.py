@@ -45,13 +45,18 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     masked). ``targets`` (U, T): item codes, 0 where a user has fewer targets (rank -1 there).
     A NaN score counts as -inf, so a NaN target ranks last rather than first.
     """
-    scores = torch.nan_to_num(scores.float(), nan=NEG_INF)
     valid = targets > 0
-    t_scores = scores.gather(1, targets.clamp(min=0))  # (U, T)
     if targets.shape[1] == 1:
-        at_least = (scores >= t_scores).sum(1, keepdim=True)  # includes the target itself
-        ranks = at_least - 1
+        # one pass over the chunk, no copy of it: a NaN score fails every comparison, so it
+        # counts below any finite target, as -inf would; a target at -inf (or NaN) ranks last
+        t_scores = scores.gather(1, targets.clamp(min=0))
+        t_scores = torch.nan_to_num(t_scores, nan=NEG_INF, neginf=NEG_INF)
+        at_least = torch.ge(scores, t_scores).sum(1, keepdim=True)
+        last = torch.full_like(at_least, scores.shape[1])  # includes the target itself
+        ranks = torch.where(t_scores == NEG_INF, last, at_least) - 1
     else:
+        scores = torch.nan_to_num(scores.float(), nan=NEG_INF, neginf=NEG_INF)
+        t_scores = scores.gather(1, targets.clamp(min=0))  # (U, T)
         ordered = scores.sort(dim=1).values
         at_least = scores.shape[1] - torch.searchsorted(ordered, t_scores.contiguous())  # (U, T)
         # targets with a score ≥ the target's were counted above; only strictly higher count

@@ -3,6 +3,7 @@
     python scripts/bench_peer.py                                  # every mapped model, 2 epochs
     python scripts/bench_peer.py --models deepfm,din --rounds 3 --threads 1
     python scripts/bench_peer.py --models deepfm --epochs 1 --limit-batches 5   # a smoke run
+    python scripts/bench_peer.py --models deepfm --threads 2 --recbench-args "task.compile=true"
 
 What it does:
 1. Creates a separate virtual environment under ``--cache`` (default
@@ -136,6 +137,18 @@ def model_config(model: str) -> dict:
     cfg = OmegaConf.load(REPO / "configs" / "model" / f"{model}.yaml")
     return {k: v for k, v in OmegaConf.to_container(cfg).items() if not str(k).startswith("_")}
 
+def same_shape(model: str, embed_dim: int) -> list[str]:
+    """recbench overrides that give a model the shape of its DeepCTR-Torch counterpart, so both
+    sides do the same arithmetic: the library's AutoInt keeps the embedding width through every
+    interacting layer (heads of embed_dim / heads units, where the paper and recbench's default
+    use 32 units per head), and its WDL has no cross-product features on the wide side."""
+    if model == "autoint":
+        heads = int(model_config(model).get("num_heads", 2))
+        return [f"model.attention_dim={embed_dim // heads}"]
+    if model == "wide_deep":
+        return ["model.crosses=[]"]
+    return []
+
 
 def run_recbench(model: str, args: argparse.Namespace, seed: int) -> dict:
     overrides = [
@@ -155,6 +168,8 @@ def run_recbench(model: str, args: argparse.Namespace, seed: int) -> dict:
         overrides.append(f"model.embed_dim={args.embed_dim}")
     if args.limit_batches:
         overrides.append(f"trainer.limit_train_batches={args.limit_batches}")
+    overrides += same_shape(model, args.embed_dim)
+    overrides += args.recbench_args.split()
     with tempfile.TemporaryDirectory() as outputs:
         env = {**os.environ, "RECBENCH_OUTPUTS": outputs}
         before = os.times()
@@ -289,6 +304,7 @@ def peer_worker(spec: dict) -> None:
     elif kind == "xDeepFM":
         model = peer.xDeepFM(
             columns, columns, cin_layer_size=tuple(cfg.get("cin", (256, 128))),
+            cin_split_half=False,  # the paper's CIN, as recbench builds it: every map feeds on
             dnn_hidden_units=hidden, l2_reg_linear=0.0, **common,
         )  # fmt: skip
     elif kind == "AFM":
@@ -307,7 +323,7 @@ def peer_worker(spec: dict) -> None:
         product = str(cfg.get("product", "inner"))
         model = peer.PNN(
             columns, dnn_hidden_units=hidden, use_inner=product in ("inner", "both"),
-            use_outer=product in ("outer", "both"), **common,
+            use_outter=product in ("outer", "both"), **common,  # the library's spelling
         )  # fmt: skip
     else:
         raise SystemExit(f"no DeepCTR-Torch mapping for {kind}")
@@ -350,6 +366,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--limit-batches", type=int, default=0)
     ap.add_argument("--cache", default=None)
+    ap.add_argument(
+        "--recbench-args",
+        default="",
+        help="extra recbench train overrides, e.g. 'task.compile=true trainer.precision=bf16-mixed'",
+    )
     ap.add_argument("--out", default="bench_peer.json")
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -3,6 +3,7 @@ environment alone, and (with --compare) the wall time of a finished `recbench co
 
     python scripts/bench_rl.py                      # default world, seed 1, torch threads 2
     python scripts/bench_rl.py --threads 1 --users 250 --days 14
+    python scripts/bench_rl.py --set fatigue=0 --set boredom=0   # another world (env knobs)
     python scripts/bench_rl.py --compare outputs/compare/<folder>
 
 Prints one JSON object. The machine's load average is part of it: numbers measured while other
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out: dict = {
@@ -86,10 +88,14 @@ def main() -> None:
         "torch_threads": args.threads,
         "world": {"n_users": args.users, "horizon_days": args.days, "seed": args.seed},
     }
-    params = NewsParams(n_users=args.users, horizon_days=args.days)
+    knobs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    params = NewsParams(n_users=args.users, horizon_days=args.days, **knobs)
+    out["world"].update(knobs)
     env = NewsEnv(params, seed=args.seed)
     out["env_only"] = loop(env, RandomPolicy(env.policy_spec, seed=0), args.seed)
-    out["drn_acting_and_learning"] = loop(env, DRN(env.policy_spec, seed=0), args.seed)
+    drn = DRN(env.policy_spec, seed=0)
+    out["drn_acting_and_learning"] = loop(env, drn, args.seed)
+    out["drn_updates"] = {k: drn.stats[k] for k in ("minor", "major")}
     if args.compare is not None:
         out["compare"] = compare_wall(args.compare)
     out["load_average_after"] = os.getloadavg()

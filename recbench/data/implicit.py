@@ -7,9 +7,11 @@ From a dataset's events (any adapter) to what ``task=topk`` trains and evaluates
   more than once keeps its earliest event.
 - codes: users 1..num_users and items 1..num_items by sorted raw id, over every positive (so every
   held-out item is a candidate, even one without a training interaction); 0 is padding.
-- split (``task.split``): events ordered by (user, timestamp, item id, file row), the stable rule
-  of ``pipeline.split_events`` (``ties: row`` orders same-timestamp events by file row instead,
-  as libraries that stable-sort by time do); ``leave_one_out`` makes each user's last event
+- split (``task.split``): events ordered by (user, timestamp, file row) — same-timestamp events
+  keep their file order, as a stable sort by time (what libraries split with) leaves them
+  (``ties: row``, the default); ``ties: item`` orders them by item id, then file row, the rule of
+  ``pipeline.split_events``, which makes the highest item id of a user's last second the held-out
+  one (in MovieLens, a rarer film); ``leave_one_out`` makes each user's last event
   test and the one before validation (users with fewer than 3 positives stay in training),
   ``user_temporal`` a per-user ratio by time, ``random`` a seeded ratio over all events.
 - evaluation units: the users with at least one held-out event in a split, in code order, each
@@ -104,6 +106,7 @@ class ImplicitData:
 def _options(task: DictConfig) -> dict[str, Any]:
     """The task options that change the prepared data (and nothing else)."""
     split = OmegaConf.to_container(task.split, resolve=True)
+    split.setdefault("ties", "row")  # a config without the key means the default, never "item"
     ev = task.get("eval") or {}
     return {
         "positive_threshold": task.get("positive_threshold"),
@@ -218,11 +221,11 @@ def build(
     opts = _options(task)
     raw_events = events
     pos = positives(events, opts["positive_threshold"])  # in file order
-    ties = str(task.split.get("ties", "item"))
+    ties = str(task.split.get("ties", "row"))
     if ties == "row":  # same-second events in file order: time becomes a rank, ties broken by row
         pos = pos.with_columns(pl.col("timestamp").rank("ordinal").cast(pl.Int64))
     elif ties != "item":
-        raise ConfigError(f"task.split.ties={ties!r}; choose item (the default) or row")
+        raise ConfigError(f"task.split.ties={ties!r}; choose row (the default) or item")
     ev = split_events(pos, task.split)
     if ev.height == 0:
         raise ConfigError("no positive events: lower task.positive_threshold")

@@ -18,6 +18,12 @@ Tensors (all int64, left-padded with 0 so the most recent item is the last colum
   and training seed.
 
 ``seen_*`` (CSR over users) hold each split's full history, for ``eval.exclude_seen``.
+
+Serving (``SequenceLoader``, ``SequenceDataModule``): a batch is trimmed to its longest real
+sequence (the columns it drops are padding in every row; the models keep the full window's
+positions, so the result is the full-width result), and training batches are length-bucketed
+so that a batch's sequences have similar lengths: Amazon users have ~7 training items in a
+window of 51, so a full-width batch is ~85 % padding.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +45,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from recbench.data.adapters.base import cache_root, sha256_file
+from recbench.data.datamodule import RecDataModule
+from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import load_or_discard, read_cache
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
@@ -322,4 +331,172 @@ def _oracle(world: Any, data: SequenceData, ks: tuple[int, ...]) -> dict[str, An
     return out
 
 
-__all__ = ["SequenceData", "SequenceOptions", "build_sequences", "prepare_sequences", "tails"]
+# ---------------------------------------------------------------------------- serving
+
+SEQUENCE_KEYS = {"seq": 2, "items": 1}  # left-padded id tensors → the narrowest width served
+
+
+def bucketed_order(
+    lengths: Tensor, batch_size: int, chunk_batches: int, generator: torch.Generator
+) -> Tensor:
+    """A random order of ``len(lengths)`` rows in which consecutive runs of ``batch_size`` rows
+    have similar lengths: a uniform permutation, cut into chunks of ``chunk_batches`` batches,
+    each chunk sorted by length (stable), cut into batches whose order is then shuffled (a
+    last, partial batch stays last). Each row appears once; the same generator state gives
+    the same order. (n,) int64"""
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator)
+    chunk = max(1, batch_size * max(1, chunk_batches))
+    key = torch.div(torch.arange(n), chunk, rounding_mode="floor") * (int(lengths.max()) + 1)
+    order = perm[torch.sort(key + lengths[perm], stable=True).indices]
+    full = n // batch_size
+    batches = torch.randperm(full, generator=generator)
+    head = order[: full * batch_size].view(full, batch_size)[batches].reshape(-1)
+    return torch.cat([head, order[full * batch_size :]])
+
+
+class SequenceLoader(BatchLoader):
+    """``BatchLoader`` over next-item tensors, with two changes that leave every computed value
+    as it is but skip the padding:
+
+    - ``trim``: the left-padded id tensors (``seq``, ``items``) of each batch keep only their
+      last ``w`` columns, ``w`` the batch's longest real sequence (at least 2 for ``seq``, so a
+      causal model has an input and a target column; at least 1 for ``items``);
+    - ``bucket_batches`` > 0 (training, ``shuffle=True``): the epoch's order is
+      ``bucketed_order`` over global batches of ``batch_size × world_size`` rows, seeded by
+      ``(seed, epoch)`` like the plain order, so the batches of one step on all ranks come from
+      one bucket; rank ``r`` takes positions ``r::w`` (padded by wrapping), so over the ranks
+      every sequence is used once per epoch. 0 gives the plain uniform order.
+    """
+
+    def __init__(
+        self,
+        tensors: Mapping[str, Tensor],
+        batch_size: int,
+        bucket_batches: int = 0,
+        trim: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(tensors, batch_size, **kwargs)
+        self.bucket_batches = int(bucket_batches)
+        self.trim = bool(trim)
+        keys = [k for k in SEQUENCE_KEYS if k in self.tensors]
+        self.seq_keys = keys
+        # real items per row, on the host: a batch's width is read without a device sync
+        self.lengths = (
+            (self.tensors[keys[0]] > 0).sum(1).cpu()
+            if keys
+            else torch.zeros(self.n, dtype=torch.long)
+        )
+
+    def _order(self) -> Tensor | None:
+        """This rank's rows for the current epoch, on the host; None: 0..n-1 in order."""
+        if not (self.shuffle and self.bucket_batches > 0):
+            idx = self.indices()
+            return None if idx is None else idx.cpu()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = bucketed_order(
+            self.lengths, self.batch_size * self.world_size, self.bucket_batches, g
+        )
+        if self.world_size > 1:
+            total = self.rows_per_rank() * self.world_size
+            order = torch.cat([order, order[: total - self.n]])[self.rank :: self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        if self.before_epoch is not None:
+            self.before_epoch(self.epoch)
+        order = self._order()
+        self.epoch += 1
+        if self.empty_rank():
+            yield {k: t[:0] for k, t in self.tensors.items()}
+            return
+        idx = None if order is None else order.to(self.device)
+        rows = self.n if order is None else len(order)
+        bs = self.batch_size
+        stop = rows - rows % bs if self.drop_last else rows
+        for start in range(0, stop, bs):
+            end = min(start + bs, rows)
+            if idx is None:
+                batch = {k: t[start:end] for k, t in self.tensors.items()}
+                lengths = self.lengths[start:end]
+            else:
+                sel = idx[start:end]
+                batch = {k: t[sel] for k, t in self.tensors.items()}
+                lengths = self.lengths[order[start:end]]
+            if self.trim:
+                for k in self.seq_keys:
+                    width = batch[k].shape[1]
+                    keep = min(width, max(SEQUENCE_KEYS[k], int(lengths.max())))
+                    batch[k] = batch[k][:, width - keep :]
+            yield batch
+
+
+def length_sorted(split: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An evaluation split's rows ordered by history length (stable), so that a trimmed batch
+    holds users of similar length. Metrics are placed by ``user``, so the order changes
+    nothing else."""
+    key = next((k for k in SEQUENCE_KEYS if k in split), None)
+    if key is None:
+        return dict(split)
+    order = torch.sort((split[key] > 0).sum(1), stable=True).indices
+    return {k: v[order] for k, v in split.items()}
+
+
+class SequenceDataModule(RecDataModule):
+    """``RecDataModule`` serving next-item tensors through ``SequenceLoader``: bucketed,
+    trimmed training batches and length-sorted, trimmed evaluation batches.
+    ``bucket_batches``: batches per sorted chunk (0: the plain uniform order); ``trim``: drop
+    the all-padding columns of each batch."""
+
+    def __init__(
+        self,
+        data: SequenceData,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int = 0,
+        device_resident: bool | str = "auto",
+        bucket_batches: int = 50,
+        trim: bool = True,
+    ) -> None:
+        super().__init__(data, batch_size, eval_batch_size, seed, device_resident)
+        self.bucket_batches = int(bucket_batches)
+        self.trim = bool(trim)
+        if self.trim:
+            for name in ("val", "test"):
+                if name in self.splits:
+                    self.splits[name] = length_sorted(self.splits[name])
+
+    def train_dataloader(self) -> SequenceLoader:
+        rank, world = self._rank_world
+        if self._train is None:  # one loader for the whole fit, so its epoch counter advances
+            self._train = SequenceLoader(
+                self.splits["train"],
+                self.batch_size,
+                bucket_batches=self.bucket_batches,
+                trim=self.trim,
+                shuffle=True,
+                seed=self.seed,
+                rank=rank,
+                world_size=world,
+            )
+        return self._train
+
+    def _eval(self, split: str) -> SequenceLoader:
+        rank, world = self._rank_world
+        return SequenceLoader(
+            self.splits[split], self.eval_batch_size, trim=self.trim, rank=rank, world_size=world
+        )
+
+
+__all__ = [
+    "SequenceData",
+    "SequenceDataModule",
+    "SequenceLoader",
+    "SequenceOptions",
+    "bucketed_order",
+    "build_sequences",
+    "length_sorted",
+    "prepare_sequences",
+    "tails",
+]

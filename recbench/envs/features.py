@@ -1,9 +1,11 @@
 """What policies read from a ``NewsEnv`` observation, as flat arrays.
 
 - state (Ds,): the user's one-hot demographics, the context (activeness, hours since the last
-  visit, visits, history fill) and the genre profile of the user's recent clicks;
+  visit, visits, history fill), the user's genre exposure (what they were shown recently) and
+  the genre profile of the user's recent clicks (last, so ``state[-n_genres:]`` is the profile);
 - actions (N, Da): each candidate's genres, age, decayed impression/click counts and recent
-  CTR, then the user–item features (genre overlap with the profile and with the last clicks);
+  CTR, then the user–item features (genre overlap with the profile, with the last clicks, and
+  with the exposure);
 - items (N,): candidate item codes (1..n_items).
 """
 
@@ -47,7 +49,7 @@ class EnvSpec:
             slate_size=p.slate_size,
             n_candidates=p.n_candidates,
             history_len=p.history_len,
-            state_dim=env.user_dim + CONTEXT + w.n_genres,
+            state_dim=env.user_dim + CONTEXT + 2 * w.n_genres,
             action_dim=w.n_genres + ITEM_DENSE + USER_ITEM,
             item_dense=ITEM_DENSE,
             beta=p.beta,
@@ -57,9 +59,13 @@ class EnvSpec:
 
 def encode(obs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(state (Ds,), actions (N, Da), items (N,)) of one observation, float32 / int64."""
-    state = np.concatenate([obs["user_features"], obs["context"], obs["profile"]])
-    actions = np.concatenate([obs["item_features"], obs["user_item_features"]], axis=1)
-    return state.astype(np.float32), actions.astype(np.float32), np.asarray(obs["candidates"])
+    state = np.concatenate(
+        [obs["user_features"], obs["context"], obs["exposure"], obs["profile"]], dtype=np.float32
+    )
+    actions = np.concatenate(
+        [obs["item_features"], obs["user_item_features"]], axis=1, dtype=np.float32
+    )
+    return state, actions, np.asarray(obs["candidates"])
 
 
 __all__ = ["EnvSpec", "encode"]

@@ -133,7 +133,8 @@ class Tracker:
         return {k: float(v.mean()) for k, v in self.units(name).items()}
 
     def oracle(self, name: str) -> dict[str, float]:
-        """The oracle's expected values on the requests this policy served in window ``name``."""
+        """The myopic ceiling on the requests this policy served in window ``name``: the
+        expected values of each request's top K by true click probability."""
         s = self.windows[name].sums
         req = max(s["requests"].sum(), 1e-12)
         return {

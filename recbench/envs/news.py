@@ -12,7 +12,16 @@ gains ``sa`` at each return, capped at 1. The time to the user's next request is
 with hazard ``lambda0 · exp(return_sensitivity · (clicks / slate_size - satisfaction_ref))``:
 a list the user liked brings the user back sooner. Between visits the user's interest drifts
 (the synthetic world's session step: a new focus genre with ``switch_prob``, a pull toward it
-and a random walk), and clicked items join the history the attention term reads.
+and a random walk), clicked items join the history the attention term reads, and the list's
+genres, weighted by each position's examination probability, join the user's exposure, which
+lowers the click logit of items of those genres by ``fatigue`` per unit and decays with a
+half-life of ``fatigue_half_life_hours`` (``recbench.envs.world``). The observation carries
+the exposure: the platform knows what it showed.
+
+The oracle (``oracle_scores``) knows the world's true model, fatigue included: it ranks by the
+true click probability minus the clicks the item's exposure is expected to take from the user's
+later visits, to first order (the derivation is in ``oracle_scores``). ``info`` also reports
+the myopic ceiling of every request: the most expected clicks any list could get on it.
 
 Common random numbers: each user draws from an own stream a fixed block of numbers per visit
 (the focus switch, the interest noise, the pool, the click uniforms, the return time's unit
@@ -24,6 +33,7 @@ return times then differ only by the hazard's factor.
 from __future__ import annotations
 
 import heapq
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -34,10 +44,14 @@ from recbench.envs.world import DAY, HOUR, NewsParams, NewsWorld
 from recbench.errors import ConfigError
 
 ITEM_DENSE = 6  # age, log1p impressions/clicks over 1 h and 24 h, smoothed recent CTR
-USER_ITEM = 3  # item genres · history profile, · recent profile, cosine with the profile
+USER_ITEM = 4  # item genres · history profile, · recent profile, cosine, · exposure
 CONTEXT = 4  # activeness, log1p hours since the last visit, log1p visits, history fill
 HALF_LIVES = (HOUR, DAY)  # decayed impression and click counters
+_COUNT_RATE = -1.0 / np.array([HALF_LIVES[0], HALF_LIVES[0], HALF_LIVES[1], HALF_LIVES[1]])
 BOUND = 1e6  # feature boxes: finite, far above any value the stream produces
+
+
+_DISC = 1.0 / np.log2(np.arange(64) + 2.0)
 
 
 def exam_weights(k: int, position_bias: float) -> np.ndarray:
@@ -45,13 +59,16 @@ def exam_weights(k: int, position_bias: float) -> np.ndarray:
     return (np.arange(k) + 1.0) ** -position_bias
 
 
-def ranking_quality(probs: np.ndarray, shown: np.ndarray, k: int = 5) -> tuple[float, float]:
+def ranking_quality(
+    probs: np.ndarray, shown: np.ndarray, k: int = 5, best: np.ndarray | None = None
+) -> tuple[float, float]:
     """precision@k and nDCG@k of the ``shown`` pool indices against the true click probabilities:
-    overlap with the oracle's top k, and DCG with gains ``probs`` over the oracle's DCG."""
+    overlap with the top k by probability (``best``, computed when None), and DCG with gains
+    ``probs`` over that top k's DCG."""
     k = min(k, len(shown))
-    best = np.argsort(-probs, kind="stable")[:k]
-    prec = len(set(shown[:k].tolist()) & set(best.tolist())) / k
-    disc = 1.0 / np.log2(np.arange(k) + 2.0)
+    best = np.argsort(-probs, kind="stable")[:k] if best is None else best[:k]
+    prec = float((shown[:k, None] == best[None, :]).sum()) / k
+    disc = _DISC[:k] if k <= len(_DISC) else 1.0 / np.log2(np.arange(k) + 2.0)
     ideal = float((probs[best] * disc).sum())
     return prec, float((probs[shown[:k]] * disc).sum()) / ideal if ideal > 0 else 0.0
 
@@ -90,6 +107,7 @@ class NewsEnv(gym.Env):
                 "user": spaces.Discrete(p.n_users),
                 "user_features": spaces.Box(0.0, 1.0, (self.user_dim,), np.float32),
                 "context": spaces.Box(0.0, BOUND, (CONTEXT,), np.float32),
+                "exposure": spaces.Box(0.0, BOUND, (K,), np.float32),
                 "profile": spaces.Box(0.0, 1.0, (K,), np.float32),
                 "history": spaces.Box(0, self.n_items, (H,), np.int64),
                 "candidates": spaces.Box(1, self.n_items, (N,), np.int64),
@@ -107,6 +125,7 @@ class NewsEnv(gym.Env):
         uf[np.arange(U), w.n_ages + self.world.gender] = 1
         uf[np.arange(U), w.n_ages + 2 + self.world.occ] = 1
         self.user_features = uf
+        self._exp_rate = np.log(2.0) / (p.fatigue_half_life_hours * HOUR)
 
     @property
     def policy_spec(self):
@@ -117,17 +136,75 @@ class NewsEnv(gym.Env):
 
     # ------------------------------------------------------------------ the survival model
 
-    def hazard(self, clicks: float) -> float:
-        """Return hazard (1/s) after a list with ``clicks`` clicks."""
+    def hazard(self, clicks: float, overlap: float = 0.0) -> float:
+        """Return hazard (1/s) after a list with ``clicks`` clicks whose items overlap the user's
+        exposure by ``overlap`` (``list_overlap``)."""
         p = self.params
-        return p.lambda0 * float(
-            np.exp(p.return_sensitivity * (clicks / p.slate_size - p.satisfaction_ref))
+        return p.lambda0 * math.exp(
+            p.return_sensitivity * (clicks / p.slate_size - p.satisfaction_ref)
+            - p.boredom * overlap
         )
+
+    def list_overlap(self, items: np.ndarray, exposure: np.ndarray) -> float:
+        """How much a list repeats what the user was shown: the examination-weighted mean over
+        its ``items`` of their genre mixture · ``exposure``."""
+        return float(self.exam @ (self.world.gmix[items] @ exposure)) / float(self.exam.sum())
 
     def returned(self, act: float, gap: float) -> float:
         """Activeness after a return ``gap`` seconds after the last one at activeness ``act``."""
         p = self.params
-        return min(1.0, act * float(np.exp(-p.lambda0 * gap)) + p.sa)
+        return min(1.0, act * math.exp(-p.lambda0 * gap) + p.sa)
+
+    # ------------------------------------------------------------------ the oracle
+
+    def oracle_scores(self, lookahead: str = "all") -> np.ndarray:
+        """Per candidate of the current request, the oracle's score: the true click probability
+        plus, to first order, the clicks showing it adds to or takes from the user's later
+        visits (``lookahead="all"``; "next": fatigue's cost at the next visit only; "none": the
+        probability alone, the myopic oracle). Each term below is per unit of examination e of
+        the position the item gets, so the K highest scores in order maximise this visit's
+        expected clicks plus the later ones (rearrangement).
+
+        Fatigue: showing item i adds e·m_i to the exposure (m_i: its genre mixture), lowering a
+        later visit's logit of every item j by fatigue·d·(m_j·m_i), d = exp(-a·gap),
+        a = ln2 / half-life; that visit loses e·fatigue·d·(m_i·G) expected clicks,
+        G = Σ_k e_k p_k (1 - p_k) m_k over its list, taken to be the list that is best now (the
+        top K, p_k). Summed over returns before the horizon, a Poisson stream at the rate λ that
+        list earns: E Σ d = (λ/a)(1 - exp(-a·left)) (the next return alone:
+        λ/(λ+a) · (1 - exp(-(λ+a)·left))).
+
+        Returns: the list moves the log return hazard by return_sensitivity·(its clicks)/K -
+        boredom·overlap. Raising the log hazard by δ shortens the gap by δ/λ, which brings about
+        δ more visits before the horizon (times P(return before it) = 1 - exp(-λ·left)), each
+        worth the best list's expected clicks C. So a click adds return_sensitivity/K · R and the
+        item's overlap m_i·x (x: the exposure now) costs boredom/Σe · R, R = C·(1 - exp(-λ·left)).
+        """
+        p = self.params
+        probs = self.probs
+        if lookahead == "none":
+            return probs.copy()
+        if lookahead not in ("all", "next"):
+            raise ConfigError(f"oracle lookahead={lookahead!r}; choose one of all, next, none")
+        top = np.argsort(-probs, kind="stable")[: p.slate_size]
+        pt = probs[top]
+        gm = self.world.gmix[self.pool]
+        x = self.exposure[self.user]
+        clicks = float(self.exam @ pt)
+        lam = self.hazard(clicks, self.list_overlap(self.pool[top], x) if p.boredom else 0.0)
+        left = max(p.horizon - self.now, 0.0)
+        r = clicks * -np.expm1(-lam * left)
+        score = probs * (1.0 + p.return_sensitivity / p.slate_size * r)
+        if p.boredom:
+            score = score - p.boredom / float(self.exam.sum()) * r * (gm @ x)
+        if p.fatigue:
+            a = self._exp_rate
+            g = (self.exam * pt * (1.0 - pt)) @ gm[top]
+            if lookahead == "all":
+                d = lam / a * -np.expm1(-a * left)
+            else:
+                d = lam / (lam + a) * -np.expm1(-(lam + a) * left)
+            score = score - p.fatigue * d * (gm @ g)
+        return score
 
     # ------------------------------------------------------------------ gymnasium API
 
@@ -153,7 +230,7 @@ class NewsEnv(gym.Env):
             )
             noise = r.standard_normal(w.latent_dim) / np.sqrt(w.latent_dim)
             z = world.centroids[self.focus[u]] + w.interest_noise * noise
-            self.z[u] = z / np.linalg.norm(z)
+            self.z[u] = z / np.sqrt(z @ z)
             heap.append((-np.log1p(-first[1]) / p.lambda0, u))
         heapq.heapify(heap)
         self._heap = heap
@@ -167,6 +244,8 @@ class NewsEnv(gym.Env):
         self.activeness = np.full(U, p.s0)
         self.last_time = np.zeros(U)  # time of the last activeness update (start: 0)
         self.visits = np.zeros(U, np.int64)
+        self.exposure = np.zeros((U, self.n_genres))  # decayed to exposure_time
+        self.exposure_time = np.zeros(U)
         self.counts = np.zeros((self.n_items, 4))  # impressions 1 h, clicks 1 h, 24 h, 24 h
         self.count_time = np.zeros(self.n_items)
         self.now = 0.0
@@ -188,17 +267,20 @@ class NewsEnv(gym.Env):
         clicks = (self._block[2 + 2 * N : 2 + 2 * N + K] < pc).astype(np.int64)
         n_click = int(clicks.sum())
         oracle = np.argsort(-probs, kind="stable")[:K]
-        prec, ndcg = ranking_quality(probs, shown)
+        prec, ndcg = ranking_quality(probs, shown, best=oracle)
         act = float(self.activeness[u])
         items = self.pool[shown]
         self._count(items, clicks, t)
         hist = self.history[u]
-        hist.extend(int(i) for i in items[clicks > 0])
+        hist.extend(items[clicks > 0].tolist())
         del hist[: max(0, len(hist) - p.history_len)]
         # next return of this user: the visit's unit exponential over the hazard
-        gap = -np.log1p(-self._block[-1]) / self.hazard(n_click)
+        overlap = self.list_overlap(items, self.exposure[u]) if p.boredom else 0.0
+        gap = -math.log1p(-float(self._block[-1])) / self.hazard(n_click, overlap)
         if t + gap < p.horizon:
             heapq.heappush(self._heap, (t + gap, u))
+        # the list's genres, weighted by examination, join the exposure (decayed to t on arrival)
+        self.exposure[u] += self.exam @ self.world.gmix[items]
         info = {
             "user": u,
             "time": t,
@@ -248,8 +330,7 @@ class NewsEnv(gym.Env):
 
     def _decayed(self, items: np.ndarray, t: float) -> np.ndarray:
         dt = (t - self.count_time[items])[:, None]
-        hl = np.array([HALF_LIVES[0], HALF_LIVES[0], HALF_LIVES[1], HALF_LIVES[1]])
-        return self.counts[items] * np.exp2(-dt / hl)
+        return self.counts[items] * np.exp2(dt * _COUNT_RATE)
 
     def _arrive(self) -> bool:
         """Pop the next request within the horizon and prepare its observation."""
@@ -267,6 +348,8 @@ class NewsEnv(gym.Env):
         self.activeness[u] = self.returned(float(self.activeness[u]), gap_prev)
         self.last_time[u] = t
         self.visits[u] += 1
+        self.exposure[u] *= math.exp(-self._exp_rate * (t - self.exposure_time[u]))
+        self.exposure_time[u] = t
         # interest drift: the synthetic world's session step
         if block[0] < w.switch_prob:
             self.focus[u] = min(
@@ -274,20 +357,20 @@ class NewsEnv(gym.Env):
             )
         z = self.z[u]
         z = z + w.interest_pull * (world.centroids[self.focus[u]] - z) + w.interest_noise * noise
-        self.z[u] = z / np.linalg.norm(z)
+        self.z[u] = z / np.sqrt(z @ z)
         # the pool: distinct fresh items from the visit's uniforms
         N = p.n_candidates
-        lo = int(np.searchsorted(world.publish, t - p.fresh_hours * HOUR, side="right"))
-        hi = int(np.searchsorted(world.publish, t, side="right"))
+        lo, hi = np.searchsorted(world.publish, (t - p.fresh_hours * HOUR, t), side="right")
+        lo, hi = int(lo), int(hi)
         idx = lo + (block[2 : 2 + 2 * N] * (hi - lo)).astype(np.int64)
-        _, first = np.unique(idx, return_index=True)
-        pool = idx[np.sort(first)][:N]
+        # distinct, in the order first drawn
+        pool = np.array(list(dict.fromkeys(idx.tolist()))[:N], dtype=np.int64)
         if len(pool) < N:  # rare: fill with the oldest fresh items not drawn
             rest = np.setdiff1d(np.arange(lo, hi), pool)[: N - len(pool)]
             pool = np.concatenate([pool, rest])
         self.pool = pool
         hist = np.asarray(self.history[u], dtype=np.int64)
-        self.probs = world.click_probs(u, pool, t, self.z[u], hist)
+        self.probs = world.click_probs(u, pool, t, self.z[u], hist, self.exposure[u])
         self._obs = self._observe(u, t, pool, hist, gap_prev)
         return True
 
@@ -298,8 +381,8 @@ class NewsEnv(gym.Env):
         K, H = self.n_genres, p.history_len
         gm = world.gmix[pool]  # (N, K)
         if len(hist):
-            profile = world.gmix[hist].mean(0)
-            recent = world.gmix[hist[-3:]].mean(0)
+            profile = world.gmix[hist].sum(0) / len(hist)
+            recent = world.gmix[hist[-3:]].sum(0) / min(3, len(hist))
         else:
             profile = recent = np.zeros(K)
         c = self._decayed(pool, t)
@@ -308,8 +391,13 @@ class NewsEnv(gym.Env):
         item[:, K] = (t - world.publish[pool]) / DAY
         item[:, K + 1 : K + 5] = np.log1p(c)
         item[:, K + 5] = (c[:, 3] + 0.3) / (c[:, 2] + 1.0)
-        norm = np.linalg.norm(gm, axis=1) * max(np.linalg.norm(profile), 1e-9)
-        ui = np.stack([gm @ profile, gm @ recent, (gm @ profile) / norm], axis=1)
+        x = self.exposure[u]
+        gp = gm @ profile
+        ui = np.empty((len(pool), USER_ITEM), np.float32)
+        ui[:, 0] = gp
+        ui[:, 1] = gm @ recent
+        ui[:, 2] = gp / (world.gmix_norm[pool] * max(math.sqrt(profile @ profile), 1e-9))
+        ui[:, 3] = gm @ x
         history = np.zeros(H, np.int64)
         history[: len(hist)] = hist + 1
         return {
@@ -318,17 +406,18 @@ class NewsEnv(gym.Env):
             "context": np.array(
                 [
                     self.activeness[u],
-                    np.log1p(gap / HOUR),
-                    np.log1p(self.visits[u]),
+                    math.log1p(gap / HOUR),
+                    math.log1p(self.visits[u]),
                     len(hist) / H,
                 ],
                 np.float32,
             ),
+            "exposure": x.astype(np.float32),
             "profile": profile.astype(np.float32),
             "history": history,
             "candidates": pool + 1,
             "item_features": item,
-            "user_item_features": ui.astype(np.float32),
+            "user_item_features": ui,
         }
 
 

@@ -118,14 +118,25 @@ class LinUCB(Policy):
 
 
 class OraclePolicy(Policy):
-    """The planted model's own ranking: the ``slate_size`` highest true click probabilities
-    (myopic: it maximises this request's expected clicks)."""
+    """The policy that knows the world's true model (``NewsEnv.oracle_scores``): with
+    ``lookahead="all"`` it ranks by the true click probability minus the clicks the item's
+    exposure is expected to take from the user's later visits (fatigue, to first order); "next"
+    counts the next visit only; "none" is the myopic oracle, the top ``slate_size`` by true
+    click probability, which maximises this request's expected clicks."""
+
+    def __init__(self, schema: EnvSpec, seed: int = 0, lookahead: str = "all") -> None:
+        super().__init__(schema, seed)
+        from recbench.errors import ConfigError
+
+        if lookahead not in ("all", "next", "none"):
+            raise ConfigError(f"model.lookahead={lookahead!r}; choose one of all, next, none")
+        self.lookahead = lookahead
 
     def bind(self, env: Any) -> None:
         self.env = env
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
-        return top_k(self.env.probs, self.k)
+        return top_k(self.env.oracle_scores(self.lookahead), self.k)
 
 
 # ---------------------------------------------------------------------------- greedy rankers
@@ -148,7 +159,9 @@ def ranker_schema(spec: EnvSpec):
     sizes = (spec.n_users, spec.n_items, spec.n_ages, 2, spec.n_occupations)
     fields = [Field(n, "sparse", v + 2) for n, v in zip(SPARSE, sizes)]
     fields.append(Field("genres", "multi", spec.n_genres + 2, max_len=3))
-    n_dense = 4 + spec.n_genres + spec.action_dim - spec.n_genres  # context, profile, candidate
+    user_dim = spec.n_ages + 2 + spec.n_occupations
+    # the state after the one-hots (context, exposure, profile), the candidate after its genres
+    n_dense = spec.state_dim - user_dim + spec.action_dim - spec.n_genres
     fields += [Field(f"x{j}", "dense") for j in range(n_dense)]
     return FeatureSchema(tuple(fields))
 
@@ -228,10 +241,9 @@ class GreedyRanker(Policy):
         sparse[:, 1] = items + 1  # item codes 1.. → schema codes 2..
         sparse[:, 2:] = np.array([age, gender, occ]) + 2
         gm = actions[:, : s.n_genres]
-        genres = np.zeros((n, 3), np.int64)
-        for j in range(n):
-            g = np.flatnonzero(gm[j])[:3]
-            genres[j, : len(g)] = g + 2
+        # up to 3 genres per item, lowest genre first, 0-padded: the nonzero columns in order
+        first = np.argsort(gm <= 0, axis=1, kind="stable")[:, :3]
+        genres = np.where(np.take_along_axis(gm, first, 1) > 0, first + 2, 0)
         ctx = np.broadcast_to(state[len(uf) :], (n, len(state) - len(uf)))
         dense = np.concatenate([ctx, actions[:, s.n_genres :]], axis=1).astype(np.float32)
         return {"sparse": sparse, "genres": genres, "dense": dense}

@@ -41,6 +41,8 @@ DEFAULT_PAIRS = (
     ("greedy_deepfm", "drn"),
     ("drn_dn", "drn"),
     ("drn", "oracle_policy"),
+    ("oracle_myopic", "oracle_policy"),
+    ("drn", "oracle_myopic"),
 )
 
 

@@ -12,9 +12,17 @@ their appeal decays with age. The click logit of item ``i`` for user ``u`` at ti
        + attention · Σ_j α_j s_j over the user's recently clicked items   (history)
        + drift · <e_i, z_u(t)>, the user's current interest               (drift)
        - appeal_decay_per_day · age_days(i, t)                           (freshness)
+       - fatigue · <genres(i), x_u(t)>                                    (fatigue)
+
+``x_u(t)`` is the user's exposure: the genre mixtures of the items the user was shown, each
+weighted by the examination probability of its list position, decaying with a half-life of
+``fatigue_half_life_hours``. It is the world's one channel through which today's list takes
+clicks from tomorrow's: a list that piles up the user's favourite genres wins clicks now and
+makes those genres less clickable at the next visits (and, through fewer clicks, the user
+comes back later).
 
 ``b0`` is solved so that a uniformly drawn fresh candidate shown to a user whose history is ten
-items drawn at random has mean click probability ``base_ctr``.
+items drawn at random and no exposure has mean click probability ``base_ctr``.
 """
 
 from __future__ import annotations
@@ -63,6 +71,10 @@ class NewsParams:
     return_sensitivity: float = 2.0
     satisfaction_ref: float = 0.2
     beta: float = 1.0  # reward = clicks + beta * activeness
+    # fatigue: logit lost per unit of recent exposure to the item's genres, and its half-life
+    fatigue: float = 0.25
+    fatigue_half_life_hours: float = 24.0
+    boredom: float = 0.5  # log return hazard lost per unit of the list's overlap with the exposure
     world: WorldParams = field(default_factory=WorldParams)
 
     @classmethod
@@ -99,6 +111,12 @@ class NewsParams:
             )
         if self.n_users < 1 or self.horizon_days <= 0 or self.lambda0 <= 0:
             raise ConfigError("env: n_users, horizon_days and lambda0 must be positive")
+        if self.fatigue < 0 or self.boredom < 0 or self.fatigue_half_life_hours <= 0:
+            raise ConfigError(
+                f"env: fatigue and boredom must be >= 0 (0 switches them off) and "
+                f"fatigue_half_life_hours > 0, got {self.fatigue}, {self.boredom} and "
+                f"{self.fatigue_half_life_hours}"
+            )
 
     @property
     def n_items(self) -> int:
@@ -193,22 +211,34 @@ class NewsWorld:
         rest = rest + w.attention * (att * sims).sum(1) / att.sum(1)
         self.b0 = _solve_bias(rest, w.base_ctr)
         self.genre_freq = genre_freq
+        self.gmix_norm = np.sqrt((self.gmix**2).sum(1))
         self.genre_table = np.full((I, 3), -1, dtype=np.int64)
         for i, gs in enumerate(self.item_genres):
             self.genre_table[i, : len(gs)] = gs[:3]
 
     def logits(
-        self, u: int, items: np.ndarray, t: float, z: np.ndarray, history: np.ndarray
+        self,
+        u: int,
+        items: np.ndarray,
+        t: float,
+        z: np.ndarray,
+        history: np.ndarray,
+        exposure: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Click logits of ``items`` (indices) for user ``u`` at time ``t`` with interest ``z``
-        and clicked-item ``history`` (indices, most recent last; may be empty)."""
+        """Click logits of ``items`` (indices) for user ``u`` at time ``t`` with interest ``z``,
+        clicked-item ``history`` (indices, most recent last; may be empty) and genre
+        ``exposure`` (K,) already decayed to ``t`` (None: none)."""
         p, w = self.params, self.wp
         e = self.emb[items]  # (N, d)
+        gm = self.gmix[items]
+        g = self.user_genre[u]
+        if exposure is not None and p.fatigue:
+            g = g - p.fatigue * exposure
         x = (
             self.b0
             + self.user_static[u]
             + self.item_static[items]
-            + self.gmix[items] @ self.user_genre[u]
+            + gm @ g
             + w.drift * (e @ z)
             - p.appeal_decay_per_day * (t - self.publish[items]) / DAY
         )

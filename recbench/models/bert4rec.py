@@ -47,6 +47,7 @@ class BERT4Rec(nn.Module):
         self.mask_last_prob = mask_last_prob
         self.num_items = schema.num_items
         self.mask_token = schema.num_items + 1
+        self.max_len = schema.max_len
         self.items = nn.Embedding(schema.num_items + 2, hidden_units, padding_idx=0)
         self.positions = nn.Embedding(schema.max_len, hidden_units)
         self.embed_norm = nn.LayerNorm(hidden_units, eps=1e-12)
@@ -81,10 +82,14 @@ class BERT4Rec(nn.Module):
         return inputs, torch.where(masked, seq, torch.zeros_like(seq))
 
     def encode(self, items: Tensor) -> Tensor:
-        """(B, L) → (B, L, d) after the output transform (before the item scores)."""
+        """(B, W) → (B, W, d) after the output transform (before the item scores), W ≤ max_len.
+        A trimmed batch (W < max_len) keeps the full window's positions (the last column is
+        position max_len - 1), as SASRec does."""
         keep = items > 0
-        L = items.shape[1]
-        x = self.items(items) + self.positions(torch.arange(L, device=items.device))[None]
+        W = items.shape[1]
+        start = self.max_len - W
+        pos = torch.arange(start, start + W, device=items.device)
+        x = self.items(items) + self.positions(pos)[None]
         x = self.dropout(self.embed_norm(x))
         mask = attention_mask(keep, causal=False)
         for block in self.blocks:
@@ -96,12 +101,17 @@ class BERT4Rec(nn.Module):
         return self.items.weight[: self.num_items + 1], self.bias[: self.num_items + 1]
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        inputs, targets = self.cloze(batch["seq"][:, 1:])
+        # the last max_len columns: all but the oldest of a full (B, max_len + 1) window, all of
+        # a batch trimmed to its longest sequence
+        seq = batch["seq"]
+        inputs, targets = self.cloze(seq[:, max(0, seq.shape[1] - self.max_len) :])
         return {"hidden": self.encode(inputs), "target": targets}
 
     def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
         items = batch["items"]
+        # the newest max_len - 1 items and the [mask]: a full window drops its oldest column
+        items = items[:, max(0, items.shape[1] - self.max_len + 1) :]
         mask = torch.full_like(items[:, :1], self.mask_token)
-        h = self.encode(torch.cat([items[:, 1:], mask], dim=1))[:, -1]  # (B, d)
+        h = self.encode(torch.cat([items, mask], dim=1))[:, -1]  # (B, d)
         weight, bias = self.output_embedding()
         return h @ weight.T + bias

@@ -19,17 +19,25 @@
   candidate with probability ε. ``none``: greedy.
 - Updates (§4.1, Fig. 3): a minor update (one gradient step on the transitions completed since
   the last one, and the DBGD decision) every ``minor_every`` requests; a major update every
-  ``major_hours`` of simulated time: ``major_steps`` minibatches from the replay memory.
+  ``major_hours`` of simulated time: ``major_steps`` minibatches from the replay memory, each
+  of about ``major_batch`` transitions drawn as whole lists (``Replay.sample_lists``).
+
+Speed: acting scores the whole pool in one numpy pass (the state's share of the first layer
+once per request), the current and the explore network together when DBGD is on; learning
+evaluates each distinct request of a minibatch once (a list's five transitions share it) and
+gathers the shown positions.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
@@ -62,14 +70,36 @@ class DuelingQ(nn.Module):
         nn.init.normal_(self.item_emb.weight, std=0.01)
         self.advantage = MLP(state_dim + action_dim + item_dim, hidden, 1)
         self.center_advantage = center_advantage
+        # the layers in order, looked up once (a deepcopy maps them to the copy's own)
+        self._v_lins = self._linears(self.value)
+        self._a_lins = self._linears(self.advantage)
+
+    @staticmethod
+    def _linears(mlp: nn.Module) -> list[nn.Linear]:
+        return [m for m in mlp.modules() if isinstance(m, nn.Linear)]
 
     def parts(self, state: Tensor, actions: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        """V (B, 1) and the raw advantage A (B, N)."""
-        b, n, _ = actions.shape
-        x = torch.cat(
-            [state.unsqueeze(1).expand(b, n, state.shape[-1]), actions, self.item_emb(items)], -1
+        """V (B, 1) and the raw advantage A (B, N).
+
+        The advantage MLP reads [state, action, item embedding]; its first layer is applied by
+        input block, so the state's share is computed once per request, not per candidate."""
+        v = state
+        lins = self._v_lins
+        for j, m in enumerate(lins):
+            v = F.linear(v, m.weight, m.bias)
+            if j < len(lins) - 1:
+                v = torch.relu(v)
+        first, *rest = self._a_lins
+        ds, da = state.shape[-1], actions.shape[-1]
+        w = first.weight
+        h = (
+            F.linear(state, w[:, :ds], first.bias).unsqueeze(1)
+            + F.linear(actions, w[:, ds : ds + da])
+            + F.linear(self.item_emb(items), w[:, ds + da :])
         )
-        return self.value(state), self.advantage(x).squeeze(-1)
+        for m in rest:
+            h = F.linear(torch.relu(h), m.weight, m.bias)
+        return v, h.squeeze(-1)
 
     def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
         v, a = self.parts(state, actions, items)
@@ -77,6 +107,7 @@ class DuelingQ(nn.Module):
             a = a - a.mean(dim=1, keepdim=True)
         return v + a
 
+    @torch.no_grad()
     def snapshot(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """The weights as numpy arrays for ``act_numpy`` (take a new one after each update)."""
         out = []
@@ -91,21 +122,66 @@ class DuelingQ(nn.Module):
     def act_numpy(self, snap: list, state: np.ndarray, actions: np.ndarray, items: np.ndarray):
         """``forward`` for one request in numpy, (Ds,), (N, Da), (N,) → (N,): the per-request
         path, where torch's call overhead would dominate."""
+        return self.act_stacked(stack_snapshots([snap], len(state)), state, actions, items)[0]
+
+    def act_stacked(
+        self, stacked: dict, state: np.ndarray, actions: np.ndarray, items: np.ndarray
+    ) -> np.ndarray:
+        """``forward`` of M networks of this shape (``stack_snapshots``) for one request in one
+        pass: (Ds,), (N, Da), (N,) → Q (M, N). The M networks run side by side as one wider
+        network (first layers side by side, later ones block-diagonal), so each layer is one
+        2-D product however many networks there are."""
         v = state[None, :]
-        for j, (w, b) in enumerate(snap[0]):
+        n_v = len(stacked["value"])
+        for j, (w, b) in enumerate(stacked["value"]):
             v = v @ w + b
-            if j < len(snap[0]) - 1:
-                v = np.maximum(v, 0.0)
-        (w1, b1), *rest = snap[1]
-        ds, da = len(state), actions.shape[1]
-        # the first layer split by input block: the state's part is computed once
-        h = state @ w1[:ds] + actions @ w1[ds : ds + da] + snap[2][0][0][items] @ w1[ds + da :] + b1
-        for w, b in rest:
-            h = np.maximum(h, 0.0) @ w + b
-        a = h[:, 0]
+            if j < n_v - 1:
+                np.maximum(v, 0.0, out=v)
+        ws, wa, we, b1 = stacked["first"]
+        # the first layer by input block: the state's share once, then the pool's rows
+        h = actions @ wa + stacked["emb"][items] @ we + (state @ ws + b1)  # (N, M·H1)
+        for w, b in stacked["advantage"]:
+            np.maximum(h, 0.0, out=h)
+            h = h @ w + b
+        a = h.T  # (M, N)
         if self.center_advantage:
-            a = a - a.mean()
-        return v[0, 0] + a
+            a = a - a.mean(axis=1, keepdims=True)
+        return v.T + a
+
+
+def _block_diag(blocks: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.zeros((sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)), np.float32)
+    r = c = 0
+    for b in blocks:
+        out[r : r + b.shape[0], c : c + b.shape[1]] = b
+        r, c = r + b.shape[0], c + b.shape[1]
+    return out
+
+
+def stack_snapshots(snaps: Sequence[list], state_dim: int) -> dict[str, Any]:
+    """M ``DuelingQ.snapshot()``s of one shape (state width ``state_dim``) as one wider network
+    for ``act_stacked``: the first layers' columns side by side (the advantage net's split by
+    input block: state, action, item embedding), later layers block-diagonal, the item
+    embeddings side by side (n_items + 1, M·d)."""
+    value = []
+    for j in range(len(snaps[0][0])):
+        ws = [s[0][j][0] for s in snaps]
+        w = np.concatenate(ws, 1) if j == 0 else _block_diag(ws)
+        value.append((w, np.concatenate([s[0][j][1] for s in snaps])))
+    emb = [s[2][0][0] for s in snaps]
+    w1 = [s[1][0][0] for s in snaps]
+    split = w1[0].shape[0] - emb[0].shape[1]  # rows of the state and the action
+    first = (
+        np.concatenate([w[:state_dim] for w in w1], 1),
+        np.concatenate([w[state_dim:split] for w in w1], 1),
+        _block_diag([w[split:] for w in w1]),
+        np.concatenate([s[1][0][1] for s in snaps]),
+    )
+    advantage = [
+        (_block_diag([s[1][j][0] for s in snaps]), np.concatenate([s[1][j][1] for s in snaps]))
+        for j in range(1, len(snaps[0][1]))
+    ]
+    return {"value": value, "first": first, "advantage": advantage, "emb": np.concatenate(emb, 1)}
 
 
 def double_dqn_target(
@@ -125,6 +201,13 @@ def interleave_probs(n: int, tau: float) -> np.ndarray:
     return w / w.sum()
 
 
+@functools.lru_cache(maxsize=16)
+def _log_interleave_probs(n: int, tau: float) -> np.ndarray:
+    out = np.log(interleave_probs(n, tau))
+    out.flags.writeable = False
+    return out
+
+
 def interleave(
     rank_a: np.ndarray, rank_b: np.ndarray, k: int, tau: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,30 +218,28 @@ def interleave(
     per slot, which list placed it (0: a, 1: b).
     """
     n = len(rank_a)
-    base = interleave_probs(n, tau)
-    pa = np.zeros(n)
-    pb = np.zeros(n)
-    pa[rank_a] = base  # probability of each pool index under list a
-    pb[rank_b] = base
+    logp = np.empty((2, n))
+    base = _log_interleave_probs(n, tau)
+    logp[0, rank_a] = base  # log probability of each pool index under list a, then b
+    logp[1, rank_b] = base
+    u = rng.random(k * (n + 1))
+    who = (u[:k] < 0.5).astype(np.int64)
+    # a draw ∝ p over the unplaced items is the argmax of log p + Gumbel noise over them
+    keys = logp[who] - np.log(-np.log(u[k:].reshape(k, n)))
     out = np.empty(k, np.int64)
-    who = np.empty(k, np.int64)
-    free = np.ones(n, bool)
     for j in range(k):
-        side = int(rng.random() < 0.5)
-        p = (pb if side else pa) * free
-        pick = int(np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right"))
-        pick = min(pick, n - 1)
-        while not free[pick]:  # only when rounding lands on a placed item
-            pick = (pick + 1) % n
-        out[j], who[j] = pick, side
-        free[pick] = False
+        pick = int(keys[j].argmax())
+        out[j] = pick
+        keys[j + 1 :, pick] = -np.inf
     return out, who
 
 
 @torch.no_grad()
 def dbgd_perturbation(net: nn.Module, alpha: float, gen: torch.Generator) -> list[Tensor]:
-    """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net``."""
-    return [alpha * (2 * torch.rand(p.shape, generator=gen) - 1) * p for p in net.parameters()]
+    """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net`` (one draw for all of them)."""
+    params = list(net.parameters())
+    u = torch.rand(sum(p.numel() for p in params), generator=gen).mul_(2 * alpha).sub_(alpha)
+    return [d.view_as(p) * p for d, p in zip(u.split([p.numel() for p in params]), params)]
 
 
 @torch.no_grad()
@@ -206,6 +287,17 @@ class Replay:
         self.n_tr += len(pos)
         return self.n_tr - len(pos) + np.arange(len(pos))
 
+    def sample_lists(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """The transitions of ``n`` lists drawn uniformly (with replacement) from those held.
+        Every list adds its ``slate_size`` transitions together, so a list is an aligned block
+        of them, and each held transition is equally likely to be in the sample; a list's
+        transitions share their request and next request, which a minibatch evaluates once."""
+        k = self.tcap // self.cap
+        held = min(self.n_tr, self.tcap) // k
+        first = self.n_tr // k - held
+        lists = first + rng.integers(0, held, n)
+        return (lists[:, None] * k + np.arange(k)).reshape(-1)
+
     def valid(self, tr: np.ndarray) -> np.ndarray:
         """Transitions still held whose requests are both still held."""
         slot = tr % self.tcap
@@ -215,22 +307,30 @@ class Replay:
         return tr[ok & ((nxt < 0) | (nxt >= oldest))]
 
     def batch(self, tr: np.ndarray) -> dict[str, Tensor]:
+        """Transitions ``tr`` as a minibatch over their distinct requests: ``state``,
+        ``actions``, ``items`` (R, ...) and ``next_*`` (R', ...) once per request, ``inv`` /
+        ``next_inv`` (B,) the row of each transition's request, ``pos``, ``reward``,
+        ``has_next`` (B,). A transition without a next request points at its own."""
         slot = tr % self.tcap
-        req = self.t_req[slot] % self.cap
+        req = self.t_req[slot]
         nxt = self.t_next[slot]
         has = nxt >= 0
-        nreq = np.where(has, nxt, 0) % self.cap
+        uniq, inv = np.unique(req, return_inverse=True)
+        nuniq, ninv = np.unique(np.where(has, nxt, req), return_inverse=True)
+        r, nr = uniq % self.cap, nuniq % self.cap
         t = torch.from_numpy
         return {
-            "state": t(self.state[req]),
-            "actions": t(self.actions[req]),
-            "items": t(self.items[req]),
+            "state": t(self.state[r]),
+            "actions": t(self.actions[r]),
+            "items": t(self.items[r]),
+            "inv": t(inv.reshape(-1)),
             "pos": t(self.t_pos[slot]),
             "reward": t(self.t_reward[slot]),
             "has_next": t(has),
-            "next_state": t(self.state[nreq]),
-            "next_actions": t(self.actions[nreq]),
-            "next_items": t(self.items[nreq]),
+            "next_state": t(self.state[nr]),
+            "next_actions": t(self.actions[nr]),
+            "next_items": t(self.items[nr]),
+            "next_inv": t(ninv.reshape(-1)),
         }
 
 
@@ -283,7 +383,8 @@ class DRN(nn.Module):
         )
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
-        self.opt = torch.optim.Adam(self.q.parameters(), lr=lr)
+        # the fused kernel: one call per step instead of one per parameter and operation
+        self.opt = torch.optim.Adam(self.q.parameters(), lr=lr, fused=True)
         self.replay = Replay(replay_capacity, schema)
         # transitions wait for the user's next request (s', and the activeness at return)
         self.pending: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
@@ -298,6 +399,7 @@ class DRN(nn.Module):
         self.stats = {"minor": 0, "major": 0, "dbgd_moves": 0, "loss": float("nan")}
         self._cur: tuple[int, np.ndarray] | None = None
         self._snap = self._snap_explore = None  # numpy weights for acting; None: stale
+        self._stacked: dict | None = None
 
     # ------------------------------------------------------------------ policy interface
 
@@ -307,7 +409,6 @@ class DRN(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.q.parameters())
 
-    @torch.inference_mode()
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         state, actions, items = encode(obs)
         req = self.replay.add_request(state, actions, items)
@@ -316,20 +417,23 @@ class DRN(nn.Module):
             prev, pos, clicks = self.pending.pop(u)
             act = float(obs["context"][0])  # activeness at this return
             self._complete(prev, pos, clicks + self.beta * act, req)
-        if self._snap is None:
-            self._snap = self.q.snapshot()
-        q = self.q.act_numpy(self._snap, state, actions, items)
-        who = None
-        if self.explore == "dbgd":
-            if self._snap_explore is None:
+        dbgd = self.explore == "dbgd"
+        if self._snap is None or (dbgd and self._snap_explore is None) or self._stacked is None:
+            if self._snap is None:
+                self._snap = self.q.snapshot()
+            if dbgd and self._snap_explore is None:
                 self._snap_explore = self.q_explore.snapshot()
-            q_tilde = self.q.act_numpy(self._snap_explore, state, actions, items)
-            ranks = np.argsort(-q, kind="stable"), np.argsort(-q_tilde, kind="stable")
+            nets = [self._snap] + ([self._snap_explore] if dbgd else [])
+            self._stacked = stack_snapshots(nets, self.spec.state_dim)
+        q = self.q.act_stacked(self._stacked, state, actions, items)  # (1 or 2, N)
+        who = None
+        if dbgd:
+            ranks = np.argsort(-q, axis=1, kind="stable")
             shown, who = interleave(ranks[0], ranks[1], self.k, self.tau, self.rng)
         else:
-            shown = top_k(q, self.k)
+            shown = top_k(q[0], self.k)
             if self.explore == "egreedy":
-                shown = self._egreedy(shown, len(q))
+                shown = self._egreedy(shown, q.shape[1])
         self._cur = (req, who)
         return shown
 
@@ -366,17 +470,24 @@ class DRN(nn.Module):
         return out
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Squared error of ``Q(s, a)`` against the double-DQN target."""
-        q = self.q(batch["state"], batch["actions"], batch["items"])
-        q_sa = q.gather(1, batch["pos"][:, None]).squeeze(1)
+        """Squared error of ``Q(s, a)`` against the double-DQN target. Requests are rows of
+        ``state``/``actions``/``items`` (and ``next_*``); ``inv``/``next_inv`` map transitions to
+        them (absent: one row per transition, ``Replay.batch`` groups them)."""
+        inv = batch.get("inv")
+        pos = batch["pos"]
         y = batch["reward"]
+        q = self.q(batch["state"], batch["actions"], batch["items"])
         if self.gamma > 0.0:
             with torch.no_grad():
                 q_on = self.q(batch["next_state"], batch["next_actions"], batch["next_items"])
                 q_tg = self.q_target(
                     batch["next_state"], batch["next_actions"], batch["next_items"]
                 )
+                ninv = batch.get("next_inv")
+                if ninv is not None:
+                    q_on, q_tg = q_on[ninv], q_tg[ninv]
                 y = torch.where(batch["has_next"], double_dqn_target(y, q_on, q_tg, self.gamma), y)
+        q_sa = q[torch.arange(len(pos)) if inv is None else inv, pos]
         return ((q_sa - y) ** 2).mean()
 
     def _step(self, tr: np.ndarray) -> None:
@@ -388,7 +499,7 @@ class DRN(nn.Module):
         loss.backward()
         self.opt.step()
         self._snap = None
-        self.stats["loss"] = float(loss.detach())
+        self.stats["loss"] = float(loss.detach())  # a CPU scalar: no device sync
 
     def minor_update(self) -> None:
         if self.explore == "dbgd":
@@ -405,11 +516,10 @@ class DRN(nn.Module):
         self.stats["minor"] += 1
 
     def major_update(self) -> None:
-        n = min(self.replay.n_tr, self.replay.tcap)
-        if n:
-            lo = self.replay.n_tr - n
+        lists = max(1, round(self.major_batch / self.k))
+        if self.replay.n_tr:
             for _ in range(self.major_steps):
-                self._step(lo + self.rng.integers(0, n, min(self.major_batch, n)))
+                self._step(self.replay.sample_lists(self.rng, lists))
         self.n_major += 1
         if self.n_major % self.target_swap == 0:
             self.q_target.load_state_dict(self.q.state_dict())
@@ -420,8 +530,9 @@ class DRN(nn.Module):
     def _new_explore(self) -> None:
         self.delta = dbgd_perturbation(self.q, self.alpha, self.gen)
         with torch.no_grad():
-            for pe, p, d in zip(self.q_explore.parameters(), self.q.parameters(), self.delta):
-                pe.copy_(p + d)
+            explore = list(self.q_explore.parameters())
+            torch._foreach_copy_(explore, list(self.q.parameters()))
+            torch._foreach_add_(explore, self.delta)
         self._snap_explore = None
 
     def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
@@ -437,4 +548,5 @@ __all__ = [
     "double_dqn_target",
     "interleave",
     "interleave_probs",
+    "stack_snapshots",
 ]

@@ -6,10 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
 from recbench.models.layers.cf import id_embedding
+from recbench.models.layers.embedding import gather_rows
 
 
 class GMF(nn.Module):
@@ -22,12 +24,14 @@ class GMF(nn.Module):
         self.out = nn.Linear(dim, 1)  # h and b
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return self.out(self.user(batch["user"]) * self.item(batch["item"])).squeeze(-1)
+        p = gather_rows(self.user.weight, batch["user"])
+        q = gather_rows(self.item.weight, batch["item"])
+        return self.out(p * q).squeeze(-1)
 
     def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
         """(B, num_items + 1): hᵀ(p_u ⊙ q_i) = (p_u ⊙ h) · q_i for every item at once."""
         p = self.user(batch["user"]) * self.out.weight  # (B, d)
-        return p @ self.item.weight.T + self.out.bias
+        return torch.addmm(self.out.bias, p, self.item.weight.T)  # bias added in the product
 
 
 __all__ = ["GMF"]

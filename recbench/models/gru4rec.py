@@ -37,6 +37,7 @@ class GRU4Rec(nn.Module):
     ) -> None:
         super().__init__()
         self.num_items = schema.num_items
+        self.max_len = schema.max_len
         self.items = nn.Embedding(schema.num_items + 1, embed_dim, padding_idx=0)
         self.gru = nn.GRU(embed_dim, hidden_size, num_layers=layers, batch_first=True)
         self.dropout = nn.Dropout(dropout)
@@ -44,10 +45,21 @@ class GRU4Rec(nn.Module):
         self.bias = nn.Parameter(torch.zeros(schema.num_items + 1))
         nn.init.normal_(self.items.weight, std=0.05)
         nn.init.normal_(self.out.weight, std=0.05)
+        with torch.no_grad():
+            self.items.weight[0].zero_()  # padding is a zero input
 
     def encode(self, items: Tensor) -> Tensor:
-        """(B, L) → (B, L, hidden): the state after every position."""
-        h, _ = self.gru(self.dropout(self.items(items)))
+        """(B, W) → (B, W, hidden): the state after every position, W ≤ max_len. A batch
+        trimmed to its longest sequence (W < max_len) starts from the state that the
+        max_len - W dropped columns (padding, a zero input, in every row) would have led to,
+        so it computes exactly what the full window computes."""
+        x = self.dropout(self.items(items))
+        h0 = None
+        lead = self.max_len - items.shape[1]
+        if lead > 0:  # the same for every row: run once, on a batch of one
+            _, h0 = self.gru(x.new_zeros(1, lead, x.shape[-1]))  # (layers, 1, hidden)
+            h0 = h0.expand(-1, items.shape[0], -1).contiguous()
+        h, _ = self.gru(x, h0)
         return self.dropout(h)
 
     def output_embedding(self) -> tuple[Tensor, Tensor | None]:

@@ -55,7 +55,8 @@ class MF(nn.Module):
         """Scores of every item code for each ``user``: (B, num_items + 1); column 0 is padding."""
         u = batch["user"]
         p = gather_rows(self.user, u)  # (B, d)
-        return (self.mean + self.user_bias[u]).unsqueeze(1) + self.item_bias + p @ self.item.T
+        scores = torch.addmm(self.item_bias, p, self.item.T)  # b_i added in the product
+        return scores.add_((self.mean + self.user_bias[u]).unsqueeze(1))
 
     def penalty(self, batch: Mapping[str, Tensor]) -> Tensor:
         """λ · mean over the batch's pairs of ‖p_u‖² + ‖q_i‖² + b_u² + b_i²."""

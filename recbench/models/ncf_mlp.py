@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
 from recbench.models.layers.cf import PairTower, id_embedding
+from recbench.models.layers.embedding import gather_rows
 
 
 class NCFMLP(nn.Module):
@@ -29,7 +30,8 @@ class NCFMLP(nn.Module):
         self.out = nn.Linear(self.tower.output_dim, 1)
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        z = self.tower(self.user(batch["user"]), self.item(batch["item"]))
+        p = gather_rows(self.user.weight, batch["user"])
+        z = self.tower(p, gather_rows(self.item.weight, batch["item"]))
         return self.out(z).squeeze(-1)
 
     def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.models.layers.cf import PairTower, id_embedding
+from recbench.models.layers.embedding import gather_rows
 
 
 class NeuMF(nn.Module):
@@ -54,8 +55,9 @@ class NeuMF(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         u, i = batch["user"], batch["item"]
-        g = self.gmf_user(u) * self.gmf_item(i)
-        m = self.tower(self.mlp_user(u), self.mlp_item(i))
+        # index_select rows: on CPU its backward is several times faster than nn.Embedding's
+        g = gather_rows(self.gmf_user.weight, u) * gather_rows(self.gmf_item.weight, i)
+        m = self.tower(gather_rows(self.mlp_user.weight, u), gather_rows(self.mlp_item.weight, i))
         return self.out(torch.cat([g, m], dim=-1)).squeeze(-1)
 
     def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -69,11 +69,15 @@ class SASRec(nn.Module):
             self.items.weight[0].zero_()
 
     def encode(self, items: Tensor) -> Tensor:
-        """Hidden state after every position of a left-padded (B, L) sequence. (B, L, d)"""
+        """Hidden state after every position of a left-padded (B, W) sequence, W ≤ max_len.
+        (B, W, d). A batch trimmed to its longest sequence (W < max_len) keeps the positions of
+        the full window (the last column is position max_len - 1), so it computes exactly what
+        the untrimmed batch computes on its real positions."""
         keep = items > 0
-        L = items.shape[1]
+        W = items.shape[1]
         x = self.items(items) * math.sqrt(self.items.embedding_dim)
-        x = x + self.positions(torch.arange(L, device=items.device))[None]
+        start = self.max_len - W
+        x = x + self.positions(torch.arange(start, start + W, device=items.device))[None]
         x = self.dropout(x) * keep.unsqueeze(-1).to(x.dtype)
         mask = attention_mask(keep, causal=True)
         for block in self.blocks:

@@ -18,6 +18,8 @@ the single-device numbers.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,8 +28,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
+from recbench.callbacks import EpochMeans, logs_step
 from recbench.ranking import (
     UnitValues,
     mask_items,
@@ -39,8 +41,13 @@ from recbench.ranking import (
 from recbench.tasks.base import Task
 from recbench.tasks.guard import LossGuard
 
+log = logging.getLogger(__name__)
+
 LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
-CE_CHUNK_ELEMENTS = 1 << 26  # logits per cross-entropy chunk (256 MB in float32)
+CE_CHUNK_ELEMENTS = 1 << 26  # logits per cross-entropy chunk on an accelerator (256 MB fp32)
+CE_CHUNK_ELEMENTS_CPU = 1 << 19  # on the CPU: a chunk (2 MB) that stays in cache
+CE_BLOCK_CHUNKS = 6  # chunks per pass over an item-vector gradient too large for the cache
+CE_GRAD_CACHE_ELEMENTS = 1 << 20  # item-vector gradients up to this size: one pass per chunk
 KS = (5, 10, 20)
 
 
@@ -57,25 +64,100 @@ def metric_names(ks: tuple[int, ...] = KS, sampled: bool = True) -> tuple[str, .
 def full_softmax_ce(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
     """Mean cross-entropy of ``target`` (n,) codes under a softmax over codes 1..I of
     ``hidden @ weight.T + bias`` (n, d) × (I + 1, d); code 0 (padding) is never a class.
-    Chunks of rows are recomputed in the backward pass, so at most ``CE_CHUNK_ELEMENTS``
-    logits exist at once."""
-    n = hidden.shape[0]
-    rows = max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
-    if n <= rows:
-        return _ce_sum(hidden, weight, bias, target) / n
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, n, rows):
-        total = total + checkpoint(
-            _ce_sum, hidden[s : s + rows], weight, bias, target[s : s + rows], use_reentrant=False
-        )
-    return total / n
+
+    One pass over chunks of rows computes each chunk's logits, its loss and, when a gradient
+    is wanted, its gradients (``softmax - onehot`` times the inputs), then drops the chunk: the
+    logits are never computed twice, at most a block of them exists at once, and on the CPU a
+    chunk small enough for the cache is read from it by the exp and both gradient products
+    (about 2× faster than autograd through ``F.cross_entropy`` on one (n, I) tensor).
+    The backward pass only scales the stored gradients by the upstream gradient."""
+    if hidden.shape[0] == 0:  # a batch without targets: zero, still part of the graph
+        return hidden.sum() * 0.0
+    grads = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias)
+    )
+    return _SoftmaxCE.apply(hidden, weight, bias, target, grads)
 
 
-def _ce_sum(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
-    logits = hidden @ weight[1:].T  # (n, I): code 0 left out, so column c is code c + 1
-    if bias is not None:
-        logits = logits + bias[1:]
-    return F.cross_entropy(logits.float(), target - 1, reduction="sum")
+def chunk_rows(device: torch.device, num_items: int) -> int:
+    elements = CE_CHUNK_ELEMENTS if device.type != "cpu" else CE_CHUNK_ELEMENTS_CPU
+    return max(1, elements // max(num_items, 1))
+
+
+class _SoftmaxCE(torch.autograd.Function):
+    """``full_softmax_ce`` with its gradients computed in the forward pass. Rows go in chunks
+    of ``chunk_rows`` (logits, exp, the hidden states' gradient: cache-resident); when the item
+    vectors' (I, d) gradient is larger than the cache, the chunks of a block of
+    ``CE_BLOCK_CHUNKS`` share one (block, I) buffer whose product with the block's hidden states
+    adds to that gradient (one pass over it per block rather than per chunk). Matmuls run in
+    ``hidden``'s dtype (bf16 under autocast, as autocast would), the softmax and the sums in
+    float32."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, grads: bool
+    ) -> Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            n = hidden.shape[0]
+            dtype = hidden.dtype
+            dev = hidden.device
+            w = weight[1:].to(dtype)  # (I, d): column c of the logits is code c + 1
+            b = None if bias is None else bias[1:].float()
+            rows = chunk_rows(dev, w.shape[0])
+            large = weight.numel() > CE_GRAD_CACHE_ELEMENTS and dev.type == "cpu"
+            block = rows * (CE_BLOCK_CHUNKS if grads and large else 1)
+            total = torch.zeros((), dtype=torch.float32, device=dev)
+            buf = torch.empty(min(block, n), w.shape[0], dtype=torch.float32, device=dev)
+            g_h = torch.empty_like(hidden) if grads else None
+            g_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            g_b = torch.zeros(w.shape[0], dtype=torch.float32, device=dev)
+            for s0 in range(0, n, block):
+                e0 = min(n, s0 + block)
+                for s in range(s0, e0, rows):
+                    e = min(e0, s + rows)
+                    t = target[s:e] - 1
+                    at = torch.arange(e - s, device=dev)
+                    logits = buf[s - s0 : e - s0]  # (rows, I)
+                    if dtype == torch.float32:
+                        torch.mm(hidden[s:e], w.T, out=logits)
+                    else:
+                        logits.copy_(hidden[s:e] @ w.T)
+                    if b is not None:
+                        logits += b
+                    top = logits.amax(1, keepdim=True)
+                    total += (top.squeeze(1) - logits[at, t]).sum()
+                    p = logits.sub_(top).exp_()  # in place: the softmax numerators
+                    z = p.sum(1, keepdim=True)
+                    total += z.log().sum()
+                    if not grads:
+                        continue
+                    p.div_(z)
+                    p[at, t] -= 1.0  # d loss_sum / d logits = softmax - onehot
+                    g_h[s:e] = p.to(dtype) @ w
+                if not grads:
+                    continue
+                p = buf[: e0 - s0]
+                if dtype == torch.float32:
+                    g_w[1:].addmm_(p.T, hidden[s0:e0])
+                else:
+                    g_w[1:] += (p.to(dtype).T @ hidden[s0:e0]).float()
+                if b is not None:
+                    g_b += p.sum(0)
+            if grads:
+                g_h.div_(n)
+                g_w.div_(n)
+                g_b.div_(n)
+                ctx.save_for_backward(g_h, g_w.to(weight.dtype), g_b)
+            ctx.has_bias = bias is not None
+            return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        g_h, g_w, g_b = ctx.saved_tensors
+        g_bias = None
+        if ctx.has_bias:
+            g_bias = torch.cat([g_b.new_zeros(1), g_b]) * grad
+        return g_h * grad, g_w * grad, g_bias, None, None
 
 
 def uniform_negatives(
@@ -116,10 +198,13 @@ class NextItemTask(Task):
         synthetic: Mapping[str, Any] | None = None,
         compile: bool = False,
         max_loss: float = 1000.0,
+        loader: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(model, optimizer, scheduler)
         # every step on the device, read every LOSS_CHECK_EVERY steps and at epoch end
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
+        self.train_means = EpochMeans()
+        self.loader = dict(loader or {})
         self.score_model = torch.compile(model) if compile else model
         self.ks = tuple(int(k) for k in ks)
         ev = dict(eval or {})
@@ -147,7 +232,9 @@ class NextItemTask(Task):
         t = target[sel]
         weight, bias = model.output_embedding()
         kind = getattr(model, "loss", "ce")
-        if kind == "ce":
+        if t.numel() == 0:  # no position has a target (every user of the batch has one item)
+            value = out["hidden"].sum() * 0.0
+        elif kind == "ce":
             value = full_softmax_ce(h, weight, bias, t)
         elif kind == "bce":
             neg = uniform_negatives(out["context"], target.shape, model.num_items)[sel]
@@ -176,15 +263,25 @@ class NextItemTask(Task):
             return None  # no backward, no optimizer step
         loss, _, _ = self.loss(batch)
         self.watch_loss(loss, batch_idx)
-        self.log(
-            "train/loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(batch["seq"]),
-        )
+        # the epoch mean is summed on the device and logged at the epoch's end; the step value
+        # only on the steps Lightning writes to the loggers (each self.log call costs host time)
+        n = len(batch["seq"])
+        self.train_means.update({"loss": loss}, n)
+        if logs_step(self.trainer):
+            self.log(
+                "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n
+            )
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.train_means.reset()
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        means = self.train_means.means()
+        if "loss" in means:
+            self.log("train/loss_epoch", means["loss"], on_epoch=True, prog_bar=True)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -249,10 +346,22 @@ class NextItemTask(Task):
                 nested[k] = v
         return nested
 
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_end("val", self.val_values)
         if not self.trainer.sanity_checking:
             self.val_history.append({"epoch": self.current_epoch, **values})
+            if self.trainer.is_global_zero and self.trainer.state.fn == "fit":
+                # a long run's progress, with or without a logger or progress bar
+                elapsed = time.perf_counter() - getattr(self, "_fit_start", time.perf_counter())
+                shown = ", ".join(
+                    f"{k} {values[k]:.4f}"
+                    for k in ("ndcg@10", "hr@10")
+                    if values.get(k) is not None
+                )
+                log.info("epoch %d: val %s (%.0f s into fit)", self.current_epoch, shown, elapsed)
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_values)
@@ -273,11 +382,30 @@ class NextItemTask(Task):
         return sequence_key(cfg)[0]
 
     def datamodule(self, cfg: Any, data: Any) -> pl.LightningDataModule:
-        from recbench.data.datamodule import RecDataModule
+        from recbench.data.sequences import SequenceDataModule
 
         self._seen = data.seen
-        return RecDataModule(
-            data, int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed), cfg.device_resident
+        return SequenceDataModule(
+            data,
+            int(cfg.batch_size),
+            int(cfg.eval_batch_size),
+            int(cfg.seed),
+            cfg.device_resident,
+            bucket_batches=int(self.loader.get("bucket_batches", 50) or 0),
+            trim=bool(self.loader.get("trim", True)),
+        )
+
+    def train_loader(self, split: Mapping[str, Tensor], batch_size: int, seed: int) -> Any:
+        """The training loader ``datamodule`` serves, on one device (``bench`` times it)."""
+        from recbench.data.sequences import SequenceLoader
+
+        return SequenceLoader(
+            split,
+            batch_size,
+            bucket_batches=int(self.loader.get("bucket_batches", 50) or 0),
+            trim=bool(self.loader.get("trim", True)),
+            shuffle=True,
+            seed=seed,
         )
 
     def test_outputs(self) -> dict[str, np.ndarray]:

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from recbench.callbacks import EpochMeans, logs_step
 from recbench.data.loader import BatchLoader
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError, TrainingDivergedError
@@ -108,6 +109,7 @@ class RatingTask(Task):
         self.test_metrics = RatingMetrics()
         # a mean squared error per rating above max_loss is tens of stars off: it diverged
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training mean squared error")
+        self.train_means = EpochMeans()
         self.rating_range: tuple[float, float] | None = None
         self.fallback_value = float(fallback) if fallback != "mean" else float("nan")
         self._dm: Any = None
@@ -200,8 +202,13 @@ class RatingTask(Task):
         if self.loss_guard.due():
             self._check(self.loss_guard)
         n = len(batch["row"]) if self.rows_mode else len(batch["rating"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("train/mse", mse, on_step=False, on_epoch=True, batch_size=n)
+        # epoch means summed on the device and logged at the epoch's end; the step value only
+        # on the steps Lightning writes to the loggers (each self.log call costs host time)
+        self.train_means.update({"loss": loss, "mse": mse}, n)
+        if self._trainer is not None and logs_step(self._trainer):
+            self.log(
+                "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n
+            )
         return loss
 
     def _check(self, guard: LossGuard) -> None:
@@ -218,9 +225,14 @@ class RatingTask(Task):
 
     def on_train_epoch_start(self) -> None:
         self.loss_guard.reset()
+        self.train_means.reset()
 
     def on_train_epoch_end(self) -> None:
         self._check(self.loss_guard)
+        means = self.train_means.means()
+        if "loss" in means:
+            self.log("train/loss_epoch", means["loss"], on_epoch=True, prog_bar=True)
+            self.log("train/mse", means["mse"], on_epoch=True)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -27,7 +27,7 @@ from recbench.tasks.base import Task
 
 log = logging.getLogger("recbench")
 
-ENV_VERSION = 1  # bump when the environment's dynamics change: it enters the data key
+ENV_VERSION = 2  # bump when the environment's dynamics change: it enters the data key
 REPORT_HOOK = "recbench.envs.report.write_rl_report"
 
 

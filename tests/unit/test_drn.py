@@ -16,6 +16,7 @@ from recbench.models.drn import (
     double_dqn_target,
     interleave,
     interleave_probs,
+    stack_snapshots,
 )
 
 
@@ -215,3 +216,45 @@ def test_every_variant_learns_and_shows_distinct_lists(explore):
         obs = nxt
     assert agent.stats["minor"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(w0, agent.q.parameters()))
+
+
+def test_explore_and_current_networks_scored_in_one_pass_match_each_alone():
+    env = NewsEnv(NewsParams(n_users=10, horizon_days=1.0), seed=0)
+    agent = DRN(env.policy_spec, explore="dbgd", dbgd_alpha=0.5)
+    obs, _ = env.reset(seed=0)
+    from recbench.envs.features import encode
+
+    state, actions, items = encode(obs)
+    snaps = [agent.q.snapshot(), agent.q_explore.snapshot()]
+    both = agent.q.act_stacked(stack_snapshots(snaps, len(state)), state, actions, items)
+    t = torch.from_numpy
+    with torch.no_grad():
+        for j, net in enumerate((agent.q, agent.q_explore)):
+            want = net(t(state)[None], t(actions)[None], t(items)[None])[0].numpy()
+            np.testing.assert_allclose(both[j], want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both[0], both[1])
+
+
+def test_a_minibatch_grouped_by_request_has_the_per_transition_loss():
+    """Replay.batch evaluates each distinct request once; the loss equals the one computed with
+    a row per transition (the equation test above), and whole lists are sampled uniformly."""
+    env = NewsEnv(NewsParams(n_users=15, horizon_days=2.0), seed=0)
+    agent = DRN(env.policy_spec, gamma=0.5, explore="none", minor_every=10**6, major_hours=100.0)
+    play(agent, 60)
+    rp = agent.replay
+    rng = np.random.default_rng(0)
+    tr = rp.valid(rp.sample_lists(rng, 8))
+    assert len(tr) == 40 and (tr.reshape(8, 5) % 5 == np.arange(5)).all()
+    grouped = rp.batch(tr)
+    assert len(grouped["state"]) == len(np.unique(rp.t_req[tr % rp.tcap])) <= 8
+    inv, ninv = grouped["inv"], grouped["next_inv"]
+    flat = {k: grouped[k] for k in ("pos", "reward", "has_next")}
+    for k in ("state", "actions", "items"):
+        flat[k] = grouped[k][inv]
+        flat[f"next_{k}"] = grouped[f"next_{k}"][ninv]
+    with torch.no_grad():
+        a, b = agent.loss(grouped), agent.loss(flat)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+    # uniform over held lists
+    counts = np.bincount(rp.sample_lists(rng, 20_000)[::5] // 5, minlength=rp.n_tr // 5)
+    assert counts.min() > 0 and counts.max() < 3 * counts.mean()

@@ -149,3 +149,72 @@ def test_synthetic_sequences_have_an_oracle_above_its_parts():
     assert rnd["ndcg@10"] < 0.5 * full["ndcg@10"]
     again = generate_sequences(world, SeqWorldParams(), seed=0)
     assert all(np.array_equal(x, y) for x, y in zip(gen.sequences, again.sequences, strict=True))
+
+
+def _lengths_tensor(lengths, width: int) -> torch.Tensor:
+    """Left-padded (n, width) rows of the given lengths (item codes 1..)."""
+    cols = torch.arange(width)[None]
+    return torch.where(cols >= width - torch.as_tensor(lengths)[:, None], 1 + cols % 5, 0)
+
+
+def test_bucketed_order_is_a_seeded_permutation_of_similar_length_batches():
+    from recbench.data.sequences import bucketed_order
+
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(1, 51, (1000,), generator=g)
+    a = bucketed_order(lengths, 32, 10, torch.Generator().manual_seed(1))
+    b = bucketed_order(lengths, 32, 10, torch.Generator().manual_seed(1))
+    c = bucketed_order(lengths, 32, 10, torch.Generator().manual_seed(2))
+    assert torch.equal(torch.sort(a).values, torch.arange(1000))  # every row once
+    assert torch.equal(a, b) and not torch.equal(a, c)  # seeded
+    spread = lengths[a[:992]].view(31, 32)
+    spread = (spread.max(1).values - spread.min(1).values).float().mean()
+    uniform = lengths[torch.randperm(1000, generator=g)[:992]].view(31, 32)
+    uniform = (uniform.max(1).values - uniform.min(1).values).float().mean()
+    assert spread < 0.3 * uniform  # batches hold similar lengths
+    # the batch order is shuffled: the batches' lengths do not rise along the epoch
+    means = lengths[a[:992]].view(31, 32).float().mean(1)
+    assert not torch.all(means[1:] >= means[:-1])
+
+
+def test_sequence_loader_serves_each_user_once_per_epoch_across_ranks_trimmed():
+    from recbench.data.sequences import SequenceLoader
+
+    g = torch.Generator().manual_seed(0)
+    n, width = 203, 11
+    lengths = torch.randint(1, width + 1, (n,), generator=g)
+    split = {"seq": _lengths_tensor(lengths, width), "label": torch.arange(n)}
+    for world in (1, 2):
+        loaders = [
+            SequenceLoader(
+                split, 16, bucket_batches=4, shuffle=True, seed=5, rank=r, world_size=world
+            )
+            for r in range(world)
+        ]
+        for _ in range(2):  # two epochs
+            epochs = [list(loader) for loader in loaders]
+            assert len({len(e) for e in epochs}) == 1  # every rank runs the same steps
+            seen = torch.cat([b["label"] for e in epochs for b in e])
+            assert set(seen.tolist()) == set(range(n))  # every user, each once (but padding)
+            assert len(seen) == world * -(-n // world)
+            for e in epochs:
+                for batch in e:
+                    real = (batch["seq"] > 0).sum(1)
+                    assert batch["seq"].shape[1] == max(2, int(real.max()))
+                    assert torch.equal(real, lengths[batch["label"]])  # nothing real cut
+    plain = SequenceLoader(split, 16, bucket_batches=0, trim=False, shuffle=True, seed=5)
+    assert all(b["seq"].shape[1] == width for b in plain)
+
+
+def test_evaluation_order_by_length_leaves_the_metrics_unchanged():
+    from recbench.data.sequences import length_sorted
+
+    split = {
+        "items": _lengths_tensor(torch.tensor([5, 1, 3, 2]), 6),
+        "user": torch.arange(4),
+        "target": torch.tensor([7, 8, 9, 10]),
+    }
+    ordered = length_sorted(split)
+    assert ordered["user"].tolist() == [1, 3, 2, 0]
+    for k in split:  # rows move together
+        assert torch.equal(ordered[k], split[k][ordered["user"]])

@@ -56,6 +56,21 @@ def test_nan_score_ranks_last():
     assert target_ranks(scores, torch.tensor([[1]])).item() == 3
 
 
+def test_one_pass_rank_equals_the_pessimistic_count_with_ties_nan_and_masked_items():
+    # the single-target path compares in place; it must equal the definition: NaN read as
+    # -inf, then every item scoring at least the target's score counted above it
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (200, 40), generator=g).float()  # many ties
+    scores[torch.rand(200, 40, generator=g) < 0.1] = float("nan")
+    scores[torch.rand(200, 40, generator=g) < 0.1] = float("-inf")
+    targets = torch.randint(0, 40, (200, 1), generator=g)  # 0: a user without a target
+    clean = torch.where(scores.isnan(), float("-inf"), scores)
+    t = clean.gather(1, targets)
+    want = torch.where(targets > 0, (clean >= t).sum(1, keepdim=True) - 1, -1)
+    assert torch.equal(target_ranks(scores, targets), want)
+    assert torch.equal(target_ranks(scores.double(), targets), want)  # no float32 round-trip
+
+
 def test_several_targets_recall_ndcg_and_users_without_targets():
     # targets 1 and 4 of user 0; scores order: 2 (0.9) > 1 (0.8) > 3 (0.7) > 4 (0.1)
     scores = torch.tensor([[float("-inf"), 0.8, 0.9, 0.7, 0.1], [float("-inf"), 1, 1, 1, 1.0]])

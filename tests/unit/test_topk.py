@@ -50,7 +50,7 @@ def pairs(user: torch.Tensor, items: torch.Tensor) -> set[tuple[int, int]]:
 
 def test_leave_one_out_holds_out_the_latest_and_never_leaks_it_into_training():
     ev = random_events()
-    data = build(ev, task_cfg())
+    data = build(ev, task_cfg(ties="item"))
     train = set(zip(data.train["user"].tolist(), data.train["item"].tolist(), strict=True))
     val, test = data.eval["val"], data.eval["test"]
     assert len(test["user"]) == len(val["user"]) == 30  # every user: one test, one val event
@@ -78,19 +78,23 @@ def test_leave_one_out_holds_out_the_latest_and_never_leaks_it_into_training():
             assert int(split["targets"][unit, 0]) not in excluded
 
 
-def test_same_timestamp_ties_follow_item_id_by_default_or_file_row():
+def test_same_timestamp_ties_follow_file_order_by_default_or_item_id():
     rows = [(1, 9, 5), (1, 3, 5), (1, 7, 1), (1, 5, 2)]  # items 9 and 3 share the last second
     ev = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
     ev = ev.with_columns(pl.lit(1, pl.Int64).alias("label"))
     items = [3, 5, 7, 9]
-    by_item = build(ev, task_cfg())
+    for by_row in (build(ev, task_cfg()), build(ev, task_cfg(ties="row"))):
+        assert items[int(by_row.eval["test"]["targets"][0, 0]) - 1] == 3  # later in the file last
+        assert items[int(by_row.eval["val"]["targets"][0, 0]) - 1] == 9
+    by_item = build(ev, task_cfg(ties="item"))
     assert items[int(by_item.eval["test"]["targets"][0, 0]) - 1] == 9  # larger item id last
     assert items[int(by_item.eval["val"]["targets"][0, 0]) - 1] == 3
-    by_row = build(ev, task_cfg(ties="row"))
-    assert items[int(by_row.eval["test"]["targets"][0, 0]) - 1] == 3  # later in the file last
-    assert items[int(by_row.eval["val"]["targets"][0, 0]) - 1] == 9
     with pytest.raises(ConfigError, match="ties"):
         build(ev, task_cfg(ties="time"))
+    # the task config's default is the same rule
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["task=topk"])
+    assert cfg.task.split.ties == "row"
 
 
 def test_positive_threshold_and_repeated_pairs():
@@ -252,3 +256,46 @@ def test_a_corrupt_cache_is_named_deleted_and_rebuilt(tmp_path, monkeypatch):
     assert any("unreadable" in m and str(cache) in m for m in said)
     assert again.key == first.key
     assert torch.equal(again.eval["test"]["targets"], first.eval["test"]["targets"])
+
+
+def test_bpr_step_is_rendles_criterion_on_mf_and_user_terms_cancel():
+    """BPR (Rendle et al., UAI 2009, eq. 4 with x̂_uij = x̂_ui − x̂_uj): the step's loss is
+    −mean ln σ(x̂_ui − x̂_uj) plus MF's λ term over the (u, i) and (u, j) pairs; with MF's
+    x̂_ui = μ + b_u + b_i + p_u·q_i, μ and b_u cancel, so BPR gives them no gradient."""
+    from recbench.models.mf import MF
+    from recbench.tasks.topk import TopKDataModule, TopKTask
+
+    data = build(random_events(n_items=40), task_cfg())
+    torch.manual_seed(0)
+    model = MF(data.schema, embed_dim=4, init_std=0.3, l2=0.01)
+    with torch.no_grad():
+        model.user_bias.normal_()
+        model.item_bias.normal_()
+    task = TopKTask(model, torch.optim.Adam, loss="bpr", negatives=3)
+    dm = TopKDataModule(data, "bpr", 3, True, seed=1, batch_size=64, chunk_users=10)
+    dm._redraw(0)
+    rows = dm.train
+    assert torch.equal(rows["user"], data.train["user"].repeat_interleave(3))
+    assert torch.equal(rows["item"], data.train["item"].repeat_interleave(3))
+    train = set(zip(data.train["user"].tolist(), data.train["item"].tolist(), strict=True))
+    assert not set(zip(rows["user"].tolist(), rows["neg"].tolist(), strict=True)) & train
+    batch = {k: v[:50] for k, v in rows.items()}
+    loss = task.training_step(batch, 0)
+    u, i, j = batch["user"], batch["item"], batch["neg"]
+    p, qi, qj = model.user[u], model.item[i], model.item[j]
+    x_uij = model.item_bias[i] - model.item_bias[j] + (p * (qi - qj)).sum(-1)
+    norms = (
+        2 * p.pow(2).sum(-1)
+        + qi.pow(2).sum(-1)
+        + qj.pow(2).sum(-1)
+        + 2 * model.user_bias[u] ** 2
+        + model.item_bias[i] ** 2
+        + model.item_bias[j] ** 2
+    )
+    want = -torch.log(torch.sigmoid(x_uij)).mean() + 0.01 * norms.mean() / 2
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    model.l2 = 0.0
+    model.zero_grad()
+    task.training_step(batch, 1).backward()
+    assert model.user_bias.grad is None or model.user_bias.grad.abs().max() < 1e-7
+    assert model.item_bias.grad.abs().sum() > 0 and model.user.grad.abs().sum() > 0

@@ -1,0 +1,202 @@
+"""Value rules by key name: the types and ranges of well-known keys wherever they appear (model,
+optimizer, trainer, callbacks, task, dataset ...), over every resolved leaf of the config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from recbench.validate.problems import Problems, _fmt
+
+SKIP_NODES = {"hydra", "paths"}  # Hydra's own node; paths are checked as folders (folders.py)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and not (isinstance(v, float) and math.isnan(v))
+
+
+def _int_at_least(lo: int, none_ok: bool = True) -> Callable[[Any], str | None]:
+    def rule(v: Any) -> str | None:
+        if v is None and none_ok:
+            return None
+        if not _is_int(v):
+            return f"must be an integer >= {lo}"
+        return None if v >= lo else f"must be >= {lo}"
+
+    return rule
+
+
+def _threads(v: Any) -> str | None:
+    if v is None or (isinstance(v, str) and v.strip().lower() == "auto"):
+        return None
+    if not _is_int(v) or v < 1:
+        return "must be an integer >= 1, auto (the cores free of other work) or null"
+    return None
+
+
+def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False):
+    def rule(v: Any) -> str | None:
+        if v is None:
+            return None
+        lo_s = f"{'>' if lo_open else '>='} {lo:g}"
+        rng = (
+            lo_s
+            if hi is None
+            else f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        )
+        if not _is_number(v):
+            return f"must be a number {rng}"
+        ok = (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+        return None if ok else f"must be {rng}"
+
+    return rule
+
+
+def _positive_int_list(v: Any) -> str | None:
+    if v is None or (_is_int(v) and v >= 1):  # one width
+        return None
+    if not isinstance(v, list | tuple):
+        return "must be a list of layer widths, e.g. [256, 128]"
+    if not all(_is_int(x) and x >= 1 for x in v):
+        return "must be a list of integers >= 1 (layer widths)"
+    return None
+
+
+def _limit_batches(v: Any) -> str | None:
+    if v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0):
+        return None
+    return "must be an integer number of batches >= 0 or a fraction in [0, 1]"
+
+
+def _seed(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not _is_int(v) or not 0 <= v < 2**32:
+        return "must be an integer in [0, 2**32)"
+    return None
+
+
+def _max_epochs(v: Any) -> str | None:
+    # -1: until a stopping callback says so; 0 is refused by _check_fit unless fit=false
+    if v is None or (_is_int(v) and v >= -1):
+        return None
+    return "must be an integer >= 1 (or -1: until early stopping stops it)"
+
+
+# Rules by the key's own name, wherever it appears (model, optimizer, trainer, callbacks, task,
+# dataset ...). Suffix rules follow.
+NAME_RULES: dict[str, Callable[[Any], str | None]] = {
+    "batch_size": _int_at_least(1, none_ok=False),
+    "eval_batch_size": _int_at_least(1, none_ok=False),
+    "dim": _int_at_least(1),
+    "max_epochs": _max_epochs,
+    "min_epochs": _int_at_least(0),
+    "max_steps": lambda v: (
+        None
+        if v is None or (_is_int(v) and v >= -1)
+        else "must be an integer >= 1 (or -1: no step limit)"
+    ),
+    "patience": _int_at_least(0),
+    "threads": _threads,
+    "jobs": _int_at_least(1),
+    "seeds": lambda v: (
+        None
+        if (_is_int(v) and v >= 1) or (isinstance(v, list) and v and all(_is_int(s) for s in v))
+        else "must be a number of seeds >= 1 or a list of integer seeds"
+    ),
+    "num_heads": _int_at_least(1),
+    "num_layers": _int_at_least(1),
+    "num_experts": _int_at_least(1),
+    "num_cross": _int_at_least(1),
+    "num_nodes": _int_at_least(1),
+    "log_every_n_steps": _int_at_least(1),
+    "num_sanity_val_steps": _int_at_least(-1),
+    "save_top_k": _int_at_least(-1),
+    "steps": _int_at_least(1),
+    "warmup_steps": _int_at_least(0),
+    "lr": _number(0.0, lo_open=True),
+    "weight_decay": _number(0.0),
+    "dropout": _number(0.0, 1.0, hi_open=True),
+    "gradient_clip_val": _number(0.0),
+    "eps": _number(0.0, lo_open=True),
+    "label_smoothing": _number(0.0, 1.0, hi_open=True),
+    "seed": _seed,
+    "hidden": _positive_int_list,
+    "limit_train_batches": _limit_batches,
+    "limit_val_batches": _limit_batches,
+    "limit_test_batches": _limit_batches,
+    "monitor_mode": lambda v: None if v in ("min", "max") else "must be min or max",
+    "device_resident": lambda v: (
+        None if v in ("auto", True, False) else "must be auto, true or false"
+    ),
+}
+SUFFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
+    ("_batch_size", _int_at_least(1)),
+    ("_dim", _int_at_least(1)),
+    ("_hidden", _positive_int_list),
+    ("_dropout", _number(0.0, 1.0, hi_open=True)),
+    ("_lr", _number(0.0, lo_open=True)),
+    ("_reg", _number(0.0)),
+    ("_seed", _seed),
+    ("_temperature", _number(0.0, lo_open=True)),
+)
+EXAMPLES = {"lr": "1e-3", "dropout": "0.1", "weight_decay": "0.0", "patience": "2"}
+
+
+def _rule_for(name: str) -> Callable[[Any], str | None] | None:
+    if name in NAME_RULES:
+        return NAME_RULES[name]
+    return next((rule for suffix, rule in SUFFIX_RULES if name.endswith(suffix)), None)
+
+
+def _walk(node: Any, path: str, problems: Problems, visit: Callable[[str, str, Any], None]):
+    """Call ``visit(path, name, value)`` on every resolved leaf and list; unresolvable or missing
+    values become problems instead."""
+    if isinstance(node, DictConfig):
+        items = list(node.keys())
+    else:
+        items = list(range(len(node)))
+    for k in items:
+        key = f"{path}.{k}" if path and isinstance(k, str) else (f"{path}[{k}]" if path else k)
+        if path == "" and k in SKIP_NODES:
+            continue
+        if isinstance(node, DictConfig) and OmegaConf.is_missing(node, k):
+            problems.add(key, f"{key} must be set (it is ??? in the config): add {key}=<value>")
+            continue
+        try:
+            v = node[k]
+        except Exception as exc:  # an interpolation that cannot be resolved
+            problems.add(key, f"{key} cannot be resolved: {exc}".split("\n")[0])
+            continue
+        if isinstance(v, DictConfig):
+            _walk(v, key, problems, visit)
+        elif isinstance(v, ListConfig):
+            try:
+                plain = OmegaConf.to_container(v, resolve=True)
+            except Exception as exc:
+                problems.add(key, f"{key} cannot be resolved: {exc}".split("\n")[0])
+                continue
+            visit(key, str(k), plain)
+        else:
+            visit(key, str(k), v)
+
+
+def _check_values(cfg: DictConfig, problems: Problems) -> None:
+    def visit(key: str, name: str, value: Any) -> None:
+        rule = _rule_for(name)
+        if rule is None:
+            return
+        why = rule(value)
+        if why:
+            eg = EXAMPLES.get(name)
+            hint = f", e.g. {key}={eg}" if eg else ""
+            problems.add(key, f"{key}={_fmt(value)}: {why}{hint}")
+
+    _walk(cfg, "", problems, visit)
