@@ -147,6 +147,5 @@ def _fusable(target: Any, keywords: Mapping[str, Any], params: list[Tensor]) -> 
     if target not in FUSABLE or "fused" in keywords or "foreach" in keywords:
         return False
     return bool(params) and all(
-        p.device.type in FUSED_DEVICES and p.is_floating_point() and not p.is_sparse
-        for p in params
+        p.device.type in FUSED_DEVICES and p.is_floating_point() and not p.is_sparse for p in params
     )

@@ -137,6 +137,7 @@ def model_config(model: str) -> dict:
     cfg = OmegaConf.load(REPO / "configs" / "model" / f"{model}.yaml")
     return {k: v for k, v in OmegaConf.to_container(cfg).items() if not str(k).startswith("_")}
 
+
 def same_shape(model: str, embed_dim: int) -> list[str]:
     """recbench overrides that give a model the shape of its DeepCTR-Torch counterpart, so both
     sides do the same arithmetic: the library's AutoInt keeps the embedding width through every
@@ -369,7 +370,7 @@ def main() -> None:
     ap.add_argument(
         "--recbench-args",
         default="",
-        help="extra recbench train overrides, e.g. 'task.compile=true trainer.precision=bf16-mixed'",
+        help="extra recbench train overrides: 'task.compile=true trainer.precision=bf16-mixed'",
     )
     ap.add_argument("--out", default="bench_peer.json")
     ap.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)

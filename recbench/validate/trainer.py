@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from recbench.threads import usable_cpus
 from recbench.validate.problems import Problems, _fmt
 from recbench.validate.values import _is_int
 
@@ -37,14 +38,6 @@ def _launched_rank() -> bool:
         if os.environ.get(k, "0") not in ("", "0"):
             return True
     return False
-
-
-def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask; a container's cpuset)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _device_count(devices: Any) -> tuple[int | None, str | None]:
@@ -150,7 +143,9 @@ def _check_trainer(cfg: DictConfig, problems: Problems, command: str) -> None:
             have, what, how = torch.cuda.device_count(), "GPU", "torch sees"
         indices = devices if isinstance(devices, list) else []
         if have is not None and (n > have or any(i >= have for i in indices)):
-            source = "os.sched_getaffinity" if what == "CPU core" else "torch.cuda.device_count()"
+            source = (
+                "affinity mask and CPU quota" if what == "CPU core" else "torch.cuda.device_count()"
+            )
             problems.add(
                 "trainer.devices",
                 f"trainer.devices={_fmt(devices)}{' on CPU' if what == 'CPU core' else ''}, but "

@@ -60,3 +60,35 @@ def test_epoch_means_weight_each_step_by_its_rows():
     assert out["aux_loss"].item() == pytest.approx(0.5 * 1024 / 1280)
     means.reset()
     assert means.means() == {}
+
+
+def test_adam_runs_fused_unless_the_config_chooses_and_takes_the_same_steps():
+    import functools
+
+    from recbench.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    reference = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    reference.load_state_dict(model.state_dict())
+
+    fused = build_optimizer(functools.partial(torch.optim.Adam, lr=1e-2), model)
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.Adam(reference.parameters(), lr=1e-2, foreach=False)
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    for _ in range(5):  # the fused kernel computes Adam's update, rounded in another order
+        for m, opt in ((model, fused), (reference, plain)):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    # a config that sets fused or foreach, or another optimiser, is left as written
+    chosen = build_optimizer(functools.partial(torch.optim.AdamW, lr=1e-3, fused=False), model)
+    assert not chosen.defaults["fused"]
+    assert not build_optimizer(functools.partial(torch.optim.Adam, foreach=True), model).defaults[
+        "fused"
+    ]
+    sgd = build_optimizer(functools.partial(torch.optim.SGD, lr=0.1), model)
+    assert "fused" not in sgd.defaults or not sgd.defaults["fused"]
