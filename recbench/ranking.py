@@ -51,7 +51,8 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
         # counts below any finite target, as -inf would; a target at -inf (or NaN) ranks last
         t_scores = scores.gather(1, targets.clamp(min=0))
         t_scores = torch.nan_to_num(t_scores, nan=NEG_INF, neginf=NEG_INF)
-        at_least = torch.ge(scores, t_scores).sum(1, keepdim=True)
+        # summed as int32: a bool sum widens to int64 first, a copy 8× the comparison's size
+        at_least = torch.ge(scores, t_scores).sum(1, keepdim=True, dtype=torch.int32).long()
         last = torch.full_like(at_least, scores.shape[1])  # includes the target itself
         ranks = torch.where(t_scores == NEG_INF, last, at_least) - 1
     else:
