@@ -1,6 +1,6 @@
 """Multi-node DDP as torchrun starts it: two "nodes" of one process each on localhost (gloo),
-evaluating the same seeded weights, match one process exactly. The data are served from shards, so this
-also checks that shard-fed evaluation counts every row once across nodes."""
+evaluating the same seeded weights, match one process exactly. The data are served from shards,
+so this also checks that shard-fed evaluation counts every row once across nodes."""
 
 from __future__ import annotations
 
