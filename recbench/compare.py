@@ -71,6 +71,7 @@ class Job:
     record: dict[str, Any] | None = None  # the finished record, when this compare trained it
     process: subprocess.Popen | None = field(default=None, repr=False)  # while it trains
     lock: RunLock | None = field(default=None, repr=False)  # held while it trains
+    parts: list[Job] = field(default_factory=list, repr=False)  # runs it starts from (pretrained)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -229,6 +230,7 @@ def plan(
                 f"model.pretrained.{slot}={_quote(_part_dir(planned[(part, s)]))}"
                 for slot, part in parts.items()
             ]
+            job.parts = [planned[(part, s)] for part in parts.values()]
             try:
                 cfg = _compose_train(
                     [*job.overrides, f"paths.run_dir={_quote(str(run_dir))}", *hydra_overrides]
@@ -441,6 +443,32 @@ def _trained_record(job: Job, rc: int, root: Path) -> tuple[dict[str, Any] | Non
     return record, None
 
 
+def parallel_runs(cfg: DictConfig, todo: list[Job]) -> int:
+    """``jobs``: a number of runs side by side, or ``auto``: one per CPU core free of other work
+    (each run then gets one thread) when every run trains on CPU in one process, else one (a
+    GPU run, DDP or several nodes hold their devices themselves)."""
+    setting = cfg.jobs
+    if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
+        return int(setting)
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator == "auto":
+        import torch
+
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    devices = trainer.get("devices", 1)
+    one_process = (
+        "ddp" not in str(trainer.get("strategy", "auto"))
+        and int(trainer.get("num_nodes", 1) or 1) == 1
+        and str(devices) in ("1", "auto")
+    )
+    if accelerator != "cpu" or not one_process or not todo:
+        return 1
+    from recbench.threads import choose_threads, cpu_state
+
+    return max(1, min(choose_threads(cpu_state()), len(todo)))
+
+
 def train_all(
     jobs: list[Job], root: Path, hydra_overrides: list[str], console, parallel: int = 1
 ) -> tuple[list[dict[str, Any]], list[str]]:
@@ -546,9 +574,12 @@ def train_all(
         running: dict[Any, Job] = {}
         try:
             while queue or running:
+                busy = set(map(id, queue)) | set(map(id, running.values()))
                 for job in list(queue):  # the first runs no other compare is training
                     if len(running) >= max(1, parallel):
                         break
+                    if any(id(p) in busy for p in job.parts):
+                        continue  # a pretrained run waits for its parts' runs of its seed
                     claimed = claim(job)
                     if claimed is None:
                         continue
@@ -663,7 +694,7 @@ def run(cfg: DictConfig) -> None:
             f"{len(jobs) - len(todo)} already in the store, {len(todo)} to train. "
             f"Output: {out_dir}"
         )
-        failures, notes = train_all(todo, root, hydra_passed, console, int(cfg.jobs))
+        failures, notes = train_all(todo, root, hydra_passed, console, parallel_runs(cfg, todo))
     damaged: list = []  # store lines that are not one whole record, shown in the report
     runs, earlier_failures, missing = collect(
         jobs, read_records(root, stale=False, damaged=damaged), bool(cfg.report_only)

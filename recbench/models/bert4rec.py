@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
-from recbench.models.layers.transformer import BertBlock, attention_mask
+from recbench.models.layers.transformer import BertBlock, Dropout, attention_mask
 
 
 class BERT4Rec(nn.Module):
@@ -51,7 +51,7 @@ class BERT4Rec(nn.Module):
         self.items = nn.Embedding(schema.num_items + 2, hidden_units, padding_idx=0)
         self.positions = nn.Embedding(schema.max_len, hidden_units)
         self.embed_norm = nn.LayerNorm(hidden_units, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(BertBlock(hidden_units, heads, dropout) for _ in range(blocks))
         self.project = nn.Sequential(
             nn.Linear(hidden_units, hidden_units), nn.GELU(), nn.LayerNorm(hidden_units, eps=1e-12)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
-from recbench.models.layers.transformer import SASRecBlock, attention_mask
+from recbench.models.layers.transformer import Dropout, SASRecBlock, attention_mask
 
 LOSSES = ("bce", "ce", "sampled_softmax")
 
@@ -57,7 +57,7 @@ class SASRec(nn.Module):
         self.max_len = schema.max_len
         self.items = nn.Embedding(schema.num_items + 1, hidden_units, padding_idx=0)
         self.positions = nn.Embedding(schema.max_len, hidden_units)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(hidden_units, heads, dropout) for _ in range(blocks)
         )

@@ -105,7 +105,11 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     ),
     "patience": _int_at_least(0),
     "threads": _threads,
-    "jobs": _int_at_least(1),
+    "jobs": lambda v: (
+        None
+        if (isinstance(v, str) and v.strip().lower() == "auto") or (_is_int(v) and v >= 1)
+        else "must be an integer >= 1 or auto (one run per free CPU core)"
+    ),
     "seeds": lambda v: (
         None
         if (_is_int(v) and v >= 1) or (isinstance(v, list) and v and all(_is_int(s) for s in v))

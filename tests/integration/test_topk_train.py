@@ -140,7 +140,8 @@ def test_movielens_1m_layout_under_the_ncf_protocol(tmp_path):
 def test_compare_drops_models_off_task_and_pretrains_neumf_from_its_parts(tmp_path):
     outputs = tmp_path / "outputs"
     env_args = ["task=topk", "lineage=cf", "models=[pop,autorec,neumf_pretrained]", "seeds=1",
-                *TINY[1:], "trainer.max_epochs=1", "logger=none"]  # fmt: skip
+                *TINY[1:], "trainer.max_epochs=1", "logger=none",
+                "jobs=2"]  # fmt: skip  # two at a time: neumf_pretrained waits for its parts
     os.environ["RECBENCH_OUTPUTS"], old = str(outputs), os.environ["RECBENCH_OUTPUTS"]
     try:
         proc = recbench("compare", *env_args, cwd=tmp_path)

@@ -234,3 +234,18 @@ def test_a_trimmed_batch_computes_what_the_full_window_computes(make):
         e_cut = next(iter(SequenceLoader(evals, 4, trim=True)))
         assert e_cut["items"].shape == (4, 5)
         assert torch.allclose(model.score_all(e_full), model.score_all(e_cut), atol=1e-5)
+
+
+def test_dropout_zeroes_a_share_p_and_scales_the_rest():
+    from recbench.models.layers.transformer import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.full((200, 500), 2.0, requires_grad=True)
+    y = drop(x)
+    zero = y == 0
+    assert abs(float(zero.float().mean()) - 0.3) < 0.005
+    assert torch.allclose(y[~zero], torch.tensor(2.0 / 0.7))  # E[y] = x
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad == 0, zero)  # the gradient flows through the kept elements only
+    assert torch.equal(drop.eval()(x), x)

@@ -129,3 +129,24 @@ def test_compiled_model_trains_like_the_eager_one_on_cpu():
             opt.step()
             losses.append(loss.item())
         assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+
+
+def test_compare_jobs_auto_runs_one_per_free_core_on_cpu_only(monkeypatch):
+    from omegaconf import OmegaConf
+
+    import recbench.threads as threads
+    from recbench.compare import parallel_runs
+
+    monkeypatch.setattr(threads, "choose_threads", lambda state: 2)
+    todo = [object()] * 5
+
+    def cfg(jobs, **trainer):
+        base = {"accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1}
+        return OmegaConf.create({"jobs": jobs, "trainer": {**base, **trainer}})
+
+    assert parallel_runs(cfg("auto"), todo) == 2
+    assert parallel_runs(cfg("auto"), todo[:1]) == 1  # never more runs than there are to train
+    assert parallel_runs(cfg(3), todo) == 3  # a number is taken as given
+    assert parallel_runs(cfg("auto", accelerator="gpu"), todo) == 1
+    assert parallel_runs(cfg("auto", strategy="ddp", devices=2), todo) == 1
+    assert parallel_runs(cfg("auto", num_nodes=2), todo) == 1
