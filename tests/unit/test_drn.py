@@ -258,3 +258,23 @@ def test_a_minibatch_grouped_by_request_has_the_per_transition_loss():
     # uniform over held lists
     counts = np.bincount(rp.sample_lists(rng, 20_000)[::5] // 5, minlength=rp.n_tr // 5)
     assert counts.min() > 0 and counts.max() < 3 * counts.mean()
+
+
+def test_a_seeded_agent_replays_the_same_trajectory():
+    """Same env seed and agent seed: the same lists, clicks and updates, learning included."""
+
+    def run() -> tuple[list, dict]:
+        env = NewsEnv(NewsParams(n_users=30, horizon_days=2.0), seed=4)
+        agent = DRN(env.policy_spec, seed=3, minor_every=8, major_hours=4.0)
+        obs, _ = env.reset(seed=4)
+        out, done = [], False
+        while not done:
+            shown = agent.act(obs)
+            nxt, _, _, done, info = env.step(shown)
+            agent.observe(obs, info["shown"], info)
+            out.append((info["user"], tuple(info["shown"]), tuple(info["clicks"])))
+            obs = nxt
+        return out, dict(agent.stats)
+
+    (a, sa), (b, sb) = run(), run()
+    assert a == b and sa == sb and sa["minor"] > 3 and sa["major"] > 3
