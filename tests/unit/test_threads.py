@@ -32,6 +32,8 @@ def test_auto_uses_affinity_load_and_omp_num_threads(monkeypatch):
     monkeypatch.setattr(threads, "_cpu_jiffies", lambda cpus: (0, 0))  # no /proc/stat window
     monkeypatch.setattr(threads.time, "sleep", lambda s: None)
     monkeypatch.setattr(threads, "_own_jiffies", lambda: 0)
+    # this (pytest) process's own share of the load average: none, however long it has run
+    monkeypatch.setattr(threads, "_start_time", lambda: 0.0)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.05, 0.0, 0.0))
     assert resolve_threads("auto") == 4
