@@ -40,9 +40,9 @@ from recbench.tasks.base import Task
 from recbench.tasks.guard import LossGuard
 
 LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
-# users per evaluation chunk × (num_items + 1): 16 MB of float32 scores, which the rank pass
-# reads again while they are still in the cache (64 MB chunks ran ~2× slower per user)
-SCORES_PER_CHUNK = 1 << 22
+# users per evaluation chunk × (num_items + 1): 8 MB of float32 scores, which the rank pass
+# reads again while they are still in the cache (64 MB chunks ran ~3× slower per user)
+SCORES_PER_CHUNK = 1 << 21
 PAIRS_PER_BLOCK = 1 << 18  # pairwise scoring of models without score_all
 NAMES = ("hr", "ndcg", "recall", "mrr")
 LOSSES = ("bce", "bpr")
