@@ -16,7 +16,7 @@ model trained on the same prepared data, so deltas between models are paired.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from recbench.callbacks import EpochMeans, logs_step
 from recbench.errors import ConfigError
 from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
@@ -56,6 +57,7 @@ class Task(pl.LightningModule):
         self.test_result: dict[str, Any] = {}  # metric → value; None where undefined
         self.undefined: dict[str, str] = {}  # "test.auc" → why it is undefined
         self.trainable = any(p.requires_grad for p in model.parameters())
+        self.train_means = EpochMeans()  # training loss terms, summed on the device per epoch
 
     # ------------------------------------------------------------------ what train.py calls
 
@@ -101,15 +103,34 @@ class Task(pl.LightningModule):
         if self.loss_guard.due():
             check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
 
+    def log_train(self, terms: Mapping[str, torch.Tensor], n: int) -> None:
+        """Add a step's training loss terms (``loss`` and any others), weighted by its ``n``
+        units, to their epoch means (on the device: no sync), logged at the epoch's end as
+        ``train/loss_epoch`` and ``train/<term>``. The step value of ``loss`` is logged only on
+        the steps Lightning writes to its loggers: each ``self.log`` call costs more host time
+        than a small model's step."""
+        self.train_means.update(dict(terms), n)
+        if self._trainer is not None and logs_step(self._trainer):
+            self.log(
+                "train/loss_step", terms["loss"], on_step=True, on_epoch=False, prog_bar=True,
+                batch_size=n,
+            )  # fmt: skip
+
     def on_train_epoch_start(self) -> None:
         if self.loss_guard is not None:
             self.loss_guard.reset()
+        self.train_means.reset()
 
     def on_train_epoch_end(self) -> None:
         if not self.trainable:
             self.trainer.should_stop = True  # nothing to fit: one epoch, then validation
         elif self.loss_guard is not None:
             check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+        means = self.train_means.means()
+        if "loss" in means:
+            self.log("train/loss_epoch", means.pop("loss"), on_epoch=True, prog_bar=True)
+        for name, value in means.items():
+            self.log(f"train/{name}", value, on_epoch=True)
 
     def configure_optimizers(self) -> Any:
         if not self.trainable:

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.callbacks import EpochMeans, logs_step
 from recbench.metrics import CTRMetrics
 from recbench.tasks.base import Task
 from recbench.tasks.guard import LossGuard, check_on_all_ranks
@@ -53,7 +52,6 @@ class CTRTask(Task):
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
         self.val_guard = LossGuard(check_every=0, what="validation scores", unit="batch")
         self.test_guard = LossGuard(check_every=0, what="test scores", unit="batch")
-        self.train_means = EpochMeans()
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         out = self.model(batch)
@@ -72,15 +70,7 @@ class CTRTask(Task):
         self.loss_guard.update(loss, self.current_epoch, batch_idx)  # no sync
         if self.loss_guard.due():
             self._check(self.loss_guard)
-        # epoch means (train/loss_epoch, train/<term>) are summed here and logged at the epoch's
-        # end; the step value only on the steps Lightning writes to the loggers, since each
-        # self.log call costs more host time than the loss itself
-        n = len(batch["label"])
-        self.train_means.update({"loss": bce, **terms}, n)
-        if logs_step(self.trainer):
-            self.log(
-                "train/loss_step", bce, on_step=True, on_epoch=False, prog_bar=True, batch_size=n
-            )
+        self.log_train({"loss": bce, **terms}, len(batch["label"]))
         return loss
 
     def _no_rows(self, batch: Mapping[str, Tensor], metrics: CTRMetrics) -> bool:
@@ -108,18 +98,6 @@ class CTRTask(Task):
 
     def _check(self, guard: LossGuard) -> None:
         check_on_all_ranks(guard, self.trainer, self.current_epoch)
-
-    def on_train_epoch_start(self) -> None:
-        self.loss_guard.reset()
-        self.train_means.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._check(self.loss_guard)
-        means = self.train_means.means()
-        if "loss" in means:
-            self.log("train/loss_epoch", means.pop("loss"), on_epoch=True, prog_bar=True)
-        for name, value in means.items():
-            self.log(f"train/{name}", value, on_epoch=True)
 
     def on_validation_epoch_start(self) -> None:
         self.val_guard.reset()

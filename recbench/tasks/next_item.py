@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recbench.callbacks import EpochMeans, logs_step
 from recbench.ranking import (
     UnitValues,
     mask_items,
@@ -203,7 +202,6 @@ class NextItemTask(Task):
         super().__init__(model, optimizer, scheduler)
         # every step on the device, read every LOSS_CHECK_EVERY steps and at epoch end
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
-        self.train_means = EpochMeans()
         self.loader = dict(loader or {})
         self.score_model = torch.compile(model) if compile else model
         self.ks = tuple(int(k) for k in ks)
@@ -263,25 +261,8 @@ class NextItemTask(Task):
             return None  # no backward, no optimizer step
         loss, _, _ = self.loss(batch)
         self.watch_loss(loss, batch_idx)
-        # the epoch mean is summed on the device and logged at the epoch's end; the step value
-        # only on the steps Lightning writes to the loggers (each self.log call costs host time)
-        n = len(batch["seq"])
-        self.train_means.update({"loss": loss}, n)
-        if logs_step(self.trainer):
-            self.log(
-                "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n
-            )
+        self.log_train({"loss": loss}, len(batch["seq"]))
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self.train_means.reset()
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        means = self.train_means.means()
-        if "loss" in means:
-            self.log("train/loss_epoch", means["loss"], on_epoch=True, prog_bar=True)
 
     # ------------------------------------------------------------------ evaluation
 

@@ -32,12 +32,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from recbench.callbacks import EpochMeans, logs_step
 from recbench.data.loader import BatchLoader
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError, TrainingDivergedError
 from recbench.tasks.base import Task
-from recbench.tasks.guard import FIX, LossGuard
+from recbench.tasks.guard import FIX, LossGuard, check_on_all_ranks
 
 LOSS_CHECK_EVERY = 50  # steps between host checks of the loss guard; each check syncs
 
@@ -109,7 +108,6 @@ class RatingTask(Task):
         self.test_metrics = RatingMetrics()
         # a mean squared error per rating above max_loss is tens of stars off: it diverged
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training mean squared error")
-        self.train_means = EpochMeans()
         self.rating_range: tuple[float, float] | None = None
         self.fallback_value = float(fallback) if fallback != "mean" else float("nan")
         self._dm: Any = None
@@ -202,37 +200,11 @@ class RatingTask(Task):
         if self.loss_guard.due():
             self._check(self.loss_guard)
         n = len(batch["row"]) if self.rows_mode else len(batch["rating"])
-        # epoch means summed on the device and logged at the epoch's end; the step value only
-        # on the steps Lightning writes to the loggers (each self.log call costs host time)
-        self.train_means.update({"loss": loss, "mse": mse}, n)
-        if self._trainer is not None and logs_step(self._trainer):
-            self.log(
-                "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n
-            )
+        self.log_train({"loss": loss, "mse": mse}, n)
         return loss
 
     def _check(self, guard: LossGuard) -> None:
-        """Raise on every rank when any rank's guard saw a bad value (one sync, one reduce)."""
-        bad = guard.flagged()
-        if not self.trainer.strategy.reduce_boolean_decision(bad, all=False):
-            guard.reset_pending()
-            return
-        guard.check()
-        raise TrainingDivergedError(
-            f"the {guard.what} became non-finite or too large on another rank at epoch "
-            f"{self.current_epoch}. {FIX}"
-        )
-
-    def on_train_epoch_start(self) -> None:
-        self.loss_guard.reset()
-        self.train_means.reset()
-
-    def on_train_epoch_end(self) -> None:
-        self._check(self.loss_guard)
-        means = self.train_means.means()
-        if "loss" in means:
-            self.log("train/loss_epoch", means["loss"], on_epoch=True, prog_bar=True)
-            self.log("train/mse", means["mse"], on_epoch=True)
+        check_on_all_ranks(guard, self.trainer, self.current_epoch)
 
     # ------------------------------------------------------------------ evaluation
 

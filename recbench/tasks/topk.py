@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from recbench.callbacks import EpochMeans, logs_step
 from recbench.data.loader import BatchLoader
 from recbench.errors import ConfigError
 from recbench.ranking import (
@@ -155,7 +154,6 @@ class TopKTask(Task):
         super().__init__(torch.compile(model) if compile else model, optimizer, scheduler)
         # every step on the device, read every LOSS_CHECK_EVERY steps and at epoch end
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
-        self.train_means = EpochMeans()
         if loss not in LOSSES:
             raise ConfigError(f"task.loss={loss!r}; choose one of {', '.join(LOSSES)}")
         if int(negatives) < 1:
@@ -233,26 +231,8 @@ class TopKTask(Task):
         if penalty is not None:
             loss = loss + penalty(pairs)
         self.watch_loss(loss, batch_idx)
-        # the epoch mean (train/loss_epoch) is summed on the device and logged at the epoch's
-        # end; the step value only on the steps Lightning writes to the loggers (each self.log
-        # call costs more host time than a small model's step)
-        n = len(batch["user"])
-        self.train_means.update({"loss": fit}, n)
-        if self._trainer is not None and logs_step(self._trainer):
-            self.log(
-                "train/loss_step", fit, on_step=True, on_epoch=False, prog_bar=True, batch_size=n
-            )
+        self.log_train({"loss": fit}, len(batch["user"]))
         return loss
-
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
-        self.train_means.reset()
-
-    def on_train_epoch_end(self) -> None:
-        super().on_train_epoch_end()
-        means = self.train_means.means()
-        if "loss" in means:
-            self.log("train/loss_epoch", means["loss"], on_epoch=True, prog_bar=True)
 
     # ------------------------------------------------------------------ evaluation
 
