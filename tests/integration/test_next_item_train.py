@@ -3,14 +3,16 @@ suite), DDP evaluation parity, and Amazon Beauty (real data)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from tests.conftest import data_dir
-from tests.integration.test_train import recbench, run_dir_of
+from tests.integration.test_train import (
+    evaluate_on_one_and_two_ranks,
+    metrics,
+    recbench,
+    run_dir_of,
+)
 
 TINY = [
     "task=next_item",
@@ -23,10 +25,6 @@ TINY = [
     "threads=1",
     "eval_batch_size=64",
 ]
-
-
-def metrics(tmp: Path, name: str) -> dict:
-    return json.loads((tmp / name / "metrics.json").read_text())
 
 
 def test_sasrec_trains_on_the_synthetic_next_item_world(tmp_path):
@@ -50,21 +48,7 @@ def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
     """One checkpoint evaluated on 1 and on 2 CPU ranks over an odd number of users."""
     base = ["model=gru4rec", *TINY, "++dataset.world.n_users=201", "trainer.max_epochs=1"]
     base += ["record=false"]
-    recbench("train", *base, *run_dir_of(tmp_path, "fit"), cwd=tmp_path)
-    ckpt = metrics(tmp_path, "fit")["checkpoint"]
-    evaluate = [*base, "fit=false", f"ckpt_path={ckpt}"]
-    recbench("train", *evaluate, *run_dir_of(tmp_path, "one"), cwd=tmp_path)
-    recbench(
-        "train",
-        *evaluate,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        *run_dir_of(tmp_path, "two"),
-        cwd=tmp_path,
-    )
-    one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
-    assert two["perf"]["devices"] == 2
+    one, two = evaluate_on_one_and_two_ranks(tmp_path, base)
     assert one["sequences"]["users"] == 201  # odd: the two shards differ in size
     for split in ("val", "test"):
         for k in ("ndcg@10", "hr@10", "mrr", "hr@5"):

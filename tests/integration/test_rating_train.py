@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.integration.test_train import metrics, recbench, run_dir_of
+from tests.integration.test_train import (
+    evaluate_on_one_and_two_ranks,
+    metrics,
+    recbench,
+    run_dir_of,
+)
 from tests.unit.test_rating import write_ml100k
 
 QUIET = ["logger=none", "threads=1", "trainer.enable_progress_bar=false"]
@@ -64,21 +69,7 @@ def test_ddp_rmse_and_mae_equal_one_device_exactly(tmp_path, ml_root, model):
         "record=false",
         *QUIET,
     ]
-    recbench("train", *base, *run_dir_of(tmp_path, "fit"), cwd=tmp_path)
-    ckpt = metrics(tmp_path, "fit")["checkpoint"]
-    evaluate = [*base, "fit=false", f"ckpt_path={ckpt}"]
-    recbench("train", *evaluate, *run_dir_of(tmp_path, "one"), cwd=tmp_path)
-    recbench(
-        "train",
-        *evaluate,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        *run_dir_of(tmp_path, "two"),
-        cwd=tmp_path,
-    )
-    one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
-    assert two["perf"]["devices"] == 2
+    one, two = evaluate_on_one_and_two_ranks(tmp_path, base)
     for split in ("val", "test"):
         assert two[split]["rows"] == one[split]["rows"] == one["data"]["rows"][split]
         assert two[split]["fallback_rows"] == one[split]["fallback_rows"]

@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.test_train import metrics, recbench, run_dir_of
+from tests.integration.test_train import (
+    evaluate_on_one_and_two_ranks,
+    metrics,
+    recbench,
+    run_dir_of,
+)
 
 TINY = [
     "task=topk",
@@ -65,21 +70,7 @@ def test_ddp_ranking_metrics_equal_one_rank_exactly(tmp_path):
     """One checkpoint evaluated on 1 and on 2 CPU ranks: every user counted once, same numbers."""
     base = ["model=neumf", *TINY, "trainer.max_epochs=1", "record=false", "logger=none",
             "++dataset.world.n_users=151"]  # fmt: skip
-    recbench("train", *base, *run_dir_of(tmp_path, "fit"), cwd=tmp_path)
-    ckpt = metrics(tmp_path, "fit")["checkpoint"]
-    evaluate = [*base, "fit=false", f"ckpt_path={ckpt}", "task.eval.chunk_users=16"]
-    recbench("train", *evaluate, *run_dir_of(tmp_path, "one"), cwd=tmp_path)
-    recbench(
-        "train",
-        *evaluate,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        *run_dir_of(tmp_path, "two"),
-        cwd=tmp_path,
-    )
-    one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
-    assert two["perf"]["devices"] == 2
+    one, two = evaluate_on_one_and_two_ranks(tmp_path, base, ("task.eval.chunk_users=16",))
     assert one["test"] == two["test"] and one["val"] == two["val"]
     a = np.load(tmp_path / "one" / "predictions.npz")
     b = np.load(tmp_path / "two" / "predictions.npz")

@@ -43,6 +43,25 @@ def metrics(tmp: Path, name: str) -> dict:
     return json.loads((tmp / name / "metrics.json").read_text())
 
 
+DDP2 = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+
+
+def evaluate_on_one_and_two_ranks(
+    tmp: Path, base: list[str], evaluate: tuple[str, ...] = ()
+) -> tuple[dict, dict]:
+    """Train ``base`` once, then evaluate its checkpoint (with ``evaluate`` added) in one
+    process and on two CPU ranks; the two runs' metrics.json, in that order (run directories
+    ``fit``, ``one`` and ``two`` under ``tmp``)."""
+    recbench("train", *base, *run_dir_of(tmp, "fit"), cwd=tmp)
+    ckpt = metrics(tmp, "fit")["checkpoint"]
+    args = [*base, "fit=false", f"ckpt_path={ckpt}", *evaluate]
+    recbench("train", *args, *run_dir_of(tmp, "one"), cwd=tmp)
+    recbench("train", *args, *DDP2, *run_dir_of(tmp, "two"), cwd=tmp)
+    one, two = metrics(tmp, "one"), metrics(tmp, "two")
+    assert two["perf"]["devices"] == 2
+    return one, two
+
+
 def test_train_writes_every_output_and_is_deterministic(tmp_path):
     out = recbench("train", "model=fm", *SMALL, *run_dir_of(tmp_path, "a"), cwd=tmp_path)
     assert "oracle" in out.stdout and "test" in out.stdout
@@ -103,21 +122,7 @@ def test_ddp_trains_on_two_cpu_ranks(tmp_path, model):
 def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
     """One checkpoint, evaluated on 1 and on 2 CPU ranks over an odd number of rows."""
     base = ["model=mlp", *SMALL, "trainer.max_epochs=1", "record=false"]
-    recbench("train", *base, *run_dir_of(tmp_path, "fit"), cwd=tmp_path)
-    ckpt = metrics(tmp_path, "fit")["checkpoint"]
-    evaluate = [*base, "fit=false", f"ckpt_path={ckpt}"]
-    recbench("train", *evaluate, *run_dir_of(tmp_path, "one"), cwd=tmp_path)
-    recbench(
-        "train",
-        *evaluate,
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        *run_dir_of(tmp_path, "two"),
-        cwd=tmp_path,
-    )
-    one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
-    assert two["perf"]["devices"] == 2
+    one, two = evaluate_on_one_and_two_ranks(tmp_path, base)
     for split in ("val", "test"):
         n = one[split]["rows"]
         assert n == two[split]["rows"] == one["data"]["rows"][split]  # none dropped or doubled
