@@ -14,39 +14,37 @@ compare is known to be stale.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from recbench.compare_runs import (
+    Job,
+    failure_record,
+    parallel_runs,
+    quote,
+    train_all,
+    train_job,
+)
 from recbench.errors import ConfigError
 from recbench.report import (
     ReportInput,
     Table,
-    error_line,
     metric_table,
-    metric_value,
     summarise_model,
     write_report,
 )
 from recbench.results import (
-    FAILED,
     FINISHED,
-    append_record,
-    code_version,
     read_records,
     run_key,
 )
-from recbench.supervise import STOP_GRACE_S, RunLock, guarded_command
 from recbench.validate import check as check_config
 
 log = logging.getLogger("recbench")
@@ -56,22 +54,6 @@ COMPARE_KEYS = ("lineage", "seeds", "models", "report_only", "extra", "bootstrap
 # train keys compare sets per run: a user value for them would be silently replaced
 PER_RUN_KEYS = {"model": "models=[...]", "seed": "seeds=<n> or seeds=[...]"}
 ERROR_TAIL_LINES = 40
-
-
-@dataclass
-class Job:
-    model: str
-    seed: int
-    overrides: list[str]  # train overrides, hydra.* excluded
-    run_dir: Path
-    key: str | None = None  # run key, None when the config does not compose
-    data_key: str | None = None
-    dataset: str | None = None
-    error: str | None = None  # why the config does not compose
-    record: dict[str, Any] | None = None  # the finished record, when this compare trained it
-    process: subprocess.Popen | None = field(default=None, repr=False)  # while it trains
-    lock: RunLock | None = field(default=None, repr=False)  # held while it trains
-    parts: list[Job] = field(default_factory=list, repr=False)  # runs it starts from (pretrained)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -186,11 +168,6 @@ def _serving(names: list[str], cfg: DictConfig) -> list[str]:
     return keep
 
 
-def _quote(value: str) -> str:
-    """A Hydra override value read back verbatim (a path may hold '=', ',' or spaces)."""
-    return "'" + value.replace("'", "\\'") + "'"
-
-
 def _compose_train(overrides: list[str]) -> DictConfig:
     """The train config for ``overrides``, composed the way ``recbench train`` would."""
     from hydra import compose, initialize_config_dir
@@ -227,13 +204,13 @@ def plan(
             job = Job(m, s, [f"model={m}", f"seed={s}", *common], run_dir)
             # a pretrained model starts from its parts' runs of the same seed (planned first)
             job.overrides += [
-                f"model.pretrained.{slot}={_quote(_part_dir(planned[(part, s)]))}"
+                f"model.pretrained.{slot}={quote(_part_dir(planned[(part, s)]))}"
                 for slot, part in parts.items()
             ]
             job.parts = [planned[(part, s)] for part in parts.values()]
             try:
                 cfg = _compose_train(
-                    [*job.overrides, f"paths.run_dir={_quote(str(run_dir))}", *hydra_overrides]
+                    [*job.overrides, f"paths.run_dir={quote(str(run_dir))}", *hydra_overrides]
                 )
                 # a task that prepares its own data (top-K, rating, ...) keys it itself
                 task_key = getattr(get_class(str(cfg.task._target_)), "data_key", None)
@@ -301,90 +278,6 @@ def _part_dir(job: Job) -> str:
     return str(job.run_dir)
 
 
-# ---------------------------------------------------------------------------- running
-
-
-def _tail(path: Path, lines: int = ERROR_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _failure_record(job: Job, error: str, returncode: int | None, command: str) -> dict:
-    return {
-        "status": FAILED,
-        "model": job.model,
-        "dataset": job.dataset,
-        "seed": job.seed,
-        "run_key": job.key,
-        "data": {"key": job.data_key},
-        "run_dir": str(job.run_dir),
-        "error": error,
-        "returncode": returncode,
-        "command": command,
-        "versions": {"recbench": code_version()},
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
-
-
-def _stop(job: Job) -> None:
-    """Stop the child training ``job`` (if it runs): its supervisor passes SIGTERM on to the run's
-    process group and kills the group after ``STOP_GRACE_S``; the supervisor itself is killed if it
-    is still there 5 s later."""
-    proc = job.process
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=STOP_GRACE_S + 5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def train_job(
-    job: Job, hydra_overrides: list[str], threads: int | None = None
-) -> tuple[int, str, Path]:
-    """Train one job in a child process; its output goes to ``<run_dir>/stdout.log``.
-    ``threads`` sets the child's OpenMP threads (torch's default) unless the environment does."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "recbench.cli",
-        "train",
-        *job.overrides,
-        f"hydra.run.dir={_quote(str(job.run_dir))}",
-        *hydra_overrides,
-    ]
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = job.run_dir / "stdout.log"
-    with open(log_path, "w") as out:
-        env = dict(os.environ)
-        if threads and "OMP_NUM_THREADS" not in env:
-            env["OMP_NUM_THREADS"] = str(threads)
-        # a session of its own under a supervisor that kills the run's whole process group when
-        # this process dies, even by SIGKILL; Ctrl-C reaches the run through _stop. The supervisor
-        # also holds the run's lock until the run's processes are gone.
-        proc = subprocess.Popen(
-            guarded_command(cmd),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            pass_fds=() if job.lock is None or job.lock.fd is None else (job.lock.fd,),
-        )
-        job.process = proc
-        try:
-            rc = proc.wait()
-        except BaseException:
-            _stop(job)
-            raise
-    return rc, shlex.join(["recbench", *cmd[3:]]), log_path
-
-
 # ---------------------------------------------------------------------------- compare
 
 
@@ -417,211 +310,6 @@ def _console_table(table: Table, title: str):
     return t
 
 
-def _release(job: Job) -> None:
-    if job.lock is not None:
-        job.lock.release()
-        job.lock = None
-
-
-def _trained_record(job: Job, rc: int, root: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The record of a run that exited with ``rc``, or why there is none: a run counts as
-    trained only once its record is in the store, so "✓" always means a report will find it."""
-    metrics = job.run_dir / "metrics.json"
-    if rc != 0:
-        return None, None
-    try:
-        record = json.loads(metrics.read_text())
-    except (OSError, ValueError) as exc:
-        return None, f"the run exited 0 but its {metrics} cannot be read: {exc}"
-    ident = (record.get("run_dir"), record.get("finished_at"))
-    stored = read_records(root, run_key=record.get("run_key"), status=FINISHED)
-    if not any((r.get("run_dir"), r.get("finished_at")) == ident for r in stored):
-        return None, (
-            f"the run exited 0 but its record is not in the results store {root}; "
-            f"`recbench results add {metrics}` adds it"
-        )
-    return record, None
-
-
-def parallel_runs(cfg: DictConfig, todo: list[Job]) -> int:
-    """``jobs``: a number of runs side by side, or ``auto``: one per CPU core free of other work
-    (each run then gets one thread) when every run trains on CPU in one process, else one (a
-    GPU run, DDP or several nodes hold their devices themselves)."""
-    setting = cfg.jobs
-    if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
-        return int(setting)
-    trainer = cfg.get("trainer") or {}
-    accelerator = str(trainer.get("accelerator", "cpu"))
-    if accelerator == "auto":
-        import torch
-
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    devices = trainer.get("devices", 1)
-    one_process = (
-        "ddp" not in str(trainer.get("strategy", "auto"))
-        and int(trainer.get("num_nodes", 1) or 1) == 1
-        and str(devices) in ("1", "auto")
-    )
-    if accelerator != "cpu" or not one_process or not todo:
-        return 1
-    from recbench.threads import choose_threads, cpu_state
-
-    return max(1, min(choose_threads(cpu_state()), len(todo)))
-
-
-def train_all(
-    jobs: list[Job], root: Path, hydra_overrides: list[str], console, parallel: int = 1
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Train ``jobs``, ``parallel`` child processes at a time, with a progress bar; a failure is
-    recorded in the store and the others go on. Returns the failure records and notes for the
-    report."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    failures: list[dict[str, Any]] = []
-    notes: list[str] = []
-    moved: list[str] = []
-    # parallel runs share the cores: each gets its share (oversubscribed OpenMP threads stall)
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-
-    def timed(job: Job) -> tuple[int, str, Path, float]:
-        t0 = time.perf_counter()
-        rc, command, log_path = train_job(job, hydra_overrides, threads)
-        return rc, command, log_path, time.perf_counter() - t0
-
-    def finish(job: Job, rc: int, command: str, log_path: Path, seconds: float) -> None:
-        try:
-            record, problem = _trained_record(job, rc, root)
-            if record is not None:
-                job.record = record
-                if record.get("run_key") != job.key:
-                    moved.append(f"{job.model} seed {job.seed}")
-                primary = record.get("primary_metric", "auc")
-                value = metric_value(record.get("test") or {}, primary)
-                shown = "undefined" if value is None else f"{float(value):.4f}"
-                say(
-                    f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {shown} "
-                    f"({seconds:.0f} s)"
-                )
-            else:
-                tail = _tail(log_path) or f"exit status {rc}, no output"
-                if problem:
-                    tail = f"{tail}\n{problem}"
-                failures.append(_failure_record(job, tail, rc, command))
-                append_record(failures[-1], root)
-                say(
-                    f"[red]✗[/] {job.model} seed {job.seed} failed (exit {rc}): "
-                    f"{error_line(problem or tail)}\n  log: {log_path}"
-                )
-        finally:
-            _release(job)
-
-    def claim(job: Job) -> bool | None:
-        """Lock ``job``'s run key: True to train it, False when it is in the store by now
-        (another compare trained it), None while another live compare trains it."""
-        name = f"{job.model} seed {job.seed}"
-        lock = RunLock(root, str(job.key), f"{name} ({job.run_dir})")
-        if not lock.acquire():
-            if name not in waiting:
-                waiting.add(name)
-                say(
-                    f"[yellow]…[/] {name} is being trained by another compare "
-                    f"({lock.holder()}); waiting for it"
-                )
-            return None
-        if read_records(root, run_key=job.key, status=FINISHED, stale=False):
-            lock.release()
-            say(f"[green]✓[/] {name}: trained meanwhile by another compare; read from the store")
-            return False
-        stale = lock.stale_note()
-        if stale:
-            say(
-                f"[yellow]…[/] {name}: the compare that was training it ({stale}) was killed "
-                "before it finished; training it again"
-            )
-        job.lock = lock
-        return True
-
-    with Progress(*columns, console=console, disable=not jobs) as progress:
-        bar = progress.add_task("training", total=len(jobs))
-        say = progress.console.print
-        queue = []
-        waiting: set[str] = set()
-        for job in jobs:
-            if job.error:
-                failures.append(_failure_record(job, job.error, None, ""))
-                append_record(failures[-1], root)
-                say(f"[red]✗[/] {job.model} seed {job.seed}: config error: {job.error}")
-                progress.advance(bar)
-            else:
-                queue.append(job)
-        pool = ThreadPoolExecutor(max_workers=max(1, parallel))
-        running: dict[Any, Job] = {}
-        try:
-            while queue or running:
-                busy = set(map(id, queue)) | set(map(id, running.values()))
-                for job in list(queue):  # the first runs no other compare is training
-                    if len(running) >= max(1, parallel):
-                        break
-                    if any(id(p) in busy for p in job.parts):
-                        continue  # a pretrained run waits for its parts' runs of its seed
-                    claimed = claim(job)
-                    if claimed is None:
-                        continue
-                    queue.remove(job)
-                    if claimed:
-                        running[pool.submit(timed, job)] = job
-                    else:
-                        progress.advance(bar)
-                if not running:
-                    if queue:  # every run left is being trained elsewhere
-                        time.sleep(1.0)
-                    continue
-                names = ", ".join(f"{j.model} seed {j.seed}" for j in running.values())
-                progress.update(bar, description=names)
-                done, _ = wait(running, timeout=1.0 if queue else None, return_when=FIRST_COMPLETED)
-                for future in done:
-                    finish(running.pop(future), *future.result())
-                    progress.advance(bar)
-        except BaseException as exc:
-            for job in running.values():
-                _stop(job)
-                _release(job)
-            pool.shutdown(wait=False, cancel_futures=True)
-            if not isinstance(exc, KeyboardInterrupt):
-                raise
-            say(
-                "[yellow]interrupted[/]: finished runs are in the store; rerun the same "
-                "command to train the rest"
-            )
-            sys.exit(130)
-        pool.shutdown()
-    if moved:
-        # the config or code changed under the compare (a pull, an edit): the runs are valid,
-        # but their store keys are not the ones a rerun will look for
-        notes.append(
-            f"The config or code changed while this compare ran: {len(moved)} run(s) got "
-            f"another run key than planned ({', '.join(moved)}). Their numbers are shown; "
-            "a rerun plans with the current code and trains whatever does not match it."
-        )
-    return failures, notes
-
-
 def collect(
     jobs: list[Job], records: list[dict[str, Any]], report_only: bool
 ) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]], list[tuple[str, int]]]:
@@ -645,7 +333,7 @@ def collect(
             if job.key in failed:
                 failures.append(failed[job.key])
             elif job.error:
-                failures.append(_failure_record(job, job.error, None, ""))
+                failures.append(failure_record(job, job.error, None, ""))
             else:
                 missing.append((job.model, job.seed))
     return runs, failures, missing
