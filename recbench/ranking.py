@@ -38,22 +38,29 @@ def mask_items(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     return scores
 
 
-def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
+def target_ranks(scores: Tensor, targets: Tensor, overwrite: bool = False) -> Tensor:
     """0-based pessimistic rank of every target among all scored items. (U, T)
 
     ``scores`` (U, I): already masked (padding and excluded items at -inf; targets must not be
     masked). ``targets`` (U, T): item codes, 0 where a user has fewer targets (rank -1 there).
     A NaN score counts as -inf, so a NaN target ranks last rather than first.
+    ``overwrite=True`` lets one target per user be counted in ``scores``' own memory (its
+    contents are then garbage): no temporary of the chunk's size, which is what the count costs.
     """
     valid = targets > 0
     if targets.shape[1] == 1:
-        # one pass over the chunk, no copy of it: a NaN score fails every comparison, so it
-        # counts below any finite target, as -inf would; a target at -inf (or NaN) ranks last
         t_scores = scores.gather(1, targets.clamp(min=0))
         t_scores = torch.nan_to_num(t_scores, nan=NEG_INF, neginf=NEG_INF)
-        # summed as int32: a bool sum widens to int64 first, a copy 8× the comparison's size
-        at_least = torch.ge(scores, t_scores).sum(1, keepdim=True, dtype=torch.int32).long()
-        last = torch.full_like(at_least, scores.shape[1])  # includes the target itself
+        last = torch.full_like(t_scores, scores.shape[1], dtype=torch.long)  # includes the target
+        if overwrite and scores.is_floating_point() and not bool(torch.isposinf(t_scores).any()):
+            # a target at -inf ranks last whatever the count: compare its row against 0 instead,
+            # which keeps -inf − -inf (NaN) out of the count
+            finite_t = torch.where(t_scores == NEG_INF, torch.zeros_like(t_scores), t_scores)
+            at_least = scores.shape[1] - count_below(scores, finite_t)
+        else:
+            # a NaN score fails every comparison, so it counts below any finite target, as -inf
+            # would; summed as int32: a bool sum widens to int64 first, 8× the comparison's size
+            at_least = torch.ge(scores, t_scores).sum(1, keepdim=True, dtype=torch.int32).long()
         ranks = torch.where(t_scores == NEG_INF, last, at_least) - 1
     else:
         scores = torch.nan_to_num(scores.float(), nan=NEG_INF, neginf=NEG_INF)
@@ -68,6 +75,20 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
         gt = ((others > ts) & pair).sum(2)
         ranks = at_least - ge + gt
     return torch.where(valid, ranks, torch.full_like(ranks, -1))
+
+
+def count_below(scores: Tensor, t_scores: Tensor) -> Tensor:
+    """#{i : scores[u, i] < t[u]} per row (U, 1), NaN scores counted below; ``scores`` (U, I) is
+    overwritten. For a finite t, s − t < 0 exactly when s < t (IEEE subtraction keeps the sign,
+    subnormals included); min(s − t, 0) rounded down and floored at -1 is that comparison as
+    -1/0, summed with no (U, I) temporary. NaN passes every step, so its row's sum shows it.
+    Float32 counts are exact below 2²⁴ items."""
+    neg = scores.sub_(t_scores).clamp_(max=0).floor_().clamp_(min=-1)  # -1: below, 0: not
+    below = -neg.sum(1, keepdim=True)
+    nan_rows = torch.isnan(below).squeeze(1)
+    if bool(nan_rows.any()):
+        below[nan_rows] = -neg[nan_rows].nan_to_num_(nan=-1.0).sum(1, keepdim=True)
+    return below.long()
 
 
 def sampled_ranks(target_scores: Tensor, negative_scores: Tensor, targets: Tensor) -> Tensor:
@@ -205,6 +226,7 @@ def nanmean(values: Tensor) -> float | None:
 
 __all__ = [
     "UnitValues",
+    "count_below",
     "draw_negatives",
     "mask_items",
     "nanmean",

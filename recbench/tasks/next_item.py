@@ -276,13 +276,14 @@ class NextItemTask(Task):
             keep = cols != target[rows]  # a repeated target stays a candidate
             rows, cols = rows[keep], cols[keep]
         mask_items(scores, rows, cols)
-        ranks = target_ranks(scores, target[:, None])  # (B, 1)
+        if self.sampled:  # read before the full-ranking count spends the score matrix
+            neg_scores = scores.gather(1, batch["negatives"])  # padding (code 0) is at -inf
+            t_scores = scores.gather(1, target[:, None])
+        ranks = target_ranks(scores, target[:, None], overwrite=True)  # (B, 1)
         values = rank_metrics(ranks, self.ks, ("hr", "ndcg"))
         values["mrr"] = 1.0 / (ranks[:, 0].float() + 1.0)
         if self.sampled:
-            neg = batch["negatives"]
-            neg_scores = scores.gather(1, neg)  # padding (code 0) is at -inf
-            s_ranks = sampled_ranks(scores.gather(1, target[:, None]), neg_scores, target[:, None])
+            s_ranks = sampled_ranks(t_scores, neg_scores, target[:, None])
             sampled = rank_metrics(s_ranks, self.ks, ("hr", "ndcg"))
             sampled["mrr"] = 1.0 / (s_ranks[:, 0].float() + 1.0)
             values |= {f"sampled.{k}": v for k, v in sampled.items()}

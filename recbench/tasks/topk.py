@@ -92,9 +92,9 @@ def unit_metrics(
     targets = split["targets"][unit]
     rows, cols = exclusions(split, unit)
     mask_items(scores, rows, cols)
-    full = rank_metrics(target_ranks(scores, targets), ks)
     t_scores = scores.gather(1, targets)  # padding targets read column 0 (-inf): ignored
     n_scores = scores.gather(1, split["neg"][unit])
+    full = rank_metrics(target_ranks(scores, targets, overwrite=True), ks)  # scores spent here
     sampled = rank_metrics(sampled_ranks(t_scores, n_scores, targets), ks)
     return full | {f"sampled.{k}": v for k, v in sampled.items()}
 

@@ -69,6 +69,18 @@ def test_one_pass_rank_equals_the_pessimistic_count_with_ties_nan_and_masked_ite
     want = torch.where(targets > 0, (clean >= t).sum(1, keepdim=True) - 1, -1)
     assert torch.equal(target_ranks(scores, targets), want)
     assert torch.equal(target_ranks(scores.double(), targets), want)  # no float32 round-trip
+    # counting in the scores' own memory gives the same ranks (and spends the scores)
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(target_ranks(scores.to(dtype, copy=True), targets, overwrite=True), want)
+    # values apart by one ulp and an +inf item: sign(t − s) must still see them apart
+    one, up = torch.tensor(1.0), torch.nextafter(torch.tensor(1.0), torch.tensor(2.0))
+    tiny = torch.stack([torch.tensor(float("-inf")), one, up, one, torch.tensor(float("inf"))])[
+        None
+    ]
+    assert target_ranks(tiny.clone(), torch.tensor([[1]]), overwrite=True).item() == 3
+    assert target_ranks(tiny.clone(), torch.tensor([[2]]), overwrite=True).item() == 1
+    # a target scored +inf takes the comparison path (inf − inf has no sign)
+    assert target_ranks(tiny.clone(), torch.tensor([[4]]), overwrite=True).item() == 0
 
 
 def test_several_targets_recall_ndcg_and_users_without_targets():
