@@ -14,7 +14,41 @@ import torch
 from torch import Tensor
 
 
-class BatchLoader:
+class EpochBatching:
+    """What every recbench loader takes and checks alike: rows, batch size, shuffling by a
+    ``(seed, epoch)`` generator, the DDP rank's share, and an optional hook run before each
+    pass. ``set_epoch`` is what Lightning's fit loop calls on a loader."""
+
+    def _init_batching(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        rank: int,
+        world_size: int,
+        before_epoch: Callable[[int], None] | None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.before_epoch = before_epoch  # called with the epoch number before each pass
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class BatchLoader(EpochBatching):
     """Batches of ``tensors`` (all with the same first dimension).
 
     Training (``shuffle=True``): every epoch draws one permutation from a generator seeded by
@@ -43,20 +77,9 @@ class BatchLoader:
             raise ValueError(
                 f"tensors differ in length: { {k: len(t) for k, t in tensors.items()} }"
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.tensors = dict(tensors)
-        self.n = lengths.pop()
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.before_epoch = before_epoch  # called with the epoch number before each pass
+        n = lengths.pop()
+        self._init_batching(n, batch_size, shuffle, seed, drop_last, rank, world_size, before_epoch)
 
     @property
     def device(self) -> torch.device:
@@ -76,9 +99,6 @@ class BatchLoader:
             return 1
         rows = self.rows_per_rank()
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def indices(self) -> Tensor | None:
         """This rank's row order for the current epoch; None means 0..n-1 in order."""

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recbench.data.loader import EpochBatching
 from recbench.data.shards.read import ShardSplit
 
 
-class ShardLoader:
+class ShardLoader(EpochBatching):
     """Batches of a ``ShardSplit`` read by memory map, a block at a time.
 
     Training (``shuffle=True``): the blocks are permuted by a generator seeded by
@@ -37,28 +38,15 @@ class ShardLoader:
         world_size: int = 1,
         before_epoch: Callable[[int], None] | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.split = split
-        self.n = split.n
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.drop_last = drop_last
-        self.rank = rank
-        self.world_size = world_size
-        self.before_epoch = before_epoch
-        self.epoch = 0
+        self._init_batching(
+            split.n, batch_size, shuffle, seed, drop_last, rank, world_size, before_epoch
+        )
         self._blocks = split.blocks()
 
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _order(self, epoch: int) -> list[tuple[int, int, int]]:
         blocks = self._blocks
