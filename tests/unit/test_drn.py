@@ -65,11 +65,14 @@ def test_double_dqn_target_uses_online_argmax_and_target_value():
     # online picks action 1 then 0; DQN's max over the target would give 16 and 4.5 instead
     np.testing.assert_allclose(y.numpy(), [1 + 0.5 * 20, 0 + 0.5 * -1])
     np.testing.assert_allclose(double_dqn_target(r, q_online, q_target, 0.0).numpy(), r.numpy())
+    # a list of k: the target's values summed over the online top k (not the target's own top k)
+    y2 = double_dqn_target(r, q_online, q_target, gamma=0.5, k=2)
+    np.testing.assert_allclose(y2.numpy(), [1 + 0.5 * (20 + 30), 0 + 0.5 * (-1 + 9)])
 
 
 def test_drn_loss_is_squared_error_to_the_double_dqn_target():
     env = NewsEnv(NewsParams(n_users=10, horizon_days=1.0), seed=0)
-    agent = DRN(env.policy_spec, gamma=0.5, explore="none")
+    agent = DRN(env.policy_spec, gamma=0.5, explore="none", decompose=False)
     rng = np.random.default_rng(0)
     B, N, ds, da = 3, env.params.n_candidates, agent.spec.state_dim, agent.spec.action_dim
     t = torch.from_numpy
@@ -95,6 +98,99 @@ def test_drn_loss_is_squared_error_to_the_double_dqn_target():
             y += 0.5 * float(qt[i, int(qn[i].argmax())])
         want += (float(q[i, batch["pos"][i]]) - y) ** 2
     assert float(agent.loss(batch).detach()) == pytest.approx(want / B, rel=1e-5)
+
+
+def test_decomposed_loss_regresses_each_click_and_each_lists_future():
+    """Q(s, L) = Σ_L Q_click + Q_future(s, L), Q_future(s, L) = mean_L Q_f: the loss is the mean
+    over transitions of (Q_click - click)² plus the mean over lists of (Q_future(s, L) - y_L)²,
+    y_L = the list's reward less its clicks + γ Σ_{a'∈L'} Q_target(s', a'), L' the online top K
+    at s' (each candidate scored by its share Q_click + Q_f / K)."""
+    env = NewsEnv(NewsParams(n_users=10, horizon_days=1.0), seed=0)
+    agent = DRN(env.policy_spec, gamma=0.5, explore="none", seed=2)
+    assert agent.split and len(agent.q.heads) == 2
+    K = agent.k
+    rng = np.random.default_rng(1)
+    L, N, ds, da = 2, env.params.n_candidates, agent.spec.state_dim, agent.spec.action_dim
+    t = torch.from_numpy
+    click = torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 0, 0, 0])
+    future = torch.tensor([0.7, -1.9])  # per list: β·activeness - ρ·gap
+    batch = {
+        "state": t(rng.random((L, ds), np.float32)),
+        "actions": t(rng.random((L, N, da), np.float32)),
+        "items": t(rng.integers(1, 50, (L, N))),
+        "inv": torch.arange(L).repeat_interleave(K),
+        "pos": torch.tensor([3, 0, 7, 1, 2, 5, 6, 9, 11, 4]),
+        "click": click,
+        "reward": click + future.repeat_interleave(K),
+        "has_next": torch.tensor([True] * K + [False] * K),
+        "next_state": t(rng.random((L, ds), np.float32)),
+        "next_actions": t(rng.random((L, N, da), np.float32)),
+        "next_items": t(rng.integers(1, 50, (L, N))),
+        "next_inv": torch.arange(L).repeat_interleave(K),
+    }
+    with torch.no_grad():
+        for p in agent.q_target.parameters():  # a target network unlike the online one
+            p.add_(0.3)
+        args = (batch["state"], batch["actions"], batch["items"])
+        nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
+        qc, qf = agent.q.click(*args).numpy(), agent.q.q_future(*args).numpy()
+        on = (agent.q.click(*nxt) + agent.q.q_future(*nxt) / K).numpy()
+        tg = (agent.q_target.click(*nxt) + agent.q_target.q_future(*nxt) / K).numpy()
+    pos = batch["pos"].numpy().reshape(L, K)
+    click_part = np.mean(
+        [(qc[r, j] - float(c)) ** 2 for r, j, c in zip([0] * K + [1] * K, pos.ravel(), click)]
+    )
+    list_part = 0.0
+    for r in range(L):
+        y = float(future[r])
+        if r == 0:  # has a next request
+            top = np.argsort(-on[r])[:K]
+            y += 0.5 * float(tg[r, top].sum())
+        list_part += (float(qf[r, pos[r]].mean()) - y) ** 2
+    want = click_part + list_part / L
+    assert float(agent.loss(batch).detach()) == pytest.approx(want, rel=1e-5)
+    # the future network reads features only (no item embedding) and is trained
+    assert not agent.q.future.item_emb.weight.requires_grad
+    # DN has no future part to learn: one network
+    assert not DRN(env.policy_spec, gamma=0.0, use_activeness=False, return_time=False).split
+
+
+def test_return_time_charges_the_gap_at_the_running_click_rate():
+    """With return_time the completed reward is click + β·activeness - ρ·gap (hours), ρ the
+    clicks so far per user per hour (at least a day counted); the click is kept apart."""
+    params = NewsParams(n_users=15, horizon_days=3.0)
+    env = NewsEnv(params, seed=0)
+    agent = DRN(
+        env.policy_spec,
+        gamma=0.4,
+        explore="none",
+        return_time=True,
+        minor_every=10**6,
+        major_hours=1000.0,
+    )
+    obs, _ = env.reset(seed=0)
+    last: dict[int, tuple[np.ndarray, float]] = {}
+    clicks_total, now_prev, checked, done = 0.0, 0.0, 0, False
+    while not done:
+        user = int(obs["user"])
+        n_before = agent.replay.n_tr
+        shown = agent.act(obs)
+        if user in last:
+            clicks, t_prev = last[user]
+            gap_h = (env.now - t_prev) / 3600.0
+            rho = clicks_total / (15 * max(now_prev, 86_400.0) / 3600.0)
+            sl = slice(n_before, n_before + 5)
+            want = clicks + float(obs["context"][0]) - rho * gap_h
+            np.testing.assert_allclose(agent.replay.t_reward[sl], want, rtol=1e-4, atol=1e-4)
+            np.testing.assert_array_equal(agent.replay.t_click[sl], clicks)
+            checked += 1
+        nxt, _, _, done, info = env.step(shown)
+        agent.observe(obs, info["shown"], info)
+        clicks_total += float(info["clicks"].sum())
+        now_prev = float(info["time"])
+        last[user] = (info["clicks"].astype(np.float32), float(info["time"]))
+        obs = nxt
+    assert checked > 5
 
 
 def test_interleaving_follows_its_definition():
@@ -156,6 +252,7 @@ def test_dn_completes_transitions_at_once_and_u_waits_for_the_return():
         env.policy_spec,
         gamma=0.0,
         use_activeness=False,
+        return_time=False,
         explore="none",
         minor_every=10**6,
         major_hours=100.0,
@@ -168,6 +265,7 @@ def test_dn_completes_transitions_at_once_and_u_waits_for_the_return():
         env.policy_spec,
         gamma=0.4,
         use_activeness=True,
+        return_time=False,
         explore="none",
         minor_every=10**6,
         major_hours=100.0,
@@ -225,14 +323,22 @@ def test_explore_and_current_networks_scored_in_one_pass_match_each_alone():
     from recbench.envs.features import encode
 
     state, actions, items = encode(obs)
-    snaps = [agent.q.snapshot(), agent.q_explore.snapshot()]
-    both = agent.q.act_stacked(stack_snapshots(snaps, len(state)), state, actions, items)
+    assert len(agent.q.heads) == 2  # decomposed: Q_click + Q_f / K, Q_f on user-item columns
+    both = 0.0
+    for j, (cur, exp) in enumerate(zip(agent.q.heads, agent.q_explore.heads)):
+        snaps = [cur.snapshot(), exp.snapshot()]
+        a = actions if j == 0 else agent.q.future_actions(torch.from_numpy(actions)).numpy()
+        w = 1.0 if j == 0 else 1.0 / agent.k
+        both = both + w * cur.act_stacked(stack_snapshots(snaps, len(state)), state, a, items)
     t = torch.from_numpy
     with torch.no_grad():
         for j, net in enumerate((agent.q, agent.q_explore)):
             want = net(t(state)[None], t(actions)[None], t(items)[None])[0].numpy()
             np.testing.assert_allclose(both[j], want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(both[0], both[1])
+    # what the agent ranks by is that sum
+    shown = agent.act(obs)
+    assert len(set(shown.tolist())) == 5
 
 
 def test_a_minibatch_grouped_by_request_has_the_per_transition_loss():
@@ -248,7 +354,7 @@ def test_a_minibatch_grouped_by_request_has_the_per_transition_loss():
     grouped = rp.batch(tr)
     assert len(grouped["state"]) == len(np.unique(rp.t_req[tr % rp.tcap])) <= 8
     inv, ninv = grouped["inv"], grouped["next_inv"]
-    flat = {k: grouped[k] for k in ("pos", "reward", "has_next")}
+    flat = {k: grouped[k] for k in ("pos", "reward", "click", "has_next")}
     for k in ("state", "actions", "items"):
         flat[k] = grouped[k][inv]
         flat[f"next_{k}"] = grouped[f"next_{k}"][ninv]
