@@ -32,6 +32,9 @@ GROUPS = (
     ("embedding gather/scatter", ("index_select", "index_add", "embedding", "index_put")),
     ("matmul (MLP and crosses)", ("addmm", "mm", "bmm", "matmul", "linear")),
     ("batch slicing", ("index", "slice", "select")),
+    # layout changes: a transposed view fed to a matrix product, and split's backward
+    ("copies (copy_, cat, clone)", ("::copy_", "::cat", "::clone", "::contiguous")),
+    ("softmax", ("softmax",)),
 )
 
 

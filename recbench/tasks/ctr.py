@@ -63,7 +63,7 @@ class CTRTask(Task):
         logits, extra = (out["logits"], out) if isinstance(out, dict) else (out, {})
         bce = F.binary_cross_entropy_with_logits(logits.float(), batch["label"].float())
         terms = {k: v.float() for k, v in extra.items() if k.endswith("_loss")}
-        return bce + sum(terms.values()), bce, terms
+        return (bce + sum(terms.values()) if terms else bce), bce, terms
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         loss, bce, terms = self.loss(batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -34,13 +35,18 @@ class InteractingLayer(nn.Module):
         super().__init__()
         self.heads = num_heads
         self.out_dim = num_heads * attention_dim
-        # Q, K, V and the residual projection of every head as one matrix product
+        # Q, K, V and the residual projection of every head, stacked: (4·H·d', D)
         self.project = nn.Linear(dim, 4 * self.out_dim, bias=False)
 
     def forward(self, e: Tensor) -> Tensor:
         b, f, _ = e.shape
-        q, k, v, res = self.project(e).split(self.out_dim, dim=-1)  # each (B, F, H*d')
+        # four products with row blocks of the one weight rather than one product split four
+        # ways: the same dot products, and backward adds four input gradients instead of
+        # concatenating the outputs' gradients into a fresh (B, F, 4·H·d') buffer (~1.2× a step)
+        q, k, v, res = (F.linear(e, w) for w in self.project.weight.split(self.out_dim))
         q, k, v = (t.view(b, f, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, F, d')
-        alpha = (q @ k.transpose(-1, -2)).softmax(dim=-1)  # (B, H, F, F)
-        heads = (alpha @ v).transpose(1, 2).reshape(b, f, self.out_dim)  # (B, F, H*d')
+        # α transposed, keys on rows: a softmax over a handful of fields along the last dim runs
+        # one short row at a time (several times slower on CPU than along dim -2)
+        alpha_t = (k @ q.transpose(-1, -2)).softmax(dim=-2)  # (B, H, F_k, F_q)
+        heads = (alpha_t.transpose(-1, -2) @ v).transpose(1, 2).reshape(b, f, self.out_dim)
         return (heads + res).relu()
