@@ -11,9 +11,17 @@ from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
-from recbench.models.layers.transformer import Dropout, SASRecBlock, attention_mask
+from recbench.models.layers.transformer import (
+    BertBlock,
+    Dropout,
+    PointWiseFeedForward,
+    SASRecBlock,
+    attention_mask,
+)
 
 LOSSES = ("bce", "ce", "sampled_softmax")
+BLOCKS = ("sasrec", "bert")
+INITS = ("xavier", "normal")
 
 
 def causal_pairs(seq: Tensor) -> tuple[Tensor, Tensor]:
@@ -21,6 +29,20 @@ def causal_pairs(seq: Tensor) -> tuple[Tensor, Tensor]:
     columns 0..L-1, targets columns 1..L, no target where the input is padding. (B, L) each."""
     inputs = seq[:, :-1]
     return inputs, torch.where(inputs > 0, seq[:, 1:], torch.zeros_like(inputs))
+
+
+class BertOutputFeedForward(PointWiseFeedForward):
+    """BERT's intermediate and output layers as the S3-Rec code has them:
+    ``Dropout(W_2 GELU(W_1 x + b_1) + b_2)``, dropout after the output only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.w2(self.act(self.w1(x))))
+
+
+def bert_block(dim: int, heads: int, dropout: float) -> BertBlock:
+    block = BertBlock(dim, heads, dropout)
+    block.ffn = BertOutputFeedForward(dim, 4 * dim, dropout, activation="gelu")
+    return block
 
 
 class SASRec(nn.Module):
@@ -34,6 +56,14 @@ class SASRec(nn.Module):
     (eq. 6). ``loss`` picks the objective the task applies to every position: ``bce`` (the
     paper: the next item against one uniformly drawn negative), ``ce`` (softmax over the whole
     catalogue) or ``sampled_softmax`` (``negatives`` items shared by the batch).
+
+    ``block="bert"`` builds the variant the S3-Rec code trains as SASRec (its fine-tuning model
+    without pre-training, behind the S3-Rec full-ranking tables): input
+    ``Dropout(LN(M_s + P))`` without the √d scale, post-normalised BERT layers (GELU, 4× inner
+    width, an output projection, LayerNorm eps 1e-12) and no final layer norm. ``init``:
+    ``xavier`` (Xavier-normal weight matrices, the official PyTorch port) or ``normal``
+    (every linear and embedding weight from N(0, 0.02²), biases zero: the S3-Rec code and the
+    published cross-entropy re-runs).
     """
 
     tasks: ClassVar[tuple[str, ...]] = ("next_item",)
@@ -47,10 +77,17 @@ class SASRec(nn.Module):
         dropout: float = 0.5,
         loss: str = "bce",
         negatives: int = 100,
+        block: str = "sasrec",
+        init: str = "xavier",
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
             raise ConfigError(f"model.loss={loss!r}; SASRec trains with one of {LOSSES}")
+        if block not in BLOCKS:
+            raise ConfigError(f"model.block={block!r}; SASRec's blocks are one of {BLOCKS}")
+        if init not in INITS:
+            raise ConfigError(f"model.init={init!r}; SASRec initialises with one of {INITS}")
+        self.block = block
         self.loss = loss
         self.num_negatives = negatives
         self.num_items = schema.num_items
@@ -58,13 +95,20 @@ class SASRec(nn.Module):
         self.items = nn.Embedding(schema.num_items + 1, hidden_units, padding_idx=0)
         self.positions = nn.Embedding(schema.max_len, hidden_units)
         self.dropout = Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            SASRecBlock(hidden_units, heads, dropout) for _ in range(blocks)
-        )
-        self.norm = nn.LayerNorm(hidden_units, eps=1e-8)
-        for p in self.parameters():  # the official PyTorch port's initialisation
-            if p.dim() > 1:
-                nn.init.xavier_normal_(p)
+        layer = SASRecBlock if block == "sasrec" else bert_block
+        self.blocks = nn.ModuleList(layer(hidden_units, heads, dropout) for _ in range(blocks))
+        # SASRec: a layer norm after the blocks; BERT: one on the input embedding
+        self.norm = nn.LayerNorm(hidden_units, eps=1e-8 if block == "sasrec" else 1e-12)
+        if init == "xavier":  # the official PyTorch port's initialisation
+            for p in self.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_normal_(p)
+        else:
+            for m in self.modules():
+                if isinstance(m, nn.Linear | nn.Embedding):
+                    nn.init.normal_(m.weight, std=0.02)
+                if isinstance(m, nn.Linear) and m.bias is not None:
+                    nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.items.weight[0].zero_()
 
@@ -75,11 +119,16 @@ class SASRec(nn.Module):
         the untrimmed batch computes on its real positions."""
         keep = items > 0
         W = items.shape[1]
-        x = self.items(items) * math.sqrt(self.items.embedding_dim)
         start = self.max_len - W
-        x = x + self.positions(torch.arange(start, start + W, device=items.device))[None]
-        x = self.dropout(x) * keep.unsqueeze(-1).to(x.dtype)
+        pos = self.positions(torch.arange(start, start + W, device=items.device))[None]
         mask = attention_mask(keep, causal=True)
+        if self.block == "bert":  # padding rows are never attended to, so left as they come
+            x = self.dropout(self.norm(self.items(items) + pos))
+            for block in self.blocks:
+                x = block(x, mask, keep)
+            return x
+        x = self.items(items) * math.sqrt(self.items.embedding_dim) + pos
+        x = self.dropout(x) * keep.unsqueeze(-1).to(x.dtype)
         for block in self.blocks:
             x = block(x, mask, keep)
         return self.norm(x)

@@ -29,7 +29,9 @@ def padded(rows: list[list[int]], width: int) -> torch.Tensor:
     return torch.tensor([[0] * (width - len(r)) + r for r in rows])
 
 
-@pytest.mark.parametrize("cls", [SASRec, GRU4Rec])
+@pytest.mark.parametrize(
+    "cls", [SASRec, GRU4Rec, lambda s: SASRec(s, block="bert", heads=2, init="normal")]
+)
 def test_no_position_sees_the_future(cls):
     torch.manual_seed(0)
     model = cls(schema()).eval()
@@ -120,6 +122,68 @@ def test_sasrec_block_matches_the_papers_equations():
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_sasrec_with_bert_blocks_is_the_s3rec_encoder():
+    """block="bert" (the S3-Rec code's SASRec): x = LN(E_i + P_t) without the √d scale; per
+    layer a = LN(x + MHA(x) W_O + b_O) under the causal and key mask, then
+    x = LN(a + W_2 GELU(W_1 a + b_1) + b_2) with a 4× inner width; no final layer norm.
+    init="normal" draws every weight matrix from N(0, 0.02²) with zero biases."""
+    torch.manual_seed(0)
+    d, h = 8, 2
+    model = SASRec(schema(), hidden_units=d, heads=h, block="bert", init="normal").eval()
+    weights = torch.cat(
+        [
+            p.detach().flatten()
+            for n, p in model.named_parameters()
+            if "weight" in n and p.dim() == 2
+        ]
+    )
+    assert abs(float(weights[weights != 0].std()) - 0.02) < 0.002
+    assert all(
+        float(p.detach().abs().max()) == 0
+        for n, p in model.named_parameters()
+        if n.endswith("bias") and "norm" not in n
+    )
+    for p in model.parameters():  # away from the initial values, so every term counts
+        p.data.add_(0.3 * torch.randn_like(p))
+    items = padded([[3, 7, 1, 9, 4, 12], [5, 6]], L)
+    with torch.no_grad():
+        got = model.encode(items)
+
+        def ln(v, norm):
+            mu = v.mean(-1, keepdim=True)
+            var = ((v - mu) ** 2).mean(-1, keepdim=True)
+            return (v - mu) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+        dh = d // h
+        for b in range(2):
+            x = ln(model.items.weight[items[b]] + model.positions.weight, model.norm)
+            real = [i for i in range(L) if items[b, i] > 0]
+            for blk in model.blocks:
+                a_ = blk.attn
+                Q, K, V = (x @ m.weight.T + m.bias for m in (a_.q, a_.k, a_.v))
+                att = torch.zeros_like(x)
+                for i in real:
+                    keys = [j for j in real if j <= i]
+                    for hd in range(h):
+                        sl = slice(hd * dh, (hd + 1) * dh)
+                        w = torch.stack([Q[i, sl] @ K[j, sl] for j in keys]) / math.sqrt(dh)
+                        att[i, sl] = sum(p * V[j, sl] for p, j in zip(w.softmax(0), keys))
+                a = ln(x + att @ a_.out.weight.T + a_.out.bias, blk.attn_norm)
+                f = blk.ffn
+                assert f.w1.out_features == 4 * d
+                x = ln(a + f.w2(F.gelu(f.w1(a))), blk.ffn_norm)
+            assert torch.allclose(got[b, real], x[real], atol=1e-5)
+
+
+def test_sasrec_rejects_unknown_blocks_and_inits():
+    from recbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.block"):
+        SASRec(schema(), block="gpt")
+    with pytest.raises(ConfigError, match="model.init"):
+        SASRec(schema(), init="kaiming")
+
+
 def test_chunked_cross_entropy_equals_the_plain_one(monkeypatch):
     torch.manual_seed(0)
     h = torch.randn(37, 5, requires_grad=True)
@@ -180,7 +244,7 @@ def test_each_model_learns_a_planted_successor(make, lr, steps):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.5 * first
+    assert float(loss.detach()) < 0.5 * first
     model.eval()
     with torch.no_grad():
         scores = model.score_all({"items": seq[:, 1:]})
@@ -196,8 +260,9 @@ def test_each_model_learns_a_planted_successor(make, lr, steps):
         lambda s: SASRec(s, loss="ce"),
         lambda s: SASRec(s, loss="bce", blocks=2, heads=2, hidden_units=8),
         lambda s: BERT4Rec(s, hidden_units=8),
+        lambda s: SASRec(s, loss="ce", block="bert", heads=2, hidden_units=8, init="normal"),
     ],
-    ids=["gru4rec", "sasrec_ce", "sasrec_bce", "bert4rec"],
+    ids=["gru4rec", "sasrec_ce", "sasrec_bce", "bert4rec", "sasrec_bert_block"],
 )
 def test_a_trimmed_batch_computes_what_the_full_window_computes(make):
     """A batch cut to its longest sequence (the dropped columns are padding in every row) gives
