@@ -44,6 +44,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from recbench.data.adapters.base import cache_root
+from recbench.data.atomic import temporary_sibling
 from recbench.data.pipeline import cache_key as dataset_cache_key
 from recbench.data.pipeline import load_or_discard, read_cache, split_events
 from recbench.data.schema import InteractionSchema
@@ -70,7 +71,7 @@ class ImplicitData:
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "data.pt.tmp"
+        tmp = temporary_sibling(path / "data.pt")
         blob = {
             "schema": {
                 "num_users": self.schema.num_users,

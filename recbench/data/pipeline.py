@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recbench.data.adapters.base import RawData, cache_root
+from recbench.data.atomic import temporary_sibling
 from recbench.data.hashmemo import file_sha256
 from recbench.data.schema import OOV, FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES, assign_split
@@ -60,7 +61,7 @@ class PreparedData:
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "data.pt.tmp"
+        tmp = temporary_sibling(path / "data.pt")
         blob = {
             "fields": [f.__dict__ for f in self.schema.fields],
             "user": self.schema.user,

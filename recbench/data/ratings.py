@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from recbench.data.adapters.base import cache_root
+from recbench.data.atomic import temporary_sibling
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import cache_key, load_or_discard, read_cache, split_events
 from recbench.data.schema import InteractionSchema
@@ -58,7 +59,7 @@ class RatingData:
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "ratings.pt.tmp"
+        tmp = temporary_sibling(path / "ratings.pt")
         s = self.schema
         torch.save(
             {

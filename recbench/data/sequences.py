@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from recbench.data.adapters.base import cache_root, sha256_file
+from recbench.data.atomic import temporary_sibling
 from recbench.data.datamodule import RecDataModule
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import load_or_discard, read_cache
@@ -68,7 +69,7 @@ class SequenceData:
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "seq.pt.tmp"
+        tmp = temporary_sibling(path / "seq.pt")
         s = self.schema
         torch.save(
             {

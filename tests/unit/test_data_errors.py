@@ -268,8 +268,30 @@ def test_failed_cache_write_leaves_no_file_and_names_the_path(tmp_path, monkeypa
         r"Free space there, or set RECBENCH_CACHE_DIR",
     ):
         prepare(tiny_cfg(), log=lambda m: None)
-    left = [p.name for p in (tmp_path / "prepared").rglob("data.pt*")]
+    left = [p.name for p in (tmp_path / "prepared").rglob("*data.pt*")]
     assert left == []
+
+
+def test_two_writers_of_one_cache_entry_at_once_both_succeed(tmp_path, monkeypatch):
+    # two runs preparing the same data on a cold cache (a compare's parallel runs): the second
+    # writes and renames its file while the first is between writing and renaming its own
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    cfg = tiny_cfg()
+    first = prepare(cfg, log=lambda m: None)
+    path = Path(first.info["cache_dir"])
+    save, nested = pipeline.torch.save, []
+
+    def interleaved(obj, f, *a, **k):
+        save(obj, f, *a, **k)
+        if not nested:  # the other writer, start to finish, before this one renames
+            nested.append(f)
+            first.save(path)
+
+    monkeypatch.setattr(pipeline.torch, "save", interleaved)
+    first.save(path)
+    assert len(nested) == 1
+    assert PreparedData.load(path).key == first.key
+    assert [p.name for p in path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 # ---------------------------------------------------------------------------- the CLI
