@@ -54,261 +54,26 @@ gathers the shown positions.
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
 from recbench.envs.policies import top_k
 from recbench.envs.world import HOUR
 from recbench.errors import ConfigError
-from recbench.models.layers import MLP
+from recbench.models.layers.dbgd import (
+    dbgd_perturbation,
+    dbgd_update,
+    interleave,
+    interleave_probs,
+)
+from recbench.models.layers.dqn import DuelingQ, SplitQ, double_dqn_target, stack_snapshots
 
 EXPLORE = ("none", "egreedy", "dbgd")
-
-
-class DuelingQ(nn.Module):
-    """``Q(s, a) = V(s) + A(s, a)`` over a pool of candidates.
-
-    state (B, Ds), actions (B, N, Da), items (B, N) codes → Q (B, N).
-    """
-
-    def __init__(
-        self,
-        state_dim: int,
-        action_dim: int,
-        n_items: int,
-        item_dim: int = 8,
-        hidden: Sequence[int] = (64, 32),
-        center_advantage: bool = True,
-    ) -> None:
-        super().__init__()
-        self.value = MLP(state_dim, hidden, 1)
-        self.item_emb = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=0.01)
-        self.advantage = MLP(state_dim + action_dim + item_dim, hidden, 1)
-        self.center_advantage = center_advantage
-        # the layers in order, looked up once (a deepcopy maps them to the copy's own)
-        self._v_lins = self._linears(self.value)
-        self._a_lins = self._linears(self.advantage)
-
-    @staticmethod
-    def _linears(mlp: nn.Module) -> list[nn.Linear]:
-        return [m for m in mlp.modules() if isinstance(m, nn.Linear)]
-
-    def parts(self, state: Tensor, actions: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
-        """V (B, 1) and the raw advantage A (B, N).
-
-        The advantage MLP reads [state, action, item embedding]; its first layer is applied by
-        input block, so the state's share is computed once per request, not per candidate."""
-        v = state
-        lins = self._v_lins
-        for j, m in enumerate(lins):
-            v = F.linear(v, m.weight, m.bias)
-            if j < len(lins) - 1:
-                v = torch.relu(v)
-        first, *rest = self._a_lins
-        ds, da = state.shape[-1], actions.shape[-1]
-        w = first.weight
-        h = (
-            F.linear(state, w[:, :ds], first.bias).unsqueeze(1)
-            + F.linear(actions, w[:, ds : ds + da])
-            + F.linear(self.item_emb(items), w[:, ds + da :])
-        )
-        for m in rest:
-            h = F.linear(torch.relu(h), m.weight, m.bias)
-        return v, h.squeeze(-1)
-
-    @property
-    def heads(self) -> tuple[DuelingQ, ...]:
-        """The networks whose sum is Q (``SplitQ``: two)."""
-        return (self,)
-
-    def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
-        v, a = self.parts(state, actions, items)
-        if self.center_advantage:
-            a = a - a.mean(dim=1, keepdim=True)
-        return v + a
-
-    @torch.no_grad()
-    def snapshot(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-        """The weights as numpy arrays for ``act_numpy`` (take a new one after each update)."""
-        out = []
-        for mlp in (self.value, self.advantage):
-            lins = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
-            out.append(
-                [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in lins]
-            )
-        out.append([(self.item_emb.weight.detach().numpy().copy(), np.zeros(0))])
-        return out
-
-    def act_numpy(self, snap: list, state: np.ndarray, actions: np.ndarray, items: np.ndarray):
-        """``forward`` for one request in numpy, (Ds,), (N, Da), (N,) → (N,): the per-request
-        path, where torch's call overhead would dominate."""
-        return self.act_stacked(stack_snapshots([snap], len(state)), state, actions, items)[0]
-
-    def act_stacked(
-        self, stacked: dict, state: np.ndarray, actions: np.ndarray, items: np.ndarray
-    ) -> np.ndarray:
-        """``forward`` of M networks of this shape (``stack_snapshots``) for one request in one
-        pass: (Ds,), (N, Da), (N,) → Q (M, N). The M networks run side by side as one wider
-        network (first layers side by side, later ones block-diagonal), so each layer is one
-        2-D product however many networks there are."""
-        v = state[None, :]
-        n_v = len(stacked["value"])
-        for j, (w, b) in enumerate(stacked["value"]):
-            v = v @ w + b
-            if j < n_v - 1:
-                np.maximum(v, 0.0, out=v)
-        ws, wa, we, b1 = stacked["first"]
-        # the first layer by input block: the state's share once, then the pool's rows
-        h = actions @ wa + stacked["emb"][items] @ we + (state @ ws + b1)  # (N, M·H1)
-        for w, b in stacked["advantage"]:
-            np.maximum(h, 0.0, out=h)
-            h = h @ w + b
-        a = h.T  # (M, N)
-        if self.center_advantage:
-            a = a - a.mean(axis=1, keepdims=True)
-        return v.T + a
-
-
-class SplitQ(nn.Module):
-    """Two ``DuelingQ``, ``click`` and ``future``; ``forward`` is each candidate's share of a
-    list's value, ``Q_click(s, a) + Q_f(s, a) / k``, what the agent ranks by."""
-
-    def __init__(
-        self, click: DuelingQ, future: DuelingQ, k: int, future_cols: int | None = None
-    ) -> None:
-        super().__init__()
-        self.click, self.future, self.k = click, future, k
-        # the future network reads the last future_cols action columns (None: all of them)
-        self.future_cols = future_cols
-        # and features only: an item's embedding, fitted to the few noisy list outcomes the
-        # item takes part in, would rank by that noise
-        with torch.no_grad():
-            future.item_emb.weight.zero_()
-        future.item_emb.weight.requires_grad_(False)
-
-    def future_actions(self, actions: Tensor) -> Tensor:
-        return actions if self.future_cols is None else actions[..., -self.future_cols :]
-
-    def q_future(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
-        return self.future(state, self.future_actions(actions), items)
-
-    @property
-    def heads(self) -> tuple[DuelingQ, ...]:
-        return (self.click, self.future)
-
-    def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
-        return self.click(state, actions, items) + self.q_future(state, actions, items) / self.k
-
-
-def _block_diag(blocks: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.zeros((sum(b.shape[0] for b in blocks), sum(b.shape[1] for b in blocks)), np.float32)
-    r = c = 0
-    for b in blocks:
-        out[r : r + b.shape[0], c : c + b.shape[1]] = b
-        r, c = r + b.shape[0], c + b.shape[1]
-    return out
-
-
-def stack_snapshots(snaps: Sequence[list], state_dim: int) -> dict[str, Any]:
-    """M ``DuelingQ.snapshot()``s of one shape (state width ``state_dim``) as one wider network
-    for ``act_stacked``: the first layers' columns side by side (the advantage net's split by
-    input block: state, action, item embedding), later layers block-diagonal, the item
-    embeddings side by side (n_items + 1, M·d)."""
-    value = []
-    for j in range(len(snaps[0][0])):
-        ws = [s[0][j][0] for s in snaps]
-        w = np.concatenate(ws, 1) if j == 0 else _block_diag(ws)
-        value.append((w, np.concatenate([s[0][j][1] for s in snaps])))
-    emb = [s[2][0][0] for s in snaps]
-    w1 = [s[1][0][0] for s in snaps]
-    split = w1[0].shape[0] - emb[0].shape[1]  # rows of the state and the action
-    first = (
-        np.concatenate([w[:state_dim] for w in w1], 1),
-        np.concatenate([w[state_dim:split] for w in w1], 1),
-        _block_diag([w[split:] for w in w1]),
-        np.concatenate([s[1][0][1] for s in snaps]),
-    )
-    advantage = [
-        (_block_diag([s[1][j][0] for s in snaps]), np.concatenate([s[1][j][1] for s in snaps]))
-        for j in range(1, len(snaps[0][1]))
-    ]
-    return {"value": value, "first": first, "advantage": advantage, "emb": np.concatenate(emb, 1)}
-
-
-def double_dqn_target(
-    reward: Tensor, q_online_next: Tensor, q_target_next: Tensor, gamma: float, k: int = 1
-) -> Tensor:
-    """``r + γ Q_target(s', argmax_a' Q_online(s', a'))``: (B,), (B, N'), (B, N') → (B,). With
-    ``k > 1`` the next action is a list: the target network's values summed over the online
-    network's top ``k``."""
-    if gamma == 0.0:
-        return reward
-    best = q_online_next.topk(k, dim=1).indices if k > 1 else q_online_next.argmax(1, True)
-    return reward + gamma * q_target_next.gather(1, best).sum(1)
-
-
-def interleave_probs(n: int, tau: float) -> np.ndarray:
-    """Probabilistic interleaving's distribution over a ranking of ``n``: rank r (1-based) has
-    probability ∝ 1 / r^τ."""
-    w = (np.arange(n) + 1.0) ** -tau
-    return w / w.sum()
-
-
-@functools.lru_cache(maxsize=16)
-def _log_interleave_probs(n: int, tau: float) -> np.ndarray:
-    out = np.log(interleave_probs(n, tau))
-    out.flags.writeable = False
-    return out
-
-
-def interleave(
-    rank_a: np.ndarray, rank_b: np.ndarray, k: int, tau: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilistic interleaving of two rankings of the same pool into a list of ``k``.
-
-    For each slot a fair coin picks list a or b; the item is drawn from that list's
-    ``1 / r^τ`` distribution renormalised over the items not yet placed. Returns the list and,
-    per slot, which list placed it (0: a, 1: b).
-    """
-    n = len(rank_a)
-    logp = np.empty((2, n))
-    base = _log_interleave_probs(n, tau)
-    logp[0, rank_a] = base  # log probability of each pool index under list a, then b
-    logp[1, rank_b] = base
-    u = rng.random(k * (n + 1))
-    who = (u[:k] < 0.5).astype(np.int64)
-    # a draw ∝ p over the unplaced items is the argmax of log p + Gumbel noise over them
-    keys = logp[who] - np.log(-np.log(u[k:].reshape(k, n)))
-    out = np.empty(k, np.int64)
-    for j in range(k):
-        pick = int(keys[j].argmax())
-        out[j] = pick
-        keys[j + 1 :, pick] = -np.inf
-    return out, who
-
-
-@torch.no_grad()
-def dbgd_perturbation(net: nn.Module, alpha: float, gen: torch.Generator) -> list[Tensor]:
-    """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net`` (one draw for all of them)."""
-    params = list(net.parameters())
-    u = torch.rand(sum(p.numel() for p in params), generator=gen).mul_(2 * alpha).sub_(alpha)
-    return [d.view_as(p) * p for d, p in zip(u.split([p.numel() for p in params]), params)]
-
-
-@torch.no_grad()
-def dbgd_update(net: nn.Module, delta: Sequence[Tensor], eta: float, won: bool) -> None:
-    """``W ← W + η ΔW`` when the explore network won, else nothing."""
-    if won:
-        for p, d in zip(net.parameters(), delta):
-            p.add_(eta * d)
 
 
 class Replay:
