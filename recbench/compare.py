@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from recbench.compare_runs import (
     Job,
     failure_record,
+    fork_runs,
     parallel_runs,
     quote,
     train_all,
@@ -50,7 +51,16 @@ from recbench.validate import check as check_config
 log = logging.getLogger("recbench")
 
 # compare's own keys: never passed on to the train runs
-COMPARE_KEYS = ("lineage", "seeds", "models", "report_only", "extra", "bootstrap", "jobs")
+COMPARE_KEYS = (
+    "lineage",
+    "seeds",
+    "models",
+    "report_only",
+    "extra",
+    "bootstrap",
+    "jobs",
+    "fork",
+)
 # train keys compare sets per run: a user value for them would be silently replaced
 PER_RUN_KEYS = {"model": "models=[...]", "seed": "seeds=<n> or seeds=[...]"}
 ERROR_TAIL_LINES = 40
@@ -382,7 +392,9 @@ def run(cfg: DictConfig) -> None:
             f"{len(jobs) - len(todo)} already in the store, {len(todo)} to train. "
             f"Output: {out_dir}"
         )
-        failures, notes = train_all(todo, root, hydra_passed, console, parallel_runs(cfg, todo))
+        failures, notes = train_all(
+            todo, root, hydra_passed, console, parallel_runs(cfg, todo), fork_runs(cfg)
+        )
     damaged: list = []  # store lines that are not one whole record, shown in the report
     runs, earlier_failures, missing = collect(
         jobs, read_records(root, stale=False, damaged=damaged), bool(cfg.report_only)

@@ -4,7 +4,9 @@ the results store while the others go on.
 
 Each child runs under ``recbench.supervise``: it dies with the compare (even a ``kill -9`` of the
 compare alone), and while it trains it holds a lock on its run key, so a second compare started
-beside a live one waits for that run instead of training it twice.
+beside a live one waits for that run instead of training it twice. Runs that train in one CPU
+process are forked from a ``recbench.forkserver`` per job slot instead (``fork: auto``), which has
+imported the training stack once and keeps the same guarantees.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any
 
 from omegaconf import DictConfig
 
+from recbench.forkserver import ForkServer, ForkServerError
 from recbench.report import error_line, metric_value
 from recbench.results import FAILED, FINISHED, append_record, code_version, read_records
 from recbench.supervise import STOP_GRACE_S, RunLock, guarded_command
@@ -47,6 +52,7 @@ class Job:
     record: dict[str, Any] | None = None  # the finished record, when this compare trained it
     process: subprocess.Popen | None = field(default=None, repr=False)  # while it trains
     lock: RunLock | None = field(default=None, repr=False)  # held while it trains
+    server: ForkServer | None = field(default=None, repr=False)  # forks it, while it trains
     parts: list[Job] = field(default_factory=list, repr=False)  # runs it starts from (pretrained)
 
 
@@ -81,7 +87,10 @@ def failure_record(job: Job, error: str, returncode: int | None, command: str) -
 def _stop(job: Job) -> None:
     """Stop the child training ``job`` (if it runs): its supervisor passes SIGTERM on to the run's
     process group and kills the group after ``STOP_GRACE_S``; the supervisor itself is killed if it
-    is still there 5 s later."""
+    is still there 5 s later. A forked run is stopped the same way by its fork server."""
+    if job.server is not None:
+        job.server.stop()
+        return
     proc = job.process
     if proc is None or proc.poll() is not None:
         return
@@ -93,11 +102,23 @@ def _stop(job: Job) -> None:
         proc.wait()
 
 
+def _run_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if threads and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def train_job(
-    job: Job, hydra_overrides: list[str], threads: int | None = None
+    job: Job,
+    hydra_overrides: list[str],
+    threads: int | None = None,
+    server: ForkServer | None = None,
 ) -> tuple[int, str, Path]:
     """Train one job in a child process; its output goes to ``<run_dir>/stdout.log``.
-    ``threads`` sets the child's OpenMP threads (torch's default) unless the environment does."""
+    ``threads`` sets the child's OpenMP threads (torch's default) unless the environment does.
+    With ``server`` the child is forked from it; if the server cannot take the run, the run
+    starts in a fresh interpreter (and ``server.dead`` says why)."""
     cmd = [
         sys.executable,
         "-m",
@@ -107,12 +128,20 @@ def train_job(
         f"hydra.run.dir={quote(str(job.run_dir))}",
         *hydra_overrides,
     ]
+    command = shlex.join(["recbench", *cmd[3:]])
     job.run_dir.mkdir(parents=True, exist_ok=True)
     log_path = job.run_dir / "stdout.log"
+    env = _run_env(threads)
+    lock_fd = None if job.lock is None else job.lock.fd
+    if server is not None and not server.dead:
+        job.server = server
+        try:
+            return server.run(cmd[3:], env, os.getcwd(), log_path, lock_fd), command, log_path
+        except ForkServerError:
+            pass  # server.dead holds why; train it the usual way
+        finally:
+            job.server = None
     with open(log_path, "w") as out:
-        env = dict(os.environ)
-        if threads and "OMP_NUM_THREADS" not in env:
-            env["OMP_NUM_THREADS"] = str(threads)
         # a session of its own under a supervisor that kills the run's whole process group when
         # this process dies, even by SIGKILL; Ctrl-C reaches the run through _stop. The supervisor
         # also holds the run's lock until the run's processes are gone.
@@ -123,7 +152,7 @@ def train_job(
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-            pass_fds=() if job.lock is None or job.lock.fd is None else (job.lock.fd,),
+            pass_fds=() if lock_fd is None else (lock_fd,),
         )
         job.process = proc
         try:
@@ -131,7 +160,7 @@ def train_job(
         except BaseException:
             _stop(job)
             raise
-    return rc, shlex.join(["recbench", *cmd[3:]]), log_path
+    return rc, command, log_path
 
 
 def _release(job: Job) -> None:
@@ -160,13 +189,8 @@ def _trained_record(job: Job, rc: int, root: Path) -> tuple[dict[str, Any] | Non
     return record, None
 
 
-def parallel_runs(cfg: DictConfig, todo: list[Job]) -> int:
-    """``jobs``: a number of runs side by side, or ``auto``: one per CPU core free of other work
-    (each run then gets one thread) when every run trains on CPU in one process, else one (a
-    GPU run, DDP or several nodes hold their devices themselves)."""
-    setting = cfg.jobs
-    if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
-        return int(setting)
+def _one_cpu_process(cfg: DictConfig) -> bool:
+    """Whether every run trains on CPU in one process (no GPU, DDP or nodes)."""
     trainer = cfg.get("trainer") or {}
     accelerator = str(trainer.get("accelerator", "cpu"))
     if accelerator == "auto":
@@ -174,24 +198,48 @@ def parallel_runs(cfg: DictConfig, todo: list[Job]) -> int:
 
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     devices = trainer.get("devices", 1)
-    one_process = (
-        "ddp" not in str(trainer.get("strategy", "auto"))
+    return (
+        accelerator == "cpu"
+        and "ddp" not in str(trainer.get("strategy", "auto"))
         and int(trainer.get("num_nodes", 1) or 1) == 1
         and str(devices) in ("1", "auto")
     )
-    if accelerator != "cpu" or not one_process or not todo:
+
+
+def parallel_runs(cfg: DictConfig, todo: list[Job]) -> int:
+    """``jobs``: a number of runs side by side, or ``auto``: one per CPU core free of other work
+    (each run then gets one thread) when every run trains on CPU in one process, else one (a
+    GPU run, DDP or several nodes hold their devices themselves)."""
+    setting = cfg.jobs
+    if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
+        return int(setting)
+    if not _one_cpu_process(cfg) or not todo:
         return 1
     from recbench.threads import choose_threads, cpu_state
 
     return max(1, min(choose_threads(cpu_state()), len(todo)))
 
 
+def fork_runs(cfg: DictConfig) -> bool:
+    """``fork``: ``auto`` forks the runs from fork servers (``recbench.forkserver``) when every
+    run trains on CPU in one process on Linux; ``false`` starts each in a fresh interpreter."""
+    setting = cfg.get("fork", "auto")
+    if isinstance(setting, str) and setting.strip().lower() == "auto":
+        return sys.platform.startswith("linux") and _one_cpu_process(cfg)
+    return bool(setting) and sys.platform.startswith("linux")
+
+
 def train_all(
-    jobs: list[Job], root: Path, hydra_overrides: list[str], console, parallel: int = 1
+    jobs: list[Job],
+    root: Path,
+    hydra_overrides: list[str],
+    console,
+    parallel: int = 1,
+    fork: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Train ``jobs``, ``parallel`` child processes at a time, with a progress bar; a failure is
-    recorded in the store and the others go on. Returns the failure records and notes for the
-    report."""
+    recorded in the store and the others go on. With ``fork``, each of the ``parallel`` slots
+    forks its runs from a fork server. Returns the failure records and notes for the report."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from rich.progress import (
@@ -216,9 +264,23 @@ def train_all(
         TimeElapsedColumn(),
     )
 
+    # started here, in the thread that outlives every run (see ForkServer)
+    servers: SimpleQueue[ForkServer] = SimpleQueue()
+    started: list[ForkServer] = []
+    if fork and jobs:
+        for _ in range(min(max(1, parallel), len(jobs))):
+            log = Path(tempfile.mkstemp(prefix="recbench-forkserver-", suffix=".log")[1])
+            started.append(ForkServer(_run_env(threads), root, log))
+            servers.put(started[-1])
+
     def timed(job: Job) -> tuple[int, str, Path, float]:
         t0 = time.perf_counter()
-        rc, command, log_path = train_job(job, hydra_overrides, threads)
+        server = servers.get() if started else None
+        try:
+            rc, command, log_path = train_job(job, hydra_overrides, threads, server)
+        finally:
+            if server is not None:
+                servers.put(server)
         return rc, command, log_path, time.perf_counter() - t0
 
     def finish(job: Job, rc: int, command: str, log_path: Path, seconds: float) -> None:
@@ -327,7 +389,16 @@ def train_all(
                 "command to train the rest"
             )
             sys.exit(130)
+        finally:
+            dead = sorted({s.dead for s in started if s.dead})
+            for server in started:
+                server.close()
+                server.log.unlink(missing_ok=True)
         pool.shutdown()
+        for why in dead:
+            say(
+                f"[yellow]…[/] runs started in fresh interpreters after a fork server failed: {why}"
+            )
     if moved:
         # the config or code changed under the compare (a pull, an edit): the runs are valid,
         # but their store keys are not the ones a rerun will look for

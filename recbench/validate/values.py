@@ -110,6 +110,11 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
         if (isinstance(v, str) and v.strip().lower() == "auto") or (_is_int(v) and v >= 1)
         else "must be an integer >= 1 or auto (one run per free CPU core)"
     ),
+    "fork": lambda v: (
+        None
+        if isinstance(v, bool) or (isinstance(v, str) and v.strip().lower() == "auto")
+        else "must be auto, true or false (false: every run in a fresh interpreter)"
+    ),
     "seeds": lambda v: (
         None
         if (_is_int(v) and v >= 1) or (isinstance(v, list) and v and all(_is_int(s) for s in v))

@@ -67,13 +67,33 @@ def _live(text: str) -> dict[int, str]:
 
 
 def _trainers(outputs: Path) -> dict[int, str]:
-    """The training processes of compares writing under ``outputs``, with their guards."""
-    return {p: c for p, c in _live(str(outputs)).items() if "recbench.cli train" in c}
+    """The training processes of compares writing under ``outputs``, with their guards (a
+    supervisor per run, or the fork servers the runs are forked from)."""
+    return {
+        p: c
+        for p, c in _live(str(outputs)).items()
+        if "recbench.cli train" in c or "recbench.forkserver" in c
+    }
+
+
+def _parent_and_group(pid: int) -> tuple[int | None, int | None]:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, ValueError, IndexError):
+        return None, None
 
 
 def _runs(outputs: Path) -> list[int]:
-    """The training processes alone (each leads its process group), without their guards."""
-    return [p for p, c in _trainers(outputs).items() if "recbench.supervise" not in c]
+    """The training processes alone, once each leads its process group: those whose guard, a
+    supervisor or a fork server, is a training process of the same compare too."""
+    trainers = _trainers(outputs)
+    runs = []
+    for p in trainers:
+        parent, group = _parent_and_group(p)
+        if parent in trainers and group == p:
+            runs.append(p)
+    return runs
 
 
 def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, timeout: float = 300):
@@ -198,23 +218,28 @@ def test_a_second_compare_waits_for_the_run_a_live_one_trains(
     assert _test_table(first_report) == _test_table(second_report)
 
 
+@pytest.mark.parametrize("fork", ["fork=true", "fork=false"])
 def test_kill_9_of_compare_kills_its_run_and_a_rerun_trains_it_once(
-    side_by_side: tuple[Path, str], tmp_path: Path
+    side_by_side: tuple[Path, str], tmp_path: Path, fork: str
 ) -> None:
-    first = _start(tmp_path, *ONE)
+    """Whether the run is forked from a fork server or runs under a supervisor."""
+    first = _start(tmp_path, *ONE, fork)
     try:
-        trainers = _wait_for(lambda: _trainers(tmp_path), "a run to start", first)
-        time.sleep(1.0)  # let it get into training
+        (run,) = _wait_for(lambda: _runs(tmp_path), "a run to start", first)
+        os.killpg(run, signal.SIGSTOP)  # a forked run is quick: it must not finish meanwhile
+        trainers = _trainers(tmp_path)
         os.kill(first.pid, signal.SIGKILL)  # the compare alone, not its process group
         first.wait()
         assert _gone(trainers), f"left running: {_trainers(tmp_path)}"
-        assert not _trainers(tmp_path) and not _live(f"recbench.supervise {first.pid}")
+        assert not _trainers(tmp_path)
+        assert not _live(f"recbench.supervise {first.pid}")
+        assert not _live(f"recbench.forkserver {first.pid}")
     finally:
         first.kill()
     assert not read_records(tmp_path, status=FINISHED)
     assert list((tmp_path / ".running").iterdir())  # the killed compare's marker is left
 
-    rerun = _run(tmp_path, *ONE)
+    rerun = _run(tmp_path, *ONE, fork)
     assert "was killed before it finished; training it again" in rerun.stderr
     assert _once_each(tmp_path) == {("lr", 1): 1}
     assert not list((tmp_path / ".running").iterdir())

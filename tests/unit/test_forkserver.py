@@ -1,0 +1,125 @@
+"""The fork server compare starts its runs from: what a forked run sees and returns, how it is
+stopped, and that nothing whose threads a fork would lose is imported before forking."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recbench.forkserver import NOT_BEFORE_FORK, ForkServer, ForkServerError
+from recbench.supervise import RunLock
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("forkserver")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RECBENCH_OUTPUTS": str(root)}
+    srv = ForkServer(env, root, root / "server.log")
+    srv.wait_ready()
+    yield srv, env, root
+    srv.close()
+
+
+def test_the_preload_leaves_out_what_does_not_survive_a_fork() -> None:
+    code = "import sys; from recbench.forkserver import preload; print(preload())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"imported before forking: {out.stdout}"
+    assert "polars" in NOT_BEFORE_FORK
+
+
+def test_a_forked_command_writes_its_log_and_returns_its_status(server, tmp_path: Path) -> None:
+    srv, env, _ = server
+    ok = srv.run(["models"], env, str(tmp_path), tmp_path / "ok.log")
+    assert ok == 0
+    assert "din" in (tmp_path / "ok.log").read_text()
+    bad = srv.run(["no-such-command"], env, str(tmp_path), tmp_path / "bad.log")
+    assert bad == 2
+    assert "unknown command 'no-such-command'" in (tmp_path / "bad.log").read_text()
+    # the server goes on serving after a failed run
+    assert srv.run(["--help"], env, str(tmp_path), tmp_path / "help.log") == 0
+
+
+def test_a_forked_run_trains_as_a_fresh_process_does(server, tmp_path: Path) -> None:
+    """Same config, same seed: a forked run and a fresh interpreter score the same, and the
+    forked run holds its run lock until it ends."""
+    srv, env, root = server
+    args = [
+        "train",
+        "++dataset.world.n_users=300",
+        "debug=fast",
+        "logger=none",
+        "threads=1",
+        "seed=3",
+    ]
+    lock = RunLock(root, "forked-run", "test")
+    assert lock.acquire()
+    forked = tmp_path / "forked"
+    rc = srv.run(
+        [*args, f"hydra.run.dir={forked}"], env, str(tmp_path), tmp_path / "f.log", lock.fd
+    )
+    assert rc == 0, (tmp_path / "f.log").read_text()[-3000:]
+    fresh = tmp_path / "fresh"
+    subprocess.run(
+        [sys.executable, "-m", "recbench.cli", *args, f"hydra.run.dir={fresh}"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    import json
+
+    got = json.loads((forked / "metrics.json").read_text())
+    want = json.loads((fresh / "metrics.json").read_text())
+    assert got["test"] == want["test"] and got["val"] == want["val"]
+    lock.release()
+
+
+def test_stop_ends_a_live_run_and_its_process_group(server, tmp_path: Path) -> None:
+    srv, env, _ = server
+    import threading
+
+    result: list[int] = []
+    args = [
+        "train",
+        "++dataset.world.n_users=300",
+        "logger=none",
+        "threads=1",
+        "trainer.max_epochs=100000",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'long'}",
+    ]
+    log = tmp_path / "long.log"
+    worker = threading.Thread(
+        target=lambda: result.append(srv.run(args, env, str(tmp_path), log)), daemon=True
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while "epoch" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline, "the run did not start training"
+        assert worker.is_alive(), log.read_text()[-2000:]
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    srv.stop()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and result, "the stopped run was not reported"
+    assert result[0] != 0
+    assert time.monotonic() - t0 < 35
+    # and the server takes the next run
+    assert srv.run(["--help"], env, str(tmp_path), tmp_path / "next.log") == 0
+
+
+def test_a_dead_server_says_so_and_takes_no_run(tmp_path: Path) -> None:
+    srv = ForkServer(dict(os.environ), tmp_path, tmp_path / "server.log")
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait()
+    with pytest.raises(ForkServerError, match="exited"):
+        srv.run(["--help"], dict(os.environ), str(tmp_path), tmp_path / "x.log")
+    assert srv.dead
