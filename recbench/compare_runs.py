@@ -229,6 +229,14 @@ def fork_runs(cfg: DictConfig) -> bool:
     return bool(setting) and sys.platform.startswith("linux")
 
 
+def run_order(job: Job, seconds_of: dict[str, float]) -> tuple:
+    """The order runs start in: every model's first seed before any second one, so that its
+    run time is known early; then the longest known runs first, so that the end of a parallel
+    compare is not one long run with the other slots idle."""
+    known = seconds_of.get(job.model)
+    return (known is not None, -(known or 0.0), job.seed)
+
+
 def train_all(
     jobs: list[Job],
     root: Path,
@@ -341,6 +349,7 @@ def train_all(
         say = progress.console.print
         queue = []
         waiting: set[str] = set()
+        seconds_of: dict[str, float] = {}  # each model's first run's wall time
         for job in jobs:
             if job.error:
                 failures.append(failure_record(job, job.error, None, ""))
@@ -354,6 +363,7 @@ def train_all(
         try:
             while queue or running:
                 busy = set(map(id, queue)) | set(map(id, running.values()))
+                queue.sort(key=lambda j: run_order(j, seconds_of))
                 for job in list(queue):  # the first runs no other compare is training
                     if len(running) >= max(1, parallel):
                         break
@@ -375,7 +385,10 @@ def train_all(
                 progress.update(bar, description=names)
                 done, _ = wait(running, timeout=1.0 if queue else None, return_when=FIRST_COMPLETED)
                 for future in done:
-                    finish(running.pop(future), *future.result())
+                    job = running.pop(future)
+                    result = future.result()
+                    seconds_of.setdefault(job.model, result[-1])
+                    finish(job, *result)
                     progress.advance(bar)
         except BaseException as exc:
             for job in running.values():

@@ -21,7 +21,8 @@ The server keeps ``recbench.supervise``'s guarantees for its runs:
 
 Messages are JSON over a ``SOCK_SEQPACKET`` socket pair, one request at a time per server:
 ``{"op": "run", "argv", "env", "cwd", "log"}`` (+ the lock's descriptor) → ``{"started": pid}``
-… ``{"status": <wait status>}``; ``{"op": "stop"}`` while a run is live; EOF ends the server.
+… ``{"status": <wait status>, "cpu_seconds": <the run's user + system CPU>}``;
+``{"op": "stop"}`` while a run is live; EOF ends the server.
 """
 
 from __future__ import annotations
@@ -154,9 +155,9 @@ def _child(request: dict[str, Any], server: int) -> None:
         os._exit(code)
 
 
-def _supervise_run(sock: socket.socket, pid: int, parent: int) -> int | None:
-    """Wait for the forked run ``pid`` while answering stop requests; its wait status, or None
-    when the compare is gone (the run's group is killed then)."""
+def _supervise_run(sock: socket.socket, pid: int, parent: int) -> tuple[int, float] | None:
+    """Wait for the forked run ``pid`` while answering stop requests; its wait status and CPU
+    seconds, or None when the compare is gone (the run's group is killed then)."""
     deadline: float | None = None
     listening = True
     while True:
@@ -185,8 +186,10 @@ def _supervise_run(sock: socket.socket, pid: int, parent: int) -> int | None:
                 _kill_group(pid, signal.SIGTERM)
                 deadline = time.monotonic() + STOP_GRACE_S
     _kill_group(pid)  # what the run left behind
-    _, status = os.waitpid(pid, 0)
-    return status if os.getppid() == parent else None
+    _, status, usage = os.wait4(pid, 0)
+    if os.getppid() != parent:
+        return None
+    return status, usage.ru_utime + usage.ru_stime
 
 
 def serve(parent: int, sock: socket.socket) -> None:
@@ -226,12 +229,12 @@ def serve(parent: int, sock: socket.socket) -> None:
             os.close(fd)
         current.append(pid)
         _send(sock, {"started": pid})
-        status = _supervise_run(sock, pid, parent)
+        ended = _supervise_run(sock, pid, parent)
         current.clear()
-        if status is None:
+        if ended is None:
             return
         try:
-            _send(sock, {"status": status})
+            _send(sock, {"status": ended[0], "cpu_seconds": ended[1]})
         except OSError:
             return
 
@@ -281,6 +284,7 @@ class ForkServer:
         self.dead: str | None = None
         self.finished = threading.Event()
         self.finished.set()
+        self.last_cpu_seconds: float | None = None  # the last run's user + system CPU
 
     def _fail(self, why: str) -> ForkServerError:
         self.dead = why
@@ -338,6 +342,7 @@ class ForkServer:
                 raise self._fail(f"the fork server's socket failed ({exc})") from exc
             self._next(READY_TIMEOUT_S)  # {"started": pid}
             message = self._next(None)
+            self.last_cpu_seconds = message.get("cpu_seconds")
             return os.waitstatus_to_exitcode(int(message["status"]))
         finally:
             self.finished.set()

@@ -30,11 +30,11 @@ RECBENCH_OUTPUTS="$out" /usr/bin/time -f '%e %U %S %M' -o "$out/time.txt" \
 }
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 read -r wall user sys rss <"$out/time.txt"
-python - "$out" "$wall" "$user" "$sys" "$rss" <<'PY'
+python - "$out" "$wall" "$user" "$sys" "$rss" "${args[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 
-out, wall, user, sys_s, rss = sys.argv[1], *map(float, sys.argv[2:])
+out, wall, user, sys_s, rss = sys.argv[1], *map(float, sys.argv[2:6])
 store = next(Path(out).rglob("results.jsonl"), None)
 runs = [json.loads(line) for line in store.read_text().splitlines() if line.strip()] if store else []
 run_wall = sum(r.get("perf", {}).get("wall_seconds") or 0 for r in runs)
@@ -42,9 +42,21 @@ train = sum(r.get("perf", {}).get("train_seconds") or 0 for r in runs)
 print(f"wall {wall:.1f} s, CPU {user + sys_s:.1f} s (user {user:.1f}, sys {sys_s:.1f}), "
       f"peak RSS of one process {rss / 1024:.0f} MB")
 if runs:
-    print(f"{len(runs)} runs: in-run wall {run_wall:.1f} s, of which training {train:.1f} s; "
-          f"outside the runs' own timers (each run's process start, imports and exit, and "
-          f"the compare's own start and report) {wall - run_wall:.1f} s wall "
-          f"({(wall - run_wall) / len(runs):.1f} s per run)")
+    print(f"{len(runs)} runs: in-run wall {run_wall:.1f} s, of which training {train:.1f} s")
+    # each run as the compare timed it, process start to exit ("✓ lr seed 1: ... (3 s)")
+    import re
+
+    log = (Path(out) / "compare.log").read_text(errors="replace")
+    timed = [float(s) for s in re.findall(r"seed \d+: test .* \((\d+) s\)", log)]
+    if len(timed) == len(runs):
+        outside = sum(timed) - run_wall
+        print(f"per run, outside its own timers (process start or fork, imports, exit): "
+              f"{outside:.1f} s in all, {outside / len(runs):.1f} s a run "
+              f"(compare-timed {sum(timed):.0f} s, whole seconds)")
+        jobs = next((int(a.split("=", 1)[1]) for a in sys.argv[6:] if a.startswith("jobs=")), 0)
+        if jobs:
+            rest = wall - sum(timed) / jobs
+            print(f"compare start, report and idle job slots: {rest:.1f} s wall "
+                  f"(wall minus the compare-timed run seconds / {jobs} slots)")
 print(f"outputs: {out}")
 PY

@@ -2,6 +2,7 @@
 
     python scripts/bench_fixed_cost.py --before /tmp/recbench-old --runs 5
     python scripts/bench_fixed_cost.py --runs 5 model=din            # this checkout alone
+    python scripts/bench_fixed_cost.py --fork --runs 5    # a fresh process vs forked (compare)
 
 Each run is ``python -m recbench.cli train <overrides> trainer.max_epochs=1
 trainer.limit_train_batches=1`` (one training step, then the whole validation and test pass,
@@ -11,7 +12,9 @@ dropped. Prints the median wall seconds and process CPU seconds (user + sys of t
 children, which a loaded machine disturbs far less than wall time) of each checkout.
 
 ``--before`` is another checkout of the repository (``git worktree add /tmp/recbench-old <rev>``);
-its ``recbench`` package is imported by running from its root.
+its ``recbench`` package is imported by running from its root. ``--fork`` times, beside the fresh
+process, the same run forked from a ``recbench.forkserver`` of this checkout, as ``recbench
+compare`` starts its runs (the server's one-off imports are not part of a run's cost).
 """
 
 from __future__ import annotations
@@ -50,24 +53,53 @@ def one_run(root: Path, overrides: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
+def forked_run(server, overrides: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of the same short run forked from ``server``."""
+    args = [
+        "train", *overrides,
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+        "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as outputs:
+        env = {**os.environ, "RECBENCH_OUTPUTS": outputs}
+        t0 = time.perf_counter()
+        rc = server.run(args, env, str(REPO), Path(outputs) / "run.log")
+        wall = time.perf_counter() - t0
+        if rc != 0:
+            raise SystemExit((Path(outputs) / "run.log").read_text()[-2000:])
+    return wall, float(server.last_cpu_seconds or 0.0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--before", type=Path, default=None, help="another checkout to compare")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per checkout")
+    ap.add_argument("--fork", action="store_true", help="also time runs forked from a server")
     ap.add_argument("overrides", nargs="*", help="train overrides (default: DeepFM, ML-100K)")
     args = ap.parse_args()
     overrides = DEFAULTS + args.overrides
     roots = {"this checkout": REPO}
     if args.before is not None:
         roots = {"before": args.before.resolve(), "after": REPO}
-    times: dict[str, list[tuple[float, float]]] = {k: [] for k in roots}
-    for root in roots.values():
-        one_run(root, overrides)  # warm-up: data cache, imports into the page cache
+    runners = {name: (lambda r=root: one_run(r, overrides)) for name, root in roots.items()}
+    server = None
+    if args.fork:
+        from recbench.forkserver import ForkServer
+
+        log = Path(tempfile.mkstemp(suffix=".log")[1])
+        server = ForkServer(dict(os.environ), tempfile.gettempdir(), log)
+        server.wait_ready()
+        runners["forked (compare)"] = lambda: forked_run(server, overrides)
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
+    for run in runners.values():
+        run()  # warm-up: data cache, imports into the page cache
     for i in range(args.runs):
-        for name, root in roots.items():
-            times[name].append(one_run(root, overrides))
+        for name, run in runners.items():
+            times[name].append(run())
             wall, cpu = times[name][-1]
             print(f"run {i} {name:<14} wall {wall:6.2f} s  CPU {cpu:6.2f} s", file=sys.stderr)
+    if server is not None:
+        server.close()
     load = os.getloadavg()[0]
     print(f"\n{' '.join(overrides)}; {args.runs} runs each, load average {load:.2f} at the end")
     print("| checkout | median wall s | median CPU s |")

@@ -1,0 +1,46 @@
+"""How compare schedules its runs and when it forks them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from recbench.compare_runs import Job, fork_runs, run_order
+
+
+def _jobs(models: list[str], seeds: list[int]) -> list[Job]:
+    return [Job(m, s, [], Path(f"/runs/{m}/{s}")) for m in models for s in seeds]
+
+
+def test_first_seeds_first_then_the_longest_known_runs() -> None:
+    jobs = _jobs(["lr", "fm", "autoint"], [1, 2, 3])
+    order = sorted(jobs, key=lambda j: run_order(j, {}))
+    # nothing known yet: every model's first seed, in the lineage's order, before any second one
+    assert [(j.model, j.seed) for j in order[:3]] == [("lr", 1), ("fm", 1), ("autoint", 1)]
+    assert [j.seed for j in order] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    left = [j for j in jobs if j.seed > 1]
+    seconds = {"lr": 3.0, "fm": 5.0, "autoint": 47.0}
+    order = sorted(left, key=lambda j: run_order(j, seconds))
+    assert [j.model for j in order] == ["autoint", "autoint", "fm", "fm", "lr", "lr"]
+    # a model whose time is not known yet still goes before the known ones
+    del seconds["fm"]
+    assert sorted(left, key=lambda j: run_order(j, seconds))[0].model == "fm"
+
+
+def test_fork_is_used_for_single_cpu_process_runs_only() -> None:
+    linux = sys.platform.startswith("linux")
+
+    def cfg(**trainer):
+        return OmegaConf.create(
+            {"fork": "auto", "trainer": {"accelerator": "cpu", "devices": 1, **trainer}}
+        )
+
+    assert fork_runs(cfg()) is linux
+    assert fork_runs(cfg(strategy="ddp", devices=2)) is False
+    assert fork_runs(cfg(num_nodes=2)) is False
+    assert fork_runs(cfg(accelerator="gpu")) is False
+    off = cfg()
+    off.fork = False
+    assert fork_runs(off) is False
