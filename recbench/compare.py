@@ -373,6 +373,8 @@ def run(cfg: DictConfig) -> None:
     lineage = str(hc.runtime.choices.get("lineage") or "custom")
     models, seeds = model_list(cfg), seed_list(cfg.seeds)
     task_overrides = list(hc.overrides.task)
+    if cfg.get("models") and not any(_key_of(o) == "lineage" for o in task_overrides):
+        lineage = "custom"  # models=[...] without lineage=: not the default lineage's path
     # a test-only or user config folder must be visible to the runs as it is to this process
     hydra_passed = [o for o in hc.overrides.hydra if _key_of(o) == "hydra.searchpath"]
     common = [
