@@ -206,18 +206,43 @@ def _one_cpu_process(cfg: DictConfig) -> bool:
     )
 
 
-def parallel_runs(cfg: DictConfig, todo: list[Job]) -> int:
+def parallel_runs(cfg: DictConfig, todo: list[Job] | int) -> int:
     """``jobs``: a number of runs side by side, or ``auto``: one per CPU core free of other work
     (each run then gets one thread) when every run trains on CPU in one process, else one (a
-    GPU run, DDP or several nodes hold their devices themselves)."""
+    GPU run, DDP or several nodes hold their devices themselves). ``todo``: the runs to train,
+    or their number."""
     setting = cfg.jobs
     if not (isinstance(setting, str) and setting.strip().lower() == "auto"):
         return int(setting)
-    if not _one_cpu_process(cfg) or not todo:
+    count = todo if isinstance(todo, int) else len(todo)
+    if not _one_cpu_process(cfg) or not count:
         return 1
     from recbench.threads import choose_threads, cpu_state
 
-    return max(1, min(choose_threads(cpu_state()), len(todo)))
+    return max(1, min(choose_threads(cpu_state()), count))
+
+
+def run_threads(parallel: int) -> int | None:
+    """Each run's OpenMP threads when ``parallel`` runs share the cores (None: torch's default);
+    oversubscribed OpenMP threads stall."""
+    return max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+
+
+def start_fork_servers(count: int, root: Path) -> list[ForkServer]:
+    """``count`` fork servers, importing in the background while the compare plans. Call from
+    the thread that outlives every run (see ``ForkServer``). They get this process's
+    environment, as a fresh interpreter would; each run brings its own (its threads included)."""
+    servers = []
+    for _ in range(count):
+        log = Path(tempfile.mkstemp(prefix="recbench-forkserver-", suffix=".log")[1])
+        servers.append(ForkServer(dict(os.environ), root, log))
+    return servers
+
+
+def close_fork_servers(servers: list[ForkServer]) -> None:
+    for server in servers:
+        server.close()
+        server.log.unlink(missing_ok=True)
 
 
 def fork_runs(cfg: DictConfig) -> bool:
@@ -243,11 +268,12 @@ def train_all(
     hydra_overrides: list[str],
     console,
     parallel: int = 1,
-    fork: bool = False,
+    servers: list[ForkServer] | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Train ``jobs``, ``parallel`` child processes at a time, with a progress bar; a failure is
-    recorded in the store and the others go on. With ``fork``, each of the ``parallel`` slots
-    forks its runs from a fork server. Returns the failure records and notes for the report."""
+    recorded in the store and the others go on. With ``servers`` (``start_fork_servers``), each
+    slot forks its runs from one of them; they are closed at the end. Returns the failure records
+    and notes for the report."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from rich.progress import (
@@ -262,8 +288,7 @@ def train_all(
     failures: list[dict[str, Any]] = []
     notes: list[str] = []
     moved: list[str] = []
-    # parallel runs share the cores: each gets its share (oversubscribed OpenMP threads stall)
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    threads = run_threads(parallel)
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -272,23 +297,19 @@ def train_all(
         TimeElapsedColumn(),
     )
 
-    # started here, in the thread that outlives every run (see ForkServer)
-    servers: SimpleQueue[ForkServer] = SimpleQueue()
-    started: list[ForkServer] = []
-    if fork and jobs:
-        for _ in range(min(max(1, parallel), len(jobs))):
-            log = Path(tempfile.mkstemp(prefix="recbench-forkserver-", suffix=".log")[1])
-            started.append(ForkServer(_run_env(threads), root, log))
-            servers.put(started[-1])
+    started = list(servers or [])
+    free: SimpleQueue[ForkServer] = SimpleQueue()
+    for server in started:
+        free.put(server)
 
     def timed(job: Job) -> tuple[int, str, Path, float]:
         t0 = time.perf_counter()
-        server = servers.get() if started else None
+        server = free.get() if started else None
         try:
             rc, command, log_path = train_job(job, hydra_overrides, threads, server)
         finally:
             if server is not None:
-                servers.put(server)
+                free.put(server)
         return rc, command, log_path, time.perf_counter() - t0
 
     def finish(job: Job, rc: int, command: str, log_path: Path, seconds: float) -> None:
@@ -404,9 +425,7 @@ def train_all(
             sys.exit(130)
         finally:
             dead = sorted({s.dead for s in started if s.dead})
-            for server in started:
-                server.close()
-                server.log.unlink(missing_ok=True)
+            close_fork_servers(started)
         pool.shutdown()
         for why in dead:
             say(

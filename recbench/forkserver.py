@@ -126,7 +126,7 @@ def _child(request: dict[str, Any], server: int) -> None:
         os.close(null)
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if threads.isdigit() and int(threads) > 0:
-            # OpenMP read the server's environment when torch was imported
+            # OpenMP read the server's environment when torch was imported, not the run's
             import torch
 
             torch.set_num_threads(int(threads))

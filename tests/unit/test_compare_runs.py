@@ -44,3 +44,18 @@ def test_fork_is_used_for_single_cpu_process_runs_only() -> None:
     off = cfg()
     off.fork = False
     assert fork_runs(off) is False
+
+
+def test_planned_run_keys_are_those_of_a_fresh_compose(tmp_path: Path) -> None:
+    """compare composes each model once and sets the seed on copies: the run keys (what decides
+    whether a run is in the store) must be exactly those of composing every (model, seed)."""
+    from recbench.compare import _compose_train, plan, quote
+    from recbench.results import run_key
+
+    common = ["dataset=synthetic", "++dataset.world.n_users=300", "trainer.max_epochs=2"]
+    jobs = plan(["lr", "deepfm"], [1, 2, 7], common, [], tmp_path)
+    assert len({j.key for j in jobs}) == 6 and not any(j.error for j in jobs)
+    for job in jobs:
+        fresh = _compose_train([*job.overrides, f"paths.run_dir={quote(str(job.run_dir))}"])
+        assert fresh.seed == job.seed
+        assert run_key(fresh, job.data_key) == job.key, (job.model, job.seed)

@@ -22,7 +22,9 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Li
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("forkserver")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RECBENCH_OUTPUTS": str(root)}
-    srv = ForkServer(env, root, root / "server.log")
+    # the server imports torch without the runs' thread setting: each run brings its own
+    server_env = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
+    srv = ForkServer(server_env, root, root / "server.log")
     srv.wait_ready()
     yield srv, env, root
     srv.close()
@@ -48,15 +50,15 @@ def test_a_forked_command_writes_its_log_and_returns_its_status(server, tmp_path
 
 
 def test_a_forked_run_trains_as_a_fresh_process_does(server, tmp_path: Path) -> None:
-    """Same config, same seed: a forked run and a fresh interpreter score the same, and the
-    forked run holds its run lock until it ends."""
+    """Same config, same seed: a forked run and a fresh interpreter score the same with the
+    threads the run's environment asks for (OMP_NUM_THREADS=1, torch's default left alone)."""
     srv, env, root = server
     args = [
         "train",
         "++dataset.world.n_users=300",
         "debug=fast",
         "logger=none",
-        "threads=1",
+        "threads=null",
         "seed=3",
     ]
     lock = RunLock(root, "forked-run", "test")
@@ -79,11 +81,14 @@ def test_a_forked_run_trains_as_a_fresh_process_does(server, tmp_path: Path) -> 
     got = json.loads((forked / "metrics.json").read_text())
     want = json.loads((fresh / "metrics.json").read_text())
     assert got["test"] == want["test"] and got["val"] == want["val"]
+    assert got["perf"]["threads"] == want["perf"]["threads"] == 1
     lock.release()
 
 
-def test_stop_ends_a_live_run_and_its_process_group(server, tmp_path: Path) -> None:
-    srv, env, _ = server
+def test_stop_ends_a_live_run_that_holds_its_lock_until_it_is_gone(server, tmp_path: Path) -> None:
+    srv, env, root = server
+    lock = RunLock(root, "long-run", "test")
+    assert lock.acquire()
     import threading
 
     result: list[int] = []
@@ -98,7 +103,8 @@ def test_stop_ends_a_live_run_and_its_process_group(server, tmp_path: Path) -> N
     ]
     log = tmp_path / "long.log"
     worker = threading.Thread(
-        target=lambda: result.append(srv.run(args, env, str(tmp_path), log)), daemon=True
+        target=lambda: result.append(srv.run(args, env, str(tmp_path), log, lock.fd)),
+        daemon=True,
     )
     worker.start()
     deadline = time.monotonic() + 120
@@ -106,12 +112,18 @@ def test_stop_ends_a_live_run_and_its_process_group(server, tmp_path: Path) -> N
         assert time.monotonic() < deadline, "the run did not start training"
         assert worker.is_alive(), log.read_text()[-2000:]
         time.sleep(0.1)
+    # the compare's copy closed as a killed compare's would be: the run's own copy keeps the
+    # run key locked
+    os.close(lock.fd)
+    lock.fd = None
+    assert not RunLock(root, "long-run", "another compare").acquire()
     t0 = time.monotonic()
     srv.stop()
     worker.join(timeout=60)
     assert not worker.is_alive() and result, "the stopped run was not reported"
     assert result[0] != 0
     assert time.monotonic() - t0 < 35
+    assert RunLock(root, "long-run", "another compare").acquire()  # gone with the run
     # and the server takes the next run
     assert srv.run(["--help"], env, str(tmp_path), tmp_path / "next.log") == 0
 
