@@ -100,6 +100,10 @@ def run(cfg: DictConfig) -> float | None:
     task_cls = task_class(cfg)
     if getattr(task_cls, "standalone", False):  # a task with its own loop (an environment)
         return _record_run(cfg, task_cls.run_standalone(cfg, run_dir), name, t_start)
+    if str(cfg.trainer.get("_target_", "")).startswith("recbench.distributed."):
+        from recbench.distributed.train import run_sharded  # trainer=torchrec: its own loop
+
+        return run_sharded(cfg, task_cls, name, t_start)
     data = task_cls.prepare(cfg, log=log.info)
     with local_ranks(cfg, run_dir):
         pl.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -194,6 +198,7 @@ def _record_run(
             ),
             "wall_seconds": time.perf_counter() - t_start,
             "batch_size": int(cfg.batch_size),
+            "threads": torch.get_num_threads(),  # intra-op threads the run trained with
         },
         "data": result.get("data", {}),
         "run_dir": str(run_dir),
