@@ -14,7 +14,6 @@ from recbench.errors import ConfigError
 from recbench.models.layers.transformer import (
     BertBlock,
     Dropout,
-    PointWiseFeedForward,
     SASRecBlock,
     attention_mask,
 )
@@ -29,20 +28,6 @@ def causal_pairs(seq: Tensor) -> tuple[Tensor, Tensor]:
     columns 0..L-1, targets columns 1..L, no target where the input is padding. (B, L) each."""
     inputs = seq[:, :-1]
     return inputs, torch.where(inputs > 0, seq[:, 1:], torch.zeros_like(inputs))
-
-
-class BertOutputFeedForward(PointWiseFeedForward):
-    """BERT's intermediate and output layers as the S3-Rec code has them:
-    ``Dropout(W_2 GELU(W_1 x + b_1) + b_2)``, dropout after the output only."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.w2(self.act(self.w1(x))))
-
-
-def bert_block(dim: int, heads: int, dropout: float) -> BertBlock:
-    block = BertBlock(dim, heads, dropout)
-    block.ffn = BertOutputFeedForward(dim, 4 * dim, dropout, activation="gelu")
-    return block
 
 
 class SASRec(nn.Module):
@@ -95,7 +80,7 @@ class SASRec(nn.Module):
         self.items = nn.Embedding(schema.num_items + 1, hidden_units, padding_idx=0)
         self.positions = nn.Embedding(schema.max_len, hidden_units)
         self.dropout = Dropout(dropout)
-        layer = SASRecBlock if block == "sasrec" else bert_block
+        layer = SASRecBlock if block == "sasrec" else BertBlock
         self.blocks = nn.ModuleList(layer(hidden_units, heads, dropout) for _ in range(blocks))
         # SASRec: a layer norm after the blocks; BERT: one on the input embedding
         self.norm = nn.LayerNorm(hidden_units, eps=1e-8 if block == "sasrec" else 1e-12)

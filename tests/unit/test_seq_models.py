@@ -314,3 +314,32 @@ def test_dropout_zeroes_a_share_p_and_scales_the_rest():
     (grad,) = torch.autograd.grad(y.sum(), x)
     assert torch.equal(grad == 0, zero)  # the gradient flows through the kept elements only
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_bert_layers_drop_the_output_not_the_inner_activations():
+    """BERT's (and the S3-Rec code's) feed-forward is Dropout(W_2 GELU(W_1 x + b_1) + b_2): in
+    training, one dropout per BERT layer's feed-forward (BERT4Rec and SASRec's block="bert"),
+    two in SASRec's own block, whose code also drops the inner activations."""
+    from recbench.models.bert4rec import BERT4Rec
+    from recbench.models.layers.transformer import BertBlock, SASRecBlock
+
+    def dropout_calls(model, items):
+        calls = []
+        hooks = [
+            blk.ffn.dropout.register_forward_hook(lambda *a, blk=blk: calls.append(type(blk)))
+            for blk in model.blocks
+        ]
+        model.train()
+        model.encode(items)
+        for h in hooks:
+            h.remove()
+        return calls
+
+    items = padded([[3, 7, 1, 9, 4, 12], [5, 6]], L)
+    bert = SASRec(schema(), hidden_units=8, heads=2, block="bert", dropout=0.5)
+    assert dropout_calls(bert, items) == [BertBlock, BertBlock]
+    own = SASRec(schema(), hidden_units=8, heads=2, block="sasrec", dropout=0.5)
+    assert dropout_calls(own, items) == [SASRecBlock] * 4
+    cloze = BERT4Rec(schema(), hidden_units=8, heads=2, blocks=2)
+    assert all(isinstance(b, BertBlock) for b in cloze.blocks)
+    assert dropout_calls(cloze, items) == [BertBlock, BertBlock]

@@ -72,18 +72,31 @@ class MultiHeadAttention(nn.Module):
 
 
 class PointWiseFeedForward(nn.Module):
-    """Two position-wise linear maps with an activation and dropout after each:
-    ``Dropout(W_2 Dropout(act(W_1 x + b_1)) + b_2)`` (SASRec eq. 4, BERT's intermediate/output)."""
+    """Two position-wise linear maps with an activation between them and dropout after the
+    output: ``Dropout(W_2 Dropout(act(W_1 x + b_1)) + b_2)`` as SASRec (eq. 4; its code drops
+    the inner activations too), ``Dropout(W_2 act(W_1 x + b_1) + b_2)`` with
+    ``inner_dropout=False`` as BERT's intermediate and output layers (no dropout between them)."""
 
-    def __init__(self, dim: int, inner: int, dropout: float, activation: str = "relu") -> None:
+    def __init__(
+        self,
+        dim: int,
+        inner: int,
+        dropout: float,
+        activation: str = "relu",
+        inner_dropout: bool = True,
+    ) -> None:
         super().__init__()
         self.w1 = nn.Linear(dim, inner)
         self.w2 = nn.Linear(inner, dim)
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
         self.dropout = Dropout(dropout)
+        self.inner_dropout = inner_dropout
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.w2(self.dropout(self.act(self.w1(x)))))
+        h = self.act(self.w1(x))
+        if self.inner_dropout:
+            h = self.dropout(h)
+        return self.dropout(self.w2(h))
 
 
 class SASRecBlock(nn.Module):
@@ -110,14 +123,17 @@ class SASRecBlock(nn.Module):
 
 class BertBlock(nn.Module):
     """BERT's Transformer layer (post-normalisation, GELU, 4× inner width):
-    ``x = LN(x + Dropout(MHA(x)))``; ``x = LN(x + FFN(x))``."""
+    ``x = LN(x + Dropout(MHA(x)))``; ``x = LN(x + Dropout(W_2 GELU(W_1 x + b_1) + b_2))``, no
+    dropout on the inner activations (BERT's intermediate and output layers)."""
 
     def __init__(self, dim: int, heads: int, dropout: float, inner: int | None = None) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(dim, heads, dropout, out_proj=True)
         self.attn_dropout = Dropout(dropout)
         self.attn_norm = nn.LayerNorm(dim, eps=1e-12)
-        self.ffn = PointWiseFeedForward(dim, inner or 4 * dim, dropout, activation="gelu")
+        self.ffn = PointWiseFeedForward(
+            dim, inner or 4 * dim, dropout, activation="gelu", inner_dropout=False
+        )
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x: Tensor, mask: Tensor, keep: Tensor) -> Tensor:
