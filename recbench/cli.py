@@ -55,11 +55,25 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
                 return body(cfg)
             except RecbenchError as exc:
                 _fail(exc)
+            except SystemExit as exc:
+                _stopped_by_sigterm(exc)
+                raise
 
         sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
         entry()
 
     return command
+
+
+def _stopped_by_sigterm(exc: SystemExit) -> None:
+    """Lightning ends a run that received SIGTERM (a scheduler's preemption, a compare stopping
+    it) with ``SIGTERMException``, a ``SystemExit`` of status 0: exit 143 instead, so that the
+    caller does not take the unfinished run for a finished one."""
+    lightning = sys.modules.get("pytorch_lightning.utilities.exceptions")
+    if lightning is None or not isinstance(exc, lightning.SIGTERMException):
+        return
+    console.print("[bold red]stopped:[/] SIGTERM arrived before the run finished; nothing recorded")
+    sys.exit(128 + 15)
 
 
 def _with_checks(args: list[str], command: str) -> list[str]:

@@ -285,6 +285,7 @@ class ForkServer:
         self.finished = threading.Event()
         self.finished.set()
         self.last_cpu_seconds: float | None = None  # the last run's user + system CPU
+        self.imported_before_fork: list[str] | None = None  # known once the server is ready
 
     def _fail(self, why: str) -> ForkServerError:
         self.dead = why
@@ -315,7 +316,8 @@ class ForkServer:
             raise ForkServerError(self.dead)
         if not self.ready:
             message = self._next(READY_TIMEOUT_S)
-            if message.get("imported_before_fork"):
+            self.imported_before_fork = list(message.get("imported_before_fork") or [])
+            if self.imported_before_fork:
                 raise self._fail(
                     f"the fork server imported {message['imported_before_fork']} before forking"
                 )

@@ -30,11 +30,10 @@ def server(tmp_path_factory):
     srv.close()
 
 
-def test_the_preload_leaves_out_what_does_not_survive_a_fork() -> None:
-    code = "import sys; from recbench.forkserver import preload; print(preload())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", f"imported before forking: {out.stdout}"
+def test_the_preload_leaves_out_what_does_not_survive_a_fork(server) -> None:
+    srv, _, _ = server
     assert "polars" in NOT_BEFORE_FORK
+    assert srv.imported_before_fork == [], f"imported before forking: {srv.imported_before_fork}"
 
 
 def test_a_forked_command_writes_its_log_and_returns_its_status(server, tmp_path: Path) -> None:
@@ -99,6 +98,7 @@ def test_stop_ends_a_live_run_that_holds_its_lock_until_it_is_gone(server, tmp_p
         "threads=1",
         "trainer.max_epochs=100000",
         "trainer.enable_progress_bar=false",
+        "callbacks.early_stopping.patience=100000",
         f"hydra.run.dir={tmp_path / 'long'}",
     ]
     log = tmp_path / "long.log"
@@ -108,7 +108,8 @@ def test_stop_ends_a_live_run_that_holds_its_lock_until_it_is_gone(server, tmp_p
     )
     worker.start()
     deadline = time.monotonic() + 120
-    while "epoch" not in (log.read_text() if log.exists() else ""):
+    checkpoints = tmp_path / "long" / "checkpoints"  # the first epoch's best: it is training
+    while not (checkpoints.exists() and any(checkpoints.iterdir())):
         assert time.monotonic() < deadline, "the run did not start training"
         assert worker.is_alive(), log.read_text()[-2000:]
         time.sleep(0.1)
@@ -121,7 +122,9 @@ def test_stop_ends_a_live_run_that_holds_its_lock_until_it_is_gone(server, tmp_p
     srv.stop()
     worker.join(timeout=60)
     assert not worker.is_alive() and result, "the stopped run was not reported"
-    assert result[0] != 0
+    assert result[0] == 128 + signal.SIGTERM, log.read_text()[-2000:]  # not Lightning's 0
+    assert "SIGTERM arrived before the run finished" in log.read_text()
+    assert not (tmp_path / "long" / "metrics.json").exists()
     assert time.monotonic() - t0 < 35
     assert RunLock(root, "long-run", "another compare").acquire()  # gone with the run
     # and the server takes the next run
