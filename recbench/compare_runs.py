@@ -404,7 +404,9 @@ def train_all(
                     continue
                 names = ", ".join(f"{j.model} seed {j.seed}" for j in running.values())
                 progress.update(bar, description=names)
-                done, _ = wait(running, timeout=1.0 if queue else None, return_when=FIRST_COMPLETED)
+                # never an unbounded wait: Ctrl-C may reach another thread of this process, and
+                # the main thread only raises KeyboardInterrupt once it runs again
+                done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
                     job = running.pop(future)
                     result = future.result()

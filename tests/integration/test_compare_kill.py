@@ -248,6 +248,24 @@ def test_kill_9_of_compare_kills_its_run_and_a_rerun_trains_it_once(
     assert _test_table(_reports(tmp_path)[-1]) == _test_table(single_go)
 
 
+def test_ctrl_c_stops_a_compare_and_its_runs_at_once(tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C) to a compare whose two runs never end by themselves: it stops them, says
+    so and exits 130 within seconds, leaving no process, no run lock and no record behind."""
+    endless = ["trainer.max_epochs=100000", "callbacks.early_stopping.patience=100000"]
+    proc = _start(tmp_path, "models=[lr,fm]", "seeds=1", "jobs=2", *endless)
+    try:
+        _wait_for(lambda: len(_runs(tmp_path)) == 2, "both runs to start", proc)
+        trainers = _trainers(tmp_path)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, (tmp_path / "compare.log").read_text()[-3000:]
+        assert _gone(trainers), f"left running: {_trainers(tmp_path)}"
+    finally:
+        proc.kill()
+    assert "interrupted" in (tmp_path / "compare.log").read_text()
+    assert not list((tmp_path / ".running").iterdir())
+    assert not read_records(tmp_path, status=FINISHED)
+
+
 @pytest.mark.slow
 def test_repeated_kills_of_a_parallel_compare(tmp_path_factory) -> None:
     """Two runs at a time, the compare killed at a random moment three times, then let finish:
