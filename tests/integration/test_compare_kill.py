@@ -218,7 +218,8 @@ def test_a_second_compare_waits_for_the_run_a_live_one_trains(
     assert _test_table(first_report) == _test_table(second_report)
 
 
-@pytest.mark.parametrize("fork", ["fork=true", "fork=false"])
+# fresh interpreters under recbench.supervise: what DDP runs use (slow: their own kill test)
+@pytest.mark.parametrize("fork", ["fork=true", pytest.param("fork=false", marks=pytest.mark.slow)])
 def test_kill_9_of_compare_kills_its_run_and_a_rerun_trains_it_once(
     side_by_side: tuple[Path, str], tmp_path: Path, fork: str
 ) -> None:
