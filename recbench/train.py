@@ -139,7 +139,8 @@ def run(cfg: DictConfig) -> float | None:
         "test": dict(task.test_result),
         "undefined": dict(task.undefined),
         "best_epoch": best_val.get("epoch"),
-        "epochs": len(history),
+        # epochs trained (validation may run every n-th epoch only); an evaluation trains none
+        "epochs": int(trainer.current_epoch) if cfg.fit else 0,
         "val_history": history,
         "params": sum(p.numel() for p in task.model.parameters()),
         "perf": {

@@ -96,6 +96,14 @@ def test_train_writes_every_output_and_is_deterministic(tmp_path):
     assert again["test"] == m["test"] and again["val"] == m["val"]
 
 
+def test_the_record_counts_epochs_trained_not_validations(tmp_path):
+    args = ["model=lr", *SMALL, "trainer.max_epochs=4", "+trainer.check_val_every_n_epoch=2"]
+    recbench("train", *args, "record=false", *run_dir_of(tmp_path, "a"), cwd=tmp_path)
+    m = metrics(tmp_path, "a")
+    assert m["epochs"] == 4
+    assert [h["epoch"] for h in m["val_history"]] == [1, 3]
+
+
 @pytest.mark.parametrize("model", ["lr", "din"])
 def test_ddp_trains_on_two_cpu_ranks(tmp_path, model):
     """A few DDP steps on 2 CPU ranks: every parameter gets a gradient (DDP refuses otherwise),
