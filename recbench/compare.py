@@ -140,17 +140,24 @@ def seed_list(seeds: Any) -> list[int]:
     return values
 
 
-def model_list(cfg: DictConfig) -> list[str]:
+def model_list(cfg: DictConfig, configs: TrainConfigs | None = None) -> list[str]:
+    """The compare's models that serve its task, in lineage order."""
+    return _serving(_model_names(cfg), cfg, configs)
+
+
+def _model_names(cfg: DictConfig) -> list[str]:
     models = cfg.get("models") or (cfg.get("lineage") or {}).get("models")
     if not models:
         raise ConfigError("no models: pick a lineage (lineage=ctr) or give models=[lr,fm]")
     names = [str(m) for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"models repeat: {names}")
-    return _serving(names, cfg)
+    return names
 
 
-def _serving(names: list[str], cfg: DictConfig) -> list[str]:
+def _serving(
+    names: list[str], cfg: DictConfig, configs: TrainConfigs | None = None
+) -> list[str]:
     """``names`` without the models whose class does not serve the chosen task (a lineage
     such as cf mixes rating and ranking models), with a printed note; a model whose config
     does not compose is kept, so its run reports why."""
@@ -167,7 +174,8 @@ def _serving(names: list[str], cfg: DictConfig) -> list[str]:
     keep, dropped = [], []
     for m in names:
         try:
-            served = model_tasks(get_class(str(_compose_train([f"model={m}"]).model._target_)))
+            model_cfg = configs.base(m) if configs else _compose_train([f"model={m}"])
+            served = model_tasks(get_class(str(model_cfg.model._target_)))
         except (HydraException, OmegaConfBaseException, ImportError, ValueError, TypeError):
             served = (task,)
         (keep if task in served else dropped).append(m)
@@ -179,6 +187,31 @@ def _serving(names: list[str], cfg: DictConfig) -> list[str]:
     if not keep:
         raise ConfigError(f"no model of {names} serves task={task}")
     return keep
+
+
+class TrainConfigs:
+    """Each model's train config under the compare's overrides, composed once and shared by
+    the task filter, the pretraining plan and every seed's job (a compose costs ~0.1-0.2 s, and
+    a compare used to pay three per model before its first run could start)."""
+
+    def __init__(self, common: list[str], hydra_overrides: list[str]) -> None:
+        self._overrides = [*common, *hydra_overrides]
+        self._composed: dict[str, DictConfig | Exception] = {}
+
+    def base(self, model: str) -> DictConfig:
+        """``model``'s config without seed or run folder; raises what composing it raised."""
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        if model not in self._composed:
+            try:
+                self._composed[model] = _compose_train([f"model={model}", *self._overrides])
+            except (HydraException, OmegaConfBaseException, ValueError, TypeError) as exc:
+                self._composed[model] = exc
+        found = self._composed[model]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
 
 def _compose_train(overrides: list[str]) -> DictConfig:
@@ -200,6 +233,7 @@ def plan(
     common: list[str],
     hydra_overrides: list[str],
     out_dir: Path,
+    configs: TrainConfigs | None = None,
 ) -> list[Job]:
     """One job per (model, seed), model-major, each with its run key (or why it has none)."""
     from hydra.errors import HydraException
@@ -211,8 +245,8 @@ def plan(
     data_keys: dict[str, str] = {}
     jobs = []
     planned: dict[tuple[str, int], Job] = {}
-    first: dict[str, DictConfig] = {}  # each model's config as composed for its first seed
-    for m, parts in _with_parts(models, common, hydra_overrides):
+    configs = configs or TrainConfigs(common, hydra_overrides)
+    for m, parts in _with_parts(models, common, hydra_overrides, configs):
         for s in seeds:
             run_dir = out_dir / "runs" / m / f"seed_{s}"
             job = Job(m, s, [f"model={m}", f"seed={s}", *common], run_dir)
@@ -223,15 +257,14 @@ def plan(
             ]
             job.parts = [planned[(part, s)] for part in parts.values()]
             try:
-                if parts or m not in first:
+                if parts:  # the parts' run folders are overrides of their own
                     cfg = _compose_train(
                         [*job.overrides, f"paths.run_dir={quote(str(run_dir))}", *hydra_overrides]
                     )
-                    first.setdefault(m, cfg)
                 else:
-                    # another seed of a model composed above: only `seed` and the run folder
-                    # differ, so set them on a copy (what composing again gives, ~0.2 s faster)
-                    cfg = copy.deepcopy(first[m])
+                    # only `seed` and the run folder differ from the model's composed config,
+                    # so they are set on a copy (what composing with them gives)
+                    cfg = copy.deepcopy(configs.base(m))
                     cfg.seed = s
                     cfg.paths.run_dir = str(run_dir)
                 # a task that prepares its own data (top-K, rating, ...) keys it itself
@@ -267,16 +300,20 @@ def plan(
 
 
 def _with_parts(
-    models: list[str], common: list[str], hydra_overrides: list[str]
+    models: list[str],
+    common: list[str],
+    hydra_overrides: list[str],
+    configs: TrainConfigs | None = None,
 ) -> list[tuple[str, dict[str, str]]]:
     """``models`` in plan order, each with the parts it is pretrained from ({slot: model}, from
     its config's ``pretrained.from_models`` where the slot is empty); a part missing from
     ``models`` is planned before the first model that needs it."""
+    configs = configs or TrainConfigs(common, hydra_overrides)
     order: list[tuple[str, dict[str, str]]] = []
     for m in models:
         parts: dict[str, str] = {}
         try:
-            pre = _compose_train([f"model={m}", *common, *hydra_overrides]).model.get("pretrained")
+            pre = configs.base(m).model.get("pretrained")
             if pre and pre.get("from_models"):
                 parts = {str(k): str(v) for k, v in pre.from_models.items() if not pre.get(k)}
         except Exception:  # noqa: BLE001 - a config that does not compose is reported by plan
@@ -383,7 +420,7 @@ def run(cfg: DictConfig) -> None:
     out_dir = Path(hc.runtime.output_dir)
     root = Path(cfg.paths.results)
     lineage = str(hc.runtime.choices.get("lineage") or "custom")
-    models, seeds = model_list(cfg), seed_list(cfg.seeds)
+    names, seeds = _model_names(cfg), seed_list(cfg.seeds)
     task_overrides = list(hc.overrides.task)
     if cfg.get("models") and not any(_key_of(o) == "lineage" for o in task_overrides):
         lineage = "custom"  # models=[...] without lineage=: not the default lineage's path
@@ -397,11 +434,13 @@ def run(cfg: DictConfig) -> None:
     servers: list = []
     parallel = 1
     if not cfg.report_only:
-        parallel = parallel_runs(cfg, len(models) * len(seeds))
+        parallel = parallel_runs(cfg, len(names) * len(seeds))  # extra servers close below
         if fork_runs(cfg):  # they import while the runs are planned
             servers = start_fork_servers(parallel, root)
     try:
-        jobs = plan(models, seeds, common, hydra_passed, out_dir)
+        configs = TrainConfigs(common, hydra_passed)
+        models = _serving(names, cfg, configs)
+        jobs = plan(models, seeds, common, hydra_passed, out_dir, configs)
         failures: list[dict[str, Any]] = []
         notes: list[str] = []
         if not cfg.report_only:

@@ -59,3 +59,26 @@ def test_planned_run_keys_are_those_of_a_fresh_compose(tmp_path: Path) -> None:
         fresh = _compose_train([*job.overrides, f"paths.run_dir={quote(str(job.run_dir))}"])
         assert fresh.seed == job.seed
         assert run_key(fresh, job.data_key) == job.key, (job.model, job.seed)
+
+
+def test_a_compare_composes_each_model_once(tmp_path: Path, monkeypatch) -> None:
+    """Filtering by task, planning pretraining and every seed share one compose per model (a
+    compose is ~0.1-0.2 s the runs wait for); a pretrained model composes again for its parts'
+    run folders."""
+    import recbench.compare as compare
+
+    calls: list[list[str]] = []
+    real = compare._compose_train
+
+    def counting(overrides: list[str]):
+        calls.append(list(overrides))
+        return real(overrides)
+
+    monkeypatch.setattr(compare, "_compose_train", counting)
+    common = ["dataset=synthetic", "++dataset.world.n_users=300"]
+    cfg = real(["dataset=synthetic"])
+    configs = compare.TrainConfigs(common, [])
+    models = compare._serving(["lr", "fm", "deepfm"], cfg, configs)
+    jobs = compare.plan(models, [1, 2, 3], common, [], tmp_path, configs)
+    assert len(jobs) == 9 and not any(j.error for j in jobs)
+    assert sorted(c[0] for c in calls) == ["model=deepfm", "model=fm", "model=lr"]
