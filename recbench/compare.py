@@ -155,9 +155,7 @@ def _model_names(cfg: DictConfig) -> list[str]:
     return names
 
 
-def _serving(
-    names: list[str], cfg: DictConfig, configs: TrainConfigs | None = None
-) -> list[str]:
+def _serving(names: list[str], cfg: DictConfig, configs: TrainConfigs | None = None) -> list[str]:
     """``names`` without the models whose class does not serve the chosen task (a lineage
     such as cf mixes rating and ranking models), with a printed note; a model whose config
     does not compose is kept, so its run reports why."""
