@@ -21,6 +21,15 @@
   it adds by bringing the user back sooner. Decomposed (below), the charge enters the list's
   future target once; otherwise every transition of the list is charged the whole gap, as each
   gets the whole ``β · activeness`` and ``γ Q(s', ·)``.
+- Return hazard (``hazard``, with ``return_time``): the realised gap is one exponential draw,
+  as spread as its mean. ``ReturnHazard`` (``recbench.models.hazard``) fits, at every major
+  update, an exponential return time with ``log λ = w · f(s, L)`` on the agent's own lists
+  (returns and, censored, the lists still waiting), ``f``: 1, the list's clicks / K, its items'
+  mean overlap with the user's exposure and with the recent clicks, the activeness.
+  ``reward``: the target charges ``ρ · E[gap | s, L] = ρ · exp(-w · f)`` instead of the
+  realised gap. ``rank``: the charge leaves the target and enters the list's value,
+  ``Q(s, L) = Σ Q_click + Q_future - ρ · E[gap | s, L]``, each candidate's share taken to
+  first order about the list of the K best click values (``_hazard_share``).
 - Decomposition (``decompose``, on when the target has more than the click): the value of a
   list ``L`` of K is ``Q(s, L) = Σ_{a∈L} Q_click(s, a) + Q_future(s, L)``, two dueling networks,
   as in the Hybrid Reward Architecture (van Seijen et al., NeurIPS 2017). ``Q_click`` is
@@ -54,6 +63,7 @@ gathers the shown positions.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -62,9 +72,11 @@ import torch
 from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
+from recbench.envs.news import CONTEXT
 from recbench.envs.policies import top_k
 from recbench.envs.world import HOUR
 from recbench.errors import ConfigError
+from recbench.models.hazard import ReturnHazard
 from recbench.models.layers.dbgd import (
     dbgd_perturbation,
     dbgd_update,
@@ -74,6 +86,7 @@ from recbench.models.layers.dbgd import (
 from recbench.models.layers.dqn import DuelingQ, SplitQ, double_dqn_target, stack_snapshots
 
 EXPLORE = ("none", "egreedy", "dbgd")
+HAZARD = ("none", "reward", "rank")
 
 
 class Replay:
@@ -199,6 +212,9 @@ class DRN(nn.Module):
         decompose: bool = True,
         future_hidden: Sequence[int] | None = (16,),
         future_features: str = "user_item",
+        hazard: str = "none",
+        hazard_weight: float = 1.0,
+        hazard_ridge: float = 1.0,
     ) -> None:
         super().__init__()
         if explore not in EXPLORE:
@@ -211,6 +227,19 @@ class DRN(nn.Module):
         self.beta = float(schema.beta if beta is None else beta) if use_activeness else 0.0
         self.use_activeness = use_activeness
         self.return_time = bool(return_time)
+        if hazard not in HAZARD:
+            raise ConfigError(f"model.hazard={hazard!r}; choose one of {HAZARD}")
+        if hazard != "none" and not self.return_time:
+            raise ConfigError(
+                f"model.hazard={hazard!r} models the return-time charge: set model.return_time=true"
+                " or model.hazard=none"
+            )
+        self.hazard_mode, self.hazard_weight = hazard, float(hazard_weight)
+        # the return hazard's features of a list (_hazard_features): 1, clicks / K, the shown
+        # items' mean overlap with the user's exposure and with the recent clicks, the activeness
+        self.hazard = ReturnHazard(5, replay_capacity, hazard_ridge) if hazard != "none" else None
+        self._ctx = schema.state_dim - 2 * schema.n_genres - CONTEXT  # activeness in the state
+        self.h_pending: dict[int, tuple[np.ndarray, float]] = {}  # user: (features, time shown)
         self.clicks_total, self.now = 0.0, 0.0  # the click rate ρ for return_time
         self.epsilon, self.alpha, self.eta, self.tau = epsilon, dbgd_alpha, dbgd_eta, interleave_tau
         self.minor_every, self.major_period = minor_every, major_hours * HOUR
@@ -281,8 +310,15 @@ class DRN(nn.Module):
             prev, pos, clicks = self.pending.pop(u)
             act = float(obs["context"][0])  # activeness at this return
             reward = clicks + self.beta * act
-            if self.return_time:  # context[1]: log1p of the hours since the earlier request
-                reward = reward - self.click_rate() * float(np.expm1(obs["context"][1]))
+            gap = float(np.expm1(obs["context"][1]))  # hours since the earlier request
+            hz = self.hazard
+            if hz is not None:
+                hf = self.h_pending.pop(u)[0]
+                hz.add(hf, gap)
+                if self.hazard_mode == "reward" and hz.ready:  # the fitted expected gap
+                    gap = float(hz.expected_gap(hf))
+            if self.return_time and self.hazard_mode != "rank":  # rank: in the list's Q instead
+                reward = reward - self.click_rate() * gap
             self._complete(prev, pos, reward, req, clicks)
         dbgd = self.explore == "dbgd"
         if self._snap is None or (dbgd and self._snap_explore is None) or self._stacked is None:
@@ -296,6 +332,8 @@ class DRN(nn.Module):
                 for cur, exp in zip(self._snap, self._snap_explore or self._snap)
             ]
         q = self.q.heads[0].act_stacked(self._stacked[0], state, actions, items)
+        if self.hazard_mode == "rank" and self.hazard.ready:
+            q = q + self._hazard_share(state, actions, q[0])
         if self.split:  # each item's share Q_click + Q_f / K
             fc = self.q.future_cols
             fa = actions if fc is None else actions[:, -fc:]
@@ -318,6 +356,10 @@ class DRN(nn.Module):
             self.credit += np.bincount(who, weights=clicks, minlength=2)
         self.clicks_total += float(clicks.sum())
         self.now = float(info["time"])
+        if self.hazard is not None:
+            r = req % self.replay.cap
+            f = self._hazard_features(self.replay.state[r], self.replay.actions[r], shown, clicks)
+            self.h_pending[int(info["user"])] = (f, self.now)
         if self.gamma == 0.0 and self.beta == 0.0 and not self.return_time:  # nothing to wait for
             self._complete(req, shown, clicks, -1, clicks)
         else:
@@ -334,6 +376,31 @@ class DRN(nn.Module):
     def click_rate(self) -> float:
         """``ρ``: clicks per user per simulated hour so far (the first day counts as a day)."""
         return self.clicks_total / (self.spec.n_users * max(self.now, 24.0 * HOUR) / HOUR)
+
+    def _hazard_features(
+        self, state: np.ndarray, actions: np.ndarray, shown: np.ndarray, clicks: np.ndarray
+    ) -> np.ndarray:
+        """(5,): a shown list's features for the return hazard, from the observation: 1, its
+        clicks / K, its items' mean overlap with the user's exposure (``actions[:, -1]``) and
+        with the user's recent clicks (``actions[:, -3]``), the user's activeness."""
+        o, r = actions[shown][:, [-1, -3]].sum(0) / self.k
+        return np.array([1.0, float(clicks.sum()) / self.k, o, r, state[self._ctx]])
+
+    def _hazard_share(
+        self, state: np.ndarray, actions: np.ndarray, q_click: np.ndarray
+    ) -> np.ndarray:
+        """(N,): each candidate's share of the list's fitted return-time value
+        ``-ρ · E[gap | s, L] = -ρ · exp(-w · f(s, L))``, to first order about the list of the K
+        best clicks: ``ρ · E[gap | s, L₀] · (w_c · p_i + w_o · o_i + w_r · r_i) / K``, ``p_i`` the
+        candidate's click value (clipped to [0, 1]) standing in for its click, ``o_i`` / ``r_i``
+        its overlap with the exposure / the recent clicks; times ``hazard_weight``."""
+        w, k = self.hazard.w, self.k
+        # g_i = w_c p_i + w_o o_i + w_r r_i: the candidate's part of w · f(s, L), times K
+        g = w[1] * np.clip(q_click, 0.0, 1.0) + actions[:, [-1, -3]] @ w[[2, 3]].astype(np.float32)
+        top = np.argpartition(-q_click, k - 1)[:k]
+        log_rate = w[0] + w[4] * float(state[self._ctx]) + float(g[top].sum()) / k  # w · f(s, L0)
+        gap0 = math.exp(-min(max(log_rate, -30.0), 30.0))  # E[gap | s, L0]
+        return (self.hazard_weight * self.click_rate() * gap0 / k) * g
 
     def _complete(
         self, req: int, pos: np.ndarray, reward: np.ndarray, next_req: int, click: np.ndarray
@@ -427,6 +494,12 @@ class DRN(nn.Module):
         self.stats["minor"] += 1
 
     def major_update(self) -> None:
+        if self.hazard is not None:  # refit, the lists still waiting as censored gaps
+            waiting = list(self.h_pending.values())
+            cf = np.array([f for f, _ in waiting]).reshape(-1, self.hazard.d)
+            ct = np.array([(self.now - t) / HOUR for _, t in waiting])
+            w = self.hazard.fit(cf, ct)
+            self.stats.update({f"hazard_w{j}": float(x) for j, x in enumerate(w)})
         lists = max(1, round(self.major_batch / self.k))
         if self.replay.n_tr:
             for _ in range(self.major_steps):
