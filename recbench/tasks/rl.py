@@ -53,6 +53,12 @@ class RLTask(Task):
     bootstrap_unit: ClassVar[str] = "user"
     bootstrap: ClassVar[dict[str, str]] = {m: "mean" for m in WINDOW_METRICS}
 
+    @classmethod
+    def data_key(cls, cfg: Any) -> str:
+        """The key the run records as its data (``world_key``), so that ``compare`` plans the
+        run key the run will have and finds finished runs in the store."""
+        return world_key(cfg)
+
     def __init__(
         self,
         model: Any = None,

@@ -49,6 +49,19 @@ def train(tmp_path: Path, model: str, *extra: str) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def test_compare_plans_the_run_key_an_rl_run_records(tmp_path):
+    """compare finds finished runs by their planned key: a plan that keyed the world
+    differently from the run would retrain every policy on every rerun."""
+    from recbench.compare import _compose_train, plan, quote
+
+    common = ["dataset=synthetic", *TINY, f"paths.results={tmp_path / 'store'}"]
+    (job,) = plan(["random_policy"], [1], common, [], tmp_path)
+    assert job.error is None
+    run(_compose_train([*job.overrides, f"paths.run_dir={quote(str(job.run_dir))}"]))
+    (record,) = read_records(tmp_path / "store")
+    assert record["run_key"] == job.key
+
+
 def test_drn_run_is_a_recbench_run(tmp_path):
     m = train(tmp_path, "drn")
     assert m["task"] == "rl" and m["bootstrap_unit"] == "user" and m["primary_metric"] == "clicks"
