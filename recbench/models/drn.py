@@ -29,7 +29,14 @@
   ``reward``: the target charges ``ρ · E[gap | s, L] = ρ · exp(-w · f)`` instead of the
   realised gap. ``rank``: the charge leaves the target and enters the list's value,
   ``Q(s, L) = Σ Q_click + Q_future - ρ · E[gap | s, L]``, each candidate's share taken to
-  first order about the list of the K best click values (``_hazard_share``).
+  first order about the list of the K best click values (``_hazard_share``);
+  ``hazard_overlap_scale`` scales the overlap part of that share alone. ``rate_window_hours``
+  takes ``ρ`` over a recent window (clicks decayed with that time constant) instead of the run.
+- Fatigue (``fatigue`` > 0): showing an item adds its genres to the user's exposure, which lowers
+  the later clicks of items of those genres. The agent fits the click's slope in the exposure
+  overlap, from a click logit on its impressions' user–item overlaps (``fatigue_fit=logit``) or
+  from its click network (``network``), and charges each candidate the later clicks it takes
+  from a list like the best one now (``_fatigue_share``), times ``fatigue``.
 - Decomposition (``decompose``, on when the target has more than the click): the value of a
   list ``L`` of K is ``Q(s, L) = Σ_{a∈L} Q_click(s, a) + Q_future(s, L)``, two dueling networks,
   as in the Hybrid Reward Architecture (van Seijen et al., NeurIPS 2017). ``Q_click`` is
@@ -76,7 +83,7 @@ from recbench.envs.news import CONTEXT
 from recbench.envs.policies import top_k
 from recbench.envs.world import HOUR
 from recbench.errors import ConfigError
-from recbench.models.hazard import ReturnHazard
+from recbench.models.hazard import ClickLogit, ReturnHazard
 from recbench.models.layers.dbgd import (
     dbgd_perturbation,
     dbgd_update,
@@ -215,6 +222,10 @@ class DRN(nn.Module):
         hazard: str = "none",
         hazard_weight: float = 1.0,
         hazard_ridge: float = 1.0,
+        hazard_overlap_scale: float = 1.0,
+        fatigue: float = 0.0,
+        fatigue_fit: str = "logit",
+        rate_window_hours: float = 0.0,
     ) -> None:
         super().__init__()
         if explore not in EXPLORE:
@@ -235,12 +246,27 @@ class DRN(nn.Module):
                 " or model.hazard=none"
             )
         self.hazard_mode, self.hazard_weight = hazard, float(hazard_weight)
+        self.hazard_overlap_scale = float(hazard_overlap_scale)
         # the return hazard's features of a list (_hazard_features): 1, clicks / K, the shown
         # items' mean overlap with the user's exposure and with the recent clicks, the activeness
         self.hazard = ReturnHazard(5, replay_capacity, hazard_ridge) if hazard != "none" else None
         self._ctx = schema.state_dim - 2 * schema.n_genres - CONTEXT  # activeness in the state
         self.h_pending: dict[int, tuple[np.ndarray, float]] = {}  # user: (features, time shown)
         self.clicks_total, self.now = 0.0, 0.0  # the click rate ρ for return_time
+        if rate_window_hours < 0.0:
+            raise ConfigError(f"model.rate_window_hours={rate_window_hours} must be >= 0")
+        # ρ over a recent window: clicks decayed with time constant rate_window_hours (0: all)
+        self.rate_tau, self.clicks_recent = float(rate_window_hours) * HOUR, 0.0
+        if fatigue < 0.0:
+            raise ConfigError(f"model.fatigue={fatigue} must be >= 0 (0: off)")
+        # the fatigue charge (_fatigue_share), its slope from a click logit fitted on the shown
+        # items' user-item overlaps (1, history profile, recent clicks, cosine, exposure) or
+        # from the click network (fatigue_slope, refitted at major updates)
+        if fatigue_fit not in ("logit", "network"):
+            raise ConfigError(f"model.fatigue_fit={fatigue_fit!r}; choose one of logit, network")
+        self.fatigue, self.fatigue_fit, self.fatigue_slope = float(fatigue), fatigue_fit, 0.0
+        use_logit = fatigue > 0.0 and fatigue_fit == "logit"
+        self.click_logit = ClickLogit(5, 5 * replay_capacity) if use_logit else None
         self.epsilon, self.alpha, self.eta, self.tau = epsilon, dbgd_alpha, dbgd_eta, interleave_tau
         self.minor_every, self.major_period = minor_every, major_hours * HOUR
         self.major_steps, self.major_batch, self.target_swap = major_steps, major_batch, target_swap
@@ -332,8 +358,11 @@ class DRN(nn.Module):
                 for cur, exp in zip(self._snap, self._snap_explore or self._snap)
             ]
         q = self.q.heads[0].act_stacked(self._stacked[0], state, actions, items)
+        q_click = q[0]
         if self.hazard_mode == "rank" and self.hazard.ready:
-            q = q + self._hazard_share(state, actions, q[0])
+            q = q + self._hazard_share(state, actions, q_click)
+        if self.fatigue > 0.0 and (self.click_logit is None or self.click_logit.ready):
+            q = q - self._fatigue_share(actions, q_click)
         if self.split:  # each item's share Q_click + Q_f / K
             fc = self.q.future_cols
             fa = actions if fc is None else actions[:, -fc:]
@@ -355,7 +384,13 @@ class DRN(nn.Module):
         if who is not None:
             self.credit += np.bincount(who, weights=clicks, minlength=2)
         self.clicks_total += float(clicks.sum())
+        if self.rate_tau > 0.0:
+            decay = math.exp(-(float(info["time"]) - self.now) / self.rate_tau)
+            self.clicks_recent = self.clicks_recent * decay + float(clicks.sum())
         self.now = float(info["time"])
+        if self.click_logit is not None:
+            ui = self.replay.actions[req % self.replay.cap][shown][:, -4:]
+            self.click_logit.add(np.concatenate([np.ones((len(ui), 1)), ui], 1), clicks)
         if self.hazard is not None:
             r = req % self.replay.cap
             f = self._hazard_features(self.replay.state[r], self.replay.actions[r], shown, clicks)
@@ -374,8 +409,14 @@ class DRN(nn.Module):
     # ------------------------------------------------------------------ learning
 
     def click_rate(self) -> float:
-        """``ρ``: clicks per user per simulated hour so far (the first day counts as a day)."""
-        return self.clicks_total / (self.spec.n_users * max(self.now, 24.0 * HOUR) / HOUR)
+        """``ρ``: clicks per user per simulated hour so far (the first day counts as a day).
+        With ``rate_window_hours`` τ > 0, over a recent window: the clicks weighted by
+        ``exp(-age / τ)`` over the same weight's integral, ``τ (1 - exp(-T / τ))``."""
+        span = max(self.now, 24.0 * HOUR)
+        if self.rate_tau > 0.0:
+            span = -self.rate_tau * math.expm1(-span / self.rate_tau)
+            return self.clicks_recent / (self.spec.n_users * span / HOUR)
+        return self.clicks_total / (self.spec.n_users * span / HOUR)
 
     def _hazard_features(
         self, state: np.ndarray, actions: np.ndarray, shown: np.ndarray, clicks: np.ndarray
@@ -396,11 +437,55 @@ class DRN(nn.Module):
         its overlap with the exposure / the recent clicks; times ``hazard_weight``."""
         w, k = self.hazard.w, self.k
         # g_i = w_c p_i + w_o o_i + w_r r_i: the candidate's part of w · f(s, L), times K
-        g = w[1] * np.clip(q_click, 0.0, 1.0) + actions[:, [-1, -3]] @ w[[2, 3]].astype(np.float32)
+        gc = w[1] * np.clip(q_click, 0.0, 1.0)
+        go = actions[:, [-1, -3]] @ w[[2, 3]].astype(np.float32)
+        g = gc + go
         top = np.argpartition(-q_click, k - 1)[:k]
         log_rate = w[0] + w[4] * float(state[self._ctx]) + float(g[top].sum()) / k  # w · f(s, L0)
         gap0 = math.exp(-min(max(log_rate, -30.0), 30.0))  # E[gap | s, L0]
+        if self.hazard_overlap_scale != 1.0:
+            g = gc + self.hazard_overlap_scale * go
         return (self.hazard_weight * self.click_rate() * gap0 / k) * g
+
+    def _fatigue_share(self, actions: np.ndarray, q_click: np.ndarray) -> np.ndarray:
+        """(N,): each candidate's fitted cost in later clicks through fatigue. Shown, item i's
+        genre mixture ``m_i`` joins the exposure and raises a later candidate j's exposure
+        overlap by ``m_j · m_i``; the fitted click logit falls by ``-φ`` per unit of it
+        (``φ`` the logit's exposure-overlap coefficient, at most 0), so a later list like the
+        best one now loses ``-φ · m_i · G`` clicks, ``G = Σ_{k∈L0} p_k (1 - p_k) m_k`` over the
+        K best click values ``p_k`` (clipped to [0.01, 0.99]); times ``fatigue``, which stands
+        in for the examination of the item's position and the decay summed over later visits."""
+        k, ng = self.k, self.spec.n_genres
+        top = np.argpartition(-q_click, k - 1)[:k]
+        if self.fatigue_fit == "network":
+            phi = min(self.fatigue_slope, 0.0)
+            g = actions[top, :ng].sum(0)
+        else:
+            phi = min(float(self.click_logit.v[-1]), 0.0)
+            p = np.clip(q_click[top], 0.01, 0.99).astype(np.float64)
+            g = (p * (1.0 - p)) @ actions[top, :ng]  # (n_genres,)
+        return (self.fatigue * -phi) * (actions[:, :ng] @ g)
+
+    def _network_slope(self, n: int = 1000, delta: float = 0.1) -> float:
+        """The click network's mean slope in the exposure overlap at each recent request's best
+        item (probability per unit overlap)."""
+        cap = self.replay.cap
+        m = min(n, self.replay.n_req, cap)
+        rows = (self.replay.n_req - 1 - np.arange(m)) % cap
+        t = torch.from_numpy
+        s, a, it = (
+            t(self.replay.state[rows]),
+            t(self.replay.actions[rows]).clone(),
+            t(self.replay.items[rows]),
+        )
+        with torch.no_grad():
+            q0 = self.q.click(s, a, it)
+            top = q0.argmax(1)
+            r = torch.arange(m)
+            a[r, top, -1] += delta
+            q1 = self.q.click(s, a, it)
+        nc = a.shape[1]  # the centred advantage spreads the change over the pool
+        return float((q1 - q0)[r, top].mean()) / delta * nc / (nc - 1)
 
     def _complete(
         self, req: int, pos: np.ndarray, reward: np.ndarray, next_req: int, click: np.ndarray
@@ -500,6 +585,11 @@ class DRN(nn.Module):
             ct = np.array([(self.now - t) / HOUR for _, t in waiting])
             w = self.hazard.fit(cf, ct)
             self.stats.update({f"hazard_w{j}": float(x) for j, x in enumerate(w)})
+        if self.click_logit is not None:
+            self.stats["fatigue_logit"] = float(self.click_logit.fit()[-1])
+        elif self.fatigue > 0.0 and self.replay.n_req:
+            self.fatigue_slope = self._network_slope()
+            self.stats["fatigue_slope"] = self.fatigue_slope
         lists = max(1, round(self.major_batch / self.k))
         if self.replay.n_tr:
             for _ in range(self.major_steps):

@@ -88,4 +88,54 @@ class ReturnHazard:
         return np.exp(-np.clip(self.log_rate(f), -30.0, 30.0))
 
 
-__all__ = ["ReturnHazard"]
+class ClickLogit:
+    """Logistic model of a shown item's click, ``P(click | f) = σ(v · f)``, fitted online by
+    Newton steps on the maximum likelihood with a ridge ``ridge/2 · |v|²`` on every coefficient
+    but the intercept (``f[0]`` = 1). DRN reads one coefficient of it: the fitted slope of the
+    click logit in the item's overlap with the user's exposure, the other user–item overlaps
+    held fixed (``DRN(fatigue=...)``). Holds the last ``capacity`` impressions in a ring
+    buffer; stays unfitted until ``min_events`` impressions are held."""
+
+    def __init__(
+        self, n_features: int, capacity: int = 50_000, ridge: float = 1.0, min_events: int = 500
+    ) -> None:
+        self.d = n_features
+        self.cap, self.n = capacity, 0
+        self.f = np.zeros((capacity, n_features))
+        self.y = np.zeros(capacity)
+        self.v = np.zeros(n_features)
+        self.ridge, self.min_events = float(ridge), int(min_events)
+        self.fitted = False
+
+    def add(self, f: np.ndarray, clicks: np.ndarray) -> None:
+        """Impressions ``f`` (M, d) with their clicks (M,)."""
+        idx = (self.n + np.arange(len(f))) % self.cap
+        self.f[idx], self.y[idx] = f, clicks
+        self.n += len(f)
+
+    def fit(self, steps: int = 3) -> np.ndarray:
+        """Newton steps from the current ``v`` on the held impressions; returns ``v``."""
+        m = min(self.n, self.cap)
+        if m < self.min_events:
+            return self.v
+        f, y = self.f[:m], self.y[:m]
+        if not self.fitted:  # start at the constant click rate
+            rate = min(max(y.mean(), 1e-3), 1 - 1e-3)
+            self.v[:] = 0.0
+            self.v[0] = np.log(rate / (1 - rate))
+        pen = np.full(self.d, self.ridge)
+        pen[0] = 0.0
+        for _ in range(steps):
+            p = 1.0 / (1.0 + np.exp(-np.clip(f @ self.v, -30.0, 30.0)))
+            grad = f.T @ (y - p) - pen * self.v
+            hess = (f * (p * (1 - p))[:, None]).T @ f + np.diag(pen) + 1e-9 * np.eye(self.d)
+            self.v = self.v + np.linalg.solve(hess, grad)
+        self.fitted = True
+        return self.v
+
+    @property
+    def ready(self) -> bool:
+        return self.fitted
+
+
+__all__ = ["ClickLogit", "ReturnHazard"]
