@@ -8,9 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # ~17 s; the script is what a lent GPU runs once
 def test_gpu_check_dry_run_writes_every_measurement(tmp_path):
     out = tmp_path / "x.json"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "RECBENCH_CACHE_DIR": str(tmp_path / "c")}
