@@ -172,7 +172,11 @@ def _serving(names: list[str], cfg: DictConfig, configs: TrainConfigs | None = N
     keep, dropped = [], []
     for m in names:
         try:
-            model_cfg = configs.base(m) if configs else _compose_train([f"model={m}"])
+            try:
+                model_cfg = configs.base(m) if configs else _compose_train([f"model={m}"])
+            except (HydraException, OmegaConfBaseException, ValueError, TypeError):
+                # an override another model of the lineage takes: the model alone says its class
+                model_cfg = _compose_train([f"model={m}"])
             served = model_tasks(get_class(str(model_cfg.model._target_)))
         except (HydraException, OmegaConfBaseException, ImportError, ValueError, TypeError):
             served = (task,)

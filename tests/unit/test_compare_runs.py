@@ -82,3 +82,14 @@ def test_a_compare_composes_each_model_once(tmp_path: Path, monkeypatch) -> None
     jobs = compare.plan(models, [1, 2, 3], common, [], tmp_path, configs)
     assert len(jobs) == 9 and not any(j.error for j in jobs)
     assert sorted(c[0] for c in calls) == ["model=deepfm", "model=fm", "model=lr"]
+
+
+def test_a_model_off_the_task_is_left_out_even_when_an_override_does_not_fit_it() -> None:
+    """`lineage=cf task=topk model.layers=[...]`: the override fits the NCF models, not AutoRec,
+    which serves task=rating only and is left out, as without the override."""
+    import recbench.compare as compare
+
+    cfg = compare._compose_train(["task=topk"])
+    configs = compare.TrainConfigs(["task=topk", "model.layers=[16,8]"], [])
+    kept = compare._serving(["gmf", "ncf_mlp", "autorec"], cfg, configs)
+    assert kept == ["gmf", "ncf_mlp"]
