@@ -38,7 +38,7 @@ def _auc_weighted(prep: dict[str, np.ndarray], counts: np.ndarray) -> np.ndarray
     The weights are whole multiplicities, so float32 holds every count, cumulative count and
     product exactly (all far below 2**23); the sums accumulate in float64. Same result as
     float64 throughout, in half the memory traffic."""
-    c = counts[:, prep["order"]].astype(np.float32)
+    c = counts[:, prep["order"]].astype(np.float32, copy=False)  # float32 from resample_counts
     p = c * prep["pos"]
     q = c - p
     if len(prep["starts"]) < c.shape[1]:  # tied scores: one column per distinct score
