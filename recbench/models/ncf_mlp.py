@@ -21,9 +21,10 @@ class NCFMLP(nn.Module):
         schema: InteractionSchema,
         layers: Sequence[int] = (64, 32, 16, 8),
         init_std: float = 0.01,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.tower = PairTower(layers)
+        self.tower = PairTower(layers, dropout)
         d = self.tower.input_dim // 2
         self.user = id_embedding(schema.num_users + 1, d, init_std)
         self.item = id_embedding(schema.num_items + 1, d, init_std)

@@ -32,12 +32,13 @@ class NeuMF(nn.Module):
         layers: Sequence[int] = (64, 32, 16, 8),
         init_std: float = 0.01,
         pretrained: Mapping[str, Any] | None = None,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         users, items = schema.num_users + 1, schema.num_items + 1
         self.gmf_user = id_embedding(users, dim, init_std)
         self.gmf_item = id_embedding(items, dim, init_std)
-        self.tower = PairTower(layers)
+        self.tower = PairTower(layers, dropout)
         d = self.tower.input_dim // 2
         self.mlp_user = id_embedding(users, d, init_std)
         self.mlp_item = id_embedding(items, d, init_std)

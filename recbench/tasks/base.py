@@ -16,6 +16,8 @@ model trained on the same prepared data, so deltas between models are paired.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -30,6 +32,8 @@ from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
 BOOTSTRAP_KINDS = ("auc", "logloss", "mean", "sqrt_mean")
 
+log = logging.getLogger("recbench.tasks")
+
 
 class Task(pl.LightningModule):
     """Base of every Lightning task. Subclasses set the class attributes and the hooks below."""
@@ -41,6 +45,7 @@ class Task(pl.LightningModule):
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     bootstrap_unit: ClassVar[str] = "row"  # "row" | "user"
     bootstrap: ClassVar[dict[str, str]] = {}  # metric → one of BOOTSTRAP_KINDS
+    shown: ClassVar[tuple[str, ...]] = ()  # val metrics on each epoch's log line (primary if empty)
     loss_guard: LossGuard | None = None  # set by a task that watches its training loss
 
     def __init__(
@@ -115,6 +120,24 @@ class Task(pl.LightningModule):
                 "train/loss_step", terms["loss"], on_step=True, on_epoch=False, prog_bar=True,
                 batch_size=n,
             )  # fmt: skip
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    def record_val(self, values: Mapping[str, Any]) -> None:
+        """Keep an epoch's validation values in ``val_history`` and log one line with the
+        task's ``shown`` metrics: a long run's progress, with or without a logger or progress
+        bar. Called by each task at the end of a validation epoch (not the sanity check)."""
+        self.val_history.append({"epoch": self.current_epoch, **values})
+        if not (self.trainer.is_global_zero and self.trainer.state.fn == "fit"):
+            return
+        elapsed = time.perf_counter() - getattr(self, "_fit_start", time.perf_counter())
+        shown = ", ".join(
+            f"{k} {values[k]:.4f}"
+            for k in (self.shown or (self.primary,))
+            if isinstance(values.get(k), int | float)
+        )
+        log.info("epoch %d: val %s (%.0f s into fit)", self.current_epoch, shown or "-", elapsed)
 
     def on_train_epoch_start(self) -> None:
         if self.loss_guard is not None:

@@ -32,6 +32,7 @@ class CTRTask(Task):
     name = "ctr"
     metrics = ("auc", "gauc", "logloss")
     primary = "auc"
+    shown = ("auc", "logloss")
     primary_mode = "max"
     lower_is_better = frozenset({"logloss"})
     bootstrap_unit = "row"
@@ -134,7 +135,7 @@ class CTRTask(Task):
                 "early stopping cannot rank epochs by it; pick another monitor (for example "
                 "monitor=val/logloss monitor_mode=min) or a split with both labels."
             )
-        self.val_history.append({"epoch": self.current_epoch, **values})
+        self.record_val(values)
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_metrics)

@@ -19,7 +19,6 @@ the single-device numbers.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -179,6 +178,7 @@ class NextItemTask(Task):
     name = "next_item"
     metrics = metric_names()
     primary = "ndcg@10"
+    shown = ("ndcg@10", "hr@10")
     primary_mode = "max"
     lower_is_better = frozenset()
     bootstrap_unit = "user"
@@ -328,22 +328,10 @@ class NextItemTask(Task):
                 nested[k] = v
         return nested
 
-    def on_fit_start(self) -> None:
-        self._fit_start = time.perf_counter()
-
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_end("val", self.val_values)
         if not self.trainer.sanity_checking:
-            self.val_history.append({"epoch": self.current_epoch, **values})
-            if self.trainer.is_global_zero and self.trainer.state.fn == "fit":
-                # a long run's progress, with or without a logger or progress bar
-                elapsed = time.perf_counter() - getattr(self, "_fit_start", time.perf_counter())
-                shown = ", ".join(
-                    f"{k} {values[k]:.4f}"
-                    for k in ("ndcg@10", "hr@10")
-                    if values.get(k) is not None
-                )
-                log.info("epoch %d: val %s (%.0f s into fit)", self.current_epoch, shown, elapsed)
+            self.record_val(values)
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_values)

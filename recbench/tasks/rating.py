@@ -84,6 +84,7 @@ class RatingTask(Task):
     name = "rating"
     metrics = ("rmse", "mae")
     primary = "rmse"
+    shown = ("rmse", "mae")
     primary_mode = "min"
     lower_is_better = frozenset({"rmse", "mae"})
     bootstrap_unit = "row"
@@ -233,7 +234,7 @@ class RatingTask(Task):
     def on_validation_epoch_end(self) -> None:
         values = self._epoch_end("val", self.val_metrics)
         if not self.trainer.sanity_checking:
-            self.val_history.append({"epoch": self.current_epoch, **values})
+            self.record_val(values)
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_metrics)

@@ -132,6 +132,7 @@ class TopKTask(Task):
         "sampled.mrr@10",
     )
     primary = "ndcg@10"
+    shown = ("ndcg@10", "hr@10")
     primary_mode = "max"
     bootstrap_unit = "user"
     bootstrap = {m: "mean" for m in metrics}
@@ -265,7 +266,7 @@ class TopKTask(Task):
     def on_validation_epoch_end(self) -> None:
         result, _ = self._epoch_end("val", self.val_units)
         if not self.trainer.sanity_checking:
-            self.val_history.append({"epoch": self.current_epoch, **result})
+            self.record_val(result)
 
     def on_test_epoch_end(self) -> None:
         self.test_result, values = self._epoch_end("test", self.test_units)

@@ -29,9 +29,14 @@ TINY = [
 
 
 def test_topk_run_records_full_and_sampled_metrics_per_user_and_the_oracle(tmp_path):
-    recbench("train", "model=gmf", *TINY, "trainer.max_epochs=2", *run_dir_of(tmp_path, "g"),
-             cwd=tmp_path)  # fmt: skip
+    proc = recbench("train", "model=gmf", *TINY, "trainer.max_epochs=2",
+                    *run_dir_of(tmp_path, "g"), cwd=tmp_path)  # fmt: skip
     m = metrics(tmp_path, "g")
+    # without a progress bar, every epoch still says how validation went
+    text = proc.stdout + proc.stderr
+    for epoch in (0, 1):
+        line = f"epoch {epoch}: val ndcg@10 {m['val_history'][epoch]['ndcg@10']:.4f}, hr@10"
+        assert line in text, text[-2000:]
     assert m["task"] == "topk" and m["primary_metric"] == "ndcg@10"
     assert m["bootstrap_unit"] == "user" and m["bootstrap"]["sampled.hr@10"] == "mean"
     for split in ("val", "test"):

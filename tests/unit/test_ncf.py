@@ -71,6 +71,27 @@ def test_neumf_fuses_gmf_and_mlp_in_one_output_layer():
     assert torch.allclose(m.score_all({"user": U})[:, 1:], every_pair(m, U), atol=1e-5)
 
 
+
+def test_tower_dropout_drops_hidden_units_in_training_only():
+    plain = randomise(NeuMF(SCHEMA, dim=3, layers=[8, 4, 2]))
+    dropped = randomise(NeuMF(SCHEMA, dim=3, layers=[8, 4, 2], dropout=0.5))
+    batch = {"user": U, "item": I}
+    plain.eval(), dropped.eval()
+    assert torch.equal(plain(batch), dropped(batch))  # evaluation never drops
+    assert torch.equal(plain.score_all({"user": U}), dropped.score_all({"user": U}))
+    dropped.train()
+    torch.manual_seed(0)
+    z = torch.cat([dropped.mlp_user.weight[U], dropped.mlp_item.weight[I]], dim=1)
+    for layer in dropped.tower.layers:  # inverted dropout after each hidden ReLU
+        z = F.dropout(F.relu(z @ layer.weight.T + layer.bias), 0.5, training=True)
+    phi = dropped.gmf_user.weight[U] * dropped.gmf_item.weight[I]  # GMF is never dropped
+    want = torch.cat([phi, z], dim=1) @ dropped.out.weight[0] + dropped.out.bias
+    torch.manual_seed(0)
+    assert torch.allclose(dropped(batch), want, atol=1e-5)
+    assert not torch.allclose(dropped(batch), plain(batch))
+    with pytest.raises(ValueError, match="dropout"):
+        NCFMLP(SCHEMA, layers=[8, 4], dropout=1.0)
+
 def fake_run(tmp_path, name: str, model: torch.nn.Module):
     """A finished run directory as `recbench train` leaves it: metrics.json naming the best
     checkpoint, whose state dict holds the task's ``model.`` weights."""

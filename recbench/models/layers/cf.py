@@ -23,10 +23,12 @@ class PairTower(nn.Module):
     """NCF's MLP over a concatenated pair (eq. 10): z₁ = [p_u; q_i], z_l = ReLU(W_l z_{l-1} + b_l).
 
     ``layers`` = [2·d, h₂, …, h_L]: the input width (user and item vectors of d each) and the
-    hidden widths; the last is the predictive-factor width the output layer reads.
+    hidden widths; the last is the predictive-factor width the output layer reads. ``dropout``
+    (not in the NCF paper, common in later implementations) drops each hidden layer's output in
+    training; evaluation and ``score_all`` never drop.
     """
 
-    def __init__(self, layers: Sequence[int]) -> None:
+    def __init__(self, layers: Sequence[int], dropout: float = 0.0) -> None:
         super().__init__()
         layers = [int(x) for x in layers]
         if len(layers) < 2 or layers[0] % 2:
@@ -36,11 +38,16 @@ class PairTower(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(layers[:-1], layers[1:]))
         self.input_dim = layers[0]
         self.output_dim = layers[-1]
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
 
     def forward(self, p: Tensor, q: Tensor) -> Tensor:
         x = torch.cat([p, q], dim=-1)
         for layer in self.layers:
             x = F.relu(layer(x))
+            if self.dropout and self.training:
+                x = F.dropout(x, self.dropout, training=True)
         return x
 
     def score_all(self, p: Tensor, q_all: Tensor, head: Tensor) -> Tensor:
