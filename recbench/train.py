@@ -89,6 +89,18 @@ def build(cfg: DictConfig, data: Any) -> tuple[pl.LightningModule, pl.LightningD
     return task, task.datamodule(cfg, data)
 
 
+def best_epoch(history: list[dict[str, Any]], monitor: str, mode: str) -> dict[str, Any]:
+    """The validation epoch the run reports: best by ``monitor`` (``val/<metric>``, as the
+    checkpoint callback ranks epochs); the last epoch where the metric is undefined in every
+    epoch."""
+    key = monitor.split("/", 1)[-1]
+    scored = [h for h in history if _metric_value(h, key) is not None]
+    if not scored:
+        return (history or [{}])[-1]
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda h: _metric_value(h, key))
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train, test and record one configuration; returns the optimised metric (for sweeps)."""
     t_start = time.perf_counter()
@@ -129,11 +141,7 @@ def run(cfg: DictConfig) -> float | None:
 
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     history = task.val_history
-    monitor = cfg.monitor.split("/")[-1]
-    scored = [h for h in history if h.get(monitor) is not None]
-    pick = max if str(cfg.get("monitor_mode", "max")) == "max" else min
-    # the monitored metric undefined in every epoch: report the last epoch
-    best_val = pick(scored, key=lambda h: h[monitor]) if scored else (history or [{}])[-1]
+    best_val = best_epoch(history, cfg.monitor, str(cfg.get("monitor_mode", "max")))
     result = {
         "val": {k: v for k, v in best_val.items() if k != "epoch"},
         "test": dict(task.test_result),

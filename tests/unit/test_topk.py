@@ -299,3 +299,20 @@ def test_bpr_step_is_rendles_criterion_on_mf_and_user_terms_cancel():
     task.training_step(batch, 1).backward()
     assert model.user_bias.grad is None or model.user_bias.grad.abs().max() < 1e-7
     assert model.item_bias.grad.abs().sum() > 0 and model.user.grad.abs().sum() > 0
+
+
+def test_a_run_reports_the_epoch_its_monitor_chose_including_a_sampled_metric():
+    """`monitor=val/sampled.ndcg@10` selects on the sampled protocol: the reported validation
+    epoch is the one the checkpoint callback keeps, read from the nested history."""
+    from recbench.train import best_epoch
+
+    history = [
+        {"epoch": 0, "ndcg@10": 0.05, "sampled": {"ndcg@10": 0.30}},
+        {"epoch": 1, "ndcg@10": 0.07, "sampled": {"ndcg@10": 0.28}},
+        {"epoch": 2, "ndcg@10": 0.06, "sampled": {"ndcg@10": 0.33}},
+    ]
+    assert best_epoch(history, "val/ndcg@10", "max")["epoch"] == 1
+    assert best_epoch(history, "val/sampled.ndcg@10", "max")["epoch"] == 2
+    assert best_epoch(history, "val/sampled.ndcg@10", "min")["epoch"] == 1
+    # a monitor no epoch defines: the last epoch, as before
+    assert best_epoch(history, "val/auc", "max")["epoch"] == 2
