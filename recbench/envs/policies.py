@@ -192,7 +192,9 @@ class GreedyRanker(Policy):
     ``recbench.models``, built on ``ranker_schema``) that ranks candidates by predicted click
     probability and never explores. Every ``retrain_hours`` of simulated time it trains
     ``epochs`` passes (continuing from its weights) on the impressions logged over the last
-    ``window_days``; before its first training it ranks by its initial scores."""
+    ``window_days``; before its first training it ranks by its initial scores. ``ids=False``
+    gives every user and every item the OOV code, so the ranker reads the features DRN reads
+    and no id embedding."""
 
     def __init__(
         self,
@@ -206,6 +208,7 @@ class GreedyRanker(Policy):
         batch_size: int = 512,
         lr: float = 1e-3,
         capacity: int = 200_000,
+        ids: bool = True,
     ) -> None:
         super().__init__(schema, seed)
         from hydra.utils import get_class
@@ -224,6 +227,7 @@ class GreedyRanker(Policy):
         self.epochs, self.batch_size = epochs, batch_size
         self.log = ImpressionLog(capacity, len(self.fschema.dense))
         self.next_train = self.retrain
+        self.ids = bool(ids)
         self._batch: dict[str, np.ndarray] | None = None
 
     def num_params(self) -> int:
@@ -237,8 +241,11 @@ class GreedyRanker(Policy):
         demo = np.flatnonzero(uf)  # age, gender, occupation one-hots in this order
         age, gender, occ = demo[0], demo[1] - s.n_ages, demo[2] - s.n_ages - 2
         sparse = np.empty((n, len(SPARSE)), np.int64)
-        sparse[:, 0] = int(obs["user"]) + 2
-        sparse[:, 1] = items + 1  # item codes 1.. → schema codes 2..
+        if self.ids:
+            sparse[:, 0] = int(obs["user"]) + 2
+            sparse[:, 1] = items + 1  # item codes 1.. → schema codes 2..
+        else:
+            sparse[:, :2] = 1  # OOV: one shared user and one shared item embedding
         sparse[:, 2:] = np.array([age, gender, occ]) + 2
         gm = actions[:, : s.n_genres]
         # up to 3 genres per item, lowest genre first, 0-padded: the nonzero columns in order

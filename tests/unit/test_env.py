@@ -301,3 +301,21 @@ def test_oracle_fatigue_term_is_the_first_order_loss_of_later_clicks():
         grad = (best_clicks(x + eps * gm[i]) - best_clicks(x)) / eps  # = -fatigue · m_i·G
         assert score[i] == pytest.approx(env.probs[i] + d * grad, rel=1e-3, abs=1e-6)
     np.testing.assert_array_equal(env.oracle_scores("none"), env.probs)
+
+
+def test_greedy_ranker_without_ids_reads_the_features_only():
+    """`ids=False`: every user and item row carries the OOV code, the features are unchanged."""
+    from recbench.envs.features import EnvSpec
+    from recbench.envs.policies import GreedyRanker
+
+    env = NewsEnv(tiny(), seed=1)
+    obs, _ = env.reset(seed=1)
+    spec = EnvSpec.of(env)
+    with_ids = GreedyRanker(spec, ranker="lr")._rows(obs)
+    without = GreedyRanker(spec, ranker="lr", ids=False)._rows(obs)
+    assert (with_ids["sparse"][:, 0] == int(obs["user"]) + 2).all()
+    assert len(set(with_ids["sparse"][:, 1])) == len(obs["candidates"])  # one code per item
+    assert (without["sparse"][:, :2] == 1).all()
+    assert np.array_equal(without["sparse"][:, 2:], with_ids["sparse"][:, 2:])
+    for key in ("genres", "dense"):
+        assert np.array_equal(without[key], with_ids[key])
