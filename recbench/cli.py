@@ -116,6 +116,34 @@ def _compose(config_name: str, overrides: list[str]):
         _fail(exc)
 
 
+def _check_compare_model_keys(args: list[str]) -> None:
+    """A compare composes the train config with its default model, so ``model.<key>=`` for a key
+    only the compared models have fails in Hydra with advice (``+model.<key>``) that would not
+    reach the runs. Say what does: ``extra`` passes overrides to every run as they are."""
+    keys = [a for a in args if a.startswith("model.") and "=" in a]
+    if not keys:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            compose(config_name="compare", overrides=user_search_path(args))
+    except (HydraException, OmegaConfBaseException) as exc:
+        bad = [a for a in keys if f"'{a.split('=', 1)[0]}'" in str(exc)]
+        if bad:
+            given = ",".join(f"'{a}'" for a in bad)
+            _fail(
+                RecbenchError(
+                    f"{', '.join(a.split('=', 1)[0] for a in bad)} is not a key of the "
+                    "compare's default model config. Keys of the compared models' configs go "
+                    f'to every run through extra: recbench compare ... "extra=[{given}]"'
+                )
+            )
+        # any other composition error: Hydra reports it as usual
+
+
 def _data(args: list[str]) -> None:
     if not args or args[0] not in ("prepare", "info"):
         _fail(RecbenchError("usage: recbench data prepare|info [dataset=<name>] [overrides]"))
@@ -224,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd, rest = args[0], args[1:]
     if cmd == "compare":  # a flag for the common case of rebuilding a report from the store
         rest = ["report_only=true" if a == "--report-only" else a for a in rest]
+        _check_compare_model_keys(rest)
     if cmd not in COMMANDS:
         console.print(
             f"[bold red]error:[/] unknown command {cmd!r}; known commands: {', '.join(COMMANDS)}"

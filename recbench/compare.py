@@ -298,7 +298,24 @@ def plan(
                 job.error = f"{type(exc).__name__}: {exc}"
             jobs.append(job)
             planned[(m, s)] = job
+    _refuse_twins(jobs)
     return jobs
+
+
+def _refuse_twins(jobs: list[Job]) -> None:
+    """Two models whose runs are one run (same config and data, so the same run key): the
+    overrides made them the same model (``extra=['model.gamma=0.4']`` turns DN into DDQN). The
+    store could not tell their runs apart, so the compare refuses before training."""
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        other = seen.setdefault(job.key, job) if job.key else job
+        if other is not job and other.model != job.model:
+            raise ConfigError(
+                f"model={other.model} and model={job.model} are the same run under these "
+                f"overrides (seed {job.seed}: the same config on the same data), so their "
+                "comparison would compare a model with itself; drop one from models=[...] or "
+                "change the override that made them equal"
+            )
 
 
 def _with_parts(

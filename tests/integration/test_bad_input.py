@@ -149,3 +149,14 @@ def test_overwrite_moves_the_finished_run_and_trains_again(tmp_path):
     assert proc.returncode == 0, proc.stderr
     (stale,) = run.glob("stale-*")
     assert (stale / "metrics.json").exists() and (run / "metrics.json").exists()
+
+
+def test_compare_says_how_to_pass_a_key_only_the_compared_models_have(tmp_path):
+    """`model.gamma=` on a compare: Hydra's own advice (`+model.gamma`) would not reach the
+    runs; the error names `extra` with the override quoted as Hydra's list grammar needs."""
+    proc = recbench("compare", "lineage=rl", "models=[drn_dn,drn_ddqn]", "model.gamma=0.9",
+                    cwd=tmp_path)  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text, text
+    assert "model.gamma is not a key of the compare's default model config" in text, text
+    assert "\"extra=['model.gamma=0.9']\"" in text, text

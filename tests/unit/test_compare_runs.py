@@ -93,3 +93,18 @@ def test_a_model_off_the_task_is_left_out_even_when_an_override_does_not_fit_it(
     configs = compare.TrainConfigs(["task=topk", "model.layers=[16,8]"], [])
     kept = compare._serving(["gmf", "ncf_mlp", "autorec"], cfg, configs)
     assert kept == ["gmf", "ncf_mlp"]
+
+
+def test_two_models_an_override_makes_one_run_are_refused(tmp_path: Path) -> None:
+    """DN is DDQN with gamma 0: a compare that sets gamma for every run would store one run for
+    both and report a model against itself, so it stops before training and names them."""
+    import pytest
+
+    from recbench.compare import plan
+    from recbench.errors import ConfigError
+
+    common = ["++env.n_users=20", "++env.horizon_days=1.0"]
+    jobs = plan(["drn_dn", "drn_ddqn"], [1], common, [], tmp_path)
+    assert len({j.key for j in jobs}) == 2  # apart as configured
+    with pytest.raises(ConfigError, match="model=drn_dn and model=drn_ddqn are the same run"):
+        plan(["drn_dn", "drn_ddqn"], [1], [*common, "model.gamma=0.4"], [], tmp_path)
