@@ -370,7 +370,7 @@ class DRN(nn.Module):
             phi = min(self.fatigue_slope, 0.0)
             g = actions[top, :ng].sum(0)
         else:
-            phi = min(float(self.click_logit.v[-1]), 0.0)
+            phi = min(float(self.click_logit.w[-1]), 0.0)
             p = np.clip(q_click[top], 0.01, 0.99).astype(np.float64)
             g = (p * (1.0 - p)) @ actions[top, :ng]  # (n_genres,)
         return (self.fatigue * -phi) * (actions[:, :ng] @ g)

@@ -16,10 +16,59 @@ the return is ``E[t | f] = exp(-w · f)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 
-class ReturnHazard:
+class _OnlineGLM:
+    """What both models share: the last ``capacity`` rows of features ``f`` (``f[0]`` = 1) and a
+    target in a ring buffer, coefficients ``w``, and ridge-penalised Newton steps on a concave
+    log likelihood whose gradient is ``fᵀ r`` and whose negative Hessian is ``fᵀ diag(h) f``
+    (``r``, ``h`` per row, from the model). The intercept is not penalised. Until
+    ``min_events`` rows are held the model stays unfitted (``ready`` False)."""
+
+    def __init__(self, n_features: int, capacity: int, ridge: float, min_events: int) -> None:
+        self.d = n_features
+        self.cap, self.n = capacity, 0
+        self.f = np.zeros((capacity, n_features))
+        self.target = np.zeros(capacity)
+        self.w = np.zeros(n_features)
+        self.ridge, self.min_events = float(ridge), int(min_events)
+        self.fitted = False
+
+    def _add(self, f: np.ndarray, target: np.ndarray) -> None:
+        idx = (self.n + np.arange(len(f))) % self.cap
+        self.f[idx], self.target[idx] = f, target
+        self.n += len(f)
+
+    def _held(self) -> tuple[np.ndarray, np.ndarray] | None:
+        m = min(self.n, self.cap)
+        return None if m < self.min_events else (self.f[:m], self.target[:m])
+
+    def _newton(
+        self,
+        f: np.ndarray,
+        terms: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        steps: int,
+    ) -> np.ndarray:
+        """``steps`` Newton steps from ``w``; ``terms(f @ w)`` gives the rows' ``r`` and ``h``."""
+        pen = np.full(self.d, self.ridge)
+        pen[0] = 0.0
+        for _ in range(steps):
+            r, h = terms(np.clip(f @ self.w, -30.0, 30.0))
+            grad = f.T @ r - pen * self.w
+            hess = (f * h[:, None]).T @ f + np.diag(pen) + 1e-9 * np.eye(self.d)
+            self.w = self.w + np.linalg.solve(hess, grad)
+        self.fitted = True
+        return self.w
+
+    @property
+    def ready(self) -> bool:
+        return self.fitted
+
+
+class ReturnHazard(_OnlineGLM):
     """Exponential return-time model with a log-linear hazard, fitted on censored gaps.
 
     ``add`` logs one list's features and gap (in any time unit; the fitted hazard is per that
@@ -30,19 +79,11 @@ class ReturnHazard:
     def __init__(
         self, n_features: int, capacity: int = 20_000, ridge: float = 1.0, min_events: int = 100
     ) -> None:
-        self.d = n_features
-        self.cap, self.n = capacity, 0
-        self.f = np.zeros((capacity, n_features))
-        self.t = np.zeros(capacity)
-        self.w = np.zeros(n_features)
-        self.ridge, self.min_events = float(ridge), int(min_events)
-        self.fitted = False
+        super().__init__(n_features, capacity, ridge, min_events)
 
     def add(self, f: np.ndarray, gap: float) -> None:
         """One observed return ``gap`` after a list with features ``f`` (``f[0]`` = 1)."""
-        i = self.n % self.cap
-        self.f[i], self.t[i] = f, gap
-        self.n += 1
+        self._add(f[None, :], np.array([gap]))
 
     def fit(
         self,
@@ -51,13 +92,12 @@ class ReturnHazard:
         steps: int = 3,
     ) -> np.ndarray:
         """Newton steps from the current ``w`` on the held returns (events) and the censored
-        gaps (``censored_f`` (M, d), ``censored_t`` (M,): time waited so far); returns ``w``.
-        Until ``min_events`` returns are held the model stays unfitted (``ready`` False)."""
-        m = min(self.n, self.cap)
-        if m < self.min_events:
+        gaps (``censored_f`` (M, d), ``censored_t`` (M,): time waited so far); returns ``w``."""
+        held = self._held()
+        if held is None:
             return self.w
-        f, t = self.f[:m], self.t[:m]
-        d = np.ones(m)
+        f, t = held
+        d = np.ones(len(t))
         if censored_f is not None and len(censored_f):
             f = np.concatenate([f, censored_f])
             t = np.concatenate([t, censored_t])
@@ -65,19 +105,12 @@ class ReturnHazard:
         if not self.fitted:  # start at the constant hazard: events / exposure time
             self.w[:] = 0.0
             self.w[0] = np.log(d.sum() / max(t.sum(), 1e-12))
-        pen = np.full(self.d, self.ridge)
-        pen[0] = 0.0
-        for _ in range(steps):
-            mu = t * np.exp(np.clip(f @ self.w, -30.0, 30.0))  # expected events per row
-            grad = f.T @ (d - mu) - pen * self.w
-            hess = (f * mu[:, None]).T @ f + np.diag(pen) + 1e-9 * np.eye(self.d)
-            self.w = self.w + np.linalg.solve(hess, grad)
-        self.fitted = True
-        return self.w
 
-    @property
-    def ready(self) -> bool:
-        return self.fitted
+        def terms(eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            mu = t * np.exp(eta)  # expected events per row
+            return d - mu, mu
+
+        return self._newton(f, terms, steps)
 
     def log_rate(self, f: np.ndarray) -> np.ndarray:
         """``w · f``: the fitted log hazard of features ``f`` (..., d)."""
@@ -88,9 +121,9 @@ class ReturnHazard:
         return np.exp(-np.clip(self.log_rate(f), -30.0, 30.0))
 
 
-class ClickLogit:
-    """Logistic model of a shown item's click, ``P(click | f) = σ(v · f)``, fitted online by
-    Newton steps on the maximum likelihood with a ridge ``ridge/2 · |v|²`` on every coefficient
+class ClickLogit(_OnlineGLM):
+    """Logistic model of a shown item's click, ``P(click | f) = σ(w · f)``, fitted online by
+    Newton steps on the maximum likelihood with a ridge ``ridge/2 · |w|²`` on every coefficient
     but the intercept (``f[0]`` = 1). DRN reads one coefficient of it: the fitted slope of the
     click logit in the item's overlap with the user's exposure, the other user–item overlaps
     held fixed (``DRN(fatigue=...)``). Holds the last ``capacity`` impressions in a ring
@@ -99,43 +132,28 @@ class ClickLogit:
     def __init__(
         self, n_features: int, capacity: int = 50_000, ridge: float = 1.0, min_events: int = 500
     ) -> None:
-        self.d = n_features
-        self.cap, self.n = capacity, 0
-        self.f = np.zeros((capacity, n_features))
-        self.y = np.zeros(capacity)
-        self.v = np.zeros(n_features)
-        self.ridge, self.min_events = float(ridge), int(min_events)
-        self.fitted = False
+        super().__init__(n_features, capacity, ridge, min_events)
 
     def add(self, f: np.ndarray, clicks: np.ndarray) -> None:
         """Impressions ``f`` (M, d) with their clicks (M,)."""
-        idx = (self.n + np.arange(len(f))) % self.cap
-        self.f[idx], self.y[idx] = f, clicks
-        self.n += len(f)
+        self._add(f, clicks)
 
     def fit(self, steps: int = 3) -> np.ndarray:
-        """Newton steps from the current ``v`` on the held impressions; returns ``v``."""
-        m = min(self.n, self.cap)
-        if m < self.min_events:
-            return self.v
-        f, y = self.f[:m], self.y[:m]
+        """Newton steps from the current ``w`` on the held impressions; returns ``w``."""
+        held = self._held()
+        if held is None:
+            return self.w
+        f, y = held
         if not self.fitted:  # start at the constant click rate
             rate = min(max(y.mean(), 1e-3), 1 - 1e-3)
-            self.v[:] = 0.0
-            self.v[0] = np.log(rate / (1 - rate))
-        pen = np.full(self.d, self.ridge)
-        pen[0] = 0.0
-        for _ in range(steps):
-            p = 1.0 / (1.0 + np.exp(-np.clip(f @ self.v, -30.0, 30.0)))
-            grad = f.T @ (y - p) - pen * self.v
-            hess = (f * (p * (1 - p))[:, None]).T @ f + np.diag(pen) + 1e-9 * np.eye(self.d)
-            self.v = self.v + np.linalg.solve(hess, grad)
-        self.fitted = True
-        return self.v
+            self.w[:] = 0.0
+            self.w[0] = np.log(rate / (1 - rate))
 
-    @property
-    def ready(self) -> bool:
-        return self.fitted
+        def terms(eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            p = 1.0 / (1.0 + np.exp(-eta))
+            return y - p, p * (1 - p)
+
+        return self._newton(f, terms, steps)
 
 
 __all__ = ["ClickLogit", "ReturnHazard"]

@@ -27,7 +27,7 @@ def test_click_logit_recovers_the_planted_coefficients_and_waits_for_data():
     cl.add(f[:100], y[:100])
     cl.min_events = 1_000
     cl.fit()
-    assert not cl.ready and not cl.v.any()
+    assert not cl.ready and not cl.w.any()
     cl.min_events = 10
     cl.add(f[100:], y[100:])
     np.testing.assert_allclose(cl.fit(steps=15), v, atol=0.08)
@@ -49,7 +49,7 @@ def test_fatigue_share_charges_the_later_clicks_lost_to_the_exposure():
     agent, _, actions = agent_and_obs(fatigue=1.5)
     ng, k = agent.spec.n_genres, agent.k
     q_click = np.linspace(0.9, -0.1, len(actions)).astype(np.float32)
-    agent.click_logit.v[:] = [-1.0, 0.8, 0.2, 0.1, -0.4]
+    agent.click_logit.w[:] = [-1.0, 0.8, 0.2, 0.1, -0.4]
     agent.click_logit.fitted = True
     share = agent._fatigue_share(actions, q_click)
     # -fatigue · φ · m_i · G, G = Σ_{k in top K} p_k (1 - p_k) m_k
@@ -59,7 +59,7 @@ def test_fatigue_share_charges_the_later_clicks_lost_to_the_exposure():
     assert (share >= 0).all() and share.max() > 0
     # a candidate sharing the best list's genres costs more than one that does not
     # a fitted slope of the wrong sign (the overlap raising the click) charges nothing
-    agent.click_logit.v[-1] = 0.3
+    agent.click_logit.w[-1] = 0.3
     assert not agent._fatigue_share(actions, q_click).any()
     # the network's slope is a probability per unit overlap: G is the best list's genres
     net, _, actions = agent_and_obs(fatigue=2.0, fatigue_fit="network")
