@@ -131,3 +131,105 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
         self._last_checkpoint_saved = filepath
+
+
+class EMA(pl.Callback):
+    """Evaluate, checkpoint and test an exponential moving average of the weights.
+
+    After every optimizer step each trainable parameter's average moves toward it:
+    ``ema ← d·ema + (1 − d)·θ`` with ``d = min(decay, (1 + n) / (10 + n))`` after ``n`` updates
+    (the warm-up keeps the first averages from clinging to the initialisation). Training itself
+    follows the raw weights and is unchanged; validation runs on the averages (so early stopping
+    and the best checkpoint see them), a checkpoint's ``state_dict`` holds the averages (so
+    ``ckpt_path`` tests them) and its ``ema`` entry the raw weights and the update count (so a
+    resumed fit continues both). ``decay=0`` turns it off: the hooks then do nothing."""
+
+    def __init__(self, decay: float = 0.0) -> None:
+        decay = float(decay)
+        if not 0.0 <= decay < 1.0:
+            raise RecbenchError(
+                f"callbacks.ema.decay={decay}: give a decay in [0, 1), e.g. 0.999 "
+                "(0 turns the average off)"
+            )
+        self.decay = decay
+        self.updates = 0
+        self._names: list[str] = []
+        self._params: list[Tensor] = []
+        self._shadow: list[Tensor] | None = None
+        self._step = 0  # trainer.global_step at the last update
+        self._swapped = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.decay == 0.0 or stage != "fit":
+            return
+        named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self._shadow = [p.detach().clone() for p in self._params]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._shadow is not None:  # the strategy may have moved the model since setup
+            self._shadow = [s.to(p.device) for s, p in zip(self._shadow, self._params)]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._shadow is None or trainer.global_step == self._step:
+            return  # off, or no optimizer step yet (gradient accumulation)
+        self._step = trainer.global_step
+        d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self._shadow, [p.detach() for p in self._params], 1.0 - d)
+        self.updates += 1
+
+    def _swap(self) -> None:
+        with torch.no_grad():
+            for s, p in zip(self._shadow, self._params):
+                tmp = p.detach().clone()
+                p.copy_(s)
+                s.copy_(tmp)
+        self._swapped = not self._swapped
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._shadow is not None and not self._swapped:
+            self._swap()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        if self._shadow is not None and self._swapped:
+            self._swap()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
+        """The model leaves ``fit`` with the averages, as every checkpoint holds them."""
+        if self._shadow is not None and not self._swapped:
+            with torch.no_grad():
+                for s, p in zip(self._shadow, self._params):
+                    p.copy_(s)
+            self._shadow = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self._shadow is None:
+            return
+        state = checkpoint["state_dict"]
+        raw, avg = (self._shadow, self._params) if self._swapped else (self._params, self._shadow)
+        checkpoint["ema"] = {
+            "decay": self.decay,
+            "updates": self.updates,
+            "step": self._step,
+            "raw": {n: r.detach().clone() for n, r in zip(self._names, raw)},
+        }
+        for n, a in zip(self._names, avg):
+            state[n] = a.detach().clone()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        """Resuming a fit: the module was loaded with the averages; put the raw weights back
+        and continue the averages from the checkpoint's."""
+        if self._shadow is None:
+            return
+        saved = checkpoint.get("ema")
+        state = checkpoint["state_dict"]
+        with torch.no_grad():
+            for i, (n, p) in enumerate(zip(self._names, self._params)):
+                self._shadow[i] = state[n].detach().clone().to(p.device)
+                if saved is not None:
+                    p.copy_(saved["raw"][n])
+        if saved is not None:
+            self.updates = int(saved["updates"])
+            self._step = int(saved["step"])
