@@ -154,6 +154,7 @@ class EMA(pl.Callback):
         self.decay = decay
         self.updates = 0
         self._names: list[str] = []
+        self._keys: list[tuple[str, int]] = []  # every state_dict key of each parameter
         self._params: list[Tensor] = []
         self._shadow: list[Tensor] | None = None
         self._step = 0  # trainer.global_step at the last update
@@ -166,6 +167,15 @@ class EMA(pl.Callback):
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._shadow = [p.detach().clone() for p in self._params]
+        # a module registered under two names (a task's model and its scoring alias, tied
+        # weights) has one parameter under several state_dict keys: a checkpoint must put the
+        # average under every one of them, or loading it would end on the raw weights
+        index = {id(p): i for i, p in enumerate(self._params)}
+        self._keys = [
+            (n, index[id(p)])
+            for n, p in pl_module.named_parameters(remove_duplicate=False)
+            if id(p) in index
+        ]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._shadow is not None:  # the strategy may have moved the model since setup
@@ -215,8 +225,9 @@ class EMA(pl.Callback):
             "step": self._step,
             "raw": {n: r.detach().clone() for n, r in zip(self._names, raw)},
         }
-        for n, a in zip(self._names, avg):
-            state[n] = a.detach().clone()
+        copies = [a.detach().clone() for a in avg]  # one tensor per parameter, shared by its keys
+        for n, i in self._keys:
+            state[n] = copies[i]
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         """Resuming a fit: the module was loaded with the averages; put the raw weights back

@@ -112,3 +112,25 @@ def test_decay_zero_is_off_and_a_bad_decay_says_what_to_give(tmp_path):
     assert "ema" not in torch.load(ck.last_model_path, weights_only=False)
     with pytest.raises(RecbenchError, match=r"decay in \[0, 1\)"):
         EMA(decay=1.0)
+
+
+class Aliased(Toy):
+    """The layer registered under a second name, as a task registers its model and a scoring
+    alias of it: one parameter, two state_dict keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alias = self.lin
+
+    def test_step(self, batch, batch_idx):
+        self.test_weight = self.lin.weight.detach().clone()
+
+
+def test_a_parameter_under_two_names_is_tested_on_its_average(tmp_path):
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    model, trainer = fit(tmp_path, [EMA(decay=0.9), ckpt], model=Aliased())
+    state = torch.load(ckpt.last_model_path, weights_only=False)["state_dict"]
+    torch.testing.assert_close(state["alias.weight"], state["lin.weight"])
+    trainer.test(model, loaders()[1], ckpt_path=ckpt.last_model_path, verbose=False)
+    torch.testing.assert_close(model.test_weight, model.val_weights[-1])  # the average
+    assert not torch.allclose(model.test_weight, model.seen[-1])  # not the raw weights
