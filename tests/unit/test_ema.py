@@ -52,8 +52,13 @@ def fit(tmp_path, callbacks, epochs=3, ckpt_path=None, model=None):
     torch.manual_seed(0)
     model = model or Toy()
     trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
     )
     train, val = loaders()
