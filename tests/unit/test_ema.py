@@ -102,8 +102,9 @@ def test_resumed_fit_continues_the_average_and_the_raw_weights(tmp_path):
     whole, _ = fit(tmp_path / "whole", [EMA(decay=0.9), ck], epochs=4)
     first = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
     fit(tmp_path / "first", [EMA(decay=0.9), first], epochs=2)
+    again = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "c", save_last=True)
     resumed, _ = fit(
-        tmp_path / "second", [EMA(decay=0.9)], epochs=4, ckpt_path=first.last_model_path
+        tmp_path / "second", [EMA(decay=0.9), again], epochs=4, ckpt_path=first.last_model_path
     )
     for a, b in zip(resumed.seen, whole.seen[8:]):
         torch.testing.assert_close(a, b)  # training went on from the raw weights

@@ -71,7 +71,6 @@ def test_neumf_fuses_gmf_and_mlp_in_one_output_layer():
     assert torch.allclose(m.score_all({"user": U})[:, 1:], every_pair(m, U), atol=1e-5)
 
 
-
 def test_tower_dropout_drops_hidden_units_in_training_only():
     plain = randomise(NeuMF(SCHEMA, dim=3, layers=[8, 4, 2]))
     dropped = randomise(NeuMF(SCHEMA, dim=3, layers=[8, 4, 2], dropout=0.5))
@@ -91,6 +90,7 @@ def test_tower_dropout_drops_hidden_units_in_training_only():
     assert not torch.allclose(dropped(batch), plain(batch))
     with pytest.raises(ValueError, match="dropout"):
         NCFMLP(SCHEMA, layers=[8, 4], dropout=1.0)
+
 
 def fake_run(tmp_path, name: str, model: torch.nn.Module):
     """A finished run directory as `recbench train` leaves it: metrics.json naming the best
