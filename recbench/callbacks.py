@@ -208,11 +208,13 @@ class EMA(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module) -> None:
         """The model leaves ``fit`` with the averages, as every checkpoint holds them."""
-        if self._shadow is not None and not self._swapped:
+        if self._shadow is None:
+            return
+        if not self._swapped:  # (swapped: fit stopped inside a validation, averages in place)
             with torch.no_grad():
                 for s, p in zip(self._shadow, self._params):
                     p.copy_(s)
-            self._shadow = None
+        self._shadow, self._swapped = None, False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self._shadow is None:
