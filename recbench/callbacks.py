@@ -187,7 +187,7 @@ class EMA(pl.Callback):
         self._step = trainer.global_step
         d = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         with torch.no_grad():
-            torch._foreach_lerp_(self._shadow, [p.detach() for p in self._params], 1.0 - d)
+            torch._foreach_lerp_(self._shadow, self._params, 1.0 - d)
         self.updates += 1
 
     def _swap(self) -> None:
