@@ -54,11 +54,21 @@ def test_bi_interaction_equals_sum_of_pairwise_products() -> None:
     close(bi(v), expected)
 
 
-def test_pairwise_product_order_and_values() -> None:
-    v = seeded(3, 5, 4)
-    out = PairwiseProduct(5)(v)
-    assert out.shape == (3, 10, 4)
-    close(out, torch.stack([v[:, i] * v[:, j] for i, j in pairs(5)], dim=1))
+@pytest.mark.parametrize("fields", [5, PairwiseProduct.SELECT_MAX_FIELDS + 3])
+def test_pairwise_product_order_values_and_gradient(fields: int) -> None:
+    # both forms (gathers for few fields, slices for many): every pair in triu order, and the
+    # gradient of each field the sum over the pairs it is in
+    v = seeded(3, fields, 4).requires_grad_(True)
+    layer = PairwiseProduct(fields)
+    assert layer.select == (fields <= PairwiseProduct.SELECT_MAX_FIELDS)
+    out = layer(v)
+    expected = torch.stack([v[:, i] * v[:, j] for i, j in pairs(fields)], dim=1)
+    assert out.shape == (3, fields * (fields - 1) // 2, 4)
+    close(out, expected)
+    g = seeded(*out.shape)
+    (grad,) = torch.autograd.grad(out, v, g)
+    (want,) = torch.autograd.grad(expected, v, g)
+    close(grad, want)
 
 
 def test_inner_product_equals_loop() -> None:

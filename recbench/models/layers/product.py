@@ -11,7 +11,15 @@ class PairwiseProduct(nn.Module):
 
     (B, F, D) → (B, F(F−1)/2, D). The pair order is row-major over the upper triangle:
     (0,1), (0,2), …, (1,2), …
+
+    Two forms of the same products, chosen by the field count (CPU, batch 1024, D = 16, forward
+    and backward, 2 threads): up to ``SELECT_MAX_FIELDS`` fields, two ``index_select`` gathers
+    (0.39 ms at 7 fields, against 2.6 ms for advanced indexing, whose backward is an
+    accumulating ``index_put_``); above it, one product per row ``i`` of contiguous slices,
+    concatenated (45 ms at Criteo's 39 fields, against 130-140 ms for either gather).
     """
+
+    SELECT_MAX_FIELDS = 10
 
     def __init__(self, num_fields: int) -> None:
         super().__init__()
@@ -20,10 +28,15 @@ class PairwiseProduct(nn.Module):
         rows, cols = torch.triu_indices(num_fields, num_fields, offset=1)
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)
+        self.num_fields = num_fields
         self.num_pairs = rows.numel()
+        self.select = num_fields <= self.SELECT_MAX_FIELDS
 
     def forward(self, v: Tensor) -> Tensor:
-        return v[:, self.rows] * v[:, self.cols]  # (B, P, D)
+        if self.select:
+            return v.index_select(1, self.rows) * v.index_select(1, self.cols)  # (B, P, D)
+        f = self.num_fields
+        return torch.cat([v[:, i : i + 1] * v[:, i + 1 :] for i in range(f - 1)], dim=1)
 
 
 class InnerProduct(nn.Module):
