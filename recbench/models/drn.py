@@ -76,6 +76,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
@@ -95,6 +96,7 @@ from recbench.models.layers.replay import Replay
 
 EXPLORE = ("none", "egreedy", "dbgd")
 HAZARD = ("none", "reward", "rank")
+CLICK_LOSS = ("mse", "bce")
 
 
 class DRN(nn.Module):
@@ -135,6 +137,7 @@ class DRN(nn.Module):
         fatigue: float = 0.0,
         fatigue_fit: str = "logit",
         rate_window_hours: float = 0.0,
+        click_loss: str = "mse",
     ) -> None:
         super().__init__()
         if explore not in EXPLORE:
@@ -202,12 +205,24 @@ class DRN(nn.Module):
         # a future part to learn: the discount, the activeness or the return time
         has_future = self.gamma > 0.0 or self.beta != 0.0 or self.return_time
         self.split = bool(decompose) and has_future
+        if click_loss not in CLICK_LOSS:
+            raise ConfigError(f"model.click_loss={click_loss!r}; choose one of {CLICK_LOSS}")
+        if click_loss == "bce" and has_future and not self.split:
+            raise ConfigError(
+                "model.click_loss=bce fits a click probability, but this network's target has "
+                "future terms (gamma, activeness or the return time): set model.decompose=true, "
+                "so a click network of its own takes the logistic loss, or model.click_loss=mse"
+            )
+        self.bce = click_loss == "bce"
         fh = hidden if future_hidden is None else future_hidden
         if self.split:
             future = net(fh, schema.action_dim if fcols is None else fcols)
-            self.q = SplitQ(net(hidden), future, self.k, fcols)
+            click = net(hidden)
+            click.sigmoid = self.bce
+            self.q = SplitQ(click, future, self.k, fcols)
         else:
             self.q = net(hidden)
+            self.q.sigmoid = self.bce
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
         # the fused kernel: one call per step instead of one per parameter and operation
@@ -426,6 +441,9 @@ class DRN(nn.Module):
         pos = batch["pos"]
         y = batch["reward"]
         s, a, i = batch["state"], batch["actions"], batch["items"]
+        rows = torch.arange(len(pos)) if inv is None else inv
+        if self.bce:  # the click alone (DN): a logistic loss on the network's logit
+            return F.binary_cross_entropy_with_logits(self.q.logits(s, a, i)[rows, pos], y)
         q = self.q(s, a, i)
         if self.gamma > 0.0:
             with torch.no_grad():
@@ -437,7 +455,7 @@ class DRN(nn.Module):
                 if ninv is not None:
                     q_on, q_tg = q_on[ninv], q_tg[ninv]
                 y = torch.where(batch["has_next"], double_dqn_target(y, q_on, q_tg, self.gamma), y)
-        q_sa = q[torch.arange(len(pos)) if inv is None else inv, pos]
+        q_sa = q[rows, pos]
         return ((q_sa - y) ** 2).mean()
 
     def _split_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -448,7 +466,11 @@ class DRN(nn.Module):
             raise ValueError(f"decomposed loss: {len(pos)} transitions are not whole lists of {k}")
         s, a, i = batch["state"], batch["actions"], batch["items"]
         rows = torch.arange(len(pos)) if inv is None else inv
-        q_click = self.q.click(s, a, i)[rows, pos]
+        if self.bce:
+            z = self.q.click.logits(s, a, i)[rows, pos]
+            click_loss = F.binary_cross_entropy_with_logits(z, click)
+        else:
+            click_loss = ((self.q.click(s, a, i)[rows, pos] - click) ** 2).mean()
         q_list = self.q.q_future(s, a, i)[rows, pos].view(-1, k).mean(1)  # Q_future(s, L)
         y = (batch["reward"] - click).view(-1, k)[:, 0]  # the list's reward beyond its clicks
         if self.gamma > 0.0:
@@ -460,7 +482,7 @@ class DRN(nn.Module):
                 first = slice(None, None, k)  # one row per list
                 y_next = double_dqn_target(y, q_on[first], q_tg[first], self.gamma, k)
                 y = torch.where(batch["has_next"][first], y_next, y)
-        return ((q_click - click) ** 2).mean() + ((q_list - y) ** 2).mean()
+        return click_loss + ((q_list - y) ** 2).mean()
 
     def _step(self, tr: np.ndarray) -> None:
         tr = self.replay.valid(tr)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from recbench.envs import NewsEnv, NewsParams
+from recbench.envs.features import encode
+from recbench.errors import ConfigError
 from recbench.models.drn import (
     DRN,
     DuelingQ,
@@ -100,13 +102,16 @@ def test_drn_loss_is_squared_error_to_the_double_dqn_target():
     assert float(agent.loss(batch).detach()) == pytest.approx(want / B, rel=1e-5)
 
 
-def test_decomposed_loss_regresses_each_click_and_each_lists_future():
+@pytest.mark.parametrize("click_loss", ["mse", "bce"])
+def test_decomposed_loss_regresses_each_click_and_each_lists_future(click_loss):
     """Q(s, L) = Σ_L Q_click + Q_future(s, L), Q_future(s, L) = mean_L Q_f: the loss is the mean
     over transitions of (Q_click - click)² plus the mean over lists of (Q_future(s, L) - y_L)²,
     y_L = the list's reward less its clicks + γ Σ_{a'∈L'} Q_target(s', a'), L' the online top K
-    at s' (each candidate scored by its share Q_click + Q_f / K)."""
+    at s' (each candidate scored by its share Q_click + Q_f / K). With click_loss=bce the click
+    network is σ(z) and its part is the mean of -c log σ(z) - (1 - c) log(1 - σ(z)); the
+    targets' Q_click are then probabilities."""
     env = NewsEnv(NewsParams(n_users=10, horizon_days=1.0), seed=0)
-    agent = DRN(env.policy_spec, gamma=0.5, explore="none", seed=2)
+    agent = DRN(env.policy_spec, gamma=0.5, explore="none", seed=2, click_loss=click_loss)
     assert agent.split and len(agent.q.heads) == 2
     K = agent.k
     rng = np.random.default_rng(1)
@@ -134,12 +139,20 @@ def test_decomposed_loss_regresses_each_click_and_each_lists_future():
         args = (batch["state"], batch["actions"], batch["items"])
         nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
         qc, qf = agent.q.click(*args).numpy(), agent.q.q_future(*args).numpy()
+        z = agent.q.click.logits(*args).numpy()
         on = (agent.q.click(*nxt) + agent.q.q_future(*nxt) / K).numpy()
         tg = (agent.q_target.click(*nxt) + agent.q_target.q_future(*nxt) / K).numpy()
+    if click_loss == "bce":
+        np.testing.assert_allclose(qc, 1.0 / (1.0 + np.exp(-z)), rtol=1e-6)
     pos = batch["pos"].numpy().reshape(L, K)
-    click_part = np.mean(
-        [(qc[r, j] - float(c)) ** 2 for r, j, c in zip([0] * K + [1] * K, pos.ravel(), click)]
-    )
+    rows = zip([0] * K + [1] * K, pos.ravel(), click)
+    if click_loss == "bce":
+        p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        click_part = np.mean(
+            [-(float(c) * np.log(p[r, j]) + (1 - float(c)) * np.log(1 - p[r, j])) for r, j, c in rows]
+        )
+    else:
+        click_part = np.mean([(qc[r, j] - float(c)) ** 2 for r, j, c in rows])
     list_part = 0.0
     for r in range(L):
         y = float(future[r])
@@ -153,6 +166,29 @@ def test_decomposed_loss_regresses_each_click_and_each_lists_future():
     assert not agent.q.future.item_emb.weight.requires_grad
     # DN has no future part to learn: one network
     assert not DRN(env.policy_spec, gamma=0.0, use_activeness=False, return_time=False).split
+
+
+def test_logistic_click_network_acts_on_probabilities_and_needs_a_click_only_target():
+    env = NewsEnv(NewsParams(n_users=10, horizon_days=1.0), seed=0)
+    # DN with the logistic loss: one network, σ(V + A), the numpy acting pass the same function
+    dn = DRN(env.policy_spec, gamma=0.0, use_activeness=False, return_time=False, click_loss="bce")
+    assert not dn.split and dn.q.sigmoid
+    obs, _ = env.reset(seed=0)
+    state, actions, items = encode(obs)
+    t = torch.from_numpy
+    with torch.no_grad():
+        z = dn.q.logits(t(state)[None], t(actions)[None], t(items)[None])[0].numpy()
+    p = dn.q.act_numpy(dn.q.snapshot(), state, actions, items)
+    np.testing.assert_allclose(p, 1.0 / (1.0 + np.exp(-z)), rtol=1e-5)
+    assert ((p > 0) & (p < 1)).all()
+    # the full agent: only its click network is a probability
+    full = DRN(env.policy_spec, click_loss="bce")
+    assert full.q.click.sigmoid and not full.q.future.sigmoid and full.q_target.click.sigmoid
+    # a logistic loss on a target with future terms is refused, with the fix named
+    with pytest.raises(ConfigError, match="decompose=true"):
+        DRN(env.policy_spec, decompose=False, click_loss="bce")
+    with pytest.raises(ConfigError, match="click_loss"):
+        DRN(env.policy_spec, click_loss="hinge")
 
 
 def test_return_time_charges_the_gap_at_the_running_click_rate():

@@ -19,7 +19,9 @@ from recbench.models.layers import MLP
 class DuelingQ(nn.Module):
     """``Q(s, a) = V(s) + A(s, a)`` over a pool of candidates.
 
-    state (B, Ds), actions (B, N, Da), items (B, N) codes → Q (B, N).
+    state (B, Ds), actions (B, N, Da), items (B, N) codes → Q (B, N). With ``sigmoid`` the
+    network is a click probability, ``Q = σ(V + A)``: ``logits`` gives ``V + A`` for a logistic
+    loss, ``forward`` and the acting passes the probability.
     """
 
     def __init__(
@@ -30,8 +32,10 @@ class DuelingQ(nn.Module):
         item_dim: int = 8,
         hidden: Sequence[int] = (64, 32),
         center_advantage: bool = True,
+        sigmoid: bool = False,
     ) -> None:
         super().__init__()
+        self.sigmoid = bool(sigmoid)
         self.value = MLP(state_dim, hidden, 1)
         self.item_emb = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=0.01)
@@ -73,11 +77,16 @@ class DuelingQ(nn.Module):
         """The networks whose sum is Q (``SplitQ``: two)."""
         return (self,)
 
-    def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
+    def logits(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
+        """``V + A`` (the centred A with ``center_advantage``), before the ``sigmoid`` link."""
         v, a = self.parts(state, actions, items)
         if self.center_advantage:
             a = a - a.mean(dim=1, keepdim=True)
         return v + a
+
+    def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
+        z = self.logits(state, actions, items)
+        return torch.sigmoid(z) if self.sigmoid else z
 
     @torch.no_grad()
     def snapshot(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -118,7 +127,10 @@ class DuelingQ(nn.Module):
         a = h.T  # (M, N)
         if self.center_advantage:
             a = a - a.mean(axis=1, keepdims=True)
-        return v.T + a
+        q = v.T + a
+        if self.sigmoid:  # σ(z) = ½(1 + tanh(z/2)): no overflow warning for large |z|
+            q = 0.5 * (1.0 + np.tanh(0.5 * q))
+        return q
 
 
 class SplitQ(nn.Module):
