@@ -50,6 +50,9 @@
   the click network, which learns as DN's does. Items are ranked by ``Q_click + Q_f / K``, each
   item's share of ``Q(s, L)``. Without ``decompose``: one network, every item regressed on
   ``click + β · activeness + γ max_a' Q(s', a')`` (the paper's form).
+- Click loss (``click_loss``): ``mse`` regresses the click network on the click, as the paper's
+  Q-learning does; ``bce`` makes it a click probability ``σ(V + A)`` fitted by the logistic
+  loss (the decomposed agents' click network, or DN: a network whose target is the click alone).
 - Exploration (§4.4): ``dbgd`` — Dueling Bandit Gradient Descent: an explore network
   ``W̃ = W + ΔW``, ``ΔW = α · rand(-1, 1) · W``, ranks the pool beside ``W``; the two lists are
   merged by probabilistic interleaving (Hofmann et al., CIKM 2011) and each shown item is
@@ -192,7 +195,9 @@ class DRN(nn.Module):
         n_ui = schema.action_dim - schema.n_genres - schema.item_dense
         fcols = n_ui if future_features == "user_item" else None
 
-        def net(layers: Sequence[int], action_dim: int = schema.action_dim) -> DuelingQ:
+        def net(
+            layers: Sequence[int], action_dim: int = schema.action_dim, sigmoid: bool = False
+        ) -> DuelingQ:
             return DuelingQ(
                 schema.state_dim,
                 action_dim,
@@ -200,6 +205,7 @@ class DRN(nn.Module):
                 item_embedding,
                 layers,
                 center_advantage,
+                sigmoid,
             )
 
         # a future part to learn: the discount, the activeness or the return time
@@ -217,12 +223,9 @@ class DRN(nn.Module):
         fh = hidden if future_hidden is None else future_hidden
         if self.split:
             future = net(fh, schema.action_dim if fcols is None else fcols)
-            click = net(hidden)
-            click.sigmoid = self.bce
-            self.q = SplitQ(click, future, self.k, fcols)
+            self.q = SplitQ(net(hidden, sigmoid=self.bce), future, self.k, fcols)
         else:
-            self.q = net(hidden)
-            self.q.sigmoid = self.bce
+            self.q = net(hidden, sigmoid=self.bce)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
         # the fused kernel: one call per step instead of one per parameter and operation
@@ -434,7 +437,9 @@ class DRN(nn.Module):
         ``γ Σ_{a'∈L'} Q_target(s', a')`` (``double_dqn_target`` with k). Transitions come as
         whole lists, K consecutive ones each (as the replay stores and samples them). Requests
         are rows of ``state``/``actions``/``items`` (and ``next_*``); ``inv``/``next_inv`` map
-        transitions to them (absent: one row per transition, ``Replay.batch`` groups them)."""
+        transitions to them (absent: one row per transition, ``Replay.batch`` groups them).
+        With ``click_loss="bce"`` the click network's part (DN's whole loss) is the logistic
+        loss of its logit against the click instead of the squared error."""
         if self.split:
             return self._split_loss(batch)
         inv = batch.get("inv")
