@@ -149,7 +149,10 @@ def test_decomposed_loss_regresses_each_click_and_each_lists_future(click_loss):
     if click_loss == "bce":
         p = 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
         click_part = np.mean(
-            [-(float(c) * np.log(p[r, j]) + (1 - float(c)) * np.log(1 - p[r, j])) for r, j, c in rows]
+            [
+                -(float(c) * np.log(p[r, j]) + (1 - float(c)) * np.log(1 - p[r, j]))
+                for r, j, c in rows
+            ]
         )
     else:
         click_part = np.mean([(qc[r, j] - float(c)) ** 2 for r, j, c in rows])
