@@ -4,9 +4,11 @@ environment alone, and (with --compare) the wall time of a finished `recbench co
     python scripts/bench_rl.py                      # default world, seed 1, torch threads 2
     python scripts/bench_rl.py --threads 1 --users 250 --days 14
     python scripts/bench_rl.py --set fatigue=0 --set boredom=0   # another world (env knobs)
+    python scripts/bench_rl.py --model drn_dn       # another agent config (configs/model/)
     python scripts/bench_rl.py --compare outputs/compare/<folder>
 
-Prints one JSON object. The machine's load average is part of it: numbers measured while other
+The agent is built from its model config (`configs/model/<--model>.yaml`, seed 0), as
+`recbench train model=<--model>` builds it. Prints one JSON object. The machine's load average is part of it: numbers measured while other
 work shares the cores are labelled by it.
 """
 
@@ -70,8 +72,11 @@ def compare_wall(folder: Path) -> dict[str, float]:
 
 def main() -> None:
     from recbench.envs import NewsEnv, NewsParams
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
     from recbench.envs.policies import RandomPolicy
-    from recbench.models.drn import DRN
+    from recbench.models import build_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", type=int, default=NewsParams.n_users)
@@ -79,6 +84,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compare", type=Path, default=None)
+    ap.add_argument("--model", default="drn", help="an RL model config (default: drn)")
     ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -87,15 +93,20 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "torch_threads": args.threads,
         "world": {"n_users": args.users, "horizon_days": args.days, "seed": args.seed},
+        "model": args.model,
     }
     knobs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     params = NewsParams(n_users=args.users, horizon_days=args.days, **knobs)
     out["world"].update(knobs)
     env = NewsEnv(params, seed=args.seed)
     out["env_only"] = loop(env, RandomPolicy(env.policy_spec, seed=0), args.seed)
-    drn = DRN(env.policy_spec, seed=0)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={args.model}", "seed=0"])
+    drn = build_model(cfg.model, env.policy_spec)
+    drn.bind(env)
     out["drn_acting_and_learning"] = loop(env, drn, args.seed)
-    out["drn_updates"] = {k: drn.stats[k] for k in ("minor", "major")}
+    stats = getattr(drn, "stats", {})
+    out["drn_updates"] = {k: stats[k] for k in ("minor", "major") if k in stats}
     if args.compare is not None:
         out["compare"] = compare_wall(args.compare)
     out["load_average_after"] = os.getloadavg()

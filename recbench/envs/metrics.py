@@ -7,12 +7,16 @@ user's activeness over the window (the activeness decays as ``exp(-lambda0 t)`` 
 so the integral has a closed form). Window metrics, each the mean over all users (a fixed order,
 ``0..n_users-1``) of a per-user value:
 
-- ``clicks``: clicks in the window (cumulative clicks per user);
+- ``clicks``: clicks per user in the window (more visits, more clicks);
 - ``ctr``, ``precision@5``, ``ndcg@5``: the user's clicks / sums over the window's mean
   requests-per-user times the slate size (ctr) or times 1: their mean is the window's
   per-impression CTR and per-request precision and nDCG;
 - ``activeness``: the user's time-averaged activeness over the window;
 - ``reward``: the sum of ``clicks + beta · activeness`` over the user's requests in the window.
+
+Cumulative metrics (``cum_clicks``, ``cum_activeness``) take the same per-user values over a
+span from the first request to the window's end: what an online learner gathered while it
+learned, the cold start included (``Tracker.cumulative``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import numpy as np
 
 SUMS = ("clicks", "requests", "precision@5", "ndcg@5", "reward", "oracle_clicks", "exp_clicks")
 WINDOW_METRICS = ("clicks", "ctr", "precision@5", "ndcg@5", "activeness", "reward")
+# from the first request to a window's end: (metric name, the window metric it accumulates)
+CUMULATIVE = {"cum_clicks": "clicks", "cum_activeness": "activeness"}
 
 
 def activeness_integral(act: float, t_prev: float, a: float, b: float, lam: float) -> float:
@@ -132,6 +138,12 @@ class Tracker:
     def metrics(self, name: str) -> dict[str, float]:
         return {k: float(v.mean()) for k, v in self.units(name).items()}
 
+    def cumulative(self, name: str) -> dict[str, np.ndarray]:
+        """Per-user ``CUMULATIVE`` metrics of window ``name``, whose span (from the first
+        request to the evaluated window's end) is tracked as a window of its own."""
+        units = self.units(name)
+        return {k: units[v] for k, v in CUMULATIVE.items()}
+
     def oracle(self, name: str) -> dict[str, float]:
         """The myopic ceiling on the requests this policy served in window ``name``: the
         expected values of each request's top K by true click probability."""
@@ -162,4 +174,4 @@ class Tracker:
         }
 
 
-__all__ = ["SUMS", "WINDOW_METRICS", "Tracker", "activeness_integral"]
+__all__ = ["CUMULATIVE", "SUMS", "WINDOW_METRICS", "Tracker", "activeness_integral"]

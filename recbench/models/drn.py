@@ -5,7 +5,9 @@
   candidate's features, the user–item features and, with ``item_embedding > 0``, a learned item
   embedding. The default is none, as in the paper, whose news features carry no id: an item is a
   candidate for two days and shown a few dozen times, and with more training an embedding
-  fitted to those impressions lowered the validation clicks (seeds 7-9). With
+  fitted to those impressions lowered the validation clicks (seeds 7-9). With ``user_id`` the
+  user's one-hot leads the state, so each first layer that reads the state holds a learned
+  vector per user (users, unlike items, persist for the whole run). With
   ``center_advantage`` the advantage is centred over the request's pool (Wang et al., ICML 2016),
   which leaves the ranking unchanged and makes ``V`` identifiable.
 - Targets (§4.1, eq. 1): double DQN, ``y = r + γ Q(s', argmax_a' Q(s', a'; W); W⁻)``: the
@@ -73,6 +75,7 @@ gathers the shown positions.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -141,8 +144,14 @@ class DRN(nn.Module):
         fatigue_fit: str = "logit",
         rate_window_hours: float = 0.0,
         click_loss: str = "mse",
+        user_id: bool = False,
     ) -> None:
         super().__init__()
+        # user_id: the user's one-hot leads the state, so every first layer that reads the state
+        # holds a learned vector per user (a user embedding of the layer's width)
+        self.user_id = bool(user_id)
+        if self.user_id:
+            schema = dataclasses.replace(schema, state_dim=schema.state_dim + schema.n_users)
         if explore not in EXPLORE:
             raise ConfigError(f"model.explore={explore!r}; choose one of {EXPLORE}")
         if not 0.0 <= gamma < 1.0:
@@ -257,8 +266,12 @@ class DRN(nn.Module):
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         state, actions, items = encode(obs)
-        req = self.replay.add_request(state, actions, items)
         u = int(obs["user"])
+        if self.user_id:
+            one_hot = np.zeros(self.spec.n_users, np.float32)
+            one_hot[u] = 1.0
+            state = np.concatenate([one_hot, state])
+        req = self.replay.add_request(state, actions, items)
         if u in self.pending:  # the user is back: the earlier list's transitions complete
             prev, pos, clicks = self.pending.pop(u)
             act = float(obs["context"][0])  # activeness at this return

@@ -2,9 +2,12 @@
 
 No dataset: the policy (``model=``) acts in ``NewsEnv`` (``env=``) from the first request to the
 horizon, learning as it goes; the last ``eval_days`` are the test window, the ``eval_days``
-before them the validation window. Every policy of one seed faces the same world and the same
-random numbers (``recbench.envs.news``), and the per-user results are saved over the same user
-order, so the report pairs policies over seeds and users (``bootstrap_unit: user``).
+before them the validation window. Each window's metrics (``WINDOW_METRICS``) come with the
+cumulative ones (``cum_clicks``, ``cum_activeness``) from the first request to the window's
+end: the test window's are the whole run's, what the policy gathered while it learned. Every
+policy of one seed faces the same world and the same random numbers (``recbench.envs.news``),
+and the per-user results are saved over the same user order, so the report pairs policies over
+seeds and users (``bootstrap_unit: user``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from recbench.envs.metrics import WINDOW_METRICS, Tracker
+from recbench.envs.metrics import CUMULATIVE, WINDOW_METRICS, Tracker
 from recbench.envs.news import NewsEnv
 from recbench.envs.world import DAY, HOUR, NewsParams
 from recbench.errors import ConfigError
@@ -47,11 +50,11 @@ class RLTask(Task):
 
     name: ClassVar[str] = "rl"
     standalone: ClassVar[bool] = True
-    metrics: ClassVar[tuple[str, ...]] = WINDOW_METRICS
+    metrics: ClassVar[tuple[str, ...]] = (*WINDOW_METRICS, *CUMULATIVE)
     primary: ClassVar[str] = "clicks"
     primary_mode: ClassVar[str] = "max"
     bootstrap_unit: ClassVar[str] = "user"
-    bootstrap: ClassVar[dict[str, str]] = {m: "mean" for m in WINDOW_METRICS}
+    bootstrap: ClassVar[dict[str, str]] = {m: "mean" for m in (*WINDOW_METRICS, *CUMULATIVE)}
 
     @classmethod
     def data_key(cls, cfg: Any) -> str:
@@ -100,7 +103,12 @@ class RLTask(Task):
             params.lambda0,
             params.s0,
             params.beta,
-            {"val": (H - 2 * eval_s, H - eval_s), "test": (H - eval_s, H)},
+            {
+                "val": (H - 2 * eval_s, H - eval_s),
+                "test": (H - eval_s, H),
+                "val_cum": (0.0, H - eval_s),  # from the first request: the cumulative metrics
+                "test_cum": (0.0, H),
+            },
             H,
             float(tc.curve_hours) * HOUR,
         )
@@ -128,9 +136,13 @@ class RLTask(Task):
 
         curves = tracker.curves()
         (run_dir / "curves.json").write_text(json.dumps(curves))
-        val, test = tracker.metrics("val"), tracker.metrics("test")
+        cum = {w: tracker.cumulative(f"{w}_cum") for w in ("val", "test")}
+        val, test = (
+            tracker.metrics(w) | {k: float(v.mean()) for k, v in cum[w].items()}
+            for w in ("val", "test")
+        )
         _log_curves(loggers, curves, val, test)
-        units = tracker.units("test")
+        units = tracker.units("test") | cum["test"]
         rows = {w: int(tracker.windows[w].sums["requests"].sum()) for w in ("val", "test")}
         stats = getattr(policy, "stats", None)
         return {

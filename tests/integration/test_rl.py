@@ -78,6 +78,11 @@ def test_drn_run_is_a_recbench_run(tmp_path):
         assert units[f"unit__{k}"].mean() == pytest.approx(m["test"][k])
     curves = json.loads((run_dir / "curves.json").read_text())
     assert len(curves["ctr"]) == 6 and max(curves["activeness"]) <= 1
+    # cumulative: from the first request to the window's end (test: the whole run of 3 days)
+    assert m["test"]["cum_clicks"] == pytest.approx(sum(curves["clicks"]) / 40)
+    assert m["val"]["cum_clicks"] == pytest.approx(sum(curves["clicks"][:4]) / 40)
+    assert m["test"]["cum_clicks"] > m["test"]["clicks"]  # the earlier days count too
+    assert m["test"]["cum_activeness"] == pytest.approx(np.mean(curves["activeness"]))
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     (rec,) = read_records(tmp_path / "store")
     assert rec["model"] == "drn" and rec["data"]["key"].startswith("news-")

@@ -423,3 +423,37 @@ def test_a_seeded_agent_replays_the_same_trajectory():
 
     (a, sa), (b, sb) = run(), run()
     assert a == b and sa == sb and sa["minor"] > 3 and sa["major"] > 3
+
+
+def test_user_id_gives_each_user_a_learned_vector_in_the_state():
+    """user_id: the user's one-hot leads the stored state, the features after it unchanged (the
+    hazard still reads the activeness), and a first layer's column for a user is learned from
+    that user's lists alone: a user never served keeps the initial one."""
+    env = NewsEnv(NewsParams(n_users=40, horizon_days=2.0), seed=0)
+    spec = env.policy_spec
+    agent = DRN(spec, user_id=True, hazard="rank", explore="none", minor_every=8, major_hours=4.0)
+    first = agent.q.click.advantage.net[0].weight  # columns: [user one-hot, state, action, item]
+    w0 = first.detach().clone()
+    obs, _ = env.reset(seed=0)
+    users, states, acts, done = [], [], [], False
+    while not done and len(users) < 60:
+        users.append(int(obs["user"]))
+        states.append(encode(obs)[0])
+        acts.append(float(obs["context"][0]))
+        shown = agent.act(obs)
+        nxt, _, _, done, info = env.step(shown)
+        agent.observe(obs, info["shown"], info)
+        obs = nxt
+    rp, n = agent.replay, spec.n_users
+    state = rp.state[: rp.n_req]
+    assert state.shape[1] == spec.state_dim + n
+    np.testing.assert_array_equal(state[:, :n].argmax(1), users)
+    np.testing.assert_array_equal(state[:, :n].sum(1), 1.0)
+    np.testing.assert_array_equal(state[:, n:], np.stack(states))
+    np.testing.assert_allclose(state[:, agent._ctx], acts, rtol=1e-6)  # the hazard's activeness
+    assert agent.stats["minor"] > 0
+    served = sorted(set(users[:-1]))  # the last list's transitions are still waiting
+    unserved = sorted(set(range(n)) - set(users))
+    assert served and unserved
+    moved = (first.detach() - w0)[:, :n].abs().sum(0)
+    assert (moved[served] > 0).any() and (moved[unserved] == 0).all()
