@@ -8,8 +8,8 @@ environment alone, and (with --compare) the wall time of a finished `recbench co
     python scripts/bench_rl.py --compare outputs/compare/<folder>
 
 The agent is built from its model config (`configs/model/<--model>.yaml`, seed 0), as
-`recbench train model=<--model>` builds it. Prints one JSON object. The machine's load average is part of it: numbers measured while other
-work shares the cores are labelled by it.
+`recbench train model=<--model>` builds it. Prints one JSON object. The machine's load average
+is part of it: numbers measured while other work shares the cores are labelled by it.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def compare_wall(folder: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    from recbench.envs import NewsEnv, NewsParams
     from hydra import compose, initialize_config_dir
 
     from recbench.cli import config_dir
+    from recbench.envs import NewsEnv, NewsParams
     from recbench.envs.policies import RandomPolicy
     from recbench.models import build_model
 
