@@ -240,7 +240,7 @@ class DRN(nn.Module):
         # the fused kernel: one call per step instead of one per parameter and operation
         trained = [p for p in self.q.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(trained, lr=lr, fused=True)
-        self.replay = Replay(replay_capacity, schema)
+        self.replay = Replay(replay_capacity, schema, schema.n_users if self.user_id else 0)
         # transitions wait for the user's next request (s', and the activeness at return)
         self.pending: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
         self.fresh: list[np.ndarray] = []  # completed since the last minor update
@@ -252,7 +252,7 @@ class DRN(nn.Module):
         if explore == "dbgd":
             self._new_explore()
         self.stats = {"minor": 0, "major": 0, "dbgd_moves": 0, "loss": float("nan")}
-        self._cur: tuple[int, np.ndarray] | None = None
+        self._cur: tuple[int, np.ndarray | None, np.ndarray] | None = None
         self._snap = self._snap_explore = None  # numpy weights for acting; None: stale
         self._stacked: dict | None = None
 
@@ -271,7 +271,7 @@ class DRN(nn.Module):
             one_hot = np.zeros(self.spec.n_users, np.float32)
             one_hot[u] = 1.0
             state = np.concatenate([one_hot, state])
-        req = self.replay.add_request(state, actions, items)
+        req = self.replay.add_request(state, actions, items, u)
         if u in self.pending:  # the user is back: the earlier list's transitions complete
             prev, pos, clicks = self.pending.pop(u)
             act = float(obs["context"][0])  # activeness at this return
@@ -315,11 +315,11 @@ class DRN(nn.Module):
             shown = top_k(q[0], self.k)
             if self.explore == "egreedy":
                 shown = self._egreedy(shown, q.shape[1])
-        self._cur = (req, who)
+        self._cur = (req, who, state)
         return shown
 
     def observe(self, obs: Mapping[str, Any], shown: np.ndarray, info: Mapping[str, Any]) -> None:
-        req, who = self._cur
+        req, who, state = self._cur  # the request's full state, as acted on
         clicks = np.asarray(info["clicks"], np.float32)
         if who is not None:
             self.credit += np.bincount(who, weights=clicks, minlength=2)
@@ -333,7 +333,7 @@ class DRN(nn.Module):
             self.click_logit.add(np.concatenate([np.ones((len(ui), 1)), ui], 1), clicks)
         if self.hazard is not None:
             r = req % self.replay.cap
-            f = self._hazard_features(self.replay.state[r], self.replay.actions[r], shown, clicks)
+            f = self._hazard_features(state, self.replay.actions[r], shown, clicks)
             self.h_pending[int(info["user"])] = (f, self.now)
         if self.gamma == 0.0 and self.beta == 0.0 and not self.return_time:  # nothing to wait for
             self._complete(req, shown, clicks, -1, clicks)
@@ -414,7 +414,7 @@ class DRN(nn.Module):
         rows = (self.replay.n_req - 1 - np.arange(m)) % cap
         t = torch.from_numpy
         s, a, it = (
-            t(self.replay.state[rows]),
+            t(self.replay.states(rows)),
             t(self.replay.actions[rows]).clone(),
             t(self.replay.items[rows]),
         )

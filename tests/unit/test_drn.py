@@ -445,7 +445,8 @@ def test_user_id_gives_each_user_a_learned_vector_in_the_state():
         agent.observe(obs, info["shown"], info)
         obs = nxt
     rp, n = agent.replay, spec.n_users
-    state = rp.state[: rp.n_req]
+    state = rp.states(np.arange(rp.n_req))
+    assert rp.state.shape[1] == spec.state_dim  # held as the user's index and the rest
     assert state.shape[1] == spec.state_dim + n
     np.testing.assert_array_equal(state[:, :n].argmax(1), users)
     np.testing.assert_array_equal(state[:, :n].sum(1), 1.0)

@@ -1,5 +1,7 @@
 """DRN's replay memory: requests (state, candidate pool) and the item transitions of the lists
-shown for them, in ring buffers, sampled as whole lists for the major update."""
+shown for them, in ring buffers, sampled as whole lists for the major update. A state whose
+leading columns are the user's one-hot (DRN's ``user_id``) is held as the user's index and the
+rest, and rebuilt when read (``states``): the one-hot would cost ``n_users`` floats a request."""
 
 from __future__ import annotations
 
@@ -14,10 +16,13 @@ class Replay:
     """Requests (state, pool) and item transitions ``(request, pool index, reward, next
     request)`` in ring buffers; a request is addressed by its global number."""
 
-    def __init__(self, capacity: int, spec: EnvSpec) -> None:
+    def __init__(self, capacity: int, spec: EnvSpec, one_hot_users: int = 0) -> None:
+        """``spec.state_dim`` the full state's width, of which the first ``one_hot_users``
+        columns are the user's one-hot (0: none)."""
         n, k = spec.n_candidates, spec.slate_size
-        self.cap = capacity
-        self.state = np.zeros((capacity, spec.state_dim), np.float32)
+        self.cap, self.n_users = capacity, one_hot_users
+        self.state = np.zeros((capacity, spec.state_dim - one_hot_users), np.float32)
+        self.user = np.zeros(capacity, np.int64)
         self.actions = np.zeros((capacity, n, spec.action_dim), np.float32)
         self.items = np.zeros((capacity, n), np.int64)
         self.n_req = 0
@@ -29,11 +34,25 @@ class Replay:
         self.t_next = np.full(tcap, -1, np.int64)
         self.tcap, self.n_tr = tcap, 0
 
-    def add_request(self, state: np.ndarray, actions: np.ndarray, items: np.ndarray) -> int:
+    def add_request(
+        self, state: np.ndarray, actions: np.ndarray, items: np.ndarray, user: int = 0
+    ) -> int:
+        """Hold a request (its full state, one-hot included) as number ``n_req``."""
         i = self.n_req % self.cap
-        self.state[i], self.actions[i], self.items[i] = state, actions, items
+        self.state[i], self.actions[i], self.items[i] = state[self.n_users :], actions, items
+        self.user[i] = user
         self.n_req += 1
         return self.n_req - 1
+
+    def states(self, rows: np.ndarray) -> np.ndarray:
+        """The full states of ring rows ``rows`` (R, state_dim), the one-hot rebuilt."""
+        rest = self.state[rows]
+        if not self.n_users:
+            return rest
+        out = np.zeros((len(rest), self.n_users + rest.shape[1]), np.float32)
+        out[:, self.n_users :] = rest
+        out[np.arange(len(rest)), self.user[rows]] = 1.0
+        return out
 
     def add_transitions(
         self,
@@ -87,7 +106,7 @@ class Replay:
         r, nr = uniq % self.cap, nuniq % self.cap
         t = torch.from_numpy
         return {
-            "state": t(self.state[r]),
+            "state": t(self.states(r)),
             "actions": t(self.actions[r]),
             "items": t(self.items[r]),
             "inv": t(inv.reshape(-1)),
@@ -95,7 +114,7 @@ class Replay:
             "reward": t(self.t_reward[slot]),
             "click": t(self.t_click[slot]),
             "has_next": t(has),
-            "next_state": t(self.state[nr]),
+            "next_state": t(self.states(nr)),
             "next_actions": t(self.actions[nr]),
             "next_items": t(self.items[nr]),
             "next_inv": t(ninv.reshape(-1)),
