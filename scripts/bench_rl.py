@@ -5,6 +5,7 @@ environment alone, and (with --compare) the wall time of a finished `recbench co
     python scripts/bench_rl.py --threads 1 --users 250 --days 14
     python scripts/bench_rl.py --set fatigue=0 --set boredom=0   # another world (env knobs)
     python scripts/bench_rl.py --model drn_dn       # another agent config (configs/model/)
+    python scripts/bench_rl.py --override model.wide=false   # the agent's config, overridden
     python scripts/bench_rl.py --compare outputs/compare/<folder>
 
 The agent is built from its model config (`configs/model/<--model>.yaml`, seed 0), as
@@ -86,6 +87,13 @@ def main() -> None:
     ap.add_argument("--compare", type=Path, default=None)
     ap.add_argument("--model", default="drn", help="an RL model config (default: drn)")
     ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
+    ap.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Hydra override of the agent's config, e.g. model.wide=false",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out: dict = {
@@ -94,6 +102,7 @@ def main() -> None:
         "torch_threads": args.threads,
         "world": {"n_users": args.users, "horizon_days": args.days, "seed": args.seed},
         "model": args.model,
+        "overrides": args.override,
     }
     knobs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     params = NewsParams(n_users=args.users, horizon_days=args.days, **knobs)
@@ -101,7 +110,7 @@ def main() -> None:
     env = NewsEnv(params, seed=args.seed)
     out["env_only"] = loop(env, RandomPolicy(env.policy_spec, seed=0), args.seed)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", "seed=0"])
+        cfg = compose("train", overrides=[f"model={args.model}", "seed=0", *args.override])
     drn = build_model(cfg.model, env.policy_spec)
     drn.bind(env)
     out["drn_acting_and_learning"] = loop(env, drn, args.seed)

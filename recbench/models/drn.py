@@ -52,6 +52,15 @@
   the click network, which learns as DN's does. Items are ranked by ``Q_click + Q_f / K``, each
   item's share of ``Q(s, L)``. Without ``decompose``: one network, every item regressed on
   ``click + β · activeness + γ max_a' Q(s', a')`` (the paper's form).
+- Linear part (``wide``): the click value is ``Q_click(s, a) = θ · x(s, a) + (the click
+  network's V + A)``, ``x`` LinUCB's context of the candidate (1, its features, the user's genre
+  profile times its genres; ``linucb_features``) and ``θ`` the ridge regression of every shown
+  item's click on ``x`` (``ClickRidge``), solved exactly after every list; the network, whose
+  output layers start at zero, is fitted to what ``θ · x`` leaves of the click. The paper's
+  agent began online from a network trained offline on a month of logs; here every policy
+  starts from nothing, and a network that takes one gradient step every ``minor_every``
+  requests ranks close to random for its first day, where a linear model solved after every
+  list already ranks well (LinUCB's precision@5 is 0.53 in the first 12 hours).
 - Click loss (``click_loss``): ``mse`` regresses the click network on the click, as the paper's
   Q-learning does; ``bce`` makes it a click probability ``σ(V + A)`` fitted by the logistic
   loss (the decomposed agents' click network, or DN: a network whose target is the click alone).
@@ -87,10 +96,10 @@ from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
 from recbench.envs.news import CONTEXT
-from recbench.envs.policies import top_k
+from recbench.envs.policies import linucb_features, top_k
 from recbench.envs.world import HOUR
 from recbench.errors import ConfigError
-from recbench.models.hazard import ClickLogit, ReturnHazard
+from recbench.models.hazard import ClickLogit, ClickRidge, ReturnHazard
 from recbench.models.layers.dbgd import (
     dbgd_perturbation,
     dbgd_update,
@@ -145,6 +154,8 @@ class DRN(nn.Module):
         rate_window_hours: float = 0.0,
         click_loss: str = "mse",
         user_id: bool = False,
+        wide: bool = False,
+        wide_ridge: float = 1.0,
     ) -> None:
         super().__init__()
         # user_id: the user's one-hot leads the state, so every first layer that reads the state
@@ -229,12 +240,29 @@ class DRN(nn.Module):
                 "so a click network of its own takes the logistic loss, or model.click_loss=mse"
             )
         self.bce = click_loss == "bce"
+        if wide and self.bce:
+            raise ConfigError(
+                "model.wide adds a linear click estimate to the click network's output, which "
+                "model.click_loss=bce makes a probability: set model.click_loss=mse or "
+                "model.wide=false"
+            )
         fh = hidden if future_hidden is None else future_hidden
         if self.split:
             future = net(fh, schema.action_dim if fcols is None else fcols)
             self.q = SplitQ(net(hidden, sigmoid=self.bce), future, self.k, fcols)
         else:
             self.q = net(hidden, sigmoid=self.bce)
+        # wide: the click value's linear part, solved exactly after every list; the click
+        # network starts at zero and learns the rest
+        d_wide = 1 + schema.action_dim + schema.n_genres
+        self.wide = ClickRidge(d_wide, wide_ridge) if wide else None
+        if self.wide is not None:
+            click_net = self.q.click if self.split else self.q
+            with torch.no_grad():
+                for lins in (click_net._v_lins, click_net._a_lins):
+                    lins[-1].weight.zero_()
+                    lins[-1].bias.zero_()
+        self._x: np.ndarray | None = None
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
         # the fused kernel: one call per step instead of one per parameter and operation
@@ -262,7 +290,8 @@ class DRN(nn.Module):
         pass
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.q.parameters())
+        wide = 0 if self.wide is None else len(self.wide.xy)
+        return sum(p.numel() for p in self.q.parameters()) + wide
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         state, actions, items = encode(obs)
@@ -298,6 +327,9 @@ class DRN(nn.Module):
                 for cur, exp in zip(self._snap, self._snap_explore or self._snap)
             ]
         q = self.q.heads[0].act_stacked(self._stacked[0], state, actions, items)
+        if self.wide is not None:
+            self._x = linucb_features(state, actions, self.spec.n_genres)
+            q = q + (self._x @ self.wide.w.astype(np.float32))[None, :]
         q_click = q[0]
         if self.hazard_mode == "rank" and self.hazard.ready:
             q = q + self._hazard_share(state, actions, q_click)
@@ -328,6 +360,8 @@ class DRN(nn.Module):
             decay = math.exp(-(float(info["time"]) - self.now) / self.rate_tau)
             self.clicks_recent = self.clicks_recent * decay + float(clicks.sum())
         self.now = float(info["time"])
+        if self.wide is not None:
+            self.wide.add(self._x[shown], clicks)
         if self.click_logit is not None:
             ui = self.replay.actions[req % self.replay.cap][shown][:, -4:]
             self.click_logit.add(np.concatenate([np.ones((len(ui), 1)), ui], 1), clicks)
@@ -418,12 +452,13 @@ class DRN(nn.Module):
             t(self.replay.actions[rows]).clone(),
             t(self.replay.items[rows]),
         )
+        click = self.q.click if self.split else self.q
         with torch.no_grad():
-            q0 = self.q.click(s, a, it)
+            q0 = click(s, a, it) + self._wide_q(s, a)
             top = q0.argmax(1)
             r = torch.arange(m)
             a[r, top, -1] += delta
-            q1 = self.q.click(s, a, it)
+            q1 = click(s, a, it) + self._wide_q(s, a)
         nc = a.shape[1]  # the centred advantage spreads the change over the pool
         return float((q1 - q0)[r, top].mean()) / delta * nc / (nc - 1)
 
@@ -462,13 +497,13 @@ class DRN(nn.Module):
         rows = torch.arange(len(pos)) if inv is None else inv
         if self.bce:  # the click alone (DN): a logistic loss on the network's logit
             return F.binary_cross_entropy_with_logits(self.q.logits(s, a, i)[rows, pos], y)
-        q = self.q(s, a, i)
+        q = self.q(s, a, i) + self._wide_q(s, a)
         if self.gamma > 0.0:
             with torch.no_grad():
-                q_on = self.q(batch["next_state"], batch["next_actions"], batch["next_items"])
-                q_tg = self.q_target(
-                    batch["next_state"], batch["next_actions"], batch["next_items"]
-                )
+                ns, na = batch["next_state"], batch["next_actions"]
+                wide = self._wide_q(ns, na)
+                q_on = self.q(ns, na, batch["next_items"]) + wide
+                q_tg = self.q_target(ns, na, batch["next_items"]) + wide
                 ninv = batch.get("next_inv")
                 if ninv is not None:
                     q_on, q_tg = q_on[ninv], q_tg[ninv]
@@ -488,19 +523,36 @@ class DRN(nn.Module):
             z = self.q.click.logits(s, a, i)[rows, pos]
             click_loss = F.binary_cross_entropy_with_logits(z, click)
         else:
-            click_loss = ((self.q.click(s, a, i)[rows, pos] - click) ** 2).mean()
+            q_click = self.q.click(s, a, i) + self._wide_q(s, a)
+            click_loss = ((q_click[rows, pos] - click) ** 2).mean()
         q_list = self.q.q_future(s, a, i)[rows, pos].view(-1, k).mean(1)  # Q_future(s, L)
         y = (batch["reward"] - click).view(-1, k)[:, 0]  # the list's reward beyond its clicks
         if self.gamma > 0.0:
             with torch.no_grad():
                 nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
-                q_on, q_tg = self.q(*nxt), self.q_target(*nxt)
+                wide = self._wide_q(*nxt[:2])
+                q_on, q_tg = self.q(*nxt) + wide, self.q_target(*nxt) + wide
                 if ninv is not None:
                     q_on, q_tg = q_on[ninv], q_tg[ninv]
                 first = slice(None, None, k)  # one row per list
                 y_next = double_dqn_target(y, q_on[first], q_tg[first], self.gamma, k)
                 y = torch.where(batch["has_next"][first], y_next, y)
         return click_loss + ((q_list - y) ** 2).mean()
+
+    def _wide_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
+        """(R, N): the click value's linear part ``θ · x(s, a)`` (``wide``), 0 without it."""
+        if self.wide is None:
+            return 0.0
+        ng = self.spec.n_genres
+        x = torch.cat(
+            [
+                torch.ones_like(actions[..., :1]),
+                actions,
+                actions[..., :ng] * state[:, None, -ng:],
+            ],
+            dim=-1,
+        )
+        return x @ torch.from_numpy(self.wide.w.astype(np.float32))
 
     def _step(self, tr: np.ndarray) -> None:
         tr = self.replay.valid(tr)

@@ -458,3 +458,60 @@ def test_user_id_gives_each_user_a_learned_vector_in_the_state():
     assert served and unserved
     moved = (first.detach() - w0)[:, :n].abs().sum(0)
     assert (moved[served] > 0).any() and (moved[unserved] == 0).all()
+
+
+def test_wide_part_is_the_ridge_on_linucbs_context_and_the_network_fits_the_rest():
+    """wide: Q_click(s, a) = θ · x(s, a) + the click network's output, θ the ridge regression
+    (λ = 1) of every shown item's click on LinUCB's context x, solved after every list; the
+    network starts at zero, so the first lists rank by θ · x alone, and its loss is the squared
+    error of θ · x + network against the click."""
+    from recbench.envs.policies import linucb_features, top_k
+
+    env = NewsEnv(NewsParams(n_users=30, horizon_days=2.0), seed=0)
+    spec = env.policy_spec
+    dn = {"gamma": 0.0, "use_activeness": False, "return_time": False, "explore": "none"}
+    agent = DRN(spec, wide=True, minor_every=8, major_hours=4.0, user_id=True, seed=3, **dn)
+    obs, _ = env.reset(seed=0)
+    xs, ys, done, n = [], [], False, 0
+    while not done and n < 80:
+        state, actions, items = encode(obs)
+        x = linucb_features(state, actions, spec.n_genres)
+        want = x @ agent.wide.w  # the network's share is read from its current weights
+        one_hot = np.zeros(spec.n_users, np.float32)
+        one_hot[int(obs["user"])] = 1.0
+        t = torch.from_numpy
+        with torch.no_grad():
+            net = agent.q(
+                t(np.concatenate([one_hot, state]))[None], t(actions)[None], t(items)[None]
+            )
+        if n == 0:
+            assert np.abs(net.numpy()).max() == 0.0 and np.abs(want).max() == 0.0
+        shown = agent.act(obs)
+        np.testing.assert_array_equal(shown, top_k((want + net.numpy()[0]).astype(np.float32), 5))
+        nxt, _, _, done, info = env.step(shown)
+        agent.observe(obs, info["shown"], info)
+        xs.append(x[info["shown"]])
+        ys.append(info["clicks"])
+        obs, n = nxt, n + 1
+    X, y = np.concatenate(xs).astype(np.float64), np.concatenate(ys).astype(np.float64)
+    np.testing.assert_allclose(
+        agent.wide.w, np.linalg.solve(np.eye(X.shape[1]) + X.T @ X, X.T @ y), rtol=1e-8
+    )
+    assert agent.stats["minor"] > 3 and agent.wide.n == len(y)
+    # the loss: (θ · x + network - click)² over the batch's transitions
+    rp = agent.replay
+    tr = np.arange(max(0, rp.n_tr - 40), rp.n_tr)
+    batch = rp.batch(tr)
+    with torch.no_grad():
+        net = agent.q(batch["state"], batch["actions"], batch["items"]).numpy()
+    s, a = batch["state"].numpy(), batch["actions"].numpy()
+    inv, pos, click = batch["inv"].numpy(), batch["pos"].numpy(), batch["click"].numpy()
+    pred = [
+        linucb_features(s[r], a[r], spec.n_genres)[j] @ agent.wide.w + net[r, j]
+        for r, j in zip(inv, pos)
+    ]
+    want = np.mean((np.array(pred) - click) ** 2)
+    assert float(agent.loss(batch).detach()) == pytest.approx(want, rel=1e-5)
+    assert np.abs(net).max() > 0.0  # the network has learned a share of its own
+    with pytest.raises(ConfigError, match="click_loss=mse"):
+        DRN(spec, wide=True, click_loss="bce", **dn)
