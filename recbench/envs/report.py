@@ -119,6 +119,32 @@ def summary(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, A
     return out
 
 
+# the reference policies, in black and grey, so the learners keep the colours
+_REFERENCE_STYLES = {
+    "oracle_policy": ("black", "--"),
+    "oracle_myopic": ("black", "-."),
+    "random_policy": ("0.45", ":"),
+}
+
+
+def line_styles(models: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """(colour, line style) per policy, no two alike: the references their own, the others
+    tab20's ten dark colours, then its ten light ones, then the same dashed."""
+    import matplotlib
+
+    tab20 = matplotlib.colormaps["tab20"].colors
+    palette = list(tab20[0::2]) + list(tab20[1::2])
+    out: dict[str, tuple[Any, str]] = {}
+    i = 0
+    for m in models:
+        if m in _REFERENCE_STYLES:
+            out[m] = _REFERENCE_STYLES[m]
+        else:
+            out[m] = (palette[i % len(palette)], "-" if i < len(palette) else "--")
+            i += 1
+    return out
+
+
 def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path | None:
     """CTR and activeness over simulated time, one line per policy (mean over its seeds)."""
     import matplotlib
@@ -127,6 +153,7 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    styles = line_styles(list(runs))
     drawn = 0
     for m, rs in runs.items():
         curves = []
@@ -138,10 +165,11 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> 
             continue
         n = min(len(c["hours"]) for c in curves)
         days = np.asarray(curves[0]["hours"][:n]) / 24.0
-        style = "--" if m == "oracle_policy" else ":" if m == "random_policy" else "-"
+        colour, style = styles[m]
         for ax, key in zip(axes, ("ctr", "activeness")):
             y = np.mean([c[key][:n] for c in curves], axis=0)
-            ax.plot(days, y, style, label=m, lw=1.6 if m.startswith("drn") else 1.1)
+            lw = 1.6 if m.startswith("drn") else 1.1
+            ax.plot(days, y, linestyle=style, color=colour, label=m, lw=lw)
         drawn += 1
     if not drawn:
         plt.close(fig)
@@ -150,9 +178,10 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> 
         ax.set_xlabel("simulated day")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # beside the plots, where it hides no line
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -223,4 +252,11 @@ def write_rl_report(
     return {"pairs": result, "summary": rows, "plot": str(plot) if plot else None}
 
 
-__all__ = ["DEFAULT_PAIRS", "paired_delta", "plot_curves", "rl_records", "write_rl_report"]
+__all__ = [
+    "DEFAULT_PAIRS",
+    "line_styles",
+    "paired_delta",
+    "plot_curves",
+    "rl_records",
+    "write_rl_report",
+]

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from recbench.cli import config_dir
-from recbench.envs.report import write_rl_report
+from recbench.envs.report import line_styles, write_rl_report
 from recbench.errors import ConfigError
 from recbench.results import read_records
 from recbench.train import run
@@ -133,3 +133,15 @@ def test_compare_lineage_rl_writes_the_report_and_the_curves(tmp_path):
     (out,) = sorted((tmp_path / "compare").iterdir())
     assert (out / "report.md").exists() and (out / "rl_curves.png").exists()
     assert "drn − linucb" in (out / "rl_pairs.md").read_text()
+
+
+def test_every_policy_in_the_curves_has_a_line_of_its_own():
+    """The curves' legend tells policies apart: no two share colour and line style, however
+    many a compare holds; the oracles are black and random grey, whatever their order."""
+    names = ["oracle_policy", *(f"policy_{i}" for i in range(24)), "random_policy"]
+    names.insert(7, "oracle_myopic")
+    styles = line_styles(names)
+    assert len(set(styles.values())) == len(names)
+    assert styles["oracle_policy"][0] == styles["oracle_myopic"][0] == "black"
+    assert styles["random_policy"] == ("0.45", ":")
+    assert all(styles[n][0] not in ("black", "0.45") for n in names if n.startswith("policy"))
