@@ -63,11 +63,11 @@ class DuelingQ(nn.Module):
         first, *rest = self._a_lins
         ds, da = state.shape[-1], actions.shape[-1]
         w = first.weight
-        h = (
-            F.linear(state, w[:, :ds], first.bias).unsqueeze(1)
-            + F.linear(actions, w[:, ds : ds + da])
-            + F.linear(self.item_emb(items), w[:, ds + da :])
+        h = F.linear(state, w[:, :ds], first.bias).unsqueeze(1) + F.linear(
+            actions, w[:, ds : ds + da]
         )
+        if self.item_emb.embedding_dim:  # none (the default): no lookup of empty rows
+            h = h + F.linear(self.item_emb(items), w[:, ds + da :])
         for m in rest:
             h = F.linear(torch.relu(h), m.weight, m.bias)
         return v, h.squeeze(-1)
@@ -120,7 +120,10 @@ class DuelingQ(nn.Module):
                 np.maximum(v, 0.0, out=v)
         ws, wa, we, b1 = stacked["first"]
         # the first layer by input block: the state's share once, then the pool's rows
-        h = actions @ wa + stacked["emb"][items] @ we + (state @ ws + b1)  # (N, M·H1)
+        h = actions @ wa  # (N, M·H1)
+        if we.shape[0]:  # item embeddings (none by default)
+            h = h + stacked["emb"][items] @ we
+        h = h + (state @ ws + b1)
         for w, b in stacked["advantage"]:
             np.maximum(h, 0.0, out=h)
             h = h @ w + b
