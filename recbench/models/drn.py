@@ -57,7 +57,7 @@
   profile times its genres; ``linucb_features``) and ``θ`` the ridge regression of every shown
   item's click on ``x`` (``ClickRidge``), solved exactly after every list; the network, whose
   output layers start at zero, is fitted to what ``θ · x`` leaves of the click. The paper's
-  agent began online from a network trained offline on a month of logs; here every policy
+  agent went online from a network trained offline on click logs; here every policy
   starts from nothing, and a network that takes one gradient step every ``minor_every``
   requests ranks close to random for its first day, where a linear model solved after every
   list already ranks well (LinUCB's precision@5 is 0.53 in the first 12 hours).
