@@ -611,7 +611,9 @@ class DRN(nn.Module):
         self._snap_explore = None
 
     def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
-        return self.q(state, actions, items)
+        """Each candidate's learned value, ``Q_click + Q_f / K`` with the linear part: what the
+        agent ranks by before the fitted hazard and fatigue shares."""
+        return self.q(state, actions, items) + self._wide_q(state, actions)
 
 
 __all__ = [

@@ -513,5 +513,9 @@ def test_wide_part_is_the_ridge_on_linucbs_context_and_the_network_fits_the_rest
     want = np.mean((np.array(pred) - click) ** 2)
     assert float(agent.loss(batch).detach()) == pytest.approx(want, rel=1e-5)
     assert np.abs(net).max() > 0.0  # the network has learned a share of its own
+    with torch.no_grad():  # the module maps a batch to the values it ranks by
+        scores = agent(batch["state"], batch["actions"], batch["items"]).numpy()
+    x = np.stack([linucb_features(s[r], a[r], spec.n_genres) for r in range(len(s))])
+    np.testing.assert_allclose(scores, net + x @ agent.wide.w, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="click_loss=mse"):
         DRN(spec, wide=True, click_loss="bce", **dn)
