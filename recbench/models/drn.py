@@ -240,6 +240,8 @@ class DRN(nn.Module):
                 "so a click network of its own takes the logistic loss, or model.click_loss=mse"
             )
         self.bce = click_loss == "bce"
+        if wide and wide_ridge <= 0.0:
+            raise ConfigError(f"model.wide_ridge={wide_ridge} must be > 0 (the ridge's λ)")
         if wide and self.bce:
             raise ConfigError(
                 "model.wide adds a linear click estimate to the click network's output, which "

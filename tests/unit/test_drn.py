@@ -519,3 +519,5 @@ def test_wide_part_is_the_ridge_on_linucbs_context_and_the_network_fits_the_rest
     np.testing.assert_allclose(scores, net + x @ agent.wide.w, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="click_loss=mse"):
         DRN(spec, wide=True, click_loss="bce", **dn)
+    with pytest.raises(ConfigError, match="wide_ridge"):
+        DRN(spec, wide=True, wide_ridge=0.0, **dn)
