@@ -33,12 +33,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="drn_ddqn", help="a DRN config with a future part")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--users", type=int, default=None, help="default: the world's")
+    ap.add_argument("--days", type=float, default=None, help="default: the world's")
     ap.add_argument("--requests", type=int, default=2000, help="last requests to read")
     ap.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     torch.set_num_threads(1)
     knobs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    if args.users is not None:
+        knobs["n_users"] = args.users
+    if args.days is not None:
+        knobs["horizon_days"] = args.days
     env = NewsEnv(NewsParams(**knobs), seed=args.seed)
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(

@@ -145,3 +145,20 @@ def test_every_policy_in_the_curves_has_a_line_of_its_own():
     assert styles["oracle_policy"][0] == styles["oracle_myopic"][0] == "black"
     assert styles["random_policy"] == ("0.45", ":")
     assert all(styles[n][0] not in ("black", "0.45") for n in names if n.startswith("policy"))
+
+
+def test_future_probe_reads_what_the_future_network_learned():
+    """scripts/drn_future_probe.py runs an agent with a future network and reports, from its
+    replay, the correlations and spreads it documents; an agent without one is refused."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "drn_future_probe.py"
+    cmd = [sys.executable, str(script), "--users", "30", "--days", "3", "--requests", "200"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    names = {"history_profile", "recent_profile", "cosine", "exposure"}
+    assert set(rep["corr_click"]) == set(rep["corr_future_advantage"]) == names
+    assert all(-1.0 <= v <= 1.0 for v in rep["corr_future_advantage"].values())
+    assert rep["std_click"] > 0.0 and rep["std_future_share"] > 0.0
+    assert 0.0 <= rep["items_changed_of_k"] <= 5.0 and 0 < rep["requests"] <= 200
+    dn = subprocess.run([*cmd, "--model", "drn_dn"], capture_output=True, text=True, timeout=300)
+    assert dn.returncode != 0 and "no future network" in dn.stderr
