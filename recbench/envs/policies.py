@@ -79,12 +79,15 @@ class MostPopular(Policy):
         self.shown += len(shown)
 
 
-def linucb_features(state: np.ndarray, actions: np.ndarray, n_genres: int) -> np.ndarray:
+def linucb_features(state: Any, actions: Any, n_genres: int) -> Any:
     """LinUCB's context of each candidate: 1, the candidate's features, and the user's genre
-    profile times the candidate's genres (the one user–item cross a linear model cannot form)."""
-    profile = state[-n_genres:]
-    cross = actions[:, :n_genres] * profile[None, :]
-    return np.concatenate([np.ones((len(actions), 1), np.float32), actions, cross], axis=1)
+    profile times the candidate's genres (the one user–item cross a linear model cannot form).
+    One request, (Ds,) and (N, Da) → (N, 1 + Da + G); or a batch, (R, Ds) and (R, N, Da) →
+    (R, N, 1 + Da + G); numpy arrays or torch tensors alike (DRN's linear part reads both)."""
+    profile = state[..., None, -n_genres:]
+    cross = actions[..., :n_genres] * profile
+    cat = torch.cat if isinstance(actions, torch.Tensor) else np.concatenate
+    return cat([actions[..., :1] * 0 + 1, actions, cross], axis=-1)
 
 
 class LinUCB(Policy):

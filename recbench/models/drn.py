@@ -31,14 +31,14 @@
   ``reward``: the target charges ``ρ · E[gap | s, L] = ρ · exp(-w · f)`` instead of the
   realised gap. ``rank``: the charge leaves the target and enters the list's value,
   ``Q(s, L) = Σ Q_click + Q_future - ρ · E[gap | s, L]``, each candidate's share taken to
-  first order about the list of the K best click values (``_hazard_share``);
+  first order about the list of the K best click values (``hazard.hazard_share``);
   ``hazard_overlap_scale`` scales the overlap part of that share alone. ``rate_window_hours``
   takes ``ρ`` over a recent window (clicks decayed with that time constant) instead of the run.
 - Fatigue (``fatigue`` > 0): showing an item adds its genres to the user's exposure, which lowers
   the later clicks of items of those genres. The agent fits the click's slope in the exposure
   overlap, from a click logit on its impressions' user–item overlaps (``fatigue_fit=logit``) or
   from its click network (``network``), and charges each candidate the later clicks it takes
-  from a list like the best one now (``_fatigue_share``), times ``fatigue``.
+  from a list like the best one now (``hazard.fatigue_share``), times ``fatigue``.
 - Decomposition (``decompose``, on when the target has more than the click): the value of a
   list ``L`` of K is ``Q(s, L) = Σ_{a∈L} Q_click(s, a) + Q_future(s, L)``, two dueling networks,
   as in the Hybrid Reward Architecture (van Seijen et al., NeurIPS 2017). ``Q_click`` is
@@ -99,10 +99,17 @@ from recbench.envs.news import CONTEXT
 from recbench.envs.policies import linucb_features, top_k
 from recbench.envs.world import HOUR
 from recbench.errors import ConfigError
-from recbench.models.hazard import ClickLogit, ClickRidge, ReturnHazard
+from recbench.models.hazard import (
+    ClickLogit,
+    ClickRidge,
+    ReturnHazard,
+    fatigue_share,
+    hazard_share,
+)
 from recbench.models.layers.dbgd import (
     dbgd_perturbation,
     dbgd_update,
+    egreedy,
     interleave,
     interleave_probs,
 )
@@ -348,7 +355,7 @@ class DRN(nn.Module):
         else:
             shown = top_k(q[0], self.k)
             if self.explore == "egreedy":
-                shown = self._egreedy(shown, q.shape[1])
+                shown = egreedy(shown, q.shape[1], self.epsilon, self.rng)
         self._cur = (req, who, state)
         return shown
 
@@ -406,41 +413,17 @@ class DRN(nn.Module):
     def _hazard_share(
         self, state: np.ndarray, actions: np.ndarray, q_click: np.ndarray
     ) -> np.ndarray:
-        """(N,): each candidate's share of the list's fitted return-time value
-        ``-ρ · E[gap | s, L] = -ρ · exp(-w · f(s, L))``, to first order about the list of the K
-        best clicks: ``ρ · E[gap | s, L₀] · (w_c · p_i + w_o · o_i + w_r · r_i) / K``, ``p_i`` the
-        candidate's click value (clipped to [0, 1]) standing in for its click, ``o_i`` / ``r_i``
-        its overlap with the exposure / the recent clicks; times ``hazard_weight``."""
+        """(N,): ``hazard_share`` of the fitted return time, times ``hazard_weight``."""
+        scale, act = self.hazard_weight * self.click_rate(), float(state[self._ctx])
         w, k = self.hazard.w, self.k
-        # g_i = w_c p_i + w_o o_i + w_r r_i: the candidate's part of w · f(s, L), times K
-        gc = w[1] * np.clip(q_click, 0.0, 1.0)
-        go = actions[:, [-1, -3]] @ w[[2, 3]].astype(np.float32)
-        g = gc + go
-        top = np.argpartition(-q_click, k - 1)[:k]
-        log_rate = w[0] + w[4] * float(state[self._ctx]) + float(g[top].sum()) / k  # w · f(s, L0)
-        gap0 = math.exp(-min(max(log_rate, -30.0), 30.0))  # E[gap | s, L0]
-        if self.hazard_overlap_scale != 1.0:
-            g = gc + self.hazard_overlap_scale * go
-        return (self.hazard_weight * self.click_rate() * gap0 / k) * g
+        return hazard_share(w, act, actions, q_click, k, scale, self.hazard_overlap_scale)
 
     def _fatigue_share(self, actions: np.ndarray, q_click: np.ndarray) -> np.ndarray:
-        """(N,): each candidate's fitted cost in later clicks through fatigue. Shown, item i's
-        genre mixture ``m_i`` joins the exposure and raises a later candidate j's exposure
-        overlap by ``m_j · m_i``; the fitted click logit falls by ``-φ`` per unit of it
-        (``φ`` the logit's exposure-overlap coefficient, at most 0), so a later list like the
-        best one now loses ``-φ · m_i · G`` clicks, ``G = Σ_{k∈L0} p_k (1 - p_k) m_k`` over the
-        K best click values ``p_k`` (clipped to [0.01, 0.99]); times ``fatigue``, which stands
-        in for the examination of the item's position and the decay summed over later visits."""
+        """(N,): ``fatigue_share``, the fitted cost in later clicks, times ``fatigue``."""
+        weighted = self.fatigue_fit == "logit"
+        phi = float(self.click_logit.w[-1]) if weighted else self.fatigue_slope
         k, ng = self.k, self.spec.n_genres
-        top = np.argpartition(-q_click, k - 1)[:k]
-        if self.fatigue_fit == "network":
-            phi = min(self.fatigue_slope, 0.0)
-            g = actions[top, :ng].sum(0)
-        else:
-            phi = min(float(self.click_logit.w[-1]), 0.0)
-            p = np.clip(q_click[top], 0.01, 0.99).astype(np.float64)
-            g = (p * (1.0 - p)) @ actions[top, :ng]  # (n_genres,)
-        return (self.fatigue * -phi) * (actions[:, :ng] @ g)
+        return fatigue_share(phi, actions, q_click, k, ng, weighted, self.fatigue)
 
     def _network_slope(self, n: int = 1000, delta: float = 0.1) -> float:
         """The click network's mean slope in the exposure overlap at each recent request's best
@@ -468,17 +451,6 @@ class DRN(nn.Module):
         self, req: int, pos: np.ndarray, reward: np.ndarray, next_req: int, click: np.ndarray
     ) -> None:
         self.fresh.append(self.replay.add_transitions(req, pos, reward, next_req, click))
-
-    def _egreedy(self, shown: np.ndarray, n: int) -> np.ndarray:
-        out = shown.copy()
-        for j in range(self.k):
-            if self.rng.random() < self.epsilon:
-                rest = np.setdiff1d(np.arange(n), out[:j])
-                pick = int(self.rng.choice(rest))
-                if pick in out[j:]:  # keep the list distinct: swap it into this slot
-                    out[j + np.flatnonzero(out[j:] == pick)[0]] = out[j]
-                out[j] = pick
-        return out
 
     def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         """Squared error of ``Q(s, a)`` against the double-DQN target ``y`` per transition;
@@ -545,15 +517,7 @@ class DRN(nn.Module):
         """(R, N): the click value's linear part ``θ · x(s, a)`` (``wide``), 0 without it."""
         if self.wide is None:
             return 0.0
-        ng = self.spec.n_genres
-        x = torch.cat(
-            [
-                torch.ones_like(actions[..., :1]),
-                actions,
-                actions[..., :ng] * state[:, None, -ng:],
-            ],
-            dim=-1,
-        )
+        x = linucb_features(state, actions, self.spec.n_genres)
         return x @ torch.from_numpy(self.wide.w.astype(np.float32))
 
     def _step(self, tr: np.ndarray) -> None:

@@ -1,5 +1,6 @@
 """Models DRN fits online beside its networks: a return-hazard model (the time until a user
-comes back after a list), a click logit, and a ridge regression of the click (``ClickRidge``).
+comes back after a list), a click logit, and a ridge regression of the click (``ClickRidge``);
+and each candidate's share of the fitted return time and fatigue cost in its score.
 
 DRN models user activeness by survival analysis (Zheng et al., WWW 2018, §4.3): the user
 returns at a hazard ``λ``. ``ReturnHazard`` fits an exponential model whose log hazard is
@@ -17,6 +18,7 @@ the return is ``E[t | f] = exp(-w · f)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -188,4 +190,57 @@ class ClickRidge:
         return self._w
 
 
-__all__ = ["ClickLogit", "ClickRidge", "ReturnHazard"]
+def hazard_share(
+    w: np.ndarray,
+    activeness: float,
+    actions: np.ndarray,
+    q_click: np.ndarray,
+    k: int,
+    scale: float,
+    overlap_scale: float = 1.0,
+) -> np.ndarray:
+    """(N,): each candidate's share of a list's fitted return-time value ``-ρ · E[gap | s, L] =
+    -ρ · exp(-w · f(s, L))`` (``ReturnHazard``'s ``w``; ``f``: 1, clicks / K, the mean overlaps
+    with the exposure and the recent clicks, the activeness), to first order about the list
+    ``L₀`` of the K best click values: ``ρ · E[gap | s, L₀] · (w_c p_i + w_o o_i + w_r r_i) / K``,
+    ``p_i`` the candidate's click value (clipped to [0, 1]) standing in for its click, ``o_i`` /
+    ``r_i`` its overlap with the exposure / the recent clicks (``actions[:, -1]``, ``[:, -3]``).
+    ``scale`` is ρ times any weight; ``overlap_scale`` scales the overlap part of each share."""
+    # g_i = w_c p_i + w_o o_i + w_r r_i: the candidate's part of w · f(s, L), times K
+    gc = w[1] * np.clip(q_click, 0.0, 1.0)
+    go = actions[:, [-1, -3]] @ w[[2, 3]].astype(np.float32)
+    g = gc + go
+    top = np.argpartition(-q_click, k - 1)[:k]
+    log_rate = w[0] + w[4] * activeness + float(g[top].sum()) / k  # w · f(s, L0)
+    gap0 = math.exp(-min(max(log_rate, -30.0), 30.0))  # E[gap | s, L0]
+    if overlap_scale != 1.0:
+        g = gc + overlap_scale * go
+    return (scale * gap0 / k) * g
+
+
+def fatigue_share(
+    phi: float,
+    actions: np.ndarray,
+    q_click: np.ndarray,
+    k: int,
+    n_genres: int,
+    weighted: bool,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """(N,): each candidate's cost in later clicks through fatigue. Shown, item i's genre
+    mixture ``m_i`` (``actions[:, :n_genres]``) joins the exposure and raises a later candidate
+    j's exposure overlap by ``m_j · m_i``; the click falls by ``-φ`` per unit of it (``φ``, the
+    fitted slope, taken at most 0), so a later list like the best one now loses ``-φ · m_i · G``
+    clicks, ``G`` over the K best click values ``p_k``: ``Σ p_k (1 - p_k) m_k`` (``weighted``,
+    ``φ`` a logit's coefficient; ``p_k`` clipped to [0.01, 0.99]) or ``Σ m_k`` (``φ`` a slope in
+    probability); times ``scale``."""
+    top = np.argpartition(-q_click, k - 1)[:k]
+    if weighted:
+        p = np.clip(q_click[top], 0.01, 0.99).astype(np.float64)
+        g = (p * (1.0 - p)) @ actions[top, :n_genres]  # (n_genres,)
+    else:
+        g = actions[top, :n_genres].sum(0)
+    return (scale * -min(phi, 0.0)) * (actions[:, :n_genres] @ g)
+
+
+__all__ = ["ClickLogit", "ClickRidge", "ReturnHazard", "fatigue_share", "hazard_share"]

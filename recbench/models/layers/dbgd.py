@@ -1,6 +1,6 @@
 """DRN's exploration (Zheng et al., WWW 2018, §4.4): Dueling Bandit Gradient Descent's random
 perturbation and update of a network, and probabilistic interleaving (Hofmann et al., CIKM 2011)
-of the current and the explore network's lists.
+of the current and the explore network's lists; and ε-greedy, the exploration it is compared to.
 """
 
 from __future__ import annotations
@@ -53,6 +53,21 @@ def interleave(
     return out, who
 
 
+def egreedy(shown: np.ndarray, n: int, epsilon: float, rng: np.random.Generator) -> np.ndarray:
+    """ε-greedy over a ranked list ``shown`` from a pool of ``n``: each slot in turn, with
+    probability ``epsilon``, shows a candidate drawn uniformly from those not in the slots before
+    it; a draw already further down the list swaps into the slot, so the list stays distinct."""
+    out = shown.copy()
+    for j in range(len(out)):
+        if rng.random() < epsilon:
+            rest = np.setdiff1d(np.arange(n), out[:j])
+            pick = int(rng.choice(rest))
+            if pick in out[j:]:
+                out[j + np.flatnonzero(out[j:] == pick)[0]] = out[j]
+            out[j] = pick
+    return out
+
+
 @torch.no_grad()
 def dbgd_perturbation(net: nn.Module, alpha: float, gen: torch.Generator) -> list[Tensor]:
     """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net`` (one draw for all of them)."""
@@ -69,4 +84,4 @@ def dbgd_update(net: nn.Module, delta: Sequence[Tensor], eta: float, won: bool) 
             p.add_(eta * d)
 
 
-__all__ = ["dbgd_perturbation", "dbgd_update", "interleave", "interleave_probs"]
+__all__ = ["dbgd_perturbation", "dbgd_update", "egreedy", "interleave", "interleave_probs"]
