@@ -3,9 +3,8 @@
 - Q-network (§4.2, Fig. 4): dueling, ``Q(s, a) = V(s) + A(s, a)``; ``V`` reads the state (user
   features, context, the genre profile of the user's recent clicks), ``A`` the state with the
   candidate's features, the user–item features and, with ``item_embedding > 0``, a learned item
-  embedding. The default is none, as in the paper, whose news features carry no id: an item is a
-  candidate for two days and shown a few dozen times, and with more training an embedding
-  fitted to those impressions lowered the validation clicks (seeds 7-9). With ``user_id`` the
+  embedding (default none, as in the paper: an item is a candidate for two days, and an
+  embedding fitted to its few impressions lowered the validation clicks). With ``user_id`` the
   user's one-hot leads the state, so each first layer that reads the state holds a learned
   vector per user (users, unlike items, persist for the whole run). With
   ``center_advantage`` the advantage is centred over the request's pool (Wang et al., ICML 2016),
@@ -19,26 +18,17 @@
   charges the time the user took to come back, ``- ρ · gap``, at ``ρ``, the running clicks per
   user per hour (the average-reward correction of a semi-Markov decision process, Das et al.,
   Management Science 1999): a per-visit discount values the next visit the same whether it
-  comes in an hour or in a week, so without it nothing in the target pays a list for the visits
-  it adds by bringing the user back sooner. Decomposed (below), the charge enters the list's
-  future target once; otherwise every transition of the list is charged the whole gap, as each
-  gets the whole ``β · activeness`` and ``γ Q(s', ·)``.
-- Return hazard (``hazard``, with ``return_time``): the realised gap is one exponential draw,
-  as spread as its mean. ``ReturnHazard`` (``recbench.models.hazard``) fits, at every major
-  update, an exponential return time with ``log λ = w · f(s, L)`` on the agent's own lists
-  (returns and, censored, the lists still waiting), ``f``: 1, the list's clicks / K, its items'
-  mean overlap with the user's exposure and with the recent clicks, the activeness.
-  ``reward``: the target charges ``ρ · E[gap | s, L] = ρ · exp(-w · f)`` instead of the
-  realised gap. ``rank``: the charge leaves the target and enters the list's value,
-  ``Q(s, L) = Σ Q_click + Q_future - ρ · E[gap | s, L]``, each candidate's share taken to
-  first order about the list of the K best click values (``hazard.hazard_share``);
-  ``hazard_overlap_scale`` scales the overlap part of that share alone. ``rate_window_hours``
-  takes ``ρ`` over a recent window (clicks decayed with that time constant) instead of the run.
-- Fatigue (``fatigue`` > 0): showing an item adds its genres to the user's exposure, which lowers
-  the later clicks of items of those genres. The agent fits the click's slope in the exposure
-  overlap, from a click logit on its impressions' user–item overlaps (``fatigue_fit=logit``) or
-  from its click network (``network``), and charges each candidate the later clicks it takes
-  from a list like the best one now (``hazard.fatigue_share``), times ``fatigue``.
+  comes in an hour or in a week, so without it nothing pays a list for bringing the user back
+  sooner. Decomposed (below), the charge enters the list's future target once.
+- Return hazard (``hazard``, with ``return_time``): ``ReturnHazard`` (``recbench.models.hazard``)
+  fits, at every major update, an exponential return time with ``log λ = w · f(s, L)`` on the
+  agent's own lists (the waiting ones censored). ``reward``: the target charges the fitted
+  ``ρ · E[gap | s, L]`` instead of the realised gap; ``rank``: that charge leaves the target and
+  enters the list's value, each candidate's share to first order (``hazard_share``), its overlap
+  part scaled by ``hazard_overlap_scale``. ``rate_window_hours``: ``ρ`` over a recent window.
+- Fatigue (``fatigue`` > 0): each candidate is charged the later clicks its genres take through
+  the user's exposure (``fatigue_share``), at a slope fitted by a click logit on the impressions'
+  user–item overlaps (``fatigue_fit=logit``) or read from the click network (``network``).
 - Decomposition (``decompose``, on when the target has more than the click): the value of a
   list ``L`` of K is ``Q(s, L) = Σ_{a∈L} Q_click(s, a) + Q_future(s, L)``, two dueling networks,
   as in the Hybrid Reward Architecture (van Seijen et al., NeurIPS 2017). ``Q_click`` is
@@ -52,15 +42,17 @@
   the click network, which learns as DN's does. Items are ranked by ``Q_click + Q_f / K``, each
   item's share of ``Q(s, L)``. Without ``decompose``: one network, every item regressed on
   ``click + β · activeness + γ max_a' Q(s', a')`` (the paper's form).
-- Linear part (``wide``): the click value is ``Q_click(s, a) = θ · x(s, a) + (the click
-  network's V + A)``, ``x`` LinUCB's context of the candidate (1, its features, the user's genre
-  profile times its genres; ``linucb_features``) and ``θ`` the ridge regression of every shown
-  item's click on ``x`` (``ClickRidge``), solved exactly after every list; the network, whose
-  output layers start at zero, is fitted to what ``θ · x`` leaves of the click. The paper's
-  agent went online from a network trained offline on click logs; here every policy
-  starts from nothing, and a network that takes one gradient step every ``minor_every``
-  requests ranks close to random for its first day, where a linear model solved after every
-  list already ranks well (LinUCB's precision@5 is 0.53 in the first 12 hours).
+- Linear part (``wide``): ``Q_click(s, a) = θ · x(s, a) + (the click network's V + A)``, ``x``
+  LinUCB's context of the candidate (``linucb_features``), ``θ`` the ridge regression of every
+  shown item's click on ``x`` (``ClickRidge``), solved after every list; the network starts at
+  zero and fits the rest. The paper's agent went online from a network trained offline on logs;
+  here every policy starts from nothing, and a network stepped every ``minor_every`` requests
+  ranks close to random for its first day, where the solved linear model already ranks well.
+- Linear future part (``future_wide``): ``Q_future(s, L)`` gains ``θ_f`` times the mean of the
+  list's ``future_features`` (1, the user–item features, the activeness), ``θ_f`` refitted at
+  every major update by fitted Q iteration (``recbench.models.layers.fqi``): the ridge
+  regression of the last ``future_wide_lists`` lists' future targets; the future network, from
+  zero, learns the rest.
 - Click loss (``click_loss``): ``mse`` regresses the click network on the click, as the paper's
   Q-learning does; ``bce`` makes it a click probability ``σ(V + A)`` fitted by the logistic
   loss (the decomposed agents' click network, or DN: a network whose target is the click alone).
@@ -75,10 +67,9 @@
   ``major_hours`` of simulated time: ``major_steps`` minibatches from the replay memory, each
   of about ``major_batch`` transitions drawn as whole lists (``Replay.sample_lists``).
 
-Speed: acting scores the whole pool in one numpy pass (the state's share of the first layer
-once per request), the current and the explore network together when DBGD is on; learning
-evaluates each distinct request of a minibatch once (a list's five transitions share it) and
-gathers the shown positions.
+Speed: acting scores the pool in one numpy pass (the state's share of the first layer once per
+request; the current and explore networks side by side); learning evaluates each distinct
+request of a minibatch once.
 """
 
 from __future__ import annotations
@@ -95,7 +86,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
-from recbench.envs.news import CONTEXT
 from recbench.envs.policies import linucb_features, top_k
 from recbench.envs.world import HOUR
 from recbench.errors import ConfigError
@@ -105,6 +95,7 @@ from recbench.models.hazard import (
     ReturnHazard,
     fatigue_share,
     hazard_share,
+    network_slope,
 )
 from recbench.models.layers.dbgd import (
     dbgd_perturbation,
@@ -114,6 +105,7 @@ from recbench.models.layers.dbgd import (
     interleave_probs,
 )
 from recbench.models.layers.dqn import DuelingQ, SplitQ, double_dqn_target, stack_snapshots
+from recbench.models.layers.fqi import fit_future_linear, future_features
 from recbench.models.layers.replay import Replay
 
 EXPLORE = ("none", "egreedy", "dbgd")
@@ -163,6 +155,9 @@ class DRN(nn.Module):
         user_id: bool = False,
         wide: bool = False,
         wide_ridge: float = 1.0,
+        future_wide: bool = False,
+        future_wide_ridge: float = 1.0,
+        future_wide_lists: int = 1000,
     ) -> None:
         super().__init__()
         # user_id: the user's one-hot leads the state, so every first layer that reads the state
@@ -192,7 +187,10 @@ class DRN(nn.Module):
         # the return hazard's features of a list (_hazard_features): 1, clicks / K, the shown
         # items' mean overlap with the user's exposure and with the recent clicks, the activeness
         self.hazard = ReturnHazard(5, replay_capacity, hazard_ridge) if hazard != "none" else None
-        self._ctx = schema.state_dim - 2 * schema.n_genres - CONTEXT  # activeness in the state
+        # the activeness in the state: the first context column, after the user's one-hots
+        self._ctx = (
+            (schema.n_users if self.user_id else 0) + schema.n_ages + 2 + schema.n_occupations
+        )
         self.h_pending: dict[int, tuple[np.ndarray, float]] = {}  # user: (features, time shown)
         self.clicks_total, self.now = 0.0, 0.0  # the click rate ρ for return_time
         if rate_window_hours < 0.0:
@@ -266,12 +264,19 @@ class DRN(nn.Module):
         d_wide = 1 + schema.action_dim + schema.n_genres
         self.wide = ClickRidge(d_wide, wide_ridge) if wide else None
         if self.wide is not None:
-            click_net = self.q.click if self.split else self.q
-            with torch.no_grad():
-                for lins in (click_net._v_lins, click_net._a_lins):
-                    lins[-1].weight.zero_()
-                    lins[-1].bias.zero_()
+            (self.q.click if self.split else self.q).zero_output()
         self._x: np.ndarray | None = None
+        # future_wide: the future value's linear part, refitted at each major update (FQI)
+        self._n_ui = schema.action_dim if fcols is None else fcols  # columns f reads
+        self._fqi = (int(future_wide_lists), float(future_wide_ridge))
+        self.fw = np.zeros(2 + self._n_ui) if future_wide else None
+        if future_wide and not self.split:
+            raise ConfigError(
+                "model.future_wide needs a future network: set model.decompose=true and a future "
+                "term (gamma > 0, the activeness or the return time)"
+            )
+        if future_wide:  # the network starts at zero and learns the rest
+            self.q.future.zero_output()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
         # the fused kernel: one call per step instead of one per parameter and operation
@@ -292,8 +297,6 @@ class DRN(nn.Module):
         self._cur: tuple[int, np.ndarray | None, np.ndarray] | None = None
         self._snap = self._snap_explore = None  # numpy weights for acting; None: stale
         self._stacked: dict | None = None
-
-    # ------------------------------------------------------------------ policy interface
 
     def bind(self, env: Any) -> None:
         pass
@@ -348,6 +351,9 @@ class DRN(nn.Module):
             fc = self.q.future_cols
             fa = actions if fc is None else actions[:, -fc:]
             q = q + self.q.future.act_stacked(self._stacked[1], state, fa, items) / self.k
+        if self.fw is not None:
+            f = future_features(state, actions, self._n_ui, self._ctx)
+            q = q + (f @ self.fw.astype(np.float32))[None, :] / self.k
         who = None
         if dbgd:
             ranks = np.argsort(-q, axis=1, kind="stable")
@@ -389,8 +395,6 @@ class DRN(nn.Module):
             self.major_update()
             self.next_major = float(info["time"]) + self.major_period
 
-    # ------------------------------------------------------------------ learning
-
     def click_rate(self) -> float:
         """``ρ``: clicks per user per simulated hour so far (the first day counts as a day).
         With ``rate_window_hours`` τ > 0, over a recent window: the clicks weighted by
@@ -424,28 +428,6 @@ class DRN(nn.Module):
         phi = float(self.click_logit.w[-1]) if weighted else self.fatigue_slope
         k, ng = self.k, self.spec.n_genres
         return fatigue_share(phi, actions, q_click, k, ng, weighted, self.fatigue)
-
-    def _network_slope(self, n: int = 1000, delta: float = 0.1) -> float:
-        """The click network's mean slope in the exposure overlap at each recent request's best
-        item (probability per unit overlap)."""
-        cap = self.replay.cap
-        m = min(n, self.replay.n_req, cap)
-        rows = (self.replay.n_req - 1 - np.arange(m)) % cap
-        t = torch.from_numpy
-        s, a, it = (
-            t(self.replay.states(rows)),
-            t(self.replay.actions[rows]).clone(),
-            t(self.replay.items[rows]),
-        )
-        click = self.q.click if self.split else self.q
-        with torch.no_grad():
-            q0 = click(s, a, it) + self._wide_q(s, a)
-            top = q0.argmax(1)
-            r = torch.arange(m)
-            a[r, top, -1] += delta
-            q1 = click(s, a, it) + self._wide_q(s, a)
-        nc = a.shape[1]  # the centred advantage spreads the change over the pool
-        return float((q1 - q0)[r, top].mean()) / delta * nc / (nc - 1)
 
     def _complete(
         self, req: int, pos: np.ndarray, reward: np.ndarray, next_req: int, click: np.ndarray
@@ -487,8 +469,7 @@ class DRN(nn.Module):
 
     def _split_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
         k = self.k
-        inv, ninv = batch.get("inv"), batch.get("next_inv")
-        pos, click = batch["pos"], batch["click"]
+        inv, pos, click = batch.get("inv"), batch["pos"], batch["click"]
         if len(pos) % k:
             raise ValueError(f"decomposed loss: {len(pos)} transitions are not whole lists of {k}")
         s, a, i = batch["state"], batch["actions"], batch["items"]
@@ -499,19 +480,34 @@ class DRN(nn.Module):
         else:
             q_click = self.q.click(s, a, i) + self._wide_q(s, a)
             click_loss = ((q_click[rows, pos] - click) ** 2).mean()
-        q_list = self.q.q_future(s, a, i)[rows, pos].view(-1, k).mean(1)  # Q_future(s, L)
-        y = (batch["reward"] - click).view(-1, k)[:, 0]  # the list's reward beyond its clicks
-        if self.gamma > 0.0:
-            with torch.no_grad():
-                nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
-                wide = self._wide_q(*nxt[:2])
-                q_on, q_tg = self.q(*nxt) + wide, self.q_target(*nxt) + wide
-                if ninv is not None:
-                    q_on, q_tg = q_on[ninv], q_tg[ninv]
-                first = slice(None, None, k)  # one row per list
-                y_next = double_dqn_target(y, q_on[first], q_tg[first], self.gamma, k)
-                y = torch.where(batch["has_next"][first], y_next, y)
-        return click_loss + ((q_list - y) ** 2).mean()
+        q_f = self.q.q_future(s, a, i) + self._fw_q(s, a)
+        q_list = q_f[rows, pos].view(-1, k).mean(1)  # Q_future(s, L)
+        return click_loss + ((q_list - self._future_target(batch)) ** 2).mean()
+
+    @torch.no_grad()
+    def _future_target(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(lists,): each list's reward beyond its clicks, plus (γ > 0) the double-DQN value of
+        the user's next list, ``γ Σ_{a'∈L'} Q_target(s', a')``."""
+        k, ninv = self.k, batch.get("next_inv")
+        y = (batch["reward"] - batch["click"]).view(-1, k)[:, 0]
+        if self.gamma == 0.0:
+            return y
+        nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
+        lin = self._wide_q(*nxt[:2]) + self._fw_q(*nxt[:2]) / k
+        q_on, q_tg = self.q(*nxt) + lin, self.q_target(*nxt) + lin
+        if ninv is not None:
+            q_on, q_tg = q_on[ninv], q_tg[ninv]
+        first = slice(None, None, k)  # one row per list
+        y_next = double_dqn_target(y, q_on[first], q_tg[first], self.gamma, k)
+        return torch.where(batch["has_next"][first], y_next, y)
+
+    def _fw_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
+        """(R, N): each candidate's linear future value ``θ_f · f(s, a)`` (``future_wide``; a
+        list's is its items' mean), 0 without it."""
+        if self.fw is None:
+            return 0.0
+        f = future_features(state, actions, self._n_ui, self._ctx)
+        return f @ torch.from_numpy(self.fw.astype(np.float32))
 
     def _wide_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
         """(R, N): the click value's linear part ``θ · x(s, a)`` (``wide``), 0 without it."""
@@ -555,8 +551,15 @@ class DRN(nn.Module):
         if self.click_logit is not None:
             self.stats["fatigue_logit"] = float(self.click_logit.fit()[-1])
         elif self.fatigue > 0.0 and self.replay.n_req:
-            self.fatigue_slope = self._network_slope()
+            click = self.q.click if self.split else self.q
+            self.fatigue_slope = network_slope(
+                lambda s, a, i: click(s, a, i) + self._wide_q(s, a), self.replay
+            )
             self.stats["fatigue_slope"] = self.fatigue_slope
+        if self.fw is not None:  # the last fit stays until enough lists are held
+            r, k = self.replay, self.k
+            fw = fit_future_linear(r, self._future_target, k, self._n_ui, self._ctx, *self._fqi)
+            self.fw = self.fw if fw is None else fw
         lists = max(1, round(self.major_batch / self.k))
         if self.replay.n_tr:
             for _ in range(self.major_steps):
@@ -579,7 +582,8 @@ class DRN(nn.Module):
     def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
         """Each candidate's learned value, ``Q_click + Q_f / K`` with the linear part: what the
         agent ranks by before the fitted hazard and fatigue shares."""
-        return self.q(state, actions, items) + self._wide_q(state, actions)
+        lin = self._wide_q(state, actions) + self._fw_q(state, actions) / self.k
+        return self.q(state, actions, items) + lin
 
 
 __all__ = [

@@ -22,6 +22,9 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import torch
+
+from recbench.models.layers.replay import Replay
 
 
 class _OnlineGLM:
@@ -190,6 +193,30 @@ class ClickRidge:
         return self._w
 
 
+def network_slope(
+    click_value: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    replay: Replay,
+    n: int = 1000,
+    delta: float = 0.1,
+) -> float:
+    """A click value's mean slope in the exposure overlap (``actions[..., -1]``) at each of the
+    last ``n`` held requests' best item (probability per unit overlap); ``click_value(state,
+    actions, items)`` → (R, N)."""
+    cap = replay.cap
+    m = min(n, replay.n_req, cap)
+    rows = (replay.n_req - 1 - np.arange(m)) % cap
+    t = torch.from_numpy
+    s, a, it = t(replay.states(rows)), t(replay.actions[rows]).clone(), t(replay.items[rows])
+    with torch.no_grad():
+        q0 = click_value(s, a, it)
+        top = q0.argmax(1)
+        r = torch.arange(m)
+        a[r, top, -1] += delta
+        q1 = click_value(s, a, it)
+    nc = a.shape[1]  # the centred advantage spreads the change over the pool
+    return float((q1 - q0)[r, top].mean()) / delta * nc / (nc - 1)
+
+
 def hazard_share(
     w: np.ndarray,
     activeness: float,
@@ -243,4 +270,11 @@ def fatigue_share(
     return (scale * -min(phi, 0.0)) * (actions[:, :n_genres] @ g)
 
 
-__all__ = ["ClickLogit", "ClickRidge", "ReturnHazard", "fatigue_share", "hazard_share"]
+__all__ = [
+    "ClickLogit",
+    "ClickRidge",
+    "ReturnHazard",
+    "fatigue_share",
+    "hazard_share",
+    "network_slope",
+]

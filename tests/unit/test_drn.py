@@ -521,3 +521,65 @@ def test_wide_part_is_the_ridge_on_linucbs_context_and_the_network_fits_the_rest
         DRN(spec, wide=True, click_loss="bce", **dn)
     with pytest.raises(ConfigError, match="wide_ridge"):
         DRN(spec, wide=True, wide_ridge=0.0, **dn)
+
+
+def test_future_wide_is_fitted_q_iteration_on_the_lists_item_features():
+    """future_wide: Q_future(s, L) gains θ_f · mean_{a∈L} f(s, a), f = (1, the user–item
+    features, the activeness); θ_f is refitted at major updates as the ridge regression of each
+    held list's double-DQN future target on that mean; the agent ranks by the click value, the
+    future network's share and θ_f · f / K; the future network starts at zero."""
+    from recbench.envs.policies import top_k
+    from recbench.models.layers.fqi import fit_future_linear
+
+    env = NewsEnv(NewsParams(n_users=60, horizon_days=4.0), seed=0)
+    spec = env.policy_spec
+    ddqn = {"gamma": 0.4, "use_activeness": False, "return_time": False, "explore": "none"}
+    agent = DRN(spec, wide=True, future_wide=True, minor_every=8, major_hours=4.0, seed=3, **ddqn)
+    t = torch.from_numpy
+    obs, _ = env.reset(seed=0)
+    fits, done = [], False
+    while not done:
+        state, actions, items = encode(obs)
+        with torch.no_grad():
+            s, a, i = t(state)[None], t(actions)[None], t(items)[None]
+            if not fits:
+                assert np.abs(agent.q.q_future(s, a, i).numpy()).max() == 0.0
+            value = agent(s, a, i).numpy()[0]  # the module's value, the linear parts included
+        shown = agent.act(obs)
+        np.testing.assert_array_equal(shown, top_k(value.astype(np.float32), 5))
+        nxt, _, _, done, info = env.step(shown)
+        agent.observe(obs, info["shown"], info)
+        obs = nxt
+        fits.append(agent.fw.copy())
+    assert len({tuple(f) for f in fits}) > 3 and np.abs(fits[-1][1:]).max() > 0.0
+    # the fit, by hand: the held lists' targets γ Σ_{a'∈L'} Q_target(s', a'), L' the top K of
+    # the online value at s', regressed on the mean of (1, user-item features, activeness)
+    rp, k, g = agent.replay, agent.k, 0.4
+    n = min(rp.n_tr, rp.tcap) // k
+    b = rp.batch(rp.valid(((rp.n_tr // k - n + np.arange(n))[:, None] * k + np.arange(k)).ravel()))
+    ns, na, ni = b["next_state"], b["next_actions"], b["next_items"]
+    with torch.no_grad():
+        q_on = agent(ns, na, ni).numpy()
+        lin_next = agent(ns, na, ni).numpy() - agent.q(ns, na, ni).numpy()
+        q_tg = agent.q_target(ns, na, ni).numpy() + lin_next
+    st, ac = b["state"].numpy(), b["actions"].numpy()
+    inv, ninv, pos = b["inv"].numpy(), b["next_inv"].numpy(), b["pos"].numpy()
+    has = b["has_next"].numpy()
+    phi, y = [], []
+    for j in range(0, len(pos), k):
+        r = inv[j]
+        f = np.concatenate(
+            [np.ones((k, 1)), ac[r][pos[j : j + k], -4:], np.full((k, 1), st[r][agent._ctx])], 1
+        )
+        phi.append(f.mean(0))
+        nr = ninv[j]
+        y.append(g * q_tg[nr][np.argsort(-q_on[nr], kind="stable")[:k]].sum() if has[j] else 0.0)
+    phi, y = np.array(phi), np.array(y)
+    pen = np.eye(phi.shape[1])
+    pen[0, 0] = 0.0
+    want = np.linalg.solve(phi.T @ phi + pen, phi.T @ y)
+    got = fit_future_linear(rp, agent._future_target, k, 4, agent._ctx, 1000, 1.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    dn = {"gamma": 0.0, "use_activeness": False, "return_time": False}
+    with pytest.raises(ConfigError, match="future_wide needs a future network"):
+        DRN(spec, future_wide=True, **dn)

@@ -72,6 +72,13 @@ class DuelingQ(nn.Module):
             h = F.linear(torch.relu(h), m.weight, m.bias)
         return v, h.squeeze(-1)
 
+    @torch.no_grad()
+    def zero_output(self) -> None:
+        """Zero both streams' output layers: the network's Q is 0 until it learns."""
+        for lins in (self._v_lins, self._a_lins):
+            lins[-1].weight.zero_()
+            lins[-1].bias.zero_()
+
     @property
     def heads(self) -> tuple[DuelingQ, ...]:
         """The networks whose sum is Q (``SplitQ``: two)."""
