@@ -37,7 +37,7 @@ class EnvSpec:
 
     @classmethod
     def of(cls, env: Any) -> EnvSpec:
-        from recbench.envs.news import CONTEXT, ITEM_DENSE, USER_ITEM
+        from recbench.envs.news import USER_ITEM
 
         p, w = env.params, env.world.wp
         return cls(
@@ -49,9 +49,9 @@ class EnvSpec:
             slate_size=p.slate_size,
             n_candidates=p.n_candidates,
             history_len=p.history_len,
-            state_dim=env.user_dim + CONTEXT + 2 * w.n_genres,
-            action_dim=w.n_genres + ITEM_DENSE + USER_ITEM,
-            item_dense=ITEM_DENSE,
+            state_dim=env.user_dim + env.context_dim + 2 * w.n_genres,
+            action_dim=w.n_genres + env.item_dense + USER_ITEM,
+            item_dense=env.item_dense,
             beta=p.beta,
             lambda0=p.lambda0,
         )

@@ -101,12 +101,17 @@ class NewsEnv(gym.Env):
         self.exam = exam_weights(p.slate_size, p.position_bias)
         N, K, H = p.n_candidates, self.n_genres, p.history_len
         self.user_dim = w.n_ages + 2 + w.n_occupations
-        self.item_dim = K + ITEM_DENSE
+        # clickbait adds a column to the item's dense features (its bait flag) and one to the
+        # context (the user's disappointment); without it the observation is as before
+        self.bait = p.clickbait > 0
+        self.item_dense = ITEM_DENSE + self.bait
+        self.context_dim = CONTEXT + self.bait
+        self.item_dim = K + self.item_dense
         self.observation_space = spaces.Dict(
             {
                 "user": spaces.Discrete(p.n_users),
                 "user_features": spaces.Box(0.0, 1.0, (self.user_dim,), np.float32),
-                "context": spaces.Box(0.0, BOUND, (CONTEXT,), np.float32),
+                "context": spaces.Box(0.0, BOUND, (self.context_dim,), np.float32),
                 "exposure": spaces.Box(0.0, BOUND, (K,), np.float32),
                 "profile": spaces.Box(0.0, 1.0, (K,), np.float32),
                 "history": spaces.Box(0, self.n_items, (H,), np.int64),
@@ -204,6 +209,14 @@ class NewsEnv(gym.Env):
             else:
                 d = lam / (lam + a) * -np.expm1(-(lam + a) * left)
             score = score - p.fatigue * d * (gm @ g)
+        if self.bait:  # a bait click lowers every later logit: G = Σ_k e_k p_k (1 - p_k)
+            a = self._exp_rate
+            if lookahead == "all":
+                d = lam / a * -np.expm1(-a * left)
+            else:
+                d = lam / (lam + a) * -np.expm1(-(lam + a) * left)
+            g0 = float((self.exam * pt * (1.0 - pt)).sum())
+            score = score - p.bait_cost * d * g0 * probs * self.world.bait[self.pool]
         return score
 
     # ------------------------------------------------------------------ gymnasium API
@@ -246,6 +259,7 @@ class NewsEnv(gym.Env):
         self.visits = np.zeros(U, np.int64)
         self.exposure = np.zeros((U, self.n_genres))  # decayed to exposure_time
         self.exposure_time = np.zeros(U)
+        self.disappointment = np.zeros(U)  # bait clicks, decayed with the exposure
         self.counts = np.zeros((self.n_items, 4))  # impressions 1 h, clicks 1 h, 24 h, 24 h
         self.count_time = np.zeros(self.n_items)
         self.now = 0.0
@@ -281,6 +295,8 @@ class NewsEnv(gym.Env):
             heapq.heappush(self._heap, (t + gap, u))
         # the list's genres, weighted by examination, join the exposure (decayed to t on arrival)
         self.exposure[u] += self.exam @ self.world.gmix[items]
+        if self.bait:
+            self.disappointment[u] += float(self.world.bait[items] @ clicks)
         info = {
             "user": u,
             "time": t,
@@ -348,7 +364,9 @@ class NewsEnv(gym.Env):
         self.activeness[u] = self.returned(float(self.activeness[u]), gap_prev)
         self.last_time[u] = t
         self.visits[u] += 1
-        self.exposure[u] *= math.exp(-self._exp_rate * (t - self.exposure_time[u]))
+        decay = math.exp(-self._exp_rate * (t - self.exposure_time[u]))
+        self.exposure[u] *= decay
+        self.disappointment[u] *= decay
         self.exposure_time[u] = t
         # interest drift: the synthetic world's session step
         if block[0] < w.switch_prob:
@@ -370,7 +388,8 @@ class NewsEnv(gym.Env):
             pool = np.concatenate([pool, rest])
         self.pool = pool
         hist = np.asarray(self.history[u], dtype=np.int64)
-        self.probs = world.click_probs(u, pool, t, self.z[u], hist, self.exposure[u])
+        d = float(self.disappointment[u])
+        self.probs = world.click_probs(u, pool, t, self.z[u], hist, self.exposure[u], d)
         self._obs = self._observe(u, t, pool, hist, gap_prev)
         return True
 
@@ -391,6 +410,8 @@ class NewsEnv(gym.Env):
         item[:, K] = (t - world.publish[pool]) / DAY
         item[:, K + 1 : K + 5] = np.log1p(c)
         item[:, K + 5] = (c[:, 3] + 0.3) / (c[:, 2] + 1.0)
+        if self.bait:
+            item[:, K + 6] = world.bait[pool]
         x = self.exposure[u]
         gp = gm @ profile
         ui = np.empty((len(pool), USER_ITEM), np.float32)
@@ -409,7 +430,8 @@ class NewsEnv(gym.Env):
                     math.log1p(gap / HOUR),
                     math.log1p(self.visits[u]),
                     len(hist) / H,
-                ],
+                ]
+                + [self.disappointment[u]] * self.bait,
                 np.float32,
             ),
             "exposure": x.astype(np.float32),

@@ -30,6 +30,8 @@ DEFAULT_PAIRS = (
     ("linucb", "drn_dn"),
     ("greedy_deepfm", "drn_dn"),
     ("drn_dn", "drn_ddqn"),
+    ("drn_dn", "drn_ddqn_fqi"),
+    ("drn_ddqn", "drn_ddqn_fqi"),
     ("drn_ddqn", "drn_ddqn_u"),
     ("drn_ddqn_u", "drn"),
     ("drn_ddqn_u", "drn_eg"),

@@ -13,13 +13,17 @@ their appeal decays with age. The click logit of item ``i`` for user ``u`` at ti
        + drift · <e_i, z_u(t)>, the user's current interest               (drift)
        - appeal_decay_per_day · age_days(i, t)                           (freshness)
        - fatigue · <genres(i), x_u(t)>                                    (fatigue)
+       + bait_appeal · bait(i) - bait_cost · d_u(t)                 (clickbait; default off)
 
 ``x_u(t)`` is the user's exposure: the genre mixtures of the items the user was shown, each
 weighted by the examination probability of its list position, decaying with a half-life of
 ``fatigue_half_life_hours``. It is the world's one channel through which today's list takes
 clicks from tomorrow's: a list that piles up the user's favourite genres wins clicks now and
 makes those genres less clickable at the next visits (and, through fewer clicks, the user
-comes back later).
+comes back later). ``clickbait`` (off by default) adds a second: a share of items carries
+``bait_appeal`` more click logit, and each bait item a user clicks adds 1 to their
+disappointment ``d_u(t)`` (decaying like the exposure), which lowers the logit of every item
+by ``bait_cost`` per unit: a bait click now costs clicks at the next visits, whatever is shown.
 
 ``b0`` is solved so that a uniformly drawn fresh candidate shown to a user whose history is ten
 items drawn at random and no exposure has mean click probability ``base_ctr``.
@@ -75,6 +79,11 @@ class NewsParams:
     fatigue: float = 0.25
     fatigue_half_life_hours: float = 24.0
     boredom: float = 0.5  # log return hazard lost per unit of the list's overlap with the exposure
+    # clickbait: a share of items gains click logit; each bait click disappoints the user, which
+    # lowers the click logit of every item by bait_cost per unit (decaying like the exposure)
+    clickbait: float = 0.0
+    bait_appeal: float = 1.0
+    bait_cost: float = 0.5
     world: WorldParams = field(default_factory=WorldParams)
 
     @classmethod
@@ -111,6 +120,11 @@ class NewsParams:
             )
         if self.n_users < 1 or self.horizon_days <= 0 or self.lambda0 <= 0:
             raise ConfigError("env: n_users, horizon_days and lambda0 must be positive")
+        if not 0.0 <= self.clickbait <= 1.0 or self.bait_cost < 0:
+            raise ConfigError(
+                f"env: clickbait is a share of items in [0, 1] (0: off) and bait_cost must be "
+                f">= 0, got {self.clickbait} and {self.bait_cost}"
+            )
         if self.fatigue < 0 or self.boredom < 0 or self.fatigue_half_life_hours <= 0:
             raise ConfigError(
                 f"env: fatigue and boredom must be >= 0 (0 switches them off) and "
@@ -211,6 +225,12 @@ class NewsWorld:
         rest = rest + w.attention * (att * sims).sum(1) / att.sum(1)
         self.b0 = _solve_bias(rest, w.base_ctr)
         self.genre_freq = genre_freq
+        # clickbait (after b0, so the other items are those of the world without it), drawn
+        # from a stream of its own: with clickbait 0 nothing else in the world changes
+        self.bait = np.zeros(I)
+        if p.clickbait > 0:
+            self.bait = (np.random.default_rng([seed, 101]).random(I) < p.clickbait) * 1.0
+            self.item_static = self.item_static + p.bait_appeal * self.bait
         self.gmix_norm = np.sqrt((self.gmix**2).sum(1))
         self.genre_table = np.full((I, 3), -1, dtype=np.int64)
         for i, gs in enumerate(self.item_genres):
@@ -224,10 +244,12 @@ class NewsWorld:
         z: np.ndarray,
         history: np.ndarray,
         exposure: np.ndarray | None = None,
+        disappointment: float = 0.0,
     ) -> np.ndarray:
         """Click logits of ``items`` (indices) for user ``u`` at time ``t`` with interest ``z``,
-        clicked-item ``history`` (indices, most recent last; may be empty) and genre
-        ``exposure`` (K,) already decayed to ``t`` (None: none)."""
+        clicked-item ``history`` (indices, most recent last; may be empty), genre ``exposure``
+        (K,) already decayed to ``t`` (None: none) and the user's ``disappointment`` (the bait
+        items they clicked, decayed to ``t``)."""
         p, w = self.params, self.wp
         e = self.emb[items]  # (N, d)
         gm = self.gmix[items]
@@ -242,6 +264,8 @@ class NewsWorld:
             + w.drift * (e @ z)
             - p.appeal_decay_per_day * (t - self.publish[items]) / DAY
         )
+        if p.clickbait and disappointment:
+            x = x - p.bait_cost * disappointment
         if len(history):
             s = self.emb[history] @ e.T  # (L, N) similarity of each history item to each target
             a = np.exp(w.attention_temperature * (s - s.max(axis=0, keepdims=True)))

@@ -303,6 +303,85 @@ def test_oracle_fatigue_term_is_the_first_order_loss_of_later_clicks():
     np.testing.assert_array_equal(env.oracle_scores("none"), env.probs)
 
 
+def test_clickbait_lifts_bait_items_and_each_bait_click_lowers_every_later_logit():
+    """clickbait: a share of items gains bait_appeal of click logit; every bait item a user
+    clicks adds 1 to their disappointment, which decays like the exposure and lowers the logit
+    of every item by bait_cost per unit. The observation carries each candidate's bait flag and
+    the user's disappointment; with clickbait 0 the world and the observation are as before."""
+    p = tiny(clickbait=0.4, bait_appeal=0.7, bait_cost=1.5, fatigue_half_life_hours=10.0)
+    env, plain = NewsEnv(p, seed=3), NewsEnv(tiny(), seed=3)
+    w, w0 = env.world, plain.world
+    assert 0.3 < w.bait.mean() < 0.5 and set(np.unique(w.bait)) == {0.0, 1.0}
+    np.testing.assert_allclose(w.item_static - w0.item_static, 0.7 * w.bait, atol=1e-12)
+    assert plain.observation_space["context"].shape == (4,)
+    assert env.observation_space["context"].shape == (5,)
+    assert env.policy_spec.action_dim == plain.policy_spec.action_dim + 1
+    assert env.policy_spec.state_dim == plain.policy_spec.state_dim + 1
+    check_env(
+        NewsEnv(tiny(n_users=20, horizon_days=1.0, clickbait=0.3), seed=3), skip_render_check=True
+    )
+    obs, _ = env.reset(seed=3)
+    K = env.n_genres
+    seen: dict[int, tuple[float, float]] = {}
+    checked = bait_clicks = 0
+    done = False
+    while not done:
+        u, t = env.user, env.now
+        d = float(env.disappointment[u])
+        if u in seen:
+            t0, d0 = seen[u]
+            assert d == pytest.approx(d0 * 0.5 ** ((t - t0) / (10 * HOUR)), rel=1e-9)
+            checked += d0 > 0
+        assert obs["context"][-1] == pytest.approx(d, rel=1e-6)
+        np.testing.assert_array_equal(obs["item_features"][:, K + 6], w.bait[env.pool])
+        hist = np.asarray(env.history[u], np.int64)
+        base = w.logits(u, env.pool, t, env.z[u], hist, env.exposure[u])
+        np.testing.assert_allclose(
+            env.probs, 1 / (1 + np.exp(-(base - 1.5 * d))), rtol=1e-9, atol=1e-12
+        )
+        shown = np.argsort(-w.bait[env.pool], kind="stable")[:5]  # bait first
+        items = env.pool[shown]
+        obs, _, _, done, info = env.step(shown)
+        n_bait = float(w.bait[items] @ info["clicks"])
+        want = d + n_bait
+        if env.user == u and not done:  # the user's next request came first: decayed to it
+            want *= 0.5 ** ((env.now - t) / (10 * HOUR))
+        assert env.disappointment[u] == pytest.approx(want, rel=1e-12)
+        bait_clicks += n_bait
+        seen[u] = (t, d + n_bait)
+    assert checked >= 5 and bait_clicks >= 10
+
+
+def test_oracle_clickbait_term_is_the_first_order_loss_of_later_clicks():
+    """The oracle charges a bait candidate bait_cost·D·G0·p_i: its click (probability p_i per
+    unit of examination) adds 1 to the disappointment, which lowers every later logit by
+    bait_cost, costing a later list like the best one now G0 = Σ_k e_k p_k (1 - p_k) clicks
+    per unit (checked by finite differences), over D = (λ0/a)(1 - exp(-a·left)) of later visits."""
+    p = tiny(return_sensitivity=0.0, boredom=0.0, fatigue=0.0, clickbait=0.5, bait_cost=0.8)
+    env = NewsEnv(p, seed=2)
+    env.reset(seed=2)
+    for _ in range(40):
+        env.step(np.arange(5))
+    u, w = env.user, env.world
+    hist = np.asarray(env.history[u], np.int64)
+    d_now = float(env.disappointment[u])
+
+    def best_clicks(d):
+        pr = w.click_probs(u, env.pool, env.now, env.z[u], hist, env.exposure[u], d)
+        return float(env.exam @ np.sort(pr)[::-1][:5])
+
+    a = math.log(2) / (p.fatigue_half_life_hours * HOUR)
+    dsum = p.lambda0 / a * (1 - math.exp(-a * (p.horizon - env.now)))
+    grad = (best_clicks(d_now + 1e-6) - best_clicks(d_now)) / 1e-6  # = -bait_cost · G0
+    want = env.probs * (1 + dsum * grad * w.bait[env.pool])
+    np.testing.assert_allclose(env.oracle_scores("all"), want, rtol=1e-4, atol=1e-7)
+    assert w.bait[env.pool].any() and not w.bait[env.pool].all()
+    assert oracle_clicks("all", 1, **BAIT) > 1.2 * oracle_clicks("none", 1, **BAIT)
+
+
+BAIT = {"clickbait": 0.3, "bait_appeal": 0.3, "bait_cost": 3.0}
+
+
 def test_greedy_ranker_without_ids_reads_the_features_only():
     """`ids=False`: every user and item row carries the OOV code, the features are unchanged."""
     from recbench.envs.features import EnvSpec
