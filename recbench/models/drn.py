@@ -49,10 +49,9 @@
   here every policy starts from nothing, and a network stepped every ``minor_every`` requests
   ranks close to random for its first day, where the solved linear model already ranks well.
 - Linear future part (``future_wide``): ``Q_future(s, L)`` gains ``θ_f`` times the mean of the
-  list's ``future_features`` (1, the user–item features, the activeness), ``θ_f`` refitted at
-  every major update by fitted Q iteration (``recbench.models.layers.fqi``): the ridge
-  regression of the last ``future_wide_lists`` lists' future targets; the future network, from
-  zero, learns the rest.
+  list's ``future_features`` (1, the item's columns the future network reads, the activeness),
+  ``θ_f`` the ridge regression of the last ``future_wide_lists`` lists' future targets, refitted
+  at every major update (fitted Q iteration, ``layers.fqi``); the future network learns the rest.
 - Click loss (``click_loss``): ``mse`` regresses the click network on the click, as the paper's
   Q-learning does; ``bce`` makes it a click probability ``σ(V + A)`` fitted by the logistic
   loss (the decomposed agents' click network, or DN: a network whose target is the click alone).
@@ -267,9 +266,9 @@ class DRN(nn.Module):
             (self.q.click if self.split else self.q).zero_output()
         self._x: np.ndarray | None = None
         # future_wide: the future value's linear part, refitted at each major update (FQI)
-        self._n_ui = schema.action_dim if fcols is None else fcols  # columns f reads
+        self._f_cols = schema.action_dim if fcols is None else fcols  # columns f reads
         self._fqi = (int(future_wide_lists), float(future_wide_ridge))
-        self.fw = np.zeros(2 + self._n_ui) if future_wide else None
+        self.fw = np.zeros(2 + self._f_cols) if future_wide else None
         if future_wide and not self.split:
             raise ConfigError(
                 "model.future_wide needs a future network: set model.decompose=true and a future "
@@ -302,8 +301,9 @@ class DRN(nn.Module):
         pass
 
     def num_params(self) -> int:
-        wide = 0 if self.wide is None else len(self.wide.xy)
-        return sum(p.numel() for p in self.q.parameters()) + wide
+        lin = [] if self.wide is None else [self.wide.xy]
+        lin += [] if self.fw is None else [self.fw]  # the linear parts' coefficients
+        return sum(p.numel() for p in self.q.parameters()) + sum(len(v) for v in lin)
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         state, actions, items = encode(obs)
@@ -352,7 +352,7 @@ class DRN(nn.Module):
             fa = actions if fc is None else actions[:, -fc:]
             q = q + self.q.future.act_stacked(self._stacked[1], state, fa, items) / self.k
         if self.fw is not None:
-            f = future_features(state, actions, self._n_ui, self._ctx)
+            f = future_features(state, actions, self._f_cols, self._ctx)
             q = q + (f @ self.fw.astype(np.float32))[None, :] / self.k
         who = None
         if dbgd:
@@ -506,7 +506,7 @@ class DRN(nn.Module):
         list's is its items' mean), 0 without it."""
         if self.fw is None:
             return 0.0
-        f = future_features(state, actions, self._n_ui, self._ctx)
+        f = future_features(state, actions, self._f_cols, self._ctx)
         return f @ torch.from_numpy(self.fw.astype(np.float32))
 
     def _wide_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
@@ -558,7 +558,7 @@ class DRN(nn.Module):
             self.stats["fatigue_slope"] = self.fatigue_slope
         if self.fw is not None:  # the last fit stays until enough lists are held
             r, k = self.replay, self.k
-            fw = fit_future_linear(r, self._future_target, k, self._n_ui, self._ctx, *self._fqi)
+            fw = fit_future_linear(r, self._future_target, k, self._f_cols, self._ctx, *self._fqi)
             self.fw = self.fw if fw is None else fw
         lists = max(1, round(self.major_batch / self.k))
         if self.replay.n_tr:

@@ -86,8 +86,10 @@ def test_network_slope_undoes_the_centred_advantage():
             q = 0.3 - 0.05 * a[..., -1] + 0.01 * a[..., 0]
             return q - q.mean(1, keepdim=True)
 
-    agent.q.click = Planted()
-    assert agent._network_slope() == pytest.approx(-0.05, rel=1e-4)
+    from recbench.models.hazard import network_slope
+
+    click = Planted()
+    assert network_slope(click, agent.replay) == pytest.approx(-0.05, rel=1e-4)
 
 
 def test_recent_window_click_rate_is_the_decayed_clicks_over_the_decayed_time():

@@ -1,8 +1,9 @@
 """A linear part of DRN's future value, fitted by fitted Q iteration (Ernst et al., JMLR 2005):
 at each major update, the ridge regression of the held lists' future targets (the double-DQN
 target beyond the list's clicks) on the lists' features. Each candidate's share of a list's
-linear future value is ``θ_f · f(s, a) / K``, ``f`` its user–item features with an intercept and
-the user's activeness, so a list's value is ``θ_f`` times the mean of its items' features.
+linear future value is ``θ_f · f(s, a) / K``, ``f`` an intercept, the candidate's columns the
+future network reads and the user's activeness, so a list's value is ``θ_f`` times the mean of
+its items' ``f``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from torch import Tensor
 from recbench.models.layers.replay import Replay
 
 
-def future_features(state, actions, n_ui: int, ctx: int):
-    """Per candidate: 1, its user–item features (the last ``n_ui`` action columns) and the
-    user's activeness (``state[ctx]``). One request, (Ds,) and (N, Da) → (N, 2 + n_ui); or a
-    batch, (R, Ds) and (R, N, Da) → (R, N, 2 + n_ui); numpy arrays or torch tensors alike."""
-    ui = actions[..., -n_ui:]
+def future_features(state, actions, n_cols: int, ctx: int):
+    """Per candidate: 1, its last ``n_cols`` action columns (DRN's user–item features, or all of
+    them) and the user's activeness (``state[ctx]``). One request, (Ds,) and (N, Da) →
+    (N, 2 + n_cols); or a batch, (R, Ds) and (R, N, Da) → (R, N, 2 + n_cols); numpy arrays or
+    torch tensors alike."""
+    ui = actions[..., -n_cols:]
     one = ui[..., :1] * 0 + 1
     cat = np.concatenate if isinstance(ui, np.ndarray) else torch.cat
     return cat([one, ui, one * state[..., ctx, None, None]], -1)
@@ -39,7 +41,7 @@ def fit_future_linear(
     replay: Replay,
     target: Callable[[dict[str, Tensor]], Tensor],
     k: int,
-    n_ui: int,
+    n_cols: int,
     ctx: int,
     n_lists: int,
     ridge: float,
@@ -54,7 +56,7 @@ def fit_future_linear(
     batch = replay.batch(replay.valid((lists[:, None] * k + np.arange(k)).reshape(-1)))
     with torch.no_grad():
         y = target(batch)
-        f = future_features(batch["state"], batch["actions"], n_ui, ctx)
+        f = future_features(batch["state"], batch["actions"], n_cols, ctx)
         phi = f[batch["inv"], batch["pos"]].view(len(y), k, -1).mean(1)
     return ridge_fit(phi.numpy(), y.numpy(), ridge)
 
