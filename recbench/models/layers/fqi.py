@@ -22,10 +22,10 @@ def future_features(state, actions, n_cols: int, ctx: int):
     them) and the user's activeness (``state[ctx]``). One request, (Ds,) and (N, Da) →
     (N, 2 + n_cols); or a batch, (R, Ds) and (R, N, Da) → (R, N, 2 + n_cols); numpy arrays or
     torch tensors alike."""
-    ui = actions[..., -n_cols:]
-    one = ui[..., :1] * 0 + 1
-    cat = np.concatenate if isinstance(ui, np.ndarray) else torch.cat
-    return cat([one, ui, one * state[..., ctx, None, None]], -1)
+    cols = actions[..., -n_cols:]
+    one = cols[..., :1] * 0 + 1
+    cat = np.concatenate if isinstance(cols, np.ndarray) else torch.cat
+    return cat([one, cols, one * state[..., ctx, None, None]], -1)
 
 
 def ridge_fit(phi: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
