@@ -352,6 +352,9 @@ def test_clickbait_lifts_bait_items_and_each_bait_click_lowers_every_later_logit
     assert checked >= 5 and bait_clicks >= 10
 
 
+BAIT = {"clickbait": 0.3, "bait_appeal": 0.3, "bait_cost": 3.0}  # the world of docs/results.md
+
+
 def test_oracle_clickbait_term_is_the_first_order_loss_of_later_clicks():
     """The oracle charges a bait candidate bait_cost·D·G0·p_i: its click (probability p_i per
     unit of examination) adds 1 to the disappointment, which lowers every later logit by
@@ -377,9 +380,6 @@ def test_oracle_clickbait_term_is_the_first_order_loss_of_later_clicks():
     np.testing.assert_allclose(env.oracle_scores("all"), want, rtol=1e-4, atol=1e-7)
     assert w.bait[env.pool].any() and not w.bait[env.pool].all()
     assert oracle_clicks("all", 1, **BAIT) > 1.2 * oracle_clicks("none", 1, **BAIT)
-
-
-BAIT = {"clickbait": 0.3, "bait_appeal": 0.3, "bait_cost": 3.0}
 
 
 def test_greedy_ranker_without_ids_reads_the_features_only():
