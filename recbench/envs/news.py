@@ -201,20 +201,16 @@ class NewsEnv(gym.Env):
         score = probs * (1.0 + p.return_sensitivity / p.slate_size * r)
         if p.boredom:
             score = score - p.boredom / float(self.exam.sum()) * r * (gm @ x)
+        # the decay factors summed over the later visits (fatigue and disappointment share it)
+        a = self._exp_rate
+        if lookahead == "all":
+            d = lam / a * -np.expm1(-a * left)
+        else:
+            d = lam / (lam + a) * -np.expm1(-(lam + a) * left)
         if p.fatigue:
-            a = self._exp_rate
             g = (self.exam * pt * (1.0 - pt)) @ gm[top]
-            if lookahead == "all":
-                d = lam / a * -np.expm1(-a * left)
-            else:
-                d = lam / (lam + a) * -np.expm1(-(lam + a) * left)
             score = score - p.fatigue * d * (gm @ g)
         if self.bait:  # a bait click lowers every later logit: G = Σ_k e_k p_k (1 - p_k)
-            a = self._exp_rate
-            if lookahead == "all":
-                d = lam / a * -np.expm1(-a * left)
-            else:
-                d = lam / (lam + a) * -np.expm1(-(lam + a) * left)
             g0 = float((self.exam * pt * (1.0 - pt)).sum())
             score = score - p.bait_cost * d * g0 * probs * self.world.bait[self.pool]
         return score

@@ -65,10 +65,6 @@
   the last one, and the DBGD decision) every ``minor_every`` requests; a major update every
   ``major_hours`` of simulated time: ``major_steps`` minibatches from the replay memory, each
   of about ``major_batch`` transitions drawn as whole lists (``Replay.sample_lists``).
-
-Speed: acting scores the pool in one numpy pass (the state's share of the first layer once per
-request; the current and explore networks side by side); learning evaluates each distinct
-request of a minibatch once.
 """
 
 from __future__ import annotations
@@ -493,13 +489,17 @@ class DRN(nn.Module):
         if self.gamma == 0.0:
             return y
         nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
-        lin = self._wide_q(*nxt[:2]) + self._fw_q(*nxt[:2]) / k
+        lin = self._linear_q(*nxt[:2])
         q_on, q_tg = self.q(*nxt) + lin, self.q_target(*nxt) + lin
         if ninv is not None:
             q_on, q_tg = q_on[ninv], q_tg[ninv]
         first = slice(None, None, k)  # one row per list
         y_next = double_dqn_target(y, q_on[first], q_tg[first], self.gamma, k)
         return torch.where(batch["has_next"][first], y_next, y)
+
+    def _linear_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
+        """(R, N): each candidate's value from the linear parts, ``θ · x + θ_f · f / K``."""
+        return self._wide_q(state, actions) + self._fw_q(state, actions) / self.k
 
     def _fw_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
         """(R, N): each candidate's linear future value ``θ_f · f(s, a)`` (``future_wide``; a
@@ -582,8 +582,7 @@ class DRN(nn.Module):
     def forward(self, state: Tensor, actions: Tensor, items: Tensor) -> Tensor:
         """Each candidate's learned value, ``Q_click + Q_f / K`` with the linear part: what the
         agent ranks by before the fitted hazard and fatigue shares."""
-        lin = self._wide_q(state, actions) + self._fw_q(state, actions) / self.k
-        return self.q(state, actions, items) + lin
+        return self.q(state, actions, items) + self._linear_q(state, actions)
 
 
 __all__ = [
