@@ -50,10 +50,17 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
-    """Start ranks 1..n-1 for this job and make this process rank 0, for the ``with`` body."""
+    """Start ranks 1..n-1 for this job and make this process rank 0, for the ``with`` body.
+
+    Every rank leaves its process group when the body ends normally: a process that exits
+    with a Gloo group still alive can abort (SIGABRT) while the interpreter shuts down. After
+    an error the group is left alone, as destroying it then can wait on ranks that never
+    arrive; the process is about to exit with that error anyway.
+    """
     n = needs_launch(cfg)
-    if not n:
+    if not n:  # one process, a rank recbench started, or a rank of torchrun / SLURM
         yield
+        leave_group()
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "ddp_config.yaml"
@@ -76,10 +83,7 @@ def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
         yield
     finally:
         failed = [c.wait() for c in children]
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        leave_group()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -89,6 +93,14 @@ def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
             raise RecbenchError(
                 f"a DDP rank exited with status {max(failed)}; its own message is above"
             )
+
+
+def leave_group() -> None:
+    """Destroy this process's default process group, if it has one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main() -> None:
