@@ -45,10 +45,10 @@ def test_sasrec_trains_on_the_synthetic_next_item_world(tmp_path):
 
 
 def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
-    """One checkpoint evaluated on 1 and on 2 CPU ranks over an odd number of users."""
+    """The seed's initial weights evaluated on 1 and on 2 CPU ranks over an odd number of users."""
     base = ["model=gru4rec", *TINY, "++dataset.world.n_users=201", "trainer.max_epochs=1"]
     base += ["record=false"]
-    one, two = evaluate_on_one_and_two_ranks(tmp_path, base)
+    one, two = evaluate_on_one_and_two_ranks(tmp_path, base, train=False)
     assert one["sequences"]["users"] == 201  # odd: the two shards differ in size
     for split in ("val", "test"):
         for k in ("ndcg@10", "hr@10", "mrr", "hr@5"):

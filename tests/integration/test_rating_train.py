@@ -59,7 +59,7 @@ def test_a_rating_run_records_rmse_mae_fallbacks_and_unit_errors(tmp_path, ml_ro
 
 @pytest.mark.parametrize("model", ["mf", pytest.param("autorec", marks=pytest.mark.slow)])
 def test_ddp_rmse_and_mae_equal_one_device_exactly(tmp_path, ml_root, model):
-    """One checkpoint evaluated on 1 and on 2 CPU ranks: every row counted once."""
+    """The seed's initial weights evaluated on 1 and on 2 CPU ranks: every row counted once."""
     base = [
         "task=rating",
         f"model={model}",
@@ -69,7 +69,7 @@ def test_ddp_rmse_and_mae_equal_one_device_exactly(tmp_path, ml_root, model):
         "record=false",
         *QUIET,
     ]
-    one, two = evaluate_on_one_and_two_ranks(tmp_path, base)
+    one, two = evaluate_on_one_and_two_ranks(tmp_path, base, train=False)
     for split in ("val", "test"):
         assert two[split]["rows"] == one[split]["rows"] == one["data"]["rows"][split]
         assert two[split]["fallback_rows"] == one[split]["fallback_rows"]

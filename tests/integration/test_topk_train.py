@@ -72,10 +72,12 @@ def test_topk_run_records_full_and_sampled_metrics_per_user_and_the_oracle(tmp_p
 
 
 def test_ddp_ranking_metrics_equal_one_rank_exactly(tmp_path):
-    """One checkpoint evaluated on 1 and on 2 CPU ranks: every user counted once, same numbers."""
+    """The seed's initial weights evaluated on 1 and on 2 CPU ranks: every user counted once."""
     base = ["model=neumf", *TINY, "trainer.max_epochs=1", "record=false", "logger=none",
             "++dataset.world.n_users=151"]  # fmt: skip
-    one, two = evaluate_on_one_and_two_ranks(tmp_path, base, ("task.eval.chunk_users=16",))
+    one, two = evaluate_on_one_and_two_ranks(
+        tmp_path, base, ("task.eval.chunk_users=16",), train=False
+    )
     assert one["test"] == two["test"] and one["val"] == two["val"]
     a = np.load(tmp_path / "one" / "predictions.npz")
     b = np.load(tmp_path / "two" / "predictions.npz")

@@ -47,14 +47,16 @@ DDP2 = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def evaluate_on_one_and_two_ranks(
-    tmp: Path, base: list[str], evaluate: tuple[str, ...] = ()
+    tmp: Path, base: list[str], evaluate: tuple[str, ...] = (), train: bool = True
 ) -> tuple[dict, dict]:
     """Train ``base`` once, then evaluate its checkpoint (with ``evaluate`` added) in one
     process and on two CPU ranks; the two runs' metrics.json, in that order (run directories
-    ``fit``, ``one`` and ``two`` under ``tmp``)."""
-    recbench("train", *base, *run_dir_of(tmp, "fit"), cwd=tmp)
-    ckpt = metrics(tmp, "fit")["checkpoint"]
-    args = [*base, "fit=false", f"ckpt_path={ckpt}", *evaluate]
+    ``fit``, ``one`` and ``two`` under ``tmp``). With ``train=False`` both evaluate the seed's
+    initial weights instead (no fit, no checkpoint): the same numbers on every rank count."""
+    args = [*base, "fit=false", *evaluate]
+    if train:
+        recbench("train", *base, *run_dir_of(tmp, "fit"), cwd=tmp)
+        args.append(f"ckpt_path={metrics(tmp, 'fit')['checkpoint']}")
     recbench("train", *args, *run_dir_of(tmp, "one"), cwd=tmp)
     recbench("train", *args, *DDP2, *run_dir_of(tmp, "two"), cwd=tmp)
     one, two = metrics(tmp, "one"), metrics(tmp, "two")
@@ -104,7 +106,7 @@ def test_the_record_counts_epochs_trained_not_validations(tmp_path):
     assert [h["epoch"] for h in m["val_history"]] == [1, 3]
 
 
-@pytest.mark.parametrize("model", ["lr", "din"])
+@pytest.mark.parametrize("model", [pytest.param("lr", marks=pytest.mark.slow), "din"])
 def test_ddp_trains_on_two_cpu_ranks(tmp_path, model):
     """A few DDP steps on 2 CPU ranks: every parameter gets a gradient (DDP refuses otherwise),
     both ranks run, rank 0 writes the outputs."""
