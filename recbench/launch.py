@@ -95,11 +95,15 @@ def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
             )
 
 
-def leave_group() -> None:
-    """Destroy this process's default process group, if it has one."""
+def leave_group(only_gloo: bool = False) -> None:
+    """Destroy this process's default process group, if it has one. ``only_gloo``: only a
+    Gloo group, whose destruction is local to the process (after an error, NCCL's can wait on
+    the other ranks)."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if not only_gloo or dist.get_backend() == "gloo":
         dist.destroy_process_group()
 
 
@@ -111,6 +115,7 @@ def main() -> None:
         run(cfg)
     except RecbenchError as exc:
         print(f"error (rank {os.environ.get('RANK', '?')}): {exc}", file=sys.stderr)
+        leave_group(only_gloo=True)  # exit 2, not an abort at shutdown
         sys.exit(2)
 
 

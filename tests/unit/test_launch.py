@@ -51,3 +51,21 @@ def test_after_an_error_the_group_is_left_alone(group, tmp_path):
     with pytest.raises(RuntimeError, match="boom"), local_ranks(cfg, tmp_path):
         raise RuntimeError("boom")
     assert dist.is_initialized()
+
+
+def test_a_started_rank_that_fails_leaves_a_gloo_group_and_exits_2(group, tmp_path, monkeypatch):
+    """A rank recbench started reports a recbench error with status 2, not an abort."""
+    import recbench.launch as launch
+    from recbench.errors import RecbenchError
+
+    def failing_run(cfg):
+        raise RecbenchError("bad shard")
+
+    monkeypatch.setattr("recbench.train.run", failing_run)
+    path = tmp_path / "ddp_config.yaml"
+    path.write_text("seed: 1\n")
+    monkeypatch.setattr("sys.argv", ["recbench.launch", str(path)])
+    with pytest.raises(SystemExit) as stop:
+        launch.main()
+    assert stop.value.code == 2
+    assert not dist.is_initialized()
