@@ -100,7 +100,7 @@ from recbench.models.layers.dbgd import (
     interleave_probs,
 )
 from recbench.models.layers.dqn import DuelingQ, SplitQ, double_dqn_target, stack_snapshots
-from recbench.models.layers.fqi import fit_future_linear, future_features
+from recbench.models.layers.fqi import check_fqi, fit_future_linear, future_features
 from recbench.models.layers.replay import Replay
 
 EXPLORE = ("none", "egreedy", "dbgd")
@@ -271,6 +271,7 @@ class DRN(nn.Module):
                 "term (gamma > 0, the activeness or the return time)"
             )
         if future_wide:  # the network starts at zero and learns the rest
+            check_fqi(*self._fqi)
             self.q.future.zero_output()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)

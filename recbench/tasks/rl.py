@@ -83,6 +83,14 @@ class RLTask(Task):
 
         if cfg.get("env") is None:
             raise ConfigError("task=rl needs an environment: add env=news (configs/env/)")
+        t = cfg.get("trainer") or {}
+        devices = t.get("devices", 1)
+        if "ddp" in str(t.get("strategy", "auto")) or (isinstance(devices, int) and devices > 1):
+            raise ConfigError(
+                f"task=rl runs the environment and the agent in one process; "
+                f"trainer.strategy={t.get('strategy')} trainer.devices={devices} do not apply. "
+                "Drop trainer=ddp, or run seeds side by side: recbench compare lineage=rl jobs=2"
+            )
         params = NewsParams.from_config(cfg.env)
         tc = cfg.task
         eval_s = float(tc.eval_days) * DAY

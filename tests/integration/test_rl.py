@@ -108,6 +108,14 @@ def test_windows_that_do_not_fit_are_a_config_error(tmp_path):
         train(tmp_path, "random_policy", "task.eval_days=2")
 
 
+def test_several_devices_are_refused_not_silently_ignored(tmp_path):
+    """The environment and the agent run in one process: DDP does not apply to an RL run."""
+    ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    with pytest.raises(ConfigError, match="task=rl runs the environment and the agent in one"):
+        train(tmp_path, "drn", *ddp)
+    assert not (tmp_path / "drn" / "metrics.json").exists()
+
+
 @pytest.mark.slow
 def test_compare_lineage_rl_writes_the_report_and_the_curves(tmp_path):
     env = {**os.environ, "RECBENCH_OUTPUTS": str(tmp_path), "PYTHONWARNINGS": "ignore"}

@@ -583,3 +583,6 @@ def test_future_wide_is_fitted_q_iteration_on_the_lists_item_features():
     dn = {"gamma": 0.0, "use_activeness": False, "return_time": False}
     with pytest.raises(ConfigError, match="future_wide needs a future network"):
         DRN(spec, future_wide=True, **dn)
+    for bad in ({"future_wide_lists": 0}, {"future_wide_ridge": 0.0}):
+        with pytest.raises(ConfigError, match="future_wide_lists=.* must be >= 1"):
+            DRN(spec, future_wide=True, **ddqn, **bad)

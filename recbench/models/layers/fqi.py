@@ -14,7 +14,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from recbench.errors import ConfigError
 from recbench.models.layers.replay import Replay
+
+
+def check_fqi(lists: int, ridge: float) -> None:
+    """``model.future_wide_lists`` and ``model.future_wide_ridge``, or a ``ConfigError``."""
+    if lists < 1 or ridge <= 0.0:
+        raise ConfigError(
+            f"model.future_wide_lists={lists} must be >= 1 and model.future_wide_ridge={ridge} "
+            "> 0 (the ridge's λ): the fit needs lists to fit on and a positive penalty"
+        )
 
 
 def future_features(state, actions, n_cols: int, ctx: int):
