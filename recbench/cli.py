@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from recbench.errors import RecbenchError
+from recbench.errors import RecbenchError, recbench_cause
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -55,6 +55,11 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
                 return body(cfg)
             except RecbenchError as exc:
                 _fail(exc)
+            except Exception as exc:
+                cause = recbench_cause(exc)  # a constructor's refusal, wrapped by instantiate
+                if cause is None:
+                    raise
+                _fail(cause)
             except SystemExit as exc:
                 _stopped_by_sigterm(exc)
                 raise

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from recbench.errors import ConfigError, RecbenchError
+from recbench.errors import ConfigError, RecbenchError, recbench_cause
 
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "RANK")
 
@@ -113,8 +113,11 @@ def main() -> None:
     cfg = OmegaConf.load(sys.argv[1])
     try:
         run(cfg)
-    except RecbenchError as exc:
-        print(f"error (rank {os.environ.get('RANK', '?')}): {exc}", file=sys.stderr)
+    except Exception as exc:
+        cause = recbench_cause(exc)  # a constructor's refusal comes wrapped by instantiate
+        if cause is None:
+            raise
+        print(f"error (rank {os.environ.get('RANK', '?')}): {cause}", file=sys.stderr)
         leave_group(only_gloo=True)  # exit 2, not an abort at shutdown
         sys.exit(2)
 

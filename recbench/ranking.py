@@ -142,7 +142,8 @@ def draw_negatives(
     rng: np.random.Generator,
     weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``n`` distinct item codes per user, none of them in the user's ``seen`` set. (U, n)
+    """``n`` distinct item codes per user, none of them in the user's ``seen`` set.
+    (U, min(n, n_items)): no user has more items than that to draw from.
 
     ``seen_indptr`` (U + 1,) / ``seen_items``: CSR of every item code each user interacted with
     (all splits, so no held-out item is drawn). Items are 1..n_items, drawn uniformly or in
@@ -151,7 +152,8 @@ def draw_negatives(
     with 0 (that padding never outranks a target).
     """
     users = len(seen_indptr) - 1
-    out = np.zeros((users, n), dtype=np.int64)
+    # no user has more than n_items to draw from: wider columns would only hold padding
+    out = np.zeros((users, min(n, n_items)), dtype=np.int64)
     p = None
     if weights is not None:
         w = np.asarray(weights, dtype=np.float64).copy()

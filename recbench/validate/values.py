@@ -69,6 +69,12 @@ def _positive_int_list(v: Any) -> str | None:
     return None
 
 
+def _cutoffs(v: Any) -> str | None:
+    if isinstance(v, list | tuple) and v and all(_is_int(x) and x >= 1 for x in v):
+        return None
+    return "must be a list of ranking cut-offs >= 1, e.g. [5, 10, 20]"
+
+
 def _limit_batches(v: Any) -> str | None:
     if v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0.0 <= v <= 1.0):
         return None
@@ -138,6 +144,9 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "label_smoothing": _number(0.0, 1.0, hi_open=True),
     "seed": _seed,
     "hidden": _positive_int_list,
+    "ks": _cutoffs,
+    "sampled": _int_at_least(0),  # evaluation negatives per user (0: none)
+    "negatives": _int_at_least(1),
     "limit_train_batches": _limit_batches,
     "limit_val_batches": _limit_batches,
     "limit_test_batches": _limit_batches,

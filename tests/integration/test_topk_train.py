@@ -90,6 +90,11 @@ def test_a_ctr_model_under_task_topk_stops_with_the_tasks_it_serves(tmp_path):
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Traceback" not in text
     assert "model=din does not serve task=topk; it serves task=ctr" in text
+    # a setting the task's constructor refuses: the same one-line error, not Hydra's wrapping
+    proc = recbench("train", "task=topk", "model=mf", "task.loss=hinge", cwd=tmp_path, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text and "_target_" not in text, text
+    assert "error: task.loss='hinge'; choose one of bce, bpr" in text
 
 
 def write_ml1m(root: Path, n_users: int = 40, n_items: int = 60, seed: int = 0) -> int:

@@ -128,6 +128,17 @@ def test_draw_negatives_excludes_seen_and_is_seeded():
     assert all(len(set(row)) == 5 for row in a) and a.min() >= 1 and a.max() <= 10
     full = draw_negatives(np.array([0, 8]), np.arange(1, 9), 10, 5, np.random.default_rng(0))
     assert sorted(full[0]) == [0, 0, 0, 9, 10]  # only two unseen items exist
+    # more negatives asked than items: one column per item at most, every unseen item once
+    wide = draw_negatives(indptr, seen, 10, 100_000, np.random.default_rng(0))
+    assert wide.shape == (2, 10)
+    assert sorted(wide[0]) == [0, 0, 0, *range(4, 11)] and sorted(wide[1]) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        *range(6, 11),
+    ]
     pop = np.zeros(11)
     pop[[4, 6]] = 1.0
     weighted = draw_negatives(indptr, seen, 10, 2, np.random.default_rng(1), weights=pop)

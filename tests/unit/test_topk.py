@@ -82,11 +82,11 @@ def test_same_timestamp_ties_follow_file_order_by_default_or_item_id():
     rows = [(1, 9, 5), (1, 3, 5), (1, 7, 1), (1, 5, 2)]  # items 9 and 3 share the last second
     ev = pl.DataFrame(rows, schema=["user_id", "item_id", "timestamp"], orient="row")
     ev = ev.with_columns(pl.lit(1, pl.Int64).alias("label"))
-    items = [3, 5, 7, 9]
-    for by_row in (build(ev, task_cfg()), build(ev, task_cfg(ties="row"))):
+    items = [3, 5, 7, 9]  # four items: at most 3 sampled negatives
+    for by_row in (build(ev, task_cfg(sampled=2)), build(ev, task_cfg(sampled=2, ties="row"))):
         assert items[int(by_row.eval["test"]["targets"][0, 0]) - 1] == 3  # later in the file last
         assert items[int(by_row.eval["val"]["targets"][0, 0]) - 1] == 9
-    by_item = build(ev, task_cfg(ties="item"))
+    by_item = build(ev, task_cfg(sampled=2, ties="item"))
     assert items[int(by_item.eval["test"]["targets"][0, 0]) - 1] == 9  # larger item id last
     assert items[int(by_item.eval["val"]["targets"][0, 0]) - 1] == 3
     with pytest.raises(ConfigError, match="ties"):

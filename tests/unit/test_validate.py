@@ -78,6 +78,17 @@ def test_every_problem_is_listed_in_one_message(tmp_path):
     assert "'fp8' is not a Lightning precision: use one of 32-true, bf16-mixed" in text
 
 
+def test_ranking_protocol_values_are_checked_before_any_data_is_read(tmp_path):
+    bad = ["task=topk", "task.ks=[10,0]", "task.eval.sampled=-1", "task.negatives=0"]
+    text = " ".join(messages(bad, tmp_path))
+    assert "must be a list of ranking cut-offs >= 1, e.g. [5, 10, 20]" in text
+    assert "task.eval.sampled=-1: must be >= 0" in text
+    assert "task.negatives=0: must be >= 1" in text
+    assert "must be a list of ranking cut-offs" in " ".join(
+        messages(["task=next_item", "task.ks=[]"], tmp_path)
+    )
+
+
 def test_a_misspelled_key_names_the_right_one_for_any_target(tmp_path):
     (msg,) = messages(["+model.embeding_dim=8"], tmp_path)
     assert "model has no parameter 'embeding_dim'; did you mean 'embed_dim'?" in msg
