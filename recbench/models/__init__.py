@@ -5,11 +5,22 @@ A model with an auxiliary loss (DIEN) returns ``{"logits": (B,), "aux_loss": sca
 
 from hydra.utils import instantiate
 
+from recbench.errors import ConfigError
+
 
 def build_model(cfg, schema):
     """Instantiate a model config with ``schema`` (passed through ``_partial_`` so Hydra does not
-    try to merge the schema's tensors into the config)."""
-    return instantiate(cfg, _partial_=True)(schema=schema)
+    try to merge the schema's tensors into the config). A layer's ``ValueError`` about its
+    settings becomes a ``ConfigError`` that names the model."""
+    factory = instantiate(cfg, _partial_=True)
+    try:
+        return factory(schema=schema)
+    except ValueError as exc:
+        name = str(cfg.get("_target_", "")).rsplit(".", 1)[-1] or "the model"
+        raise ConfigError(
+            f"{name} refused its settings: {exc}. Change that model.* override, or the model's "
+            "config under configs/model/"
+        ) from exc
 
 
 def used_inputs(model, batch) -> set[str]:

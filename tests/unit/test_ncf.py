@@ -58,6 +58,14 @@ def test_ncf_mlp_is_a_relu_tower_over_the_concatenation(monkeypatch):
     assert torch.allclose(m.score_all({"user": U})[:, 1:], every_pair(m, U), atol=1e-5)
     with pytest.raises(ValueError, match="even first entry"):
         NCFMLP(SCHEMA, layers=[7, 4])
+    # from a config, the same refusal is a ConfigError naming the model (one line, exit 2)
+    from omegaconf import OmegaConf
+
+    from recbench.models import build_model
+
+    cfg = OmegaConf.create({"_target_": "recbench.models.neumf.NeuMF", "layers": [64]})
+    with pytest.raises(ConfigError, match=r"NeuMF refused its settings: layers must be"):
+        build_model(cfg, SCHEMA)
 
 
 def test_neumf_fuses_gmf_and_mlp_in_one_output_layer():
