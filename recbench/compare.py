@@ -302,6 +302,21 @@ def plan(
     return jobs
 
 
+def _refuse_unknown(jobs: list[Job]) -> None:
+    """A name in ``models`` with no model config is a typo, not a model that fails: refuse the
+    compare before the other models train (a broken config of a model that exists still trains
+    the others and is reported)."""
+    unknown = sorted(
+        {j.model for j in jobs if j.error and f"Could not find 'model/{j.model}'" in j.error}
+    )
+    if unknown:
+        raise ConfigError(
+            f"models=[...] names {', '.join(unknown)}, which no model config matches; nothing "
+            "was trained. `recbench models` lists the models; a config of your own goes in a "
+            "folder given by hydra.searchpath=[file://<folder>] (as <folder>/model/<name>.yaml)"
+        )
+
+
 def _refuse_twins(jobs: list[Job]) -> None:
     """Two models whose runs are one run (same config and data, so the same run key): the
     overrides made them the same model (``extra=['model.gamma=0.4']`` turns DN into DDQN). The
@@ -460,6 +475,7 @@ def run(cfg: DictConfig) -> None:
         configs = TrainConfigs(common, hydra_passed)
         models = _serving(names, cfg, configs)
         jobs = plan(models, seeds, common, hydra_passed, out_dir, configs)
+        _refuse_unknown(jobs)
         failures: list[dict[str, Any]] = []
         notes: list[str] = []
         if not cfg.report_only:

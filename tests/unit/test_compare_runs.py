@@ -108,3 +108,18 @@ def test_two_models_an_override_makes_one_run_are_refused(tmp_path: Path) -> Non
     assert len({j.key for j in jobs}) == 2  # apart as configured
     with pytest.raises(ConfigError, match="model=drn_dn and model=drn_ddqn are the same run"):
         plan(["drn_dn", "drn_ddqn"], [1], [*common, "model.gamma=0.4"], [], tmp_path)
+
+
+def test_a_model_name_without_a_config_stops_the_compare_before_any_run(tmp_path):
+    """A typo in models=[...] would otherwise surface only after the other models trained."""
+    import pytest
+
+    from recbench.compare import _refuse_unknown, plan
+    from recbench.errors import ConfigError
+
+    common = ["++env.n_users=20", "++env.horizon_days=1.0"]
+    jobs = plan(["drn_dn", "drn_ddqm"], [1, 2], common, [], tmp_path)
+    assert [j.key is None for j in jobs] == [False, False, True, True]
+    with pytest.raises(ConfigError, match="names drn_ddqm, which no model config matches"):
+        _refuse_unknown(jobs)
+    _refuse_unknown(jobs[:2])  # the models that exist pass
