@@ -28,7 +28,7 @@ from recbench.data.atomic import temporary_sibling
 from recbench.data.hashmemo import file_sha256
 from recbench.data.schema import OOV, FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES, assign_split
-from recbench.errors import ConfigError, RecbenchError
+from recbench.errors import ConfigError, MalformedDataError, RecbenchError
 from recbench.metrics import auc
 
 PIPELINE_VERSION = 2
@@ -231,7 +231,18 @@ def split_events(events: pl.DataFrame, split: DictConfig) -> pl.DataFrame:
         pl.col("label").cast(pl.Int64), pl.col("timestamp").cast(pl.Int64)
     )
     ev = ev.sort(["user_id", "timestamp", "item_id", "row"], maintain_order=True)
-    return assign_split(ev, split)
+    ev = assign_split(ev, split)
+    counts = np.bincount(ev["split"].to_numpy(), minlength=len(SPLIT_NAMES))
+    ratios = [float(r) for r in split.get("ratios") or (1.0, 1.0, 1.0)]
+    asked = [split.kind == "leave_one_out" or r > 0.0 for r in ratios]  # ratio 0: none wanted
+    empty = [name for name, n, a in zip(SPLIT_NAMES, counts, asked, strict=False) if a and not n]
+    if empty:  # too few events for the split asked for
+        raise MalformedDataError(
+            f"{ev.height:,} events leave the {' and '.join(empty)} split empty under "
+            f"dataset.split.kind={split.kind}: training needs events in train, val and test. "
+            "Add events, or choose another dataset.split (kind, ratios)"
+        )
+    return ev
 
 
 def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
@@ -516,7 +527,8 @@ def _add_negatives(
             rows = pos.filter(pl.Series(drawn >= 0)).drop(item_cols)
             neg = neg[drawn >= 0]
             rows = rows.with_columns(
-                pl.Series("item_id", neg), pl.lit(0, dtype=pl.Int64).alias("label")
+                pl.Series("item_id", neg, dtype=items.dtype),  # typed even when empty
+                pl.lit(0, dtype=pl.Int64).alias("label"),
             )
             rows = rows.join(item_table, on="item_id", how="left")
             if raw.context and raw.negative_context == "resample" and rows.height:

@@ -147,3 +147,20 @@ def test_yaml_only_table_prepares_with_context_kept_or_resampled(tmp_path, monke
     t2 = drawn.splits["test"]
     same = (t2["sparse"][t2["label"] == 0][:, 2:] == t2["sparse"][t2["label"] == 1][:, 2:]).all(1)
     assert same.float().mean() < 0.5  # most negatives took another event's context
+
+
+def test_too_few_events_for_every_split_is_a_clear_error(tmp_path, monkeypatch):
+    """Three events under an 80/10/10 split leave validation empty: the run would otherwise
+    stop deep in training, on a validation metric that never appeared."""
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    _log(n=3).write_csv(tmp_path / "log.csv")
+    with pytest.raises(MalformedDataError, match="3 events leave the val split empty"):
+        prepare(_compose(tmp_path).dataset, log=lambda m: None)
+    # ten events fill every split: 8 / 1 / 1 positives, each beside a sampled negative
+    _log(n=10).write_csv(tmp_path / "log.csv")
+    data = prepare(_compose(tmp_path).dataset, log=lambda m: None)
+    assert {s: int(len(t["label"])) for s, t in data.splits.items()} == {
+        "train": 16,
+        "val": 2,
+        "test": 2,
+    }
