@@ -87,7 +87,7 @@ class RLTask(Task):
         devices = t.get("devices", 1)
         if "ddp" in str(t.get("strategy", "auto")) or (isinstance(devices, int) and devices > 1):
             raise ConfigError(
-                f"task=rl runs the environment and the agent in one process; "
+                "task=rl runs the environment and the agent in one process; "
                 f"trainer.strategy={t.get('strategy')} trainer.devices={devices} do not apply. "
                 "Drop trainer=ddp, or run seeds side by side: recbench compare lineage=rl jobs=2"
             )
