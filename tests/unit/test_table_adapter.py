@@ -5,6 +5,7 @@ import gzip
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from recbench.cli import config_dir
@@ -164,3 +165,28 @@ def test_too_few_events_for_every_split_is_a_clear_error(tmp_path, monkeypatch):
         "val": 2,
         "test": 2,
     }
+
+
+def test_a_rating_that_is_not_a_number_names_its_line_and_odd_numbers_are_missing(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    df = _log().with_columns(pl.col("stars").cast(pl.String), pl.col("price").cast(pl.String))
+    stars = df["stars"].to_list()
+    stars[41] = "x"
+    df.with_columns(pl.Series("stars", stars)).write_csv(tmp_path / "bad.csv")
+    cols = {**COLS, "rating": "stars", "rating_threshold": 4}
+    with pytest.raises(
+        MalformedDataError, match=r"bad.csv:43: the rating column 'stars' holds 'x'"
+    ):
+        Table("bad.csv", cols, root=str(tmp_path)).load()
+    # NaN, inf and text in a dense column are missing values (filled with the training mean
+    # later), not NaN features that would turn the first loss into NaN
+    price = df["price"].to_list()
+    price[:3] = ["nan", "inf", "n/a"]
+    df.with_columns(pl.Series("price", price)).write_csv(tmp_path / "log.csv")
+    events = Table("log.csv", COLS, root=str(tmp_path)).load().events
+    assert events["price"][:4].to_list()[:3] == [None, None, None]
+    assert events["price"][3:].is_not_null().all()
+    data = prepare(_compose(tmp_path, "dataset.adapter.columns.dense=[price]").dataset, log=print)
+    assert all(torch.isfinite(t["dense"]).all() for t in data.splits.values())

@@ -229,9 +229,18 @@ class Table:
                 )
             label = pl.col(c["label"]).cast(pl.Int64)
         elif c.get("rating"):
-            label = (pl.col(c["rating"]).cast(pl.Float64) >= float(c["rating_threshold"])).cast(
-                pl.Int64
-            )
+            rating = pl.col(c["rating"]).cast(pl.Float64, strict=False)
+            bad = frame.select(rating.is_null() & pl.col(c["rating"]).is_not_null()).to_series()
+            if bad.any():
+                row = int(bad.arg_max())
+                raise malformed(
+                    Path(where),
+                    row + 1 + int(self.source.has_header),
+                    f"the rating column {c['rating']!r} holds {frame[c['rating']][row]!r}, "
+                    "not a number",
+                    "Give numeric ratings, or fix or remove that line.",
+                )
+            label = (rating >= float(c["rating_threshold"])).cast(pl.Int64)
         else:
             label = pl.lit(1, dtype=pl.Int64)
         exprs = [
@@ -243,7 +252,9 @@ class Table:
         if c.get("rating"):
             exprs.append(pl.col(c["rating"]).cast(pl.Float64).alias("rating"))
         exprs += [pl.col(s).cast(pl.String).alias(s) for s in sparse]
-        exprs += [pl.col(d).cast(pl.Float64, strict=False).alias(d) for d in dense]
+        # a number that is not one (text, NaN, ±inf) is missing, like an empty cell
+        num = {d: pl.col(d).cast(pl.Float64, strict=False) for d in dense}
+        exprs += [pl.when(x.is_finite()).then(x).alias(d) for d, x in num.items()]
         exprs += [
             pl.col(m).cast(pl.String).str.split(sep).list.eval(pl.element().str.strip_chars())
             for m, sep in multi.items()
