@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recbench import __version__
 from recbench.callbacks import Throughput, peak_rss_mb
+from recbench.errors import ConfigError
 from recbench.launch import local_ranks
 from recbench.models import build_model
 from recbench.results import run_key, save_run_record
@@ -101,6 +103,23 @@ def best_epoch(history: list[dict[str, Any]], monitor: str, mode: str) -> dict[s
     return pick(scored, key=lambda h: _metric_value(h, key))
 
 
+def _unlogged_monitor(exc: Exception) -> ConfigError | None:
+    """Lightning's refusal of an early-stopping or checkpoint monitor the run never logs (a
+    typo in ``monitor``), as a ConfigError that lists what the run does log."""
+    text = str(exc)
+    found = re.search(r"metric `([^`]+)` which is not available", text) or re.search(
+        r"monitor='([^']+)'\)`? could not find the monitored key", text
+    )
+    if found is None:
+        return None
+    logged = sorted(set(re.findall(r"[`']((?:val|train)/[^`']+)[`']", text)) - {found.group(1)})
+    return ConfigError(
+        f"monitor={found.group(1)} is not a metric this run logs, so early stopping and the best "
+        f"checkpoint cannot follow it. It logs: {', '.join(logged) or 'nothing yet'}. Set "
+        "monitor=val/<one of those> (callbacks follow ${monitor})"
+    )
+
+
 def run(cfg: DictConfig) -> float | None:
     """Train, test and record one configuration; returns the optimised metric (for sweeps)."""
     t_start = time.perf_counter()
@@ -126,7 +145,13 @@ def run(cfg: DictConfig) -> float | None:
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
         if cfg.fit:
-            trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            try:
+                trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+            except Exception as exc:
+                err = _unlogged_monitor(exc)
+                if err is None:
+                    raise
+                raise err from exc
             ckpt = trainer.checkpoint_callback
             best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
         else:

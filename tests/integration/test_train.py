@@ -203,3 +203,44 @@ def test_ddp_training_matches_one_rank(tmp_path):
     one, two = metrics(tmp_path, "one"), metrics(tmp_path, "two")
     assert two["perf"]["devices"] == 2
     assert abs(one["test"]["auc"] - two["test"]["auc"]) < 0.005, (one["test"], two["test"])
+
+
+def test_a_monitor_the_run_never_logs_is_named_with_what_it_does_log(tmp_path):
+    """A typo in ``monitor``: Lightning finds it after the first validation; the run stops with
+    one ConfigError listing the logged metrics, not Lightning's traceback."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.errors import ConfigError
+    from recbench.train import _unlogged_monitor, run
+
+    threads = torch.get_num_threads()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "model=lr",
+                "monitor=val/aucc",
+                "record=false",
+                "logger=none",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "++dataset.world.n_users=200",
+                f"paths.run_dir={tmp_path / 'm'}",
+            ],
+        )
+    try:
+        with pytest.raises(ConfigError, match=r"monitor=val/aucc is not a metric this run logs"):
+            run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    # the checkpoint's wording of the same refusal (early stopping off)
+    err = _unlogged_monitor(
+        RuntimeError(
+            "`ModelCheckpoint(monitor='val/x')` could not find the monitored key in the returned "
+            "metrics: ['train/loss_step', 'val/auc', 'epoch']. HINT: Did you call `log('val/x')`"
+        )
+    )
+    assert err is not None and "It logs: train/loss_step, val/auc." in str(err)
+    assert _unlogged_monitor(RuntimeError("something else")) is None
