@@ -53,10 +53,8 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
         def entry(cfg):
             try:
                 return body(cfg)
-            except RecbenchError as exc:
-                _fail(exc)
             except Exception as exc:
-                cause = recbench_cause(exc)  # a constructor's refusal, wrapped by instantiate
+                cause = recbench_cause(exc)  # itself, or a constructor's, wrapped by instantiate
                 if cause is None:
                     raise
                 _fail(cause)

@@ -146,7 +146,6 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "hidden": _positive_int_list,
     "ks": _cutoffs,
     "sampled": _int_at_least(0),  # evaluation negatives per user (0: none)
-    "negatives": _int_at_least(1),
     "limit_train_batches": _limit_batches,
     "limit_val_batches": _limit_batches,
     "limit_test_batches": _limit_batches,

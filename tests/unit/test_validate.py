@@ -79,14 +79,20 @@ def test_every_problem_is_listed_in_one_message(tmp_path):
 
 
 def test_ranking_protocol_values_are_checked_before_any_data_is_read(tmp_path):
-    bad = ["task=topk", "task.ks=[10,0]", "task.eval.sampled=-1", "task.negatives=0"]
+    bad = ["task=topk", "task.ks=[10,0]", "task.eval.sampled=-1"]
     text = " ".join(messages(bad, tmp_path))
     assert "must be a list of ranking cut-offs >= 1, e.g. [5, 10, 20]" in text
     assert "task.eval.sampled=-1: must be >= 0" in text
-    assert "task.negatives=0: must be >= 1" in text
     assert "must be a list of ranking cut-offs" in " ".join(
         messages(["task=next_item", "task.ks=[]"], tmp_path)
     )
+
+
+def test_training_negatives_are_refused_by_the_task_that_draws_them():
+    from recbench.tasks.topk import TopKTask
+
+    with pytest.raises(ConfigError, match=r"task.negatives must be >= 1 \(NCF uses 4\), got 0"):
+        TopKTask(model=torch.nn.Linear(1, 1), optimizer=None, negatives=0)
 
 
 def test_a_misspelled_key_names_the_right_one_for_any_target(tmp_path):
