@@ -32,6 +32,7 @@ from recbench.errors import ConfigError, MalformedDataError, RecbenchError
 from recbench.metrics import auc
 
 PIPELINE_VERSION = 2
+BUCKET_VERSION = 2
 HISTORY = "hist_item_id"
 HISTORY_NEG = "hist_item_id_neg"
 
@@ -169,6 +170,8 @@ def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
     adapter_cfg.pop("root", None)  # where the files live does not change them; their hash does
     material = {
         "version": PIPELINE_VERSION,
+        # bucketed columns' encoding (2: a missing value is OOV); keyed only where it applies
+        **({"buckets": BUCKET_VERSION} if (cfg.get("features") or {}).get("buckets") else {}),
         "adapter": adapter_cfg,
         "pipeline": _pipeline_cfg(cfg),
         "files": {Path(f).name: file_sha256(Path(f)) for f in files},  # memo by stat
@@ -333,13 +336,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
         part = ev.filter(pl.col("split") == sid)
         t: dict[str, torch.Tensor] = {}
         sparse = [_encode(part[c], vocabs[c]) for c in sparse_cols]
-        sparse += [
-            np.searchsorted(edges[c], part[c].fill_null(np.nan).to_numpy(), side="right").astype(
-                np.int32
-            )
-            + 2
-            for c in buckets
-        ]
+        sparse += [_bucket_codes(part[c], edges[c]) for c in buckets]
         t["sparse"] = torch.from_numpy(np.stack(sparse, 1).astype(np.int32))
         if dense_cols:
             d = np.stack(
@@ -566,6 +563,15 @@ def _encode_lists(values: pl.Series, vocab: pl.Series, width: int) -> np.ndarray
     if flat.height:
         out[flat["r"].to_numpy(), flat["p"].to_numpy()] = _encode(flat["v"], vocab)
     return out
+
+
+def _bucket_codes(values: pl.Series, edges: np.ndarray) -> np.ndarray:
+    """Codes of a bucketed numeric column: 2 + the bucket of each value, ``OOV`` for a
+    missing one (as a missing categorical value), never the top bucket NaN would sort into."""
+    v = values.cast(pl.Float64).to_numpy()
+    codes = np.searchsorted(edges, v, side="right").astype(np.int32) + 2
+    codes[np.isnan(v)] = OOV
+    return codes
 
 
 def _quantile_edges(values: pl.Series, n: int) -> np.ndarray:

@@ -190,3 +190,25 @@ def test_a_rating_that_is_not_a_number_names_its_line_and_odd_numbers_are_missin
     assert events["price"][3:].is_not_null().all()
     data = prepare(_compose(tmp_path, "dataset.adapter.columns.dense=[price]").dataset, log=print)
     assert all(torch.isfinite(t["dense"]).all() for t in data.splits.values())
+
+
+def test_a_missing_value_in_a_bucketed_column_is_unknown_not_the_top_bucket(tmp_path, monkeypatch):
+    """Empty cells, NaN, text and inf in a bucketed numeric column get the code a missing
+    categorical value gets (OOV), not the bucket of the largest values; the others keep
+    theirs."""
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    df = _log().with_columns(pl.col("price").cast(pl.String))
+    price = df["price"].to_list()
+    price[:6] = ["", "nan", "n/a", "inf", "", "nan"]
+    df.with_columns(pl.Series("price", price)).write_csv(tmp_path / "log.csv")
+    cfg = _compose(
+        tmp_path, "dataset.adapter.columns.dense=[price]", "+dataset.features.buckets.price=4"
+    )
+    data = prepare(cfg.dataset, log=print)
+    sparse = [f.name for f in data.schema.fields if f.kind == "sparse"]
+    codes = np.concatenate(
+        [t["sparse"][:, sparse.index("price")].numpy() for t in data.splits.values()]
+    )
+    per_event = len(codes) // 600  # each event and its sampled negative, which keeps its context
+    assert (codes == 1).sum() == 6 * per_event  # OOV: the six missing prices
+    assert set(np.unique(codes[codes != 1])) == {2, 3, 4, 5}  # four buckets of the rest
