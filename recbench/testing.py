@@ -1,6 +1,10 @@
-"""Small schemas and random batches for unit tests of layers and models."""
+"""Small schemas and random batches for unit tests of layers and models; an RL episode's
+trajectory."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -55,3 +59,21 @@ def random_batch(schema: FeatureSchema, batch_size: int = 16, seed: int = 0) -> 
     b["label"] = torch.randint(0, 2, (batch_size,), generator=g).float()
     b["group"] = torch.randint(0, 5, (batch_size,), generator=g)
     return b
+
+
+def rl_trajectory(
+    policy: Any, env: Any, seed: int, stop: Callable[[Any], bool] | None = None
+) -> list[tuple]:
+    """(user, shown, clicks) of each request of one episode of ``env`` (reset with ``seed``)
+    under ``policy``, acting and learning, to the horizon or until ``stop(policy)`` holds."""
+    obs, _ = env.reset(seed=seed)
+    out, done = [], False
+    while not done:
+        shown = policy.act(obs)
+        nxt, _, _, done, info = env.step(shown)
+        policy.observe(obs, info["shown"], info)
+        out.append((info["user"], tuple(info["shown"]), tuple(info["clicks"])))
+        obs = nxt
+        if stop is not None and stop(policy):
+            break
+    return out

@@ -6,6 +6,7 @@ environment alone, and (with --compare) the wall time of a finished `recbench co
     python scripts/bench_rl.py --set fatigue=0 --set boredom=0   # another world (env knobs)
     python scripts/bench_rl.py --model drn_dn       # another agent config (configs/model/)
     python scripts/bench_rl.py --override model.wide=false   # the agent's config, overridden
+    python scripts/bench_rl.py --override model.learner=process   # steps in a second process
     python scripts/bench_rl.py --compare outputs/compare/<folder>
 
 The agent is built from its model config (`configs/model/<--model>.yaml`, seed 0), as
@@ -113,7 +114,10 @@ def main() -> None:
         cfg = compose("train", overrides=[f"model={args.model}", "seed=0", *args.override])
     drn = build_model(cfg.model, env.policy_spec)
     drn.bind(env)
-    out["drn_acting_and_learning"] = loop(env, drn, args.seed)
+    try:
+        out["drn_acting_and_learning"] = loop(env, drn, args.seed)
+    finally:
+        drn.close()  # a learner process (--override model.learner=process)
     stats = getattr(drn, "stats", {})
     out["drn_updates"] = {k: stats[k] for k in ("minor", "major") if k in stats}
     if args.compare is not None:

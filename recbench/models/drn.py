@@ -65,6 +65,10 @@
   the last one, and the DBGD decision) every ``minor_every`` requests; a major update every
   ``major_hours`` of simulated time: ``major_steps`` minibatches from the replay memory, each
   of about ``major_batch`` transitions drawn as whole lists (``Replay.sample_lists``).
+- Where the steps run (``learner``, ``layers.learner``): ``sync``, at once; ``lagged``, they
+  land at the next update, the requests in between served by the weights the update began
+  with, as DRN's serving network is updated while it serves; ``process``, the lagged schedule
+  with the steps in a second process (the same trajectory, acting and learning on two cores).
 """
 
 from __future__ import annotations
@@ -77,7 +81,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.envs.features import EnvSpec, encode
@@ -100,7 +103,9 @@ from recbench.models.layers.dbgd import (
     interleave_probs,
 )
 from recbench.models.layers.dqn import DuelingQ, SplitQ, double_dqn_target, stack_snapshots
+from recbench.models.layers.drn_loss import DRNLoss
 from recbench.models.layers.fqi import check_fqi, fit_future_linear, future_features
+from recbench.models.layers.learner import LEARNERS, make_runner, train_steps
 from recbench.models.layers.replay import Replay
 
 EXPLORE = ("none", "egreedy", "dbgd")
@@ -108,7 +113,7 @@ HAZARD = ("none", "reward", "rank")
 CLICK_LOSS = ("mse", "bce")
 
 
-class DRN(nn.Module):
+class DRN(DRNLoss, nn.Module):
     """The DRN agent; ``recbench train model=drn`` (full: DDQN + U + DBGD) and its variants."""
 
     tasks: ClassVar[tuple[str, ...]] = ("rl",)
@@ -153,6 +158,7 @@ class DRN(nn.Module):
         future_wide: bool = False,
         future_wide_ridge: float = 1.0,
         future_wide_lists: int = 1000,
+        learner: str = "sync",
     ) -> None:
         super().__init__()
         # user_id: the user's one-hot leads the state, so every first layer that reads the state
@@ -162,6 +168,9 @@ class DRN(nn.Module):
             schema = dataclasses.replace(schema, state_dim=schema.state_dim + schema.n_users)
         if explore not in EXPLORE:
             raise ConfigError(f"model.explore={explore!r}; choose one of {EXPLORE}")
+        if learner not in LEARNERS:
+            raise ConfigError(f"model.learner={learner!r}; choose one of {LEARNERS}")
+        self.learner, self._runner = learner, None  # the runner starts at the first update
         if not 0.0 <= gamma < 1.0:
             raise ConfigError(f"model.gamma={gamma} must be in [0, 1)")
         self.spec = schema
@@ -275,6 +284,9 @@ class DRN(nn.Module):
             self.q.future.zero_output()
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.q_explore = copy.deepcopy(self.q).requires_grad_(False)
+        # each network's parameters in one order, listed once (updates touch them all)
+        nets = ("q", "q_target", "q_explore")
+        self._weights = {n: list(getattr(self, n).parameters()) for n in nets}
         # the fused kernel: one call per step instead of one per parameter and operation
         trained = [p for p in self.q.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(trained, lr=lr, fused=True)
@@ -293,6 +305,15 @@ class DRN(nn.Module):
         self._cur: tuple[int, np.ndarray | None, np.ndarray] | None = None
         self._snap = self._snap_explore = None  # numpy weights for acting; None: stale
         self._stacked: dict | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the per-request bookkeeping (numbers, arrays, tuples: about six a request) of a plain
+        # attribute skips nn.Module's registration checks, which end in the same assignment
+        d = self.__dict__
+        if name in d and not isinstance(value, (nn.Module, Tensor)):
+            d[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def bind(self, env: Any) -> None:
         pass
@@ -325,16 +346,7 @@ class DRN(nn.Module):
                 reward = reward - self.click_rate() * gap
             self._complete(prev, pos, reward, req, clicks)
         dbgd = self.explore == "dbgd"
-        if self._snap is None or (dbgd and self._snap_explore is None) or self._stacked is None:
-            if self._snap is None:
-                self._snap = [h.snapshot() for h in self.q.heads]
-            if dbgd and self._snap_explore is None:
-                self._snap_explore = [h.snapshot() for h in self.q_explore.heads]
-            # per head, the current network's and the explore network's side by side
-            self._stacked = [
-                stack_snapshots([cur] + ([exp] if dbgd else []), self.spec.state_dim)
-                for cur, exp in zip(self._snap, self._snap_explore or self._snap)
-            ]
+        self._fresh_snapshots()
         q = self.q.heads[0].act_stacked(self._stacked[0], state, actions, items)
         if self.wide is not None:
             self._x = linucb_features(state, actions, self.spec.n_genres)
@@ -361,6 +373,20 @@ class DRN(nn.Module):
                 shown = egreedy(shown, q.shape[1], self.epsilon, self.rng)
         self._cur = (req, who, state)
         return shown
+
+    def _fresh_snapshots(self) -> None:
+        """The numpy weights acting reads, taken again after the networks changed."""
+        dbgd = self.explore == "dbgd"
+        if self._snap is None or (dbgd and self._snap_explore is None) or self._stacked is None:
+            if self._snap is None:
+                self._snap = [h.snapshot() for h in self.q.heads]
+            if dbgd and self._snap_explore is None:
+                self._snap_explore = [h.snapshot() for h in self.q_explore.heads]
+            # per head, the current network's and the explore network's side by side
+            self._stacked = [
+                stack_snapshots([cur] + ([exp] if dbgd else []), self.spec.state_dim)
+                for cur, exp in zip(self._snap, self._snap_explore or self._snap)
+            ]
 
     def observe(self, obs: Mapping[str, Any], shown: np.ndarray, info: Mapping[str, Any]) -> None:
         req, who, state = self._cur  # the request's full state, as acted on
@@ -431,115 +457,59 @@ class DRN(nn.Module):
     ) -> None:
         self.fresh.append(self.replay.add_transitions(req, pos, reward, next_req, click))
 
-    def loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Squared error of ``Q(s, a)`` against the double-DQN target ``y`` per transition;
-        decomposed, the mean over transitions of ``(Q_click(s, a) - click)²`` plus the mean over
-        lists of ``(Q_future(s, L) - y_L)²``, ``y_L`` the list's reward less its clicks plus
-        ``γ Σ_{a'∈L'} Q_target(s', a')`` (``double_dqn_target`` with k). Transitions come as
-        whole lists, K consecutive ones each (as the replay stores and samples them). Requests
-        are rows of ``state``/``actions``/``items`` (and ``next_*``); ``inv``/``next_inv`` map
-        transitions to them (absent: one row per transition, ``Replay.batch`` groups them).
-        With ``click_loss="bce"`` the click network's part (DN's whole loss) is the logistic
-        loss of its logit against the click instead of the squared error."""
-        if self.split:
-            return self._split_loss(batch)
-        inv = batch.get("inv")
-        pos = batch["pos"]
-        y = batch["reward"]
-        s, a, i = batch["state"], batch["actions"], batch["items"]
-        rows = torch.arange(len(pos)) if inv is None else inv
-        if self.bce:  # the click alone (DN): a logistic loss on the network's logit
-            return F.binary_cross_entropy_with_logits(self.q.logits(s, a, i)[rows, pos], y)
-        q = self.q(s, a, i) + self._wide_q(s, a)
-        if self.gamma > 0.0:
-            with torch.no_grad():
-                ns, na = batch["next_state"], batch["next_actions"]
-                wide = self._wide_q(ns, na)
-                q_on = self.q(ns, na, batch["next_items"]) + wide
-                q_tg = self.q_target(ns, na, batch["next_items"]) + wide
-                ninv = batch.get("next_inv")
-                if ninv is not None:
-                    q_on, q_tg = q_on[ninv], q_tg[ninv]
-                y = torch.where(batch["has_next"], double_dqn_target(y, q_on, q_tg, self.gamma), y)
-        q_sa = q[rows, pos]
-        return ((q_sa - y) ** 2).mean()
-
-    def _split_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
-        k = self.k
-        inv, pos, click = batch.get("inv"), batch["pos"], batch["click"]
-        if len(pos) % k:
-            raise ValueError(f"decomposed loss: {len(pos)} transitions are not whole lists of {k}")
-        s, a, i = batch["state"], batch["actions"], batch["items"]
-        rows = torch.arange(len(pos)) if inv is None else inv
-        if self.bce:
-            z = self.q.click.logits(s, a, i)[rows, pos]
-            click_loss = F.binary_cross_entropy_with_logits(z, click)
-        else:
-            q_click = self.q.click(s, a, i) + self._wide_q(s, a)
-            click_loss = ((q_click[rows, pos] - click) ** 2).mean()
-        q_f = self.q.q_future(s, a, i) + self._fw_q(s, a)
-        q_list = q_f[rows, pos].view(-1, k).mean(1)  # Q_future(s, L)
-        return click_loss + ((q_list - self._future_target(batch)) ** 2).mean()
-
-    @torch.no_grad()
-    def _future_target(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """(lists,): each list's reward beyond its clicks, plus (γ > 0) the double-DQN value of
-        the user's next list, ``γ Σ_{a'∈L'} Q_target(s', a')``."""
-        k, ninv = self.k, batch.get("next_inv")
-        y = (batch["reward"] - batch["click"]).view(-1, k)[:, 0]
-        if self.gamma == 0.0:
-            return y
-        nxt = (batch["next_state"], batch["next_actions"], batch["next_items"])
-        lin = self._linear_q(*nxt[:2])
-        q_on, q_tg = self.q(*nxt) + lin, self.q_target(*nxt) + lin
-        if ninv is not None:
-            q_on, q_tg = q_on[ninv], q_tg[ninv]
-        first = slice(None, None, k)  # one row per list
-        y_next = double_dqn_target(y, q_on[first], q_tg[first], self.gamma, k)
-        return torch.where(batch["has_next"][first], y_next, y)
-
-    def _linear_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
-        """(R, N): each candidate's value from the linear parts, ``θ · x + θ_f · f / K``."""
-        return self._wide_q(state, actions) + self._fw_q(state, actions) / self.k
-
-    def _fw_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
-        """(R, N): each candidate's linear future value ``θ_f · f(s, a)`` (``future_wide``; a
-        list's is its items' mean), 0 without it."""
-        if self.fw is None:
-            return 0.0
-        f = future_features(state, actions, self._f_cols, self._ctx)
-        return f @ torch.from_numpy(self.fw.astype(np.float32))
-
-    def _wide_q(self, state: Tensor, actions: Tensor) -> Tensor | float:
-        """(R, N): the click value's linear part ``θ · x(s, a)`` (``wide``), 0 without it."""
-        if self.wide is None:
-            return 0.0
-        x = linucb_features(state, actions, self.spec.n_genres)
-        return x @ torch.from_numpy(self.wide.w.astype(np.float32))
-
-    def _step(self, tr: np.ndarray) -> None:
+    def _batch(self, tr: np.ndarray) -> dict[str, Tensor] | None:
+        """Transitions ``tr`` as a step's minibatch with the linear coefficients of now."""
         tr = self.replay.valid(tr)
-        if len(tr) == 0:
-            return
-        loss = self.loss(self.replay.batch(tr))
-        self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
-        self._snap = None
-        self.stats["loss"] = float(loss.detach())  # a CPU scalar: no device sync
+        return None if len(tr) == 0 else self.replay.batch(tr) | self._coefs()
+
+    def _learn(self, batches: list, swap: bool = False) -> None:
+        """An update's steps on ``batches``, the target swap when due, a new explore network.
+        ``sync``: the steps run now; otherwise they land at the next update (``_land``), and
+        the swap and the explore network read the weights as they are before them."""
+        batches = [b for b in batches if b is not None]
+        if self.learner == "sync":
+            loss = train_steps(self, batches)
+            if batches:
+                self._snap = None
+                self.stats["loss"] = loss
+        if swap:
+            torch._foreach_copy_(self._weights["q_target"], self._weights["q"])
+        if self.explore == "dbgd":
+            self._new_explore()
+        if self.learner != "sync":
+            self._fresh_snapshots()  # acting reads these until the steps land
+            if self._runner is None:
+                self._runner = make_runner(self.learner, self)
+            if batches:
+                self._runner.submit(batches)
+
+    def _land(self) -> None:
+        """The previous update's steps land (``lagged``, ``process``): act on their weights."""
+        loss = None if self._runner is None else self._runner.join()
+        if loss is not None:
+            self._snap = None
+            self.stats["loss"] = loss
+
+    def close(self) -> None:
+        """Land the steps still running and stop the learner process (``process``)."""
+        if self._runner is not None:
+            try:
+                self._land()
+            finally:
+                self._runner.close()
+                self._runner = None
 
     def minor_update(self) -> None:
+        fresh, self.fresh = self.fresh, []
+        batches = [self._batch(np.concatenate(fresh))] if fresh else []
+        self._land()  # after the work that does not read the networks: more time for the steps
         if self.explore == "dbgd":
             won = self.credit[1] > self.credit[0]
-            dbgd_update(self.q, self.delta, self.eta, bool(won))
+            dbgd_update(self._weights["q"], self.delta, self.eta, bool(won))
             self._snap = None
             self.stats["dbgd_moves"] += int(won)
             self.credit[:] = 0
-        if self.fresh:
-            self._step(np.concatenate(self.fresh))
-            self.fresh = []
-        if self.explore == "dbgd":
-            self._new_explore()
+        self._learn(batches)
         self.stats["minor"] += 1
 
     def major_update(self) -> None:
@@ -551,7 +521,8 @@ class DRN(nn.Module):
             self.stats.update({f"hazard_w{j}": float(x) for j, x in enumerate(w)})
         if self.click_logit is not None:
             self.stats["fatigue_logit"] = float(self.click_logit.fit()[-1])
-        elif self.fatigue > 0.0 and self.replay.n_req:
+        self._land()  # the fits above do not read the networks; those below do
+        if self.click_logit is None and self.fatigue > 0.0 and self.replay.n_req:
             click = self.q.click if self.split else self.q
             self.fatigue_slope = network_slope(
                 lambda s, a, i: click(s, a, i) + self._wide_q(s, a), self.replay
@@ -562,21 +533,17 @@ class DRN(nn.Module):
             fw = fit_future_linear(r, self._future_target, k, self._f_cols, self._ctx, *self._fqi)
             self.fw = self.fw if fw is None else fw
         lists = max(1, round(self.major_batch / self.k))
-        if self.replay.n_tr:
-            for _ in range(self.major_steps):
-                self._step(self.replay.sample_lists(self.rng, lists))
+        n = self.major_steps if self.replay.n_tr else 0
+        batches = [self._batch(self.replay.sample_lists(self.rng, lists)) for _ in range(n)]
         self.n_major += 1
-        if self.n_major % self.target_swap == 0:
-            self.q_target.load_state_dict(self.q.state_dict())
-        if self.explore == "dbgd":
-            self._new_explore()
+        self._learn(batches, swap=self.n_major % self.target_swap == 0)
         self.stats["major"] += 1
 
     def _new_explore(self) -> None:
-        self.delta = dbgd_perturbation(self.q, self.alpha, self.gen)
+        self.delta = dbgd_perturbation(self._weights["q"], self.alpha, self.gen)
         with torch.no_grad():
-            explore = list(self.q_explore.parameters())
-            torch._foreach_copy_(explore, list(self.q.parameters()))
+            explore = self._weights["q_explore"]
+            torch._foreach_copy_(explore, self._weights["q"])
             torch._foreach_add_(explore, self.delta)
         self._snap_explore = None
 

@@ -124,21 +124,25 @@ class RLTask(Task):
         obs, _ = env.reset(seed=seed)
         t0 = time.perf_counter()
         steps, done, next_log = 0, False, DAY
-        while not done:
-            shown = np.asarray(policy.act(obs))
-            next_obs, _, _, done, info = env.step(shown)
-            policy.observe(obs, info["shown"], info)
-            tracker.add(info)
-            obs = next_obs
-            steps += 1
-            if info["time"] >= next_log:
-                log.info(
-                    "day %d: %d requests, %.0f requests/s",
-                    int(info["time"] // DAY),
-                    steps,
-                    steps / (time.perf_counter() - t0),
-                )
-                next_log += DAY
+        try:
+            while not done:
+                shown = np.asarray(policy.act(obs))
+                next_obs, _, _, done, info = env.step(shown)
+                policy.observe(obs, info["shown"], info)
+                tracker.add(info)
+                obs = next_obs
+                steps += 1
+                if info["time"] >= next_log:
+                    log.info(
+                        "day %d: %d requests, %.0f requests/s",
+                        int(info["time"] // DAY),
+                        steps,
+                        steps / (time.perf_counter() - t0),
+                    )
+                    next_log += DAY
+        finally:
+            if hasattr(policy, "close"):  # a learner process (DRN's model.learner=process)
+                policy.close()
         wall = time.perf_counter() - t0
         tracker.finish()
 

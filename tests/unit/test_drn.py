@@ -20,6 +20,7 @@ from recbench.models.drn import (
     interleave_probs,
     stack_snapshots,
 )
+from recbench.testing import rl_trajectory
 
 
 def linear_q(center: bool) -> DuelingQ:
@@ -411,15 +412,7 @@ def test_a_seeded_agent_replays_the_same_trajectory():
     def run() -> tuple[list, dict]:
         env = NewsEnv(NewsParams(n_users=30, horizon_days=2.0), seed=4)
         agent = DRN(env.policy_spec, seed=3, minor_every=8, major_hours=4.0)
-        obs, _ = env.reset(seed=4)
-        out, done = [], False
-        while not done:
-            shown = agent.act(obs)
-            nxt, _, _, done, info = env.step(shown)
-            agent.observe(obs, info["shown"], info)
-            out.append((info["user"], tuple(info["shown"]), tuple(info["clicks"])))
-            obs = nxt
-        return out, dict(agent.stats)
+        return rl_trajectory(agent, env, 4), dict(agent.stats)
 
     (a, sa), (b, sb) = run(), run()
     assert a == b and sa == sb and sa["minor"] > 3 and sa["major"] > 3

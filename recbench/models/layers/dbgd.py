@@ -69,18 +69,24 @@ def egreedy(shown: np.ndarray, n: int, epsilon: float, rng: np.random.Generator)
 
 
 @torch.no_grad()
-def dbgd_perturbation(net: nn.Module, alpha: float, gen: torch.Generator) -> list[Tensor]:
-    """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net`` (one draw for all of them)."""
-    params = list(net.parameters())
+def dbgd_perturbation(
+    net: nn.Module | Sequence[Tensor], alpha: float, gen: torch.Generator
+) -> list[Tensor]:
+    """``ΔW = α · rand(-1, 1) · W`` for every parameter of ``net`` (a module, or its parameters
+    in order), one draw for all of them."""
+    params = list(net.parameters()) if isinstance(net, nn.Module) else list(net)
     u = torch.rand(sum(p.numel() for p in params), generator=gen).mul_(2 * alpha).sub_(alpha)
     return [d.view_as(p) * p for d, p in zip(u.split([p.numel() for p in params]), params)]
 
 
 @torch.no_grad()
-def dbgd_update(net: nn.Module, delta: Sequence[Tensor], eta: float, won: bool) -> None:
+def dbgd_update(
+    net: nn.Module | Sequence[Tensor], delta: Sequence[Tensor], eta: float, won: bool
+) -> None:
     """``W ← W + η ΔW`` when the explore network won, else nothing."""
     if won:
-        for p, d in zip(net.parameters(), delta):
+        params = net.parameters() if isinstance(net, nn.Module) else net
+        for p, d in zip(params, delta):
             p.add_(eta * d)
 
 

@@ -99,8 +99,7 @@ class DuelingQ(nn.Module):
     def snapshot(self) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """The weights as numpy arrays for ``act_numpy`` (take a new one after each update)."""
         out = []
-        for mlp in (self.value, self.advantage):
-            lins = [m for m in mlp.modules() if isinstance(m, nn.Linear)]
+        for lins in (self._v_lins, self._a_lins):
             out.append(
                 [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in lins]
             )
@@ -135,8 +134,8 @@ class DuelingQ(nn.Module):
             np.maximum(h, 0.0, out=h)
             h = h @ w + b
         a = h.T  # (M, N)
-        if self.center_advantage:
-            a = a - a.mean(axis=1, keepdims=True)
+        if self.center_advantage:  # the mean, as ndarray.mean computes it, without its wrapper
+            a = a - np.add.reduce(a, axis=1, keepdims=True) / a.shape[1]
         q = v.T + a
         if self.sigmoid:  # σ(z) = ½(1 + tanh(z/2)): no overflow warning for large |z|
             q = 0.5 * (1.0 + np.tanh(0.5 * q))
