@@ -67,8 +67,8 @@
   of about ``major_batch`` transitions drawn as whole lists (``Replay.sample_lists``).
 - Where the steps run (``learner``, ``layers.learner``): ``sync``, at once; ``lagged``, they
   land at the next update, the requests in between served by the weights the update began
-  with, as DRN's serving network is updated while it serves; ``process``, the lagged schedule
-  with the steps in a second process (the same trajectory, acting and learning on two cores).
+  with, as a live system serves while its model trains; ``process``, the lagged schedule with
+  the steps in a second process (the same trajectory, acting and learning on two cores).
 """
 
 from __future__ import annotations

@@ -2,19 +2,18 @@
 
 - ``sync``: each update's steps run at once; the next request is served by the new weights.
 - ``lagged``: an update's steps land at the next update, so the requests in between are served
-  by the weights as they were when the update began. DRN's serving network is updated that way
-  (Zheng et al., WWW 2018, §4.1: the network is updated while it keeps serving); the schedule is
-  fixed by the request count and simulated time, never by wall time, so a run is reproducible.
+  by the weights as they were when the update began, as a live system keeps serving while its
+  model trains. The schedule counts requests and simulated time, never wall time, so a seed
+  gives one trajectory.
 - ``process``: the ``lagged`` schedule with the steps in a second process, forked at the first
-  update, while this one serves requests and runs the environment. The two share the networks'
-  weights (shared memory); the steps' minibatches travel through a pipe, built here at the
-  update, so what the steps see is fixed when they are submitted. One torch thread in the
-  second process; with one here too, the trajectory equals ``lagged``'s bit for bit.
-  The minibatches' arrays are written into memory both processes map, and the pipe carries
-  their layout (a batch too large for it travels through the pipe itself).
+  update, while this one serves requests and runs the environment. The networks' weights are
+  shared memory; each update's minibatches are built here when it is submitted and written to
+  a shared buffer, and the pipe carries their layout (an array too large for the buffer travels
+  through the pipe itself). One torch thread in the second process; with one here too, the
+  trajectory equals ``lagged``'s bit for bit.
 
-Every agent parameter except the steps' (the DBGD move, the target swap, the explore network)
-changes here, between ``join`` and ``submit``, while no step runs.
+Every other change of the weights (the DBGD move, the target swap, the explore network) is
+made here, between ``join`` and ``submit``, while no step runs.
 """
 
 from __future__ import annotations
@@ -150,6 +149,7 @@ def _serve(agent: Any, conn: Connection, parent_end: Connection, buf: mmap.mmap)
     """The learner process: steps on each submitted list of batches, answers its last loss."""
     parent_end.close()  # EOF on conn once the parent's end is gone, whatever became of it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C stops the parent; EOF stops this
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: just end
     torch.set_num_threads(1)
     while True:
         try:
