@@ -165,6 +165,17 @@ SUFFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("_temperature", _number(0.0, lo_open=True)),
 )
 EXAMPLES = {"lr": "1e-3", "dropout": "0.1", "weight_decay": "0.0", "patience": "2"}
+# every leaf under a path whose names the user chooses (a bucketed column's name)
+PREFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
+    (
+        "dataset.features.buckets.",
+        lambda v: (
+            None
+            if _is_int(v) and v >= 2
+            else "must be a number of quantile buckets of the training split, an integer >= 2"
+        ),
+    ),
+)
 
 
 def _rule_for(name: str) -> Callable[[Any], str | None] | None:
@@ -207,7 +218,8 @@ def _walk(node: Any, path: str, problems: Problems, visit: Callable[[str, str, A
 
 def _check_values(cfg: DictConfig, problems: Problems) -> None:
     def visit(key: str, name: str, value: Any) -> None:
-        rule = _rule_for(name)
+        prefixed = (rule for prefix, rule in PREFIX_RULES if key.startswith(prefix))
+        rule = next(prefixed, None) or _rule_for(name)
         if rule is None:
             return
         why = rule(value)

@@ -88,6 +88,17 @@ def test_ranking_protocol_values_are_checked_before_any_data_is_read(tmp_path):
     )
 
 
+def test_bucket_counts_are_checked_before_any_data_is_read(tmp_path):
+    """A bucketed column's count is a name the user chooses: checked by its path."""
+    for bad, shown in (("1", "1"), ("-3", "-3"), ("abc", "'abc'")):
+        (msg,) = messages([f"+dataset.features.buckets.price={bad}"], tmp_path)
+        assert msg == (
+            f"dataset.features.buckets.price={shown}: must be a number of quantile buckets of "
+            "the training split, an integer >= 2"
+        )
+    assert messages(["+dataset.features.buckets.price=8"], tmp_path) == []
+
+
 def test_training_negatives_are_refused_by_the_task_that_draws_them():
     from recbench.tasks.topk import TopKTask
 
