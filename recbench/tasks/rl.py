@@ -93,6 +93,11 @@ class RLTask(Task):
             )
         params = NewsParams.from_config(cfg.env)
         tc = cfg.task
+        if float(tc.eval_days) <= 0 or float(tc.curve_hours) <= 0:
+            raise ConfigError(
+                f"task.eval_days={tc.eval_days} and task.curve_hours={tc.curve_hours} must be "
+                "> 0: the test window's length in simulated days, the curves' bucket in hours"
+            )
         eval_s = float(tc.eval_days) * DAY
         if 2 * eval_s > params.horizon:
             raise ConfigError(

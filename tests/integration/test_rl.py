@@ -116,6 +116,12 @@ def test_several_devices_are_refused_not_silently_ignored(tmp_path):
     assert not (tmp_path / "drn" / "metrics.json").exists()
 
 
+def test_an_empty_evaluation_window_is_refused_not_reported_as_zeros(tmp_path):
+    with pytest.raises(ConfigError, match=r"task.eval_days=0 and task.curve_hours=12 must be > 0"):
+        train(tmp_path, "drn_dn", "task.eval_days=0")
+    assert not (tmp_path / "drn_dn" / "metrics.json").exists()
+
+
 @pytest.mark.slow
 def test_compare_lineage_rl_writes_the_report_and_the_curves(tmp_path):
     env = {**os.environ, "RECBENCH_OUTPUTS": str(tmp_path), "PYTHONWARNINGS": "ignore"}

@@ -212,3 +212,17 @@ def test_a_missing_value_in_a_bucketed_column_is_unknown_not_the_top_bucket(tmp_
     per_event = len(codes) // 600  # each event and its sampled negative, which keeps its context
     assert (codes == 1).sum() == 6 * per_event  # OOV: the six missing prices
     assert set(np.unique(codes[codes != 1])) == {2, 3, 4, 5}  # four buckets of the rest
+
+
+def test_a_column_of_words_declared_numeric_is_a_clear_error(tmp_path):
+    """A few words in a numeric column are missing values; a column with no number at all was
+    declared in the wrong list."""
+    _log().write_csv(tmp_path / "log.csv")
+    cols = {**COLS, "sparse": ["hour"], "dense": ["price", "city"]}
+    with pytest.raises(ConfigError, match=r"'city' is listed in columns.dense but holds no number"):
+        Table("log.csv", cols, root=str(tmp_path)).load()
+    cols = {**COLS, "dense": ["price", "city"]}  # and in columns.sparse
+    with pytest.raises(
+        ConfigError, match=r"'city' is listed in columns.sparse and in columns.dense"
+    ):
+        Table("log.csv", cols, root=str(tmp_path)).load()

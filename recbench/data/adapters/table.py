@@ -207,6 +207,16 @@ class Table:
             sparse += extra["sparse"]
             dense += extra["dense"]
             multi |= extra["multi"]
+        lists = {"sparse": sparse, "dense": dense, "multi": list(multi)}
+        seen: dict[str, str] = {}
+        for kind, names in lists.items():
+            for name in names:
+                if name in seen:
+                    raise ConfigError(
+                        f"{where}: the column '{name}' is listed in columns.{seen[name]} and in "
+                        f"columns.{kind}; a feature column is one kind: keep one of them"
+                    )
+                seen[name] = kind
         roles = [c["user"], c["item"], c.get("time"), c.get("label"), c.get("rating")]
         _require(frame, [r for r in roles if r] + sparse + dense + list(multi), where)
         n = frame.height
@@ -260,6 +270,15 @@ class Table:
             for m, sep in multi.items()
         ]
         events = frame.select(exprs)
+        for d in dense:  # a column of words declared numeric: every value would be missing
+            if events[d].null_count() < len(events):
+                continue
+            given = frame[d].cast(pl.String).str.strip_chars().replace("", None).drop_nulls()
+            if len(given):
+                raise ConfigError(
+                    f"{where}: the column '{d}' is listed in columns.dense but holds no number "
+                    f"(e.g. {given[0]!r}); list it in columns.sparse if it is categorical"
+                )
         missing = events.select(
             pl.col("user_id").is_null().sum(), pl.col("item_id").is_null().sum()
         )
