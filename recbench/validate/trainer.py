@@ -207,7 +207,35 @@ def _check_fit(cfg: DictConfig, problems: Problems) -> None:
                 "train at least one epoch (e.g. trainer.max_epochs=1), or evaluate a checkpoint "
                 "without training with fit=false ckpt_path=<run_dir>/checkpoints/<best>.ckpt",
             )
+    _check_split_shares(cfg, problems)
     ckpt = cfg.get("ckpt_path")
     if isinstance(ckpt, str) and ckpt not in ("last", "best", "hpc", "registry"):
         if not Path(ckpt).expanduser().is_file():
             problems.add("ckpt_path", f"ckpt_path={ckpt}: no such checkpoint file")
+
+
+def _check_split_shares(cfg: DictConfig, problems: Problems) -> None:
+    """A run needs its validation split (early stopping and the best checkpoint follow a val
+    metric) and its test split (what it records); a share of 0 leaves one empty."""
+    if "RLTask" in str((cfg.get("task") or {}).get("_target_", "")):
+        return  # a live environment: no dataset split
+    split = (cfg.get("dataset") or {}).get("split") or {}
+    ratios = split.get("ratios")
+    if split.get("kind") == "leave_one_out" or not ratios or len(ratios) != 3:
+        return
+    if not all(isinstance(r, (int, float)) for r in ratios):
+        return  # the split itself reports malformed ratios
+    shown = f"dataset.split.ratios={list(ratios)}"
+    fix = "give it a share, e.g. dataset.split.ratios=[0.8,0.1,0.1]"
+    monitor = str(cfg.get("monitor") or "")
+    if ratios[1] == 0 and monitor.startswith("val/") and cfg.get("fit", True):
+        problems.add(
+            "dataset.split.ratios[1]",
+            f"{shown} leaves no validation split, which early stopping and the best checkpoint "
+            f"follow (monitor={monitor}): {fix}",
+        )
+    if ratios[2] == 0:
+        problems.add(
+            "dataset.split.ratios[2]",
+            f"{shown} leaves no test split, and a run records its test metrics: {fix}",
+        )

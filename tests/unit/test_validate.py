@@ -99,6 +99,20 @@ def test_bucket_counts_are_checked_before_any_data_is_read(tmp_path):
     assert messages(["+dataset.features.buckets.price=8"], tmp_path) == []
 
 
+def test_a_split_share_of_zero_is_refused_before_training_not_after(tmp_path):
+    """Without a validation split the first epoch ends in a monitor error; without a test split
+    the finished run crashed while recording."""
+    msgs = messages(["dataset.split.ratios=[1.0,0.0,0.0]"], tmp_path)
+    assert len(msgs) == 2
+    assert (
+        "leaves no validation split, which early stopping and the best checkpoint follow "
+        in (msgs[0])
+    )
+    assert "leaves no test split, and a run records its test metrics" in msgs[1]
+    assert messages(["dataset.split.ratios=[0.9,0.0,0.1]", "fit=false"], tmp_path) == []
+    assert messages(["dataset.split.ratios=[0.98,0.01,0.01]"], tmp_path) == []
+
+
 def test_training_negatives_are_refused_by_the_task_that_draws_them():
     from recbench.tasks.topk import TopKTask
 
