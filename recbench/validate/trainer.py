@@ -4,6 +4,7 @@ strategy and precision; and that a fit trains something."""
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -208,6 +209,7 @@ def _check_fit(cfg: DictConfig, problems: Problems) -> None:
                 "without training with fit=false ckpt_path=<run_dir>/checkpoints/<best>.ckpt",
             )
     _check_split_shares(cfg, problems)
+    _check_monitor_cutoff(cfg, problems)
     ckpt = cfg.get("ckpt_path")
     if isinstance(ckpt, str) and ckpt not in ("last", "best", "hpc", "registry"):
         if not Path(ckpt).expanduser().is_file():
@@ -238,4 +240,21 @@ def _check_split_shares(cfg: DictConfig, problems: Problems) -> None:
         problems.add(
             "dataset.split.ratios[2]",
             f"{shown} leaves no test split, and a run records its test metrics: {fix}",
+        )
+
+
+def _check_monitor_cutoff(cfg: DictConfig, problems: Problems) -> None:
+    """A ranking monitor (``val/ndcg@10``) needs its cut-off among the task's ``ks``; else the
+    run learns it only when the first validation ends."""
+    ks = (cfg.get("task") or {}).get("ks")
+    monitor = str(cfg.get("monitor") or "")
+    found = re.fullmatch(r"val/(?:sampled\.)?[a-z]+@(\d+)", monitor)
+    if found is None or not ks or not all(_is_int(k) for k in ks) or not cfg.get("fit", True):
+        return
+    if int(found.group(1)) not in [int(k) for k in ks]:
+        at = monitor.rsplit("@", 1)[0]
+        problems.add(
+            "monitor",
+            f"monitor={monitor} follows a cut-off that task.ks={list(ks)} does not compute: "
+            f"add {found.group(1)} to task.ks, or set monitor={at}@{ks[0]}",
         )

@@ -146,6 +146,8 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "hidden": _positive_int_list,
     "ks": _cutoffs,
     "sampled": _int_at_least(0),  # evaluation negatives per user (0: none)
+    "max_len": _int_at_least(0),  # a history's or sequence's length (0: none)
+    "min_len": _int_at_least(0),
     "limit_train_batches": _limit_batches,
     "limit_val_batches": _limit_batches,
     "limit_test_batches": _limit_batches,
@@ -156,6 +158,7 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
 }
 SUFFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("_batch_size", _int_at_least(1)),
+    ("_max_len", _int_at_least(1)),
     ("_dim", _int_at_least(1)),
     ("_hidden", _positive_int_list),
     ("_dropout", _number(0.0, 1.0, hi_open=True)),
