@@ -151,8 +151,10 @@ def _data(args: list[str]) -> None:
     if not args or args[0] not in ("prepare", "info"):
         _fail(RecbenchError("usage: recbench data prepare|info [dataset=<name>] [overrides]"))
     from recbench.data.pipeline import prepare
+    from recbench.validate import check
 
     cfg = _compose("data", args[1:])
+    check(cfg, "data")  # a value left ??? or out of range: one line each, before any data is read
     data = prepare(
         cfg.dataset, force=bool(cfg.force) and args[0] == "prepare", log=lambda m: console.print(m)
     )

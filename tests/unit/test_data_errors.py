@@ -344,3 +344,16 @@ def test_cli_rebuilds_a_corrupt_cache_with_one_line(tmp_path, monkeypatch):
     assert f"rebuilding synthetic: the cache {file} is unreadable (" in out
     assert "deleting it" in out and "Traceback" not in out
     assert PreparedData.load(file.parent).info["rows"]
+
+
+def test_the_data_command_lists_config_problems_before_reading_data(capsys):
+    """`recbench data info dataset=table` without a path raised OmegaConf's traceback."""
+    from recbench.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["data", "info", "dataset=table"])
+    assert ended.value.code == 2
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert "dataset.adapter.path must be set (it is ??? in the config)" in out
+    assert "Traceback" not in out
