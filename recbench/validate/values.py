@@ -147,6 +147,7 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "ks": _cutoffs,
     "sampled": _int_at_least(0),  # evaluation negatives per user (0: none)
     "max_len": _int_at_least(0),  # a history's or sequence's length (0: none)
+    "hash_buckets": _int_at_least(0),  # rows each field is hashed into (0: a vocabulary)
     "min_len": _int_at_least(0),
     "limit_train_batches": _limit_batches,
     "limit_val_batches": _limit_batches,

@@ -125,6 +125,8 @@ def test_a_ranking_monitor_needs_its_cut_off_in_the_tasks_ks(tmp_path):
     assert messages(["task=topk", "task.ks=[5,20]", "monitor=val/hr@20"], tmp_path) == []
     (msg,) = messages(["model=din", "dataset.features.history.max_len=-5"], tmp_path)
     assert msg == "dataset.features.history.max_len=-5: must be >= 0"
+    (msg,) = messages(["dataset=criteo", "dataset.features.hash_buckets=-1"], tmp_path)
+    assert msg == "dataset.features.hash_buckets=-1: must be >= 0"
 
 
 def test_training_negatives_are_refused_by_the_task_that_draws_them():
