@@ -123,9 +123,12 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     ),
     "seeds": lambda v: (
         None
-        if (_is_int(v) and v >= 1) or (isinstance(v, list) and v and all(_is_int(s) for s in v))
-        else "must be a number of seeds >= 1 or a list of integer seeds"
+        if (_is_int(v) and v >= 1)
+        or (isinstance(v, list) and v and all(_seed(s) is None and s is not None for s in v))
+        else "must be a number of seeds >= 1 or a list of seeds, integers in [0, 2**32)"
     ),
+    "resamples": _int_at_least(1, none_ok=False),  # bootstrap resamples
+    "level": _number(0.0, 1.0, lo_open=True, hi_open=True),  # an interval's coverage
     "num_heads": _int_at_least(1),
     "num_layers": _int_at_least(1),
     "num_experts": _int_at_least(1),

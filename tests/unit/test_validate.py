@@ -129,6 +129,16 @@ def test_a_ranking_monitor_needs_its_cut_off_in_the_tasks_ks(tmp_path):
     assert msg == "dataset.features.hash_buckets=-1: must be >= 0"
 
 
+def test_compare_seeds_and_bootstrap_settings_are_checked_before_any_run(tmp_path):
+    """A negative seed failed every run; zero resamples or a level past 1 crashed the report
+    after every run had trained."""
+    bad = ["seeds=[1,-1]", "bootstrap.resamples=0", "bootstrap.level=1.5"]
+    text = " ".join(messages(bad, tmp_path, "compare"))
+    assert "seeds=[1, -1]: must be a number of seeds >= 1 or a list of seeds, integers in" in text
+    assert "bootstrap.resamples=0: must be >= 1" in text
+    assert "bootstrap.level=1.5: must be in (0, 1)" in text
+
+
 def test_training_negatives_are_refused_by_the_task_that_draws_them():
     from recbench.tasks.topk import TopKTask
 
