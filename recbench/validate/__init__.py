@@ -162,6 +162,12 @@ class EarlyChecks(Callback):
         # the values every job shares; a swept value is checked when its job starts
         problems = problems_of(self._task_config(config, sweep), self.command)
         _check_run_dir(sweep, problems, "sweep directory", "hydra.sweep.dir")
+        trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
+        if trials is not None and (not isinstance(trials, int) or trials < 1):
+            problems.add(
+                "hydra.sweeper.n_trials",
+                f"hydra.sweeper.n_trials={trials}: a search needs at least one trial",
+            )
         if sweep.is_dir() and not config.get("overwrite", False):
             done = sorted(sweep.glob("*/metrics.json"))
             if done:

@@ -222,6 +222,12 @@ def test_optuna_sweep_records_every_trial(tmp_path: Path) -> None:
     records = _optuna(tmp_path, "hydra.sweeper.n_trials=2")
     assert len(records) == 2 and {r["model"] for r in records} == {"deepfm"}
     assert len({r["run_key"] for r in records}) == 2  # two different trial configs
+    (tmp_path / "none").mkdir()  # no trial at all: one line, not optuna's traceback at the end
+    args = ("train", "hparams_search=deepfm_optuna", *TINY, "hydra.sweeper.n_trials=0")
+    refused = recbench(*args, outputs=tmp_path / "none", check=False)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "hydra.sweeper.n_trials=0: a search needs at least one trial" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.slow
