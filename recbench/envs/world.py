@@ -125,6 +125,16 @@ class NewsParams:
                 f"env: clickbait is a share of items in [0, 1] (0: off) and bait_cost must be "
                 f">= 0, got {self.clickbait} and {self.bait_cost}"
             )
+        if self.history_len < 1 or self.initial_history < 0:
+            raise ConfigError(
+                f"env: history_len (clicks a user's history keeps) must be >= 1 and "
+                f"initial_history >= 0, got {self.history_len} and {self.initial_history}"
+            )
+        if self.position_bias < 0 or not (0 <= self.s0 <= 1 and 0 <= self.sa <= 1):
+            raise ConfigError(
+                f"env: position_bias must be >= 0 (0: every position examined alike), s0 and sa "
+                f"in [0, 1], got {self.position_bias}, {self.s0} and {self.sa}"
+            )
         if self.fatigue < 0 or self.boredom < 0 or self.fatigue_half_life_hours <= 0:
             raise ConfigError(
                 f"env: fatigue and boredom must be >= 0 (0 switches them off) and "

@@ -194,6 +194,14 @@ def test_unknown_env_key_is_a_config_error():
         NewsParams.from_config({"n_user": 3})
     with pytest.raises(ConfigError, match="fresh"):
         NewsParams(items_per_hour=0.1, fresh_hours=10).check()
+    # each knob out of its range is named (history_len=0 broke a numpy broadcast mid-run)
+    for knobs, words in (
+        ({"history_len": 0}, "history_len .* must be >= 1"),
+        ({"position_bias": -2.0}, "position_bias must be >= 0"),
+        ({"sa": 1.5}, "s0 and sa in \\[0, 1\\]"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            NewsParams(**knobs).check()
 
 
 def test_fatigue_lowers_the_logit_by_the_decayed_exposure():
