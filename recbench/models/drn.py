@@ -113,6 +113,25 @@ HAZARD = ("none", "reward", "rank")
 CLICK_LOSS = ("mse", "bce")
 
 
+KNOBS = {  # the update schedule's and the explorations' ranges
+    "minor_every": (lambda v: v >= 1, ">= 1 (requests between minor updates)"),
+    "major_hours": (lambda v: v > 0, "> 0 (simulated hours between major updates)"),
+    "major_steps": (lambda v: v >= 0, ">= 0 (replay minibatches per major update)"),
+    "major_batch": (lambda v: v >= 1, ">= 1 (transitions per major step)"),
+    "target_swap": (lambda v: v >= 1, ">= 1 (major updates between target swaps)"),
+    "replay_capacity": (lambda v: v >= 1, ">= 1 (requests the replay memory holds)"),
+    "epsilon": (lambda v: 0 <= v <= 1, "in [0, 1] (a slot's chance of a random candidate)"),
+    "interleave_tau": (lambda v: v >= 0, ">= 0 (rank r drawn with weight 1 / r^tau)"),
+}
+
+
+def _check_knobs(**values: float) -> None:
+    for name, v in values.items():
+        ok, what = KNOBS[name]
+        if not ok(v):
+            raise ConfigError(f"model.{name}={v} must be {what}")
+
+
 class DRN(DRNLoss, nn.Module):
     """The DRN agent; ``recbench train model=drn`` (full: DDQN + U + DBGD) and its variants."""
 
@@ -170,6 +189,16 @@ class DRN(DRNLoss, nn.Module):
             raise ConfigError(f"model.explore={explore!r}; choose one of {EXPLORE}")
         if learner not in LEARNERS:
             raise ConfigError(f"model.learner={learner!r}; choose one of {LEARNERS}")
+        _check_knobs(
+            minor_every=minor_every,
+            major_hours=major_hours,
+            major_steps=major_steps,
+            major_batch=major_batch,
+            target_swap=target_swap,
+            replay_capacity=replay_capacity,
+            epsilon=epsilon,
+            interleave_tau=interleave_tau,
+        )
         self.learner, self._runner = learner, None  # the runner starts at the first update
         if not 0.0 <= gamma < 1.0:
             raise ConfigError(f"model.gamma={gamma} must be in [0, 1)")

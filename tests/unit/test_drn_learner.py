@@ -105,6 +105,17 @@ def test_a_failing_step_in_the_learner_process_is_raised_with_its_traceback():
     assert not proc.is_alive()
 
 
-def test_an_unknown_learner_is_refused():
+def test_an_unknown_learner_and_schedule_knobs_out_of_range_are_refused():
     with pytest.raises(ConfigError, match="model.learner='threads'; choose one of"):
         DRN(world().policy_spec, learner="threads")
+    # 0 divided the request count (minor_every, target_swap) or emptied the replay
+    for knob, value, words in (
+        ("minor_every", 0, "must be >= 1 \\(requests between minor updates\\)"),
+        ("target_swap", 0, "must be >= 1"),
+        ("replay_capacity", 0, "must be >= 1"),
+        ("major_hours", 0.0, "must be > 0"),
+        ("epsilon", 2.0, "must be in \\[0, 1\\]"),
+        ("interleave_tau", -1.0, "must be >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=f"model.{knob}={value} {words}"):
+            DRN(world().policy_spec, **{knob: value})
