@@ -219,8 +219,8 @@ def _check_fit(cfg: DictConfig, problems: Problems) -> None:
 def _check_split_shares(cfg: DictConfig, problems: Problems) -> None:
     """A run needs its validation split (early stopping and the best checkpoint follow a val
     metric) and its test split (what it records); a share of 0 leaves one empty."""
-    if "RLTask" in str((cfg.get("task") or {}).get("_target_", "")):
-        return  # a live environment: no dataset split
+    if _standalone_task(cfg):
+        return  # a task with its own loop (a live environment): no dataset split
     split = (cfg.get("dataset") or {}).get("split") or {}
     ratios = split.get("ratios")
     if split.get("kind") == "leave_one_out" or not ratios or len(ratios) != 3:
@@ -258,3 +258,16 @@ def _check_monitor_cutoff(cfg: DictConfig, problems: Problems) -> None:
             f"monitor={monitor} follows a cut-off that task.ks={list(ks)} does not compute: "
             f"add {found.group(1)} to task.ks, or set monitor={at}@{ks[0]}",
         )
+
+
+def _standalone_task(cfg: DictConfig) -> bool:
+    """The task runs its own loop (``Task.standalone``, e.g. task=rl), not a fit on a split."""
+    target = (cfg.get("task") or {}).get("_target_")
+    if not target:
+        return False
+    try:
+        from hydra.utils import get_class
+
+        return bool(getattr(get_class(str(target)), "standalone", False))
+    except Exception:  # a target that does not import is reported by the target checks
+        return False
