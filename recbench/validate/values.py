@@ -127,8 +127,6 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
         or (isinstance(v, list) and v and all(_seed(s) is None and s is not None for s in v))
         else "must be a number of seeds >= 1 or a list of seeds, integers in [0, 2**32)"
     ),
-    "resamples": _int_at_least(1, none_ok=False),  # bootstrap resamples
-    "level": _number(0.0, 1.0, lo_open=True, hi_open=True),  # an interval's coverage
     "num_heads": _int_at_least(1),
     "num_layers": _int_at_least(1),
     "num_experts": _int_at_least(1),
@@ -172,8 +170,11 @@ SUFFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("_temperature", _number(0.0, lo_open=True)),
 )
 EXAMPLES = {"lr": "1e-3", "dropout": "0.1", "weight_decay": "0.0", "patience": "2"}
-# every leaf under a path whose names the user chooses (a bucketed column's name)
+# rules by path: every leaf under a path whose names the user chooses (a bucketed column's
+# name), and keys whose names are too common to hold one meaning everywhere
 PREFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
+    ("bootstrap.resamples", _int_at_least(1, none_ok=False)),
+    ("bootstrap.level", _number(0.0, 1.0, lo_open=True, hi_open=True)),  # a coverage
     (
         "dataset.features.buckets.",
         lambda v: (
