@@ -139,6 +139,21 @@ def test_compare_seeds_and_bootstrap_settings_are_checked_before_any_run(tmp_pat
     assert "bootstrap.level=1.5: must be in (0, 1)" in text
 
 
+def test_the_standalone_tasks_the_check_names_are_those_whose_class_says_so():
+    """The config check names them to avoid importing torch before a refusal; keep in step."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from recbench.validate.trainer import STANDALONE_TASKS
+
+    targets = []
+    for f in sorted((Path(config_dir()) / "task").glob("*.yaml")):
+        node = OmegaConf.load(f)
+        targets.append((node.task if "task" in node else node)._target_)  # _global_ or task
+    standalone = {t for t in targets if getattr(get_class(t), "standalone", False)}
+    assert standalone == set(STANDALONE_TASKS)
+
+
 def test_training_negatives_are_refused_by_the_task_that_draws_them():
     from recbench.tasks.topk import TopKTask
 
