@@ -284,9 +284,6 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     for col in raw.multi:
         vocabs[col] = _fit_vocab(train[col].explode().drop_nulls(), min_count)
     buckets = dict(feats.get("buckets") or {})
-    few = {c: n for c, n in buckets.items() if not isinstance(n, int) or n < 2}
-    if few:
-        raise ConfigError(f"features.buckets {few}: each is a number of quantile buckets, >= 2")
     unknown = [c for c in buckets if c not in raw.dense]
     if unknown:
         raise ConfigError(
