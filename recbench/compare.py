@@ -146,7 +146,13 @@ def model_list(cfg: DictConfig, configs: TrainConfigs | None = None) -> list[str
 
 
 def _model_names(cfg: DictConfig) -> list[str]:
-    models = cfg.get("models") or (cfg.get("lineage") or {}).get("models")
+    given = cfg.get("models")
+    if given is not None and len(given) == 0:  # not null: an empty list is no models at all
+        raise ConfigError(
+            "models=[] names no model: give models=[lr,fm], or leave models out (null) to "
+            "compare the lineage's models"
+        )
+    models = given or (cfg.get("lineage") or {}).get("models")
     if not models:
         raise ConfigError("no models: pick a lineage (lineage=ctr) or give models=[lr,fm]")
     names = [str(m) for m in models]

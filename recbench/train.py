@@ -131,6 +131,9 @@ def run(cfg: DictConfig) -> float | None:
     task_cls = task_class(cfg)
     if getattr(task_cls, "standalone", False):  # a task with its own loop (an environment)
         return _record_run(cfg, task_cls.run_standalone(cfg, run_dir), name, t_start)
+    from recbench.tasks.base import check_monitor
+
+    check_monitor(cfg, task_cls)  # a typo found now, not after the data and a first epoch
     if str(cfg.trainer.get("_target_", "")).startswith("recbench.distributed."):
         from recbench.distributed.train import run_sharded  # trainer=torchrec: its own loop
 

@@ -46,6 +46,7 @@ class Task(pl.LightningModule):
     bootstrap_unit: ClassVar[str] = "row"  # "row" | "user"
     bootstrap: ClassVar[dict[str, str]] = {}  # metric → one of BOOTSTRAP_KINDS
     shown: ClassVar[tuple[str, ...]] = ()  # val metrics on each epoch's log line (primary if empty)
+    logged: ClassVar[tuple[str, ...]] = ()  # val keys logged beside ``metrics`` (row counts, ...)
     loss_guard: LossGuard | None = None  # set by a task that watches its training loss
 
     def __init__(
@@ -98,6 +99,12 @@ class Task(pl.LightningModule):
             "bootstrap_unit": cls.bootstrap_unit,
             "bootstrap": dict(cls.bootstrap),
         }
+
+    @classmethod
+    def val_keys(cls, task_cfg: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """The keys a run with this task config logs as ``val/<key>``, known before any data is
+        read (``monitor`` must name one of them); None where they are not known in advance."""
+        return (*cls.metrics, *cls.logged)
 
     # ------------------------------------------------------------------ shared Lightning glue
 
@@ -178,6 +185,22 @@ def metric_mode(task: type[Task], name: str) -> str:
     return "min" if name in task.lower_is_better or base in task.lower_is_better else "max"
 
 
+def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
+    """``monitor=val/<key>`` names a key the task logs; else one ConfigError before any data is
+    read or any epoch trained (Lightning would find it after the first validation)."""
+    monitor = str(cfg.get("monitor") or "")
+    keys = task_cls.val_keys(cfg.task)
+    if keys is None or monitor.startswith("train/") or monitor.removeprefix("val/") in keys:
+        return
+    listed = ", ".join(f"val/{k}" for k in keys)
+    raise ConfigError(
+        f"monitor={monitor} is not a metric this run logs (task={task_cls.name} with this "
+        "config), so early stopping and the best checkpoint could not follow it. It logs: "
+        f"{listed}. Set "
+        "monitor=val/<one of those> (callbacks follow ${monitor})"
+    )
+
+
 def model_tasks(model_cls: type) -> tuple[str, ...]:
     """The tasks a model class serves (``tasks`` class attribute; CTR when it declares none)."""
     return tuple(getattr(model_cls, "tasks", ("ctr",)))
@@ -194,4 +217,11 @@ def check_model_task(model_name: str, model_cls: type, task_cls: type) -> None:
         )
 
 
-__all__ = ["BOOTSTRAP_KINDS", "Task", "check_model_task", "metric_mode", "model_tasks"]
+__all__ = [
+    "BOOTSTRAP_KINDS",
+    "Task",
+    "check_model_task",
+    "check_monitor",
+    "metric_mode",
+    "model_tasks",
+]

@@ -34,6 +34,7 @@ class CTRTask(Task):
     primary = "auc"
     shown = ("auc", "logloss")
     primary_mode = "max"
+    logged = ("gauc_coverage", "rows")  # CTRMetrics.compute's other values
     lower_is_better = frozenset({"logloss"})
     bootstrap_unit = "row"
     bootstrap = {"auc": "auc", "logloss": "logloss"}

@@ -19,7 +19,7 @@ the single-device numbers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,14 @@ def metric_names(ks: tuple[int, ...] = KS, sampled: bool = True) -> tuple[str, .
     if sampled:
         names += [f"sampled.{n}" for n in full]
     return tuple(names)
+
+
+def unit_names(ks: Sequence[int], sampled: int) -> tuple[str, ...]:
+    """The per-user values an evaluation computes (and logs as their means), in unit order:
+    HR and NDCG at each of ``ks``, MRR, and with ``sampled`` negatives the same under
+    ``sampled.``."""
+    names = [f"hr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["mrr"]
+    return tuple(names + ([f"sampled.{n}" for n in names] if sampled else []))
 
 
 def full_softmax_ce(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
@@ -184,6 +192,12 @@ class NextItemTask(Task):
     bootstrap_unit = "user"
     bootstrap = {m: "mean" for m in metric_names()}
 
+    @classmethod
+    def val_keys(cls, task_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+        ks = task_cfg.get("ks")
+        ks = KS if ks is None else tuple(int(k) for k in ks)
+        return unit_names(ks, int((task_cfg.get("eval") or {}).get("sampled") or 0))
+
     def __init__(
         self,
         model: nn.Module,
@@ -208,10 +222,7 @@ class NextItemTask(Task):
         ev = dict(eval or {})
         self.exclude_seen = bool(ev.get("exclude_seen", False))
         self.sampled = int(ev.get("sampled") or 0)
-        names = [f"hr@{k}" for k in self.ks] + [f"ndcg@{k}" for k in self.ks] + ["mrr"]
-        if self.sampled:
-            names += [f"sampled.{n}" for n in names]
-        self.unit_names = tuple(names)
+        self.unit_names = unit_names(self.ks, self.sampled)
         self.val_values = UnitValues(self.unit_names)
         self.test_values = UnitValues(self.unit_names)
         self._test_units: dict[str, np.ndarray] = {}

@@ -86,6 +86,7 @@ class RatingTask(Task):
     primary = "rmse"
     shown = ("rmse", "mae")
     primary_mode = "min"
+    logged = ("rows", "fallback_rows")  # RatingMetrics.compute's counts
     lower_is_better = frozenset({"rmse", "mae"})
     bootstrap_unit = "row"
     bootstrap = {"rmse": "sqrt_mean", "mae": "mean"}

@@ -44,12 +44,18 @@ LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read s
 SCORES_PER_CHUNK = 1 << 21
 PAIRS_PER_BLOCK = 1 << 18  # pairwise scoring of models without score_all
 NAMES = ("hr", "ndcg", "recall", "mrr")
+KS = (5, 10, 20)  # task.ks's default
 LOSSES = ("bce", "bpr")
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
     full = [f"{m}@{k}" for k in ks for m in NAMES]
     return full + [f"sampled.{n}" for n in full]
+
+
+def cutoffs(ks: Sequence[int]) -> list[int]:
+    """The cut-offs computed for ``task.ks``: @10 always, which the record reports."""
+    return sorted({int(k) for k in ks} | {10})
 
 
 def logits_of(out: Any) -> Tensor:
@@ -137,6 +143,11 @@ class TopKTask(Task):
     bootstrap_unit = "user"
     bootstrap = {m: "mean" for m in metrics}
 
+    @classmethod
+    def val_keys(cls, task_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+        ks = task_cfg.get("ks")
+        return tuple(metric_names(cutoffs(KS if ks is None else ks)))
+
     def __init__(
         self,
         model: nn.Module,
@@ -147,7 +158,7 @@ class TopKTask(Task):
         negatives: int = 4,
         resample_negatives: bool = True,
         loss: str = "bce",
-        ks: Sequence[int] = (5, 10, 20),
+        ks: Sequence[int] = KS,
         eval: Mapping[str, Any] | None = None,  # noqa: A002 (the config key)
         compile: bool = False,
         max_loss: float = 1000.0,
@@ -162,7 +173,7 @@ class TopKTask(Task):
         self.loss_name = loss
         self.per_positive = int(negatives)
         self.resample = bool(resample_negatives)
-        self.ks = sorted({int(k) for k in ks} | {10})  # @10 is what the record reports
+        self.ks = cutoffs(ks)
         self.chunk_users = (eval or {}).get("chunk_users")
         self.names = metric_names(self.ks)
         self.val_units = UnitValues(self.names)

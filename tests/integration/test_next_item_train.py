@@ -59,12 +59,17 @@ def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
     assert np.allclose(a, b, atol=1e-6)  # the same users in the same order
 
 
-def test_a_ctr_model_is_refused_for_next_item(tmp_path):
-    out = recbench(
-        "train", "model=fm", *TINY, *run_dir_of(tmp_path, "x"), cwd=tmp_path, check=False
-    )
-    assert out.returncode != 0
-    assert "does not serve task=next_item" in out.stdout + out.stderr
+def test_a_ctr_model_is_refused_for_next_item():
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.errors import ConfigError
+    from recbench.train import task_class
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["model=fm", *TINY])
+    with pytest.raises(ConfigError, match="model=fm does not serve task=next_item"):
+        task_class(cfg)
 
 
 @pytest.mark.data

@@ -206,8 +206,9 @@ def test_ddp_training_matches_one_rank(tmp_path):
 
 
 def test_a_monitor_the_run_never_logs_is_named_with_what_it_does_log(tmp_path):
-    """A typo in ``monitor``: Lightning finds it after the first validation; the run stops with
-    one ConfigError listing the logged metrics, not Lightning's traceback."""
+    """A typo in ``monitor``: the run stops with one ConfigError listing the logged metrics,
+    before training (the task's ``val_keys``) or, where a task cannot tell its keys in advance,
+    as Lightning finds it after the first validation, not with Lightning's traceback."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -244,3 +245,83 @@ def test_a_monitor_the_run_never_logs_is_named_with_what_it_does_log(tmp_path):
     )
     assert err is not None and "It logs: train/loss_step, val/auc." in str(err)
     assert _unlogged_monitor(RuntimeError("something else")) is None
+
+
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [
+        ("ctr", ["model=lr", "++dataset.world.n_users=200"]),
+        ("topk", ["task=topk", "model=gmf", "++dataset.world.n_users=150",
+                  "++dataset.world.n_items=300", "task.ks=[3,10]"]),
+        ("next_item", ["task=next_item", "model=gru4rec", "++dataset.world.n_users=200",
+                       "++dataset.world.n_items=120", "++dataset.world.events_per_user=20",
+                       "eval_batch_size=64", "task.ks=[10,50]", "task.eval.sampled=20"]),
+        ("rating", ["task=rating", "model=mf"]),
+    ],
+)  # fmt: skip
+def test_a_task_declares_every_validation_key_it_logs(tmp_path, monkeypatch, task, extra):
+    """``monitor`` is checked against the task's ``val_keys`` before any data is read: the keys
+    a run logs must be exactly those, or a good monitor would be refused (or a typo let through
+    to the first validation)."""
+    import pytorch_lightning as pl
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.train import run, task_class
+    from tests.unit.test_rating import write_ml100k
+
+    if task == "rating":
+        write_ml100k(tmp_path / "ml", n_users=40, n_items=30)
+        extra = [*extra, "dataset=movielens-100k", f"dataset.root={tmp_path / 'ml'}"]
+    logged: set[str] = set()
+    log, log_dict = pl.LightningModule.log, pl.LightningModule.log_dict
+
+    def spy_log(self, name, *args, **kwargs):
+        logged.add(name)
+        return log(self, name, *args, **kwargs)
+
+    def spy_log_dict(self, values, *args, **kwargs):
+        logged.update(values)
+        return log_dict(self, values, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", spy_log)
+    monkeypatch.setattr(pl.LightningModule, "log_dict", spy_log_dict)
+    threads = torch.get_num_threads()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[*extra, "record=false", "logger=none", "trainer.max_epochs=1", "threads=1",
+                       "trainer.enable_progress_bar=false", f"paths.run_dir={tmp_path / 'r'}"],
+        )  # fmt: skip
+    try:
+        run(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    declared = task_class(cfg).val_keys(cfg.task)
+    assert {k.removeprefix("val/") for k in logged if k.startswith("val/")} == set(declared)
+
+
+def test_a_monitor_typo_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.errors import ConfigError
+    from recbench.tasks.base import Task
+    from recbench.train import run
+
+    def never(*args, **kwargs):
+        raise AssertionError("the data was prepared before the monitor was checked")
+
+    monkeypatch.setattr(Task, "prepare", classmethod(never))
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["task=next_item", "model=sasrec", "monitor=val/ndgc@10",
+                       "record=false", "logger=none", f"paths.run_dir={tmp_path / 'r'}"],
+        )  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            run(cfg)
+    text = str(err.value)
+    assert "monitor=val/ndgc@10 is not a metric this run logs (task=next_item" in text
+    assert "val/ndcg@10" in text and "val/sampled.mrr" in text  # what it does log

@@ -123,3 +123,19 @@ def test_a_model_name_without_a_config_stops_the_compare_before_any_run(tmp_path
     with pytest.raises(ConfigError, match="names drn_ddqm, which no model config matches"):
         _refuse_unknown(jobs)
     _refuse_unknown(jobs[:2])  # the models that exist pass
+
+
+def test_an_empty_model_list_is_refused_not_read_as_the_lineage() -> None:
+    """``models=[]`` names no model; it used to fall back to the lineage's list, as ``null``
+    (models left out) does, and trained models the user did not ask for."""
+    import pytest
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.compare import model_list
+    from recbench.errors import ConfigError
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        with pytest.raises(ConfigError, match=r"models=\[\] names no model"):
+            model_list(compose("compare", overrides=["lineage=ctr", "models=[]"]))
+        assert model_list(compose("compare", overrides=["lineage=ctr", "models=null"]))[0] == "lr"
