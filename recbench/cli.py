@@ -178,7 +178,7 @@ def _print_data_info(data) -> None:
         t.add_row(
             split,
             f"{rows:,}",
-            f"{info['label_rate'][split]:.3f}",
+            "-" if (rate := info["label_rate"][split]) is None else f"{rate:.3f}",
             str(unseen.get("user_rows", "-")),
             str(unseen.get("item_rows", "-")),
         )

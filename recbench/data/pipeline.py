@@ -368,7 +368,9 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
             }
         tensors[name] = t
         info["rows"][name] = part.height
-        info["label_rate"][name] = float(part["label"].mean()) if part.height else float("nan")
+        # None: no click label (a table of ratings alone, for the rating and ranking tasks)
+        rate = part["label"].mean() if part.height else float("nan")
+        info["label_rate"][name] = None if rate is None else float(rate)
         if sid:
             info["unseen"][name] = {
                 "user_rows": int((t["sparse"][:, 0] == OOV).sum()),

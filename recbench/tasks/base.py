@@ -192,12 +192,18 @@ def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
     keys = task_cls.val_keys(cfg.task)
     if keys is None or monitor.startswith("train/") or monitor.removeprefix("val/") in keys:
         return
+    name, _, cut = monitor.removeprefix("val/").rpartition("@")
+    others = [k for k in keys if k.rpartition("@")[0] == name]
+    if name and cut.isdigit() and others:  # a ranking metric at a cut-off task.ks leaves out
+        raise ConfigError(
+            f"monitor={monitor} follows a cut-off that task.ks={list(cfg.task.get('ks') or [])} "
+            f"does not compute: add {cut} to task.ks, or set monitor=val/{others[0]}"
+        )
     listed = ", ".join(f"val/{k}" for k in keys)
     raise ConfigError(
         f"monitor={monitor} is not a metric this run logs (task={task_cls.name} with this "
         "config), so early stopping and the best checkpoint could not follow it. It logs: "
-        f"{listed}. Set "
-        "monitor=val/<one of those> (callbacks follow ${monitor})"
+        f"{listed}. Set monitor=val/<one of those> (callbacks follow ${{monitor}})"
     )
 
 

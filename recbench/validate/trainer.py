@@ -4,7 +4,6 @@ strategy and precision; and that a fit trains something."""
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -209,7 +208,7 @@ def _check_fit(cfg: DictConfig, problems: Problems) -> None:
                 "without training with fit=false ckpt_path=<run_dir>/checkpoints/<best>.ckpt",
             )
     _check_split_shares(cfg, problems)
-    _check_monitor_cutoff(cfg, problems)
+    _check_click_label(cfg, problems)
     ckpt = cfg.get("ckpt_path")
     if isinstance(ckpt, str) and ckpt not in ("last", "best", "hpc", "registry"):
         if not Path(ckpt).expanduser().is_file():
@@ -243,23 +242,26 @@ def _check_split_shares(cfg: DictConfig, problems: Problems) -> None:
         )
 
 
-def _check_monitor_cutoff(cfg: DictConfig, problems: Problems) -> None:
-    """A ranking monitor (``val/ndcg@10``) needs its cut-off among the task's ``ks``; else the
-    run learns it only when the first validation ends."""
-    ks = (cfg.get("task") or {}).get("ks")
-    monitor = str(cfg.get("monitor") or "")
-    found = re.fullmatch(r"val/(?:sampled\.)?[a-z]+@(\d+)", monitor)
-    if found is None or not ks or not all(_is_int(k) for k in ks) or not cfg.get("fit", True):
+def _check_click_label(cfg: DictConfig, problems: Problems) -> None:
+    """A table of ratings without ``rating_threshold`` has no click label, which the CTR task
+    learns; the rating, top-K and next-item tasks read the ratings or the events themselves."""
+    if str((cfg.get("task") or {}).get("_target_", "")) != CTR_TASK:
         return
-    if int(found.group(1)) not in [int(k) for k in ks]:
-        at = monitor.rsplit("@", 1)[0]
-        problems.add(
-            "monitor",
-            f"monitor={monitor} follows a cut-off that task.ks={list(ks)} does not compute: "
-            f"add {found.group(1)} to task.ks, or set monitor={at}@{ks[0]}",
-        )
+    adapter = (cfg.get("dataset") or {}).get("adapter") or {}
+    columns = adapter.get("columns") or {}
+    if str(adapter.get("_target_", "")) == TABLE_ADAPTER and columns.get("rating"):
+        if columns.get("rating_threshold") is None:
+            problems.add(
+                "dataset.adapter.columns.rating_threshold",
+                "dataset.adapter.columns.rating without rating_threshold gives no click label, "
+                "which task=ctr learns: set rating_threshold (label = rating >= it), or train "
+                "on the ratings themselves with task=rating, task=topk or task=next_item",
+            )
 
 
+# named, not imported: importing them imports torch and Lightning
+CTR_TASK = "recbench.tasks.ctr.CTRTask"
+TABLE_ADAPTER = "recbench.data.adapters.table.Table"
 # tasks with a loop of their own (``Task.standalone``): named here, since importing a task class
 # imports torch and Lightning, seconds before a refusal that needs neither
 STANDALONE_TASKS = ("recbench.tasks.rl.RLTask",)

@@ -325,3 +325,32 @@ def test_a_monitor_typo_is_refused_before_the_data_is_read(tmp_path, monkeypatch
     text = str(err.value)
     assert "monitor=val/ndgc@10 is not a metric this run logs (task=next_item" in text
     assert "val/ndcg@10" in text and "val/sampled.mrr" in text  # what it does log
+
+
+def test_a_ranking_monitor_at_a_cut_off_the_task_leaves_out_says_which_to_add():
+    """monitor=val/ndcg@10 with next-item ks=[5] is refused with the cut-off to add; top-K
+    computes @10 whatever task.ks says (its record reports it), so ks=[5,20] keeps the default
+    monitor (the config check once refused that valid run)."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.errors import ConfigError
+    from recbench.tasks.base import check_monitor
+    from recbench.train import task_class
+
+    def check(*overrides: str) -> None:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides))
+        check_monitor(cfg, task_class(cfg))
+
+    with pytest.raises(ConfigError) as err:
+        check("task=next_item", "model=sasrec", "task.ks=[5]")
+    assert str(err.value) == (
+        "monitor=val/ndcg@10 follows a cut-off that task.ks=[5] does not compute: add 10 to "
+        "task.ks, or set monitor=val/ndcg@5"
+    )
+    with pytest.raises(ConfigError, match=r"add 50 to task.ks, or set monitor=val/sampled.hr@5"):
+        check("task=topk", "model=gmf", "task.ks=[5,20]", "monitor=val/sampled.hr@50")
+    check("task=topk", "model=gmf", "task.ks=[5,20]")  # @10: always computed
+    check("task=topk", "model=gmf", "task.ks=[5,20]", "monitor=val/hr@20")
+    check("model=lr", "monitor=train/loss_epoch")  # the training side is not the task's to list

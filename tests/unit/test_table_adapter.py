@@ -108,8 +108,6 @@ def test_clear_errors(tmp_path):
     (tmp_path / "bytes.csv").write_bytes(b"uid,iid\n1,2\n3,\xff\n")
     with pytest.raises(MalformedDataError, match=r"bytes.csv:3: .*0xff"):
         Table("bytes.csv", {"user": "uid", "item": "iid"}, root=str(tmp_path)).load()
-    with pytest.raises(ConfigError, match="rating_threshold"):
-        Table("log.csv", {**COLS, "rating": "stars"}, root=str(tmp_path))
     with pytest.raises(ConfigError, match="unknown roles"):
         Table("log.csv", {**COLS, "weather": "w"}, root=str(tmp_path))
 
@@ -226,3 +224,28 @@ def test_a_column_of_words_declared_numeric_is_a_clear_error(tmp_path):
         ConfigError, match=r"'city' is listed in columns.sparse and in columns.dense"
     ):
         Table("log.csv", cols, root=str(tmp_path)).load()
+
+
+def test_ratings_without_a_threshold_serve_the_rating_task_and_ctr_is_told_why_not(
+    tmp_path, monkeypatch
+):
+    """A user's table of ratings needs no click threshold for task=rating (or top-K and
+    next-item, which read the events): it used to be refused for a missing rating_threshold. CTR,
+    which learns the click label, is refused by the config check with the way out."""
+    from recbench.tasks.rating import RatingTask
+    from recbench.validate import check
+
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    df = _log()
+    df.write_csv(tmp_path / "log.csv")
+    rated = Table("log.csv", {**COLS, "rating": "stars"}, root=str(tmp_path)).load()
+    assert rated.events["label"].null_count() == df.height and not rated.implicit
+    assert rated.events["rating"].to_list() == df["stars"].cast(pl.Float64).to_list()
+    cols = ["dataset.adapter.columns.rating=stars", f"paths.run_dir={tmp_path / 'r'}"]
+    cfg = _compose(tmp_path, "task=rating", "model=mf", *cols)
+    check(cfg, "train")  # no problem
+    data = RatingTask.prepare(cfg, log=lambda _: None)
+    assert data.info["rows"]["train"] > 0
+    assert prepare(cfg.dataset, log=lambda _: None).info["label_rate"]["test"] is None  # data info
+    with pytest.raises(ConfigError, match="without rating_threshold gives no click label"):
+        check(_compose(tmp_path, "model=lr", *cols), "train")

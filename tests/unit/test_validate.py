@@ -113,16 +113,7 @@ def test_a_split_share_of_zero_is_refused_before_training_not_after(tmp_path):
     assert messages(["dataset.split.ratios=[0.98,0.01,0.01]"], tmp_path) == []
 
 
-def test_a_ranking_monitor_needs_its_cut_off_in_the_tasks_ks(tmp_path):
-    """monitor=val/ndcg@10 with ks=[5] was found only when the first validation ended."""
-    (msg,) = messages(["task=next_item", "task.ks=[5]"], tmp_path)
-    assert msg == (
-        "monitor=val/ndcg@10 follows a cut-off that task.ks=[5] does not compute: add 10 to "
-        "task.ks, or set monitor=val/ndcg@5"
-    )
-    (msg,) = messages(["task=topk", "task.ks=[5,20]", "monitor=val/sampled.hr@10"], tmp_path)
-    assert "set monitor=val/sampled.hr@5" in msg
-    assert messages(["task=topk", "task.ks=[5,20]", "monitor=val/hr@20"], tmp_path) == []
+def test_history_lengths_and_hash_buckets_are_checked_before_any_work(tmp_path):
     (msg,) = messages(["model=din", "dataset.features.history.max_len=-5"], tmp_path)
     assert msg == "dataset.features.history.max_len=-5: must be >= 0"
     (msg,) = messages(["dataset=criteo", "dataset.features.hash_buckets=-1"], tmp_path)

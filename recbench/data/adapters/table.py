@@ -4,8 +4,9 @@
 One or more files (a path or a glob; CSV, TSV or Parquet, ``.gz`` accepted for text) hold one
 event per row. The YAML names each column's role: ``user`` and ``item`` (required), ``time``
 (optional: without it the file order is the time order), the label (a binary ``label`` column,
-or a ``rating`` column with ``rating_threshold``, or neither: every row is a positive and the
-pipeline samples negatives), and the feature columns: ``sparse`` (categorical), ``dense``
+or a ``rating`` column with ``rating_threshold`` — without it, ratings and no click label, for
+the rating and ranking tasks — or neither: every row is a positive and the pipeline samples
+negatives), and the feature columns: ``sparse`` (categorical), ``dense``
 (numeric) and ``multi`` (a column of values joined by a separator). Side tables of user or item
 attributes are joined on their key. Everything downstream (splits, vocabularies, histories,
 negatives, the cache key, ``recbench data info``) works as for the built-in datasets.
@@ -168,11 +169,6 @@ class Table:
                 "dataset.adapter.columns: give either label (a 0/1 column) or rating (with "
                 "rating_threshold), not both"
             )
-        if self.columns.get("rating") and self.columns.get("rating_threshold") is None:
-            raise ConfigError(
-                "dataset.adapter.columns.rating needs rating_threshold: the label is "
-                "rating >= rating_threshold"
-            )
         self.item_attributes = tuple(item_attributes)
         self.side_tables = {k: dict(v) for k, v in (side_tables or {}).items()}
         stray = sorted(set(self.side_tables) - {"user", "item"})
@@ -250,7 +246,10 @@ class Table:
                     "not a number",
                     "Give numeric ratings, or fix or remove that line.",
                 )
-            label = (rating >= float(c["rating_threshold"])).cast(pl.Int64)
+            if c.get("rating_threshold") is None:  # ratings alone: no click label (not CTR)
+                label = pl.lit(None, dtype=pl.Int64)
+            else:
+                label = (rating >= float(c["rating_threshold"])).cast(pl.Int64)
         else:
             label = pl.lit(1, dtype=pl.Int64)
         exprs = [
