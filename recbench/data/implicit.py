@@ -191,7 +191,8 @@ def positives(events: pl.DataFrame, threshold: float | None) -> pl.DataFrame:
         if "rating" not in ev.columns:
             raise ConfigError(
                 f"task.positive_threshold={threshold} needs ratings, and this dataset has none; "
-                "set task.positive_threshold=null (every event is a positive)"
+                "set task.positive_threshold=null (every event is a positive), or, for a "
+                "table of your own, name its rating column: dataset.adapter.columns.rating=<column>"
             )
         ev = ev.filter(pl.col("rating") >= float(threshold))
     ev = ev.sort(["user_id", "item_id", "timestamp", "_file_row"])

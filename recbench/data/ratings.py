@@ -144,7 +144,8 @@ def build_ratings(
         raise ConfigError(
             f"dataset {name} has no explicit ratings (no 'rating' column in its events), so "
             "task=rating cannot train on it. Use a rated dataset (dataset=movielens-100k, "
-            "movielens-1m, movielens-latest), or task=ctr / task=topk for this one."
+            "movielens-1m, movielens-latest), or task=ctr / task=topk for this one; a table "
+            "of your own names its rating column: dataset.adapter.columns.rating=<column>."
         )
     if events["rating"].null_count():
         raise ConfigError(
