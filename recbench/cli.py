@@ -206,13 +206,30 @@ def _models(args: list[str]) -> None:
     from recbench.lineage import NODES
 
     have = {p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")}
-    verbose = "-v" in args or "--verbose" in args
-    t = Table(title="the recbench lineage (recbench train model=<model>)")
-    for c in ("model", "name", "parents", "paper", *(("idea",) if verbose else ())):
-        t.add_column(c, no_wrap=c != "idea")
+    verbose = bool({"-v", "--verbose"} & set(args))
+    tasks = list(dict.fromkeys(n.task for n in NODES))
+    task = None
+    for a in args:
+        if a.startswith("task=") and a.removeprefix("task=") in tasks:
+            task = a.removeprefix("task=")
+        elif a not in ("-v", "--verbose"):
+            _fail(
+                RecbenchError(
+                    f"recbench models: unknown argument {a!r}. usage: recbench models "
+                    f"[task=<{'|'.join(tasks)}>] [--verbose]"
+                )
+            )
+    title = "the recbench lineage (recbench train model=<model>)"
+    if task:
+        title = f"the models of task={task} (recbench train task={task} model=<model>)"
+    t = Table(title=title)
+    for c in ("model", "name", "tasks", "parents", "paper", *(("idea",) if verbose else ())):
+        t.add_column(c, no_wrap=c not in ("idea", "paper"))
     for n in NODES:
+        if task and task not in n.tasks:
+            continue
         mark = n.model if n.model in have else f"[dim]{n.model} (planned)[/]"
-        row = [mark, n.title, ", ".join(n.parents) or "-", n.paper]
+        row = [mark, n.title, ", ".join(n.tasks), ", ".join(n.parents) or "-", n.paper]
         t.add_row(*row, *((n.idea,) if verbose else ()))
     Console(width=max(Console().width, 120)).print(t)
     if not verbose:

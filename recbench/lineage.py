@@ -19,7 +19,13 @@ class Node:
     paper: str
     rule: str  # root | deeper | crossing | combination | attention | evolution | cross-domain
     idea: str
-    task: str = "ctr"
+    task: str = "ctr"  # the task whose lineage the node belongs to
+    also: tuple[str, ...] = ()  # other tasks its model serves
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Every task the node's model serves (its class's ``tasks``), its lineage's first."""
+        return (self.task, *self.also)
 
 
 NODES: tuple[Node, ...] = (
@@ -177,6 +183,7 @@ NODES: tuple[Node, ...] = (
         "root",
         "every user gets the items with the most training interactions",
         "topk",
+        ("next_item",),
     ),
     Node(
         "mf",
@@ -187,6 +194,7 @@ NODES: tuple[Node, ...] = (
         "crossing",
         "users and items share one latent factor space; the score is their inner product",
         "rating",
+        ("topk",),
     ),
     Node(
         "mf_bce",

@@ -218,8 +218,8 @@ def check_model_task(model_name: str, model_cls: type, task_cls: type) -> None:
     if name not in served:
         raise ConfigError(
             f"model={model_name} does not serve task={name}; it serves "
-            f"{', '.join(f'task={t}' for t in served)}. Pick one of those, or a model listed by "
-            f"`recbench models` for task={name}."
+            f"{', '.join(f'task={t}' for t in served)}. Pick one of those, or a model that "
+            f"`recbench models task={name}` lists."
         )
 
 

@@ -171,6 +171,11 @@ def test_help_lists_commands(tmp_path):
         assert cmd in out
     models = recbench("models", cwd=tmp_path).stdout
     assert "DeepFM" in models and "Wide&Deep" in models
+    # the models of one task (what a task/model mismatch points to), and a bad argument
+    ranking = recbench("models", "task=topk", cwd=tmp_path).stdout
+    assert "neumf_pretrained" in ranking and "DeepFM" not in ranking and "rating, topk" in ranking
+    bad = recbench("models", "task=ranking", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "task=<ctr|topk|rating|next_item|rl>" in bad.stderr
 
 
 def test_data_info_reports_schema_and_unseen_rows(tmp_path, ml100k):

@@ -554,3 +554,28 @@ def test_old_ctr_records_without_declared_modes_still_compare(tmp_path: Path) ->
     (edge,) = summary["edges"]
     assert edge["verdict"] == "gain" and edge["interval"]["low"] > 0
     assert summary["models"]["lr"]["oracle_auc"] == 0.85
+
+
+def test_each_lineage_node_lists_the_tasks_its_model_serves() -> None:
+    """`recbench models task=<task>` and the task-mismatch error read the lineage's tasks; they
+    must be those the model classes serve."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from recbench.cli import config_dir
+    from recbench.lineage import NODES
+    from recbench.tasks.base import model_tasks
+
+    have = {p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")}
+    listed: dict[type, set[str]] = {}  # per model class: the tasks its nodes list
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for node in NODES:
+            if node.model in have:
+                cls = get_class(
+                    str(compose("train", overrides=[f"model={node.model}"]).model._target_)
+                )
+                assert set(node.tasks) <= set(model_tasks(cls)), (node.model, node.tasks)
+                listed.setdefault(cls, set()).update(node.tasks)
+    # a variant config (mf_bpr: MF trained for top-K) may list fewer; its class's nodes, all
+    for cls, tasks in listed.items():
+        assert tasks == set(model_tasks(cls)), (cls.__name__, tasks)
