@@ -43,7 +43,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from recbench.data.adapters.base import cache_root
+from recbench.data.adapters.base import cache_root, require_events
 from recbench.data.atomic import temporary_sibling
 from recbench.data.pipeline import cache_key as dataset_cache_key
 from recbench.data.pipeline import load_or_discard, read_cache, split_events
@@ -154,6 +154,7 @@ def prepare(
     """Prepared top-K data for run config ``cfg`` (``cfg.dataset`` and ``cfg.task``), from the
     cache when it holds them."""
     adapter = instantiate(cfg.dataset.adapter)
+    require_events(adapter, str(cfg.dataset.name), "topk")
     key = _key(cfg, adapter)
     path = cache_root() / "prepared" / f"{cfg.dataset.name}-topk-{key[:16]}"
     cached = None if force else load_or_discard(path, "data.pt", ImplicitData.load, log)

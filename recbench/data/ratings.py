@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor
 
-from recbench.data.adapters.base import cache_root
+from recbench.data.adapters.base import cache_root, require_events
 from recbench.data.atomic import temporary_sibling
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import cache_key, load_or_discard, read_cache, split_events
@@ -110,6 +110,7 @@ def prepare_ratings(cfg: DictConfig, force: bool = False, log=print) -> RatingDa
     The key is the feature pipeline's cache key of the same dataset config: both derive their
     test rows from the same split of the same raw files."""
     adapter = instantiate(cfg.adapter)
+    require_events(adapter, str(cfg.name), "rating")
     raw = None if hasattr(adapter, "files") else adapter.load()
     key = cache_key(cfg, adapter, raw)
     path = cache_root() / "prepared" / f"{cfg.name}-ratings{RATINGS_VERSION}-{key[:16]}"

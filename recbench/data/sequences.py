@@ -44,7 +44,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from recbench.data.adapters.base import cache_root, sha256_file
+from recbench.data.adapters.base import cache_root, require_events, sha256_file
 from recbench.data.atomic import temporary_sibling
 from recbench.data.datamodule import RecDataModule
 from recbench.data.loader import BatchLoader
@@ -262,6 +262,7 @@ def sequence_key(cfg: DictConfig) -> tuple[str, dict[str, Any], Any]:
         adapter_cfg.pop("root", None)  # where the files live does not change them
         material["adapter"] = adapter_cfg
         adapter = instantiate(cfg.dataset.adapter)
+        require_events(adapter, str(cfg.dataset.name), "next_item")
         files = tuple(adapter.files()) if hasattr(adapter, "files") else adapter.load().files
     material["files"] = {Path(f).name: sha256_file(Path(f)) for f in files}
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()

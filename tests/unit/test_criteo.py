@@ -208,3 +208,23 @@ def test_shard_fed_training_checkpoint_scores_the_same_from_memory(small_file, t
         for k in ("auc", "logloss"):
             assert mem[split][k] == pytest.approx(fit[split][k], abs=1e-6), (split, k)
     shutil.rmtree(tmp_path / "fit" / "checkpoints", ignore_errors=True)
+
+
+def test_the_user_item_tasks_refuse_a_log_without_users_or_items(small_file, tmp_path):
+    """task=topk / rating / next_item on Criteo used to stop with AttributeError ('Criteo'
+    object has no attribute 'load'); each now says why and what to train instead."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.tasks.next_item import NextItemTask
+    from recbench.tasks.rating import RatingTask
+    from recbench.tasks.topk import TopKTask
+
+    cases = {"topk": TopKTask, "rating": RatingTask, "next_item": NextItemTask}
+    for task, cls in cases.items():
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose(
+                "train", overrides=[f"task={task}", "dataset=criteo", f"dataset.root={small_file}"]
+            )
+        with pytest.raises(ConfigError, match=f"no user or item ids, so task={task} has"):
+            cls.prepare(cfg, log=QUIET)

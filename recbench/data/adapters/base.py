@@ -14,10 +14,11 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-from recbench.errors import DataNotFoundError, MalformedDataError
+from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
 
 DATA_ENV = "RECBENCH_DATA_DIR"
 
@@ -67,6 +68,18 @@ class Download:
     url: str
     checksum: str
     folder: str  # the folder inside the archive that holds the files
+
+
+def require_events(adapter: Any, dataset: str, task: str) -> None:
+    """A task that reads users' events (rating, top-K, next-item) needs an adapter that loads
+    them; a streamed CTR log of anonymous feature rows (Criteo) has no user or item ids."""
+    if not hasattr(adapter, "load"):
+        raise ConfigError(
+            f"dataset {dataset} is a CTR log of feature rows streamed in chunks, with no user or "
+            f"item ids, so task={task} has nothing to rank or rate: train it with task=ctr, or "
+            "pick a dataset of users and items (movielens-100k, amazon-beauty, or a table of "
+            "your own, dataset=table)"
+        )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20, algorithm: str = "sha256") -> str:
