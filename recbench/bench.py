@@ -1,7 +1,8 @@
 """`recbench bench`: steady-state train throughput, step time and peak memory, as JSON.
 
-The timed loop is the task's training step without the Lightning loop around it: batch from the
-``BatchLoader``, forward, loss, backward, optimizer step. Warm-up steps are dropped.
+The timed loop is the task's training step without the Lightning loop around it: a batch from
+the task's own training loader (as a fit serves it), forward, the task's ``loss``, backward,
+optimizer step. Warm-up steps are dropped.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -18,9 +21,8 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from recbench.callbacks import peak_rss_mb
-from recbench.data.loader import BatchLoader
-from recbench.data.pipeline import prepare
-from recbench.models import build_model, used_inputs
+from recbench.errors import ConfigError
+from recbench.models import build_model
 from recbench.threads import apply_threads
 from recbench.validate import check as check_config
 
@@ -37,43 +39,71 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+class _OneDevice:
+    """What a task's data module reads of its trainer, for the one device ``bench`` runs on:
+    the device (``setup`` moves resident data there) and a rank of one."""
+
+    global_rank, world_size = 0, 1
+
+    def __init__(self, device: torch.device) -> None:
+        self.strategy = SimpleNamespace(root_device=device)
+
+
+def training_steps(
+    cfg: DictConfig, device: torch.device
+) -> tuple[Any, Any, Iterator[dict[str, torch.Tensor]]]:
+    """(task, optimizer, endless batches on ``device``) of ``cfg``'s training step as a fit
+    runs it: the task prepares its data and its data module serves the batches (CTR rows,
+    top-K pairs with their negatives, rating-matrix rows, next-item sequences), through the
+    data module's transfer hooks. ``scripts/profile_step.py`` profiles the same steps."""
+    task_cls = get_class(str(cfg.task._target_))
+    if getattr(task_cls, "standalone", False):
+        raise ConfigError(
+            f"recbench bench times training steps on a dataset; task={task_cls.name} runs its own "
+            "loop, whose speed every run reports: recbench train model=<policy> prints requests/s "
+            "and its metrics.json holds perf.requests_per_sec"
+        )
+    data = task_cls.prepare(cfg)
+    model = build_model(cfg.model, data.schema)
+    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer)).to(device)
+    task.train()
+    if not task.trainable:
+        raise ConfigError(f"model={cfg.model._target_.split('.')[-2]} has nothing to train")
+    opt = task.configure_optimizers()
+    dm = task.datamodule(cfg, data)
+    dm.trainer = _OneDevice(device)
+    dm.setup("fit")  # a resident dataset moves to the device here
+    loader = dm.train_dataloader()
+
+    def batches() -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            for batch in loader:
+                batch = dm.on_before_batch_transfer(batch, 0)
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                yield dm.on_after_batch_transfer(batch, 0)  # e.g. matrix rows densified
+
+    return task, opt, batches()
+
+
 def measure(cfg: DictConfig) -> dict[str, Any]:
     apply_threads(cfg.get("threads"))  # auto: one thread per core free of other work
     torch.manual_seed(cfg.seed)
     device = _device(cfg)
-    # the task prepares its own data (CTR rows, top-K interactions, next-item sequences)
-    task_cls = get_class(str(cfg.task._target_))
-    data = task_cls.prepare(cfg) if hasattr(task_cls, "prepare") else prepare(cfg.dataset)
-    model = build_model(cfg.model, data.schema)
-    keys = used_inputs(model, {k: v[:8] for k, v in data.splits["train"].items()})
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer)).to(device)
-    task.train()
-    opt = task.configure_optimizers()
+    task, opt, it = training_steps(cfg, device)
     resident = cfg.device_resident
     resident = device.type == "cuda" if resident == "auto" else bool(resident)
-    train = {k: v for k, v in data.splits["train"].items() if k in keys | {"label", "group"}}
-    if resident:
-        train = {k: v.to(device) for k, v in train.items()}
-    loader = BatchLoader(train, int(cfg.batch_size), shuffle=True, seed=int(cfg.seed))
     precision = str(cfg.trainer.precision)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
-    def batches():
-        while True:
-            yield from loader
-
     times: list[float] = []
-    it = batches()
     total = int(cfg.warmup_steps) + int(cfg.steps)
     for step in range(total):
         _sync(device)
         t0 = time.perf_counter()
         batch = next(it)
-        if not resident:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = task.loss(batch)[0]
         opt.zero_grad(set_to_none=True)
@@ -99,6 +129,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
         "precision": precision,
         "device_resident": resident,
         "batch_size": int(cfg.batch_size),
+        "samples_per_step": rows / len(times),  # AutoRec: the ratings of a batch of matrix rows
         "steps": len(times),
         "samples_per_sec": rows / seconds,
         "step_ms_median": 1000 * statistics.median(t for t, _ in times),

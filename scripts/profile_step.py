@@ -18,12 +18,10 @@ from collections import defaultdict
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class, instantiate
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from recbench.bench import training_steps
 from recbench.cli import config_dir
-from recbench.data.loader import BatchLoader
-from recbench.models import build_model, used_inputs
 from recbench.threads import apply_threads
 
 # operator name fragments → group (first match wins)
@@ -51,22 +49,8 @@ def main(argv: list[str]) -> None:
         cfg = compose("bench", overrides=argv)
     apply_threads(cfg.get("threads"))
     torch.manual_seed(int(cfg.seed))
-    task_cls = get_class(str(cfg.task._target_))
-    data = task_cls.prepare(cfg)
-    model = build_model(cfg.model, data.schema)
-    keys = used_inputs(model, {k: v[:8] for k, v in data.splits["train"].items()})
-    task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer))
-    task.train()
-    opt = task.configure_optimizers()
-    train = {k: v for k, v in data.splits["train"].items() if k in keys | {"label", "group"}}
-    loader = BatchLoader(train, int(cfg.batch_size), shuffle=True, seed=int(cfg.seed))
+    task, opt, it = training_steps(cfg, torch.device("cpu"))
     dtype = torch.bfloat16 if str(cfg.trainer.precision) == "bf16-mixed" else None
-
-    def batches():
-        while True:
-            yield from loader
-
-    it = batches()
 
     def step() -> None:
         with record_function("batch"):

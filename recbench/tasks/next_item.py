@@ -376,19 +376,6 @@ class NextItemTask(Task):
             trim=bool(self.loader.get("trim", True)),
         )
 
-    def train_loader(self, split: Mapping[str, Tensor], batch_size: int, seed: int) -> Any:
-        """The training loader ``datamodule`` serves, on one device (``bench`` times it)."""
-        from recbench.data.sequences import SequenceLoader
-
-        return SequenceLoader(
-            split,
-            batch_size,
-            bucket_batches=int(self.loader.get("bucket_batches", 50) or 0),
-            trim=bool(self.loader.get("trim", True)),
-            shuffle=True,
-            seed=seed,
-        )
-
     def test_outputs(self) -> dict[str, np.ndarray]:
         """Per-user test values (``unit__ndcg@10``, ``unit__sampled.hr@10``, ...) in user
         order."""

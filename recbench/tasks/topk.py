@@ -224,9 +224,9 @@ class TopKTask(Task):
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return logits_of(self.model(batch))
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
-        if not self.trainable:
-            return None  # nothing to learn: no backward, no optimizer step
+    def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(total loss, the BCE or BPR term) of one training batch: the fit plus the model's
+        own terms (``*_loss`` outputs, its ``penalty``)."""
         if self.loss_name == "bce":
             pairs = {"user": batch["user"], "item": batch["item"]}
             out = self.model(pairs)
@@ -242,6 +242,12 @@ class TopKTask(Task):
         penalty = getattr(self.model, "penalty", None)  # a model's own regulariser (MF's λ)
         if penalty is not None:
             loss = loss + penalty(pairs)
+        return loss, fit
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
+        if not self.trainable:
+            return None  # nothing to learn: no backward, no optimizer step
+        loss, fit = self.loss(batch)
         self.watch_loss(loss, batch_idx)
         self.log_train({"loss": fit}, len(batch["user"]))
         return loss

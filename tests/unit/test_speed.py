@@ -150,3 +150,47 @@ def test_compare_jobs_auto_runs_one_per_free_core_on_cpu_only(monkeypatch):
     assert parallel_runs(cfg("auto", accelerator="gpu"), todo) == 1
     assert parallel_runs(cfg("auto", strategy="ddp", devices=2), todo) == 1
     assert parallel_runs(cfg("auto", num_nodes=2), todo) == 1
+
+
+def test_bench_times_every_trained_task_with_the_batches_a_fit_serves(tmp_path):
+    """`recbench bench` used to read CTR rows for every task: top-K, rating and AutoRec's
+    matrix rows failed with tracebacks; next-item was timed on untrimmed sequences. Each task's
+    own training loader and loss are timed now; a live loop (task=rl) is refused with where
+    its speed is reported."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from recbench.bench import measure
+    from recbench.cli import config_dir
+    from recbench.errors import ConfigError
+    from tests.unit.test_rating import write_ml100k
+
+    write_ml100k(tmp_path / "ml", n_users=40, n_items=30)
+    ml = ["dataset=movielens-100k", f"dataset.root={tmp_path / 'ml'}"]
+    cases = {
+        "ctr": ["model=lr", "dataset=synthetic", "++dataset.world.n_users=200"],
+        "topk": ["task=topk", "model=mf_bpr", "dataset=synthetic", "++dataset.world.n_users=100",
+                 "++dataset.world.n_items=200"],
+        "rating": ["task=rating", "model=autorec", *ml],
+        "next_item": ["task=next_item", "model=gru4rec", "dataset=synthetic",
+                      "++dataset.world.n_users=100",
+                      "++dataset.world.n_items=80", "++dataset.world.events_per_user=15"],
+    }  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        for name, args in cases.items():
+            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+                cfg = compose("bench", overrides=[*args, "steps=3", "warmup_steps=1", "threads=1"])
+            out = measure(cfg)
+            assert out["steps"] == 3 and out["samples_per_sec"] > 0, name
+            if name == "rating":  # a step is a batch of item rows: here every training rating
+                from recbench.tasks.rating import RatingTask
+
+                train = RatingTask.prepare(cfg, log=lambda _: None).splits["train"]["rating"]
+                assert out["samples_per_step"] == len(train)
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("bench", overrides=["model=drn"])
+        with pytest.raises(ConfigError, match="perf.requests_per_sec"):
+            measure(cfg)
+    finally:
+        torch.set_num_threads(threads)
