@@ -141,8 +141,22 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def _one_device(cfg: DictConfig) -> None:
+    """``bench`` times one process on one device; a data-parallel trainer would be ignored."""
+    t = cfg.trainer
+    devices, nodes = t.get("devices", 1), t.get("num_nodes", 1)
+    if str(devices) not in ("1", "auto", "[0]") or str(nodes) != "1":
+        raise ConfigError(
+            f"recbench bench times one process on one device (trainer.devices={devices}, "
+            f"trainer.num_nodes={nodes} given): drop trainer=ddp / trainer.devices, or measure "
+            "data-parallel throughput with recbench train trainer=ddp ..., which reports train "
+            "samples/s"
+        )
+
+
 def run(cfg: DictConfig) -> None:
     check_config(cfg, "bench")  # every problem that needs no data, before any work
+    _one_device(cfg)
     result = measure(cfg)
     text = json.dumps(result, indent=2)
     print(text)

@@ -160,7 +160,7 @@ def test_bench_times_every_trained_task_with_the_batches_a_fit_serves(tmp_path):
     import torch
     from hydra import compose, initialize_config_dir
 
-    from recbench.bench import measure
+    from recbench.bench import measure, run
     from recbench.cli import config_dir
     from recbench.errors import ConfigError
     from tests.unit.test_rating import write_ml100k
@@ -192,5 +192,9 @@ def test_bench_times_every_trained_task_with_the_batches_a_fit_serves(tmp_path):
             cfg = compose("bench", overrides=["model=drn"])
         with pytest.raises(ConfigError, match="perf.requests_per_sec"):
             measure(cfg)
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("bench", overrides=["trainer=ddp", "trainer.accelerator=cpu"])
+        with pytest.raises(ConfigError, match="times one process on one device"):
+            run(cfg)  # it used to time one device and report it as the run's
     finally:
         torch.set_num_threads(threads)
