@@ -186,25 +186,34 @@ def metric_mode(task: type[Task], name: str) -> str:
 
 
 def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
-    """``monitor=val/<key>`` names a key the task logs; else one ConfigError before any data is
-    read or any epoch trained (Lightning would find it after the first validation)."""
-    monitor = str(cfg.get("monitor") or "")
+    """``monitor`` and ``optimized_metric`` (``val/<key>``) name keys the task logs; else one
+    ConfigError before any data is read or any epoch trained (Lightning would find a bad monitor
+    after the first validation; a sweep, a bad objective after every trial had trained)."""
     keys = task_cls.val_keys(cfg.task)
-    if keys is None or monitor.startswith("train/") or monitor.removeprefix("val/") in keys:
+    if keys is None:
         return
-    name, _, cut = monitor.removeprefix("val/").rpartition("@")
-    others = [k for k in keys if k.rpartition("@")[0] == name]
-    if name and cut.isdigit() and others:  # a ranking metric at a cut-off task.ks leaves out
+    uses = {
+        "monitor": "early stopping and the best checkpoint could not follow it",
+        "optimized_metric": "a sweep would have no value to optimise",
+    }
+    for option, why in uses.items():
+        value = str(cfg.get(option) or "")
+        if not value or value.startswith("train/") or value.removeprefix("val/") in keys:
+            continue
+        name, _, cut = value.removeprefix("val/").rpartition("@")
+        others = [k for k in keys if k.rpartition("@")[0] == name]
+        if name and cut.isdigit() and others:  # a ranking metric at a cut-off ks leaves out
+            raise ConfigError(
+                f"{option}={value} follows a cut-off that task.ks="
+                f"{list(cfg.task.get('ks') or [])} does not compute: add {cut} to task.ks, or "
+                f"set {option}=val/{others[0]}"
+            )
+        listed = ", ".join(f"val/{k}" for k in keys)
+        follows = " (callbacks follow ${monitor})" if option == "monitor" else ""
         raise ConfigError(
-            f"monitor={monitor} follows a cut-off that task.ks={list(cfg.task.get('ks') or [])} "
-            f"does not compute: add {cut} to task.ks, or set monitor=val/{others[0]}"
+            f"{option}={value} is not a metric this run logs (task={task_cls.name} with this "
+            f"config), so {why}. It logs: {listed}. Set {option}=val/<one of those>{follows}"
         )
-    listed = ", ".join(f"val/{k}" for k in keys)
-    raise ConfigError(
-        f"monitor={monitor} is not a metric this run logs (task={task_cls.name} with this "
-        "config), so early stopping and the best checkpoint could not follow it. It logs: "
-        f"{listed}. Set monitor=val/<one of those> (callbacks follow ${{monitor}})"
-    )
 
 
 def model_tasks(model_cls: type) -> tuple[str, ...]:
