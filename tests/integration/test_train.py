@@ -51,15 +51,20 @@ def evaluate_on_one_and_two_ranks(
 ) -> tuple[dict, dict]:
     """Train ``base`` once, then evaluate its checkpoint (with ``evaluate`` added) in one
     process and on two CPU ranks; the two runs' metrics.json, in that order (run directories
-    ``fit``, ``one`` and ``two`` under ``tmp``). With ``train=False`` both evaluate the seed's
+    ``fit``, ``one`` and ``two`` under ``tmp``; without ``evaluate`` the fit's own test of its
+    best checkpoint is the one-process run). With ``train=False`` both evaluate the seed's
     initial weights instead (no fit, no checkpoint): the same numbers on every rank count."""
     args = [*base, "fit=false", *evaluate]
+    one = "one"
     if train:
         recbench("train", *base, *run_dir_of(tmp, "fit"), cwd=tmp)
         args.append(f"ckpt_path={metrics(tmp, 'fit')['checkpoint']}")
-    recbench("train", *args, *run_dir_of(tmp, "one"), cwd=tmp)
+    if train and not evaluate:  # the fit tested its best checkpoint in one process already
+        one = "fit"
+    else:
+        recbench("train", *args, *run_dir_of(tmp, "one"), cwd=tmp)
     recbench("train", *args, *DDP2, *run_dir_of(tmp, "two"), cwd=tmp)
-    one, two = metrics(tmp, "one"), metrics(tmp, "two")
+    one, two = metrics(tmp, one), metrics(tmp, "two")
     assert two["perf"]["devices"] == 2
     return one, two
 
