@@ -505,6 +505,13 @@ def run(cfg: DictConfig) -> None:
     failures += earlier_failures
 
     dataset = next((j.dataset for j in jobs if j.dataset), str(cfg.dataset.name))
+    if cfg.report_only and not failures and not any(runs.values()):
+        raise ConfigError(
+            f"report_only=true, and the results store {root} holds none of this comparison's "
+            f"{len(jobs)} runs ({lineage} on {dataset}, seeds {seeds}): run the compare without "
+            "report_only=true to train them, or point paths.root (or RECBENCH_OUTPUTS) at the "
+            "outputs folder that holds them"
+        )
     stale = {  # the latest stale record of each (model, seed), shown but never used
         (r.get("model"), r.get("seed")): r
         for r in read_records(root, model=models, dataset=dataset, stale=True)

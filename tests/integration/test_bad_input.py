@@ -160,3 +160,16 @@ def test_compare_says_how_to_pass_a_key_only_the_compared_models_have(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in text, text
     assert "model.gamma is not a key of the compare's default model config" in text, text
     assert "\"extra=['model.gamma=0.9']\"" in text, text
+
+
+def test_a_report_from_a_store_without_the_runs_is_refused(tmp_path):
+    """report_only=true against a store that holds none of the runs (a wrong RECBENCH_OUTPUTS)
+    wrote an empty report and listed every run as missing; it now says where it looked."""
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    proc = recbench("compare", "models=[lr]", "seeds=1", "report_only=true", cwd=tmp_path,
+                    env={"RECBENCH_OUTPUTS": str(empty)})  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text, text
+    assert f"the results store {empty} holds none of this comparison's 1 runs" in text, text
+    assert not list(empty.glob("compare/*/report.md"))
