@@ -110,6 +110,14 @@ def test_clear_errors(tmp_path):
         Table("bytes.csv", {"user": "uid", "item": "iid"}, root=str(tmp_path)).load()
     with pytest.raises(ConfigError, match="unknown roles"):
         Table("log.csv", {**COLS, "weather": "w"}, root=str(tmp_path))
+    # a folder for a file (IsADirectoryError before), a format the table does not read
+    with pytest.raises(ConfigError, match=r"is a folder .*give a file, or a glob"):
+        Table(str(tmp_path), COLS).load()
+    (tmp_path / "log.jsonl").write_text('{"uid": 1, "iid": 2}\n')
+    with pytest.raises(ConfigError, match="reads CSV, TSV and Parquet, not .jsonl files"):
+        Table("log.jsonl", COLS, root=str(tmp_path)).load()
+    (tmp_path / "log.dat").write_bytes((tmp_path / "log.csv").read_bytes())
+    assert Table("log.dat", COLS, root=str(tmp_path)).load().events.height == df.height
 
 
 def _compose(tmp_path, *extra):

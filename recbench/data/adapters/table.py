@@ -26,6 +26,11 @@ from recbench.data.adapters.base import RawData, decode, empty_file, malformed
 from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
 
 SEPARATORS = {"csv": ",", "tsv": "\t"}
+# suffixes of formats a table is not read from (others are read as delimited text)
+OTHER_FORMATS = frozenset(
+    {".json", ".jsonl", ".ndjson", ".xlsx", ".xls", ".avro", ".orc", ".feather", ".arrow"}
+    | {".ipc", ".pkl", ".pickle", ".npy", ".npz", ".h5", ".hdf5", ".zip", ".bz2", ".xz", ".zst"}
+)
 
 
 def _format_of(path: Path, fmt: str) -> str:
@@ -39,7 +44,13 @@ def _format_of(path: Path, fmt: str) -> str:
         return "parquet"
     if last in (".tsv", ".tab"):
         return "tsv"
-    return "csv"
+    if last in OTHER_FORMATS:
+        raise ConfigError(
+            f"{path}: dataset=table reads CSV, TSV and Parquet, not {last} files: convert it "
+            "(polars or pandas write any of the three), or set dataset.adapter.format if the file "
+            "is one of them under another suffix"
+        )
+    return "csv"  # .csv, .txt, .dat, no suffix: text with the given (or comma) separator
 
 
 class TableSource:
@@ -68,6 +79,12 @@ class TableSource:
         pattern = Path(self.pattern).expanduser()
         full = pattern if pattern.is_absolute() else base / pattern
         found = sorted(Path(p) for p in glob.glob(str(full)))
+        if found and all(p.is_dir() for p in found):
+            raise ConfigError(
+                f"dataset.adapter.path={self.pattern} is a folder ({found[0]}): give a file, or a "
+                f"glob of the files in it, e.g. {Path(self.pattern) / '*.csv'}"
+            )
+        found = [p for p in found if not p.is_dir()]  # a glob may match folders beside files
         if not found:
             raise DataNotFoundError(
                 f"dataset table: no file matches {full}. Set dataset.adapter.path to a file or "
