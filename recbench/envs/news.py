@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_right
 from typing import Any
 
 import gymnasium as gym
@@ -67,7 +68,7 @@ def ranking_quality(
     ``probs`` over that top k's DCG."""
     k = min(k, len(shown))
     best = np.argsort(-probs, kind="stable")[:k] if best is None else best[:k]
-    prec = float((shown[:k, None] == best[None, :]).sum()) / k
+    prec = len(set(shown[:k].tolist()) & set(best.tolist())) / k  # both lists distinct
     disc = _DISC[:k] if k <= len(_DISC) else 1.0 / np.log2(np.arange(k) + 2.0)
     ideal = float((probs[best] * disc).sum())
     return prec, float((probs[shown[:k]] * disc).sum()) / ideal if ideal > 0 else 0.0
@@ -99,6 +100,7 @@ class NewsEnv(gym.Env):
         self.n_genres = w.n_genres
         self.n_items = p.n_items
         self.exam = exam_weights(p.slate_size, p.position_bias)
+        self._exam_sum = float(self.exam.sum())
         N, K, H = p.n_candidates, self.n_genres, p.history_len
         self.user_dim = w.n_ages + 2 + w.n_occupations
         # clickbait adds a column to the item's dense features (its bait flag) and one to the
@@ -131,6 +133,10 @@ class NewsEnv(gym.Env):
         uf[np.arange(U), w.n_ages + 2 + self.world.occ] = 1
         self.user_features = uf
         self._exp_rate = np.log(2.0) / (p.fatigue_half_life_hours * HOUR)
+        # per request: lookups in sorted Python lists beat numpy's call overhead at this size
+        self._publish = self.world.publish.tolist()
+        self._pref_cum = self.world.pref_cum.tolist()
+        self._sqrt_latent = float(np.sqrt(w.latent_dim))
 
     @property
     def policy_spec(self):
@@ -150,10 +156,14 @@ class NewsEnv(gym.Env):
             - p.boredom * overlap
         )
 
-    def list_overlap(self, items: np.ndarray, exposure: np.ndarray) -> float:
+    def list_overlap(
+        self, items: np.ndarray, exposure: np.ndarray, gmix: np.ndarray | None = None
+    ) -> float:
         """How much a list repeats what the user was shown: the examination-weighted mean over
-        its ``items`` of their genre mixture · ``exposure``."""
-        return float(self.exam @ (self.world.gmix[items] @ exposure)) / float(self.exam.sum())
+        its ``items`` of their genre mixture (``gmix``, the rows of ``items`` when given) ·
+        ``exposure``."""
+        gm = self.world.gmix[items] if gmix is None else gmix
+        return float(self.exam @ (gm @ exposure)) / self._exam_sum
 
     def returned(self, act: float, gap: float) -> float:
         """Activeness after a return ``gap`` seconds after the last one at activeness ``act``."""
@@ -239,7 +249,7 @@ class NewsEnv(gym.Env):
             )
             noise = r.standard_normal(w.latent_dim) / np.sqrt(w.latent_dim)
             z = world.centroids[self.focus[u]] + w.interest_noise * noise
-            self.z[u] = z / np.sqrt(z @ z)
+            self.z[u] = z / math.sqrt(z @ z)
             heap.append((-np.log1p(-first[1]) / p.lambda0, u))
         heapq.heapify(heap)
         self._heap = heap
@@ -275,7 +285,7 @@ class NewsEnv(gym.Env):
         probs = self.probs
         pc = self.exam * probs[shown]
         clicks = (self._block[2 + 2 * N : 2 + 2 * N + K] < pc).astype(np.int64)
-        n_click = int(clicks.sum())
+        n_click = int(np.count_nonzero(clicks))
         oracle = np.argsort(-probs, kind="stable")[:K]
         prec, ndcg = ranking_quality(probs, shown, best=oracle)
         act = float(self.activeness[u])
@@ -285,12 +295,13 @@ class NewsEnv(gym.Env):
         hist.extend(items[clicks > 0].tolist())
         del hist[: max(0, len(hist) - p.history_len)]
         # next return of this user: the visit's unit exponential over the hazard
-        overlap = self.list_overlap(items, self.exposure[u]) if p.boredom else 0.0
+        gm = self.world.gmix[items]
+        overlap = self.list_overlap(items, self.exposure[u], gm) if p.boredom else 0.0
         gap = -math.log1p(-float(self._block[-1])) / self.hazard(n_click, overlap)
         if t + gap < p.horizon:
             heapq.heappush(self._heap, (t + gap, u))
         # the list's genres, weighted by examination, join the exposure (decayed to t on arrival)
-        self.exposure[u] += self.exam @ self.world.gmix[items]
+        self.exposure[u] += self.exam @ gm
         if self.bait:
             self.disappointment[u] += float(self.world.bait[items] @ clicks)
         info = {
@@ -318,6 +329,9 @@ class NewsEnv(gym.Env):
         lowest unused indices, so any action of the action space is a valid list."""
         K, N = self.params.slate_size, self.params.n_candidates
         a = np.asarray(action, dtype=np.int64).reshape(-1)[:K]
+        listed = a.tolist()
+        if len(listed) == K and len(set(listed)) == K and 0 <= min(listed) and max(listed) < N:
+            return np.array(listed, dtype=np.int64)  # a valid list, as policies give it
         out, seen = [], set()
         for x in a.tolist():
             if 0 <= x < N and x not in seen:
@@ -333,10 +347,8 @@ class NewsEnv(gym.Env):
 
     def _count(self, items: np.ndarray, clicks: np.ndarray, t: float) -> None:
         c = self._decayed(items, t)
-        c[:, 0] += 1
-        c[:, 2] += 1
-        c[:, 1] += clicks
-        c[:, 3] += clicks
+        c[:, 0::2] += 1  # impressions over 1 h and 24 h
+        c[:, 1::2] += clicks[:, None]  # clicks over 1 h and 24 h
         self.counts[items] = c
         self.count_time[items] = t
 
@@ -353,7 +365,7 @@ class NewsEnv(gym.Env):
         self.now, self.user = float(t), int(u)
         r = self._rngs[u]
         block = r.random(self.n_block)
-        noise = r.standard_normal(w.latent_dim) / np.sqrt(w.latent_dim)
+        noise = r.standard_normal(w.latent_dim) / self._sqrt_latent
         self._block = block
         # activeness: the survival decay since the last return, then the return's jump
         gap_prev = t - self.last_time[u]
@@ -366,16 +378,15 @@ class NewsEnv(gym.Env):
         self.exposure_time[u] = t
         # interest drift: the synthetic world's session step
         if block[0] < w.switch_prob:
-            self.focus[u] = min(
-                int(np.searchsorted(world.pref_cum[u], block[1], side="right")), w.n_genres - 1
-            )
+            self.focus[u] = min(bisect_right(self._pref_cum[u], block[1]), w.n_genres - 1)
         z = self.z[u]
         z = z + w.interest_pull * (world.centroids[self.focus[u]] - z) + w.interest_noise * noise
-        self.z[u] = z / np.sqrt(z @ z)
+        self.z[u] = z / math.sqrt(z @ z)
         # the pool: distinct fresh items from the visit's uniforms
         N = p.n_candidates
-        lo, hi = np.searchsorted(world.publish, (t - p.fresh_hours * HOUR, t), side="right")
-        lo, hi = int(lo), int(hi)
+        # the items published in the last fresh_hours (np.searchsorted's side="right")
+        lo = bisect_right(self._publish, t - p.fresh_hours * HOUR)
+        hi = bisect_right(self._publish, t)
         idx = lo + (block[2 : 2 + 2 * N] * (hi - lo)).astype(np.int64)
         # distinct, in the order first drawn
         pool = np.array(list(dict.fromkeys(idx.tolist()))[:N], dtype=np.int64)
@@ -396,8 +407,9 @@ class NewsEnv(gym.Env):
         K, H = self.n_genres, p.history_len
         gm = world.gmix[pool]  # (N, K)
         if len(hist):
-            profile = world.gmix[hist].sum(0) / len(hist)
-            recent = world.gmix[hist[-3:]].sum(0) / min(3, len(hist))
+            gh = world.gmix[hist]
+            profile = gh.sum(0) / len(hist)
+            recent = gh[-3:].sum(0) / min(3, len(hist))
         else:
             profile = recent = np.zeros(K)
         c = self._decayed(pool, t)

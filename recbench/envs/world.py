@@ -278,8 +278,9 @@ class NewsWorld:
             x = x - p.bait_cost * disappointment
         if len(history):
             s = self.emb[history] @ e.T  # (L, N) similarity of each history item to each target
-            a = np.exp(w.attention_temperature * (s - s.max(axis=0, keepdims=True)))
-            x = x + w.attention * (a * s).sum(0) / a.sum(0)
+            # the reductions as ndarray.max / .sum compute them, without their Python wrappers
+            a = np.exp(w.attention_temperature * (s - np.maximum.reduce(s, axis=0, keepdims=True)))
+            x = x + w.attention * np.add.reduce(a * s, axis=0) / np.add.reduce(a, axis=0)
         return x
 
     def click_probs(self, *args: Any) -> np.ndarray:

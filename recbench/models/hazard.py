@@ -89,7 +89,9 @@ class ReturnHazard(_OnlineGLM):
 
     def add(self, f: np.ndarray, gap: float) -> None:
         """One observed return ``gap`` after a list with features ``f`` (``f[0]`` = 1)."""
-        self._add(f[None, :], np.array([gap]))
+        i = self.n % self.cap  # one row: ``_add`` without its index arrays (once a request)
+        self.f[i], self.target[i] = f, gap
+        self.n += 1
 
     def fit(
         self,
@@ -234,7 +236,7 @@ def hazard_share(
     ``r_i`` its overlap with the exposure / the recent clicks (``actions[:, -1]``, ``[:, -3]``).
     ``scale`` is ρ times any weight; ``overlap_scale`` scales the overlap part of each share."""
     # g_i = w_c p_i + w_o o_i + w_r r_i: the candidate's part of w · f(s, L), times K
-    gc = w[1] * np.clip(q_click, 0.0, 1.0)
+    gc = w[1] * np.minimum(np.maximum(q_click, 0.0), 1.0)  # np.clip without its wrapper
     go = actions[:, [-1, -3]] @ w[[2, 3]].astype(np.float32)
     g = gc + go
     top = np.argpartition(-q_click, k - 1)[:k]

@@ -62,7 +62,13 @@ class Replay:
         next_req: int,
         click: np.ndarray | None = None,
     ) -> np.ndarray:
-        idx = (self.n_tr + np.arange(len(pos))) % self.tcap
+        start, n = self.n_tr % self.tcap, len(pos)
+        # one list's transitions: a slice of the ring unless they wrap around its end
+        idx = (
+            slice(start, start + n)
+            if start + n <= self.tcap
+            else (start + np.arange(n)) % self.tcap
+        )
         self.t_req[idx], self.t_pos[idx], self.t_reward[idx], self.t_next[idx] = (
             req,
             pos,
