@@ -198,9 +198,15 @@ def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
     }
     for option, why in uses.items():
         value = str(cfg.get(option) or "")
-        if not value or value.startswith("train/") or value.removeprefix("val/") in keys:
+        if option == "optimized_metric" and value == str(cfg.get("monitor") or ""):
+            continue  # the default, ${monitor}: checked as the monitor
+        prefix, _, key = value.rpartition("/")
+        if not value or (option == "monitor" and prefix == "train"):  # a training-side key
             continue
-        name, _, cut = value.removeprefix("val/").rpartition("@")
+        # the callbacks need the logged name; the sweep reads the record's val values by key
+        if key in keys and (prefix == "val" or (option == "optimized_metric" and not prefix)):
+            continue
+        name, _, cut = key.rpartition("@")
         others = [k for k in keys if k.rpartition("@")[0] == name]
         if name and cut.isdigit() and others:  # a ranking metric at a cut-off ks leaves out
             raise ConfigError(

@@ -366,3 +366,5 @@ def test_a_ranking_monitor_at_a_cut_off_the_task_leaves_out_says_which_to_add():
     check("model=lr", "monitor=train/loss_epoch")  # the training side is not the task's to list
     with pytest.raises(ConfigError, match="optimized_metric=val/aucc is not a metric this run"):
         check("model=lr", "optimized_metric=val/aucc")  # a sweep's objective, checked alike
+    with pytest.raises(ConfigError, match="monitor=auc is not a metric this run logs"):
+        check("model=lr", "monitor=auc")  # the callbacks look the logged name up: val/auc
