@@ -99,6 +99,7 @@ def test_a_model_off_its_task_or_data_without_ratings_stops_with_a_clear_error(t
             run(cfg)
         torch.set_num_threads(threads)
     assert "task=rating" in str(err.value)  # the error says which task to use instead
+    assert "dataset.adapter.columns.rating=<column>" in str(err.value)  # and a table's way in
 
 
 @pytest.mark.data

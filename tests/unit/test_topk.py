@@ -103,7 +103,7 @@ def test_positive_threshold_and_repeated_pairs():
     assert data.info["positives"] == int((ev["rating"] >= 4).sum())
     dup = pl.concat([ev, ev.head(5).with_columns(pl.col("timestamp") + 1000)])
     assert build(dup, task_cfg()).info["positives"] == ev.height  # earliest event kept
-    with pytest.raises(ConfigError, match="needs ratings"):
+    with pytest.raises(ConfigError, match="needs ratings.*columns.rating=<column>"):
         build(ev.drop("rating"), task_cfg(threshold=4))
 
 

@@ -114,6 +114,9 @@ def test_a_split_share_of_zero_is_refused_before_training_not_after(tmp_path):
 
 
 def test_history_lengths_and_hash_buckets_are_checked_before_any_work(tmp_path):
+    # top-K computes @10 whatever task.ks says: its default monitor is valid with ks=[5,20]
+    # (the task checks a monitor's cut-off itself: recbench.tasks.base.check_monitor)
+    assert messages(["task=topk", "task.ks=[5,20]"], tmp_path) == []
     (msg,) = messages(["model=din", "dataset.features.history.max_len=-5"], tmp_path)
     assert msg == "dataset.features.history.max_len=-5: must be >= 0"
     (msg,) = messages(["dataset=criteo", "dataset.features.hash_buckets=-1"], tmp_path)
