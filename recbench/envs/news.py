@@ -333,7 +333,7 @@ class NewsEnv(gym.Env):
         if len(listed) == K and len(set(listed)) == K and 0 <= min(listed) and max(listed) < N:
             return np.array(listed, dtype=np.int64)  # a valid list, as policies give it
         out, seen = [], set()
-        for x in a.tolist():
+        for x in listed:
             if 0 <= x < N and x not in seen:
                 out.append(x)
                 seen.add(x)
