@@ -15,11 +15,14 @@ From 0-based ranks, per user (users without a target are left out of every mean)
 
 Everything is batched over a chunk of users: one (chunk, n_items + 1) score matrix, one masking
 scatter, and a comparison count (one target) or a sort and a ``searchsorted`` (several targets).
+A model that scores any range of items (``score_items``) is ranked block by block instead
+(``blocked_ranks``): the chunk's scores are never all in memory at once, and each block is
+counted while it is in the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -89,6 +92,148 @@ def count_below(scores: Tensor, t_scores: Tensor) -> Tensor:
     if bool(nan_rows.any()):
         below[nan_rows] = -neg[nan_rows].nan_to_num_(nan=-1.0).sum(1, keepdim=True)
     return below.long()
+
+
+def blocked_ranks(
+    score: Callable[[Tensor, slice | Tensor], Tensor],
+    n_items: int,
+    targets: Tensor,
+    exclude: tuple[Tensor, Tensor],
+    block_scores: int,
+    cap: int | None = None,
+    reads: Tensor | None = None,
+    min_block: int = 128,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """0-based pessimistic rank of one target per user among every item not excluded, with the
+    items scored a block of columns at a time: the (U, n_items + 1) score matrix never exists,
+    and each block is read, masked and counted while it is in the cache. A block holds about
+    ``block_scores`` scores (at least ``min_block`` items), so it widens as users leave.
+
+    ``score(rows, items)``: (len(rows), len(items)) scores of the chunk's users ``rows``
+    (indices into the chunk) for the item codes ``items`` (a slice, or a 1-D code tensor); a
+    fresh tensor (it is overwritten). ``targets`` (U,) codes, 0 where a user has none (rank
+    -1); ``exclude`` the (rows, cols) of excluded items, as ``mask_items`` takes them.
+
+    The target's score t comes from one call over the targets; the rank counts the other items,
+    not excluded, that score at least t (a NaN score never counts). A target that is excluded or
+    scores -inf or NaN ranks last (``n_items``). These are ``target_ranks``' rules, on scores
+    computed in several products rather than one; a product of another shape may round a score
+    differently in its last bit, which reorders only items tied to within that rounding.
+
+    ``cap``: metrics cut off at K <= cap read no rank beyond it. Once ``cap`` items outrank
+    the targets of a quarter or more of the users still scored, those users leave the remaining
+    blocks; every rank is reported as at most ``cap``, and ranks below ``cap`` are exact.
+
+    ``reads`` (U, W) item codes: each user's scores of these items as its blocks have them,
+    read before the block is masked, for the users that stayed in every block (``kept``);
+    other rows of the returned (U, W) scores are not filled.
+
+    Returns ``(ranks (U, 1), read scores (U, W) or None, kept (U,))``.
+    """
+    users = len(targets)
+    device = targets.device
+    every = torch.arange(users, device=device)
+    rows, cols = exclude
+    t = score(every, targets).float().diagonal().contiguous()  # (U,)
+    last = torch.isnan(t) | (t == NEG_INF)
+    last[rows[cols == targets[rows]]] = True  # an excluded target
+    key = torch.int32 if n_items < 2**31 else torch.int64  # a cheaper sort key
+
+    def by_item(r: Tensor, c: Tensor) -> list[Tensor]:
+        """Cells (row, item code, original index) sorted by item code; padding (0) first."""
+        c = c.to(key)
+        order = torch.argsort(c)
+        return [r[order], c[order], order]
+
+    # masked in every block: the excluded items, and each user's target, counted apart
+    cells = [by_item(torch.cat([rows, every]), torch.cat([cols, targets]))]
+    width = 0 if reads is None else reads.shape[1]
+    if reads is not None:
+        reader = torch.div(torch.arange(reads.numel(), device=device), width, rounding_mode="floor")
+        cells.append(by_item(reader, reads.reshape(-1)))
+    count = torch.zeros(users, device=device)
+    pieces: list[tuple[Tensor, Tensor]] = []
+    active = torch.nonzero(~last & (targets > 0)).squeeze(1)
+
+    def layout(start: int, w: int) -> list[tuple[Tensor, Tensor, list[int]]]:
+        """For blocks of ``w`` items from ``start`` over the active users: each group's cells
+        that remain, as flat positions in their blocks, original indices and block bounds.
+        The groups keep only the active users' cells from here on (still sorted)."""
+        at = torch.full((users,), -1, dtype=torch.long, device=device)
+        at[active] = torch.arange(len(active), device=device)
+        steps = -(-(n_items + 1 - start) // w)
+        out = []
+        for group in cells:
+            lo = int(torch.searchsorted(group[1], torch.tensor([start], dtype=key, device=device)))
+            group[:] = [x[lo:] for x in group]
+            if len(active) < users:
+                keep = torch.nonzero(at[group[0]] >= 0).squeeze(1)
+                group[:] = [x[keep] for x in group]
+            r, c, i = group
+            blk = torch.div(c - start, w, rounding_mode="floor")
+            first = start + blk * w
+            span = (n_items + 1 - first).clamp(max=w)
+            bounds = torch.cumsum(torch.bincount(blk, minlength=steps), 0)
+            out.append((at[r] * span + c - first, i, [0, *bounds.tolist()]))
+        return out
+
+    start = 1
+    while start <= n_items and len(active):
+        w = max(min_block, block_scores // len(active))
+        (m_pos, _, m_bounds), *listed_at = layout(start, w)
+        t_active = t[active].unsqueeze(1)
+        whole = len(active) == users
+        for k, first in enumerate(range(start, n_items + 1, w)):
+            s = score(active, slice(first, min(first + w, n_items + 1))).float().contiguous()
+            flat = s.view(-1)
+            for r_pos, r_cell, r_bounds in listed_at:
+                a, b = r_bounds[k], r_bounds[k + 1]
+                if b > a:
+                    pieces.append((r_cell[a:b], flat.index_select(0, r_pos[a:b])))
+            a, b = m_bounds[k], m_bounds[k + 1]
+            if b > a:
+                flat.index_fill_(0, m_pos[a:b], NEG_INF)
+            # 1.0 where a score is at least the target's (NaN: 0.0), summed in the block's memory
+            counted = s.ge_(t_active).sum(1)
+            if whole:
+                count += counted
+            else:
+                count.index_add_(0, active, counted)
+            start = min(first + w, n_items + 1)
+            if cap is not None and start <= n_items:
+                done = count.index_select(0, active) >= cap
+                if 4 * int(done.sum()) >= len(active):  # a quarter or more are done: they leave
+                    active = active[~done]
+                    break
+    ranks = torch.where(last, torch.full_like(count, n_items), count)
+    if cap is not None:
+        ranks = ranks.clamp(max=cap)
+    ranks = torch.where(targets > 0, ranks.long(), torch.full_like(targets, -1))
+    kept = torch.zeros(users, dtype=torch.bool, device=device)
+    kept[active] = True
+    read = None
+    if reads is not None:
+        read = torch.full((users * width,), NEG_INF, device=device)
+        if pieces:  # a leaver's early cells land too; its row is not kept
+            read[torch.cat([i for i, _ in pieces])] = torch.cat([v for _, v in pieces])
+        read = read.view(users, width)
+    return ranks.unsqueeze(1), read, kept
+
+
+def listed_scores(
+    score: Callable[[Tensor, slice | Tensor], Tensor], items: Tensor, per_call: int = 2048
+) -> Tensor:
+    """Scores of each user's own item list (U, W) from a scorer of items shared by its users
+    (``blocked_ranks``' ``score``): a few users at a time score the union of their lists, and
+    each keeps its own part, so every score of one user comes from one call."""
+    users, width = items.shape
+    group = max(1, per_call // max(1, width))
+    out = torch.empty(items.shape, device=items.device)
+    for g0 in range(0, users, group):
+        rows = torch.arange(g0, min(g0 + group, users), device=items.device)
+        s = score(rows, items[rows].reshape(-1)).float()  # (G, G·W)
+        out[rows] = s.view(len(rows), len(rows), width).diagonal(dim1=0, dim2=1).T
+    return out
 
 
 def sampled_ranks(target_scores: Tensor, negative_scores: Tensor, targets: Tensor) -> Tensor:
@@ -228,6 +373,8 @@ def nanmean(values: Tensor) -> float | None:
 
 __all__ = [
     "UnitValues",
+    "blocked_ranks",
+    "listed_scores",
     "count_below",
     "draw_negatives",
     "mask_items",

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
-from recbench.models.layers.cf import id_embedding
+from recbench.models.layers.cf import ALL, id_embedding, rows_of
 from recbench.models.layers.embedding import gather_rows
 
 
@@ -28,10 +28,16 @@ class GMF(nn.Module):
         q = gather_rows(self.item.weight, batch["item"])
         return self.out(p * q).squeeze(-1)
 
-    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """(B, num_items + 1): hᵀ(p_u ⊙ q_i) = (p_u ⊙ h) · q_i for every item at once."""
+    def score_items(self, batch: Mapping[str, Tensor], items: slice | Tensor = ALL) -> Tensor:
+        """(B, len(items)): hᵀ(p_u ⊙ q_i) = (p_u ⊙ h) · q_i for the item codes ``items`` (a
+        slice or a 1-D tensor of codes) in one product. A fresh tensor."""
         p = self.user(batch["user"]) * self.out.weight  # (B, d)
-        return torch.addmm(self.out.bias, p, self.item.weight.T)  # bias added in the product
+        q = rows_of(self.item.weight, items)
+        return torch.addmm(self.out.bias, p, q.T)  # the bias added in the product
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, num_items + 1): every item code; column 0 is padding."""
+        return self.score_items(batch)
 
 
 __all__ = ["GMF"]

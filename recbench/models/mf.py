@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
+from recbench.models.layers.cf import ALL, rows_of
 from recbench.models.layers.embedding import gather_rows
 
 
@@ -51,12 +52,18 @@ class MF(nn.Module):
         p, q = gather_rows(self.user, u), gather_rows(self.item, i)  # (B, d)
         return self.mean + self.user_bias[u] + self.item_bias[i] + (p * q).sum(-1)
 
-    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Scores of every item code for each ``user``: (B, num_items + 1); column 0 is padding."""
+    def score_items(self, batch: Mapping[str, Tensor], items: slice | Tensor = ALL) -> Tensor:
+        """Scores of the item codes ``items`` (a slice or a 1-D tensor of codes) for each
+        ``user``: (B, len(items)), one matrix product. A fresh tensor."""
         u = batch["user"]
         p = gather_rows(self.user, u)  # (B, d)
-        scores = torch.addmm(self.item_bias, p, self.item.T)  # b_i added in the product
+        q, b_i = rows_of(self.item, items), rows_of(self.item_bias, items)
+        scores = torch.addmm(b_i, p, q.T)  # b_i added in the product
         return scores.add_((self.mean + self.user_bias[u]).unsqueeze(1))
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Scores of every item code for each ``user``: (B, num_items + 1); column 0 is padding."""
+        return self.score_items(batch)
 
     def penalty(self, batch: Mapping[str, Tensor]) -> Tensor:
         """λ · mean over the batch's pairs of ‖p_u‖² + ‖q_i‖² + b_u² + b_i²."""

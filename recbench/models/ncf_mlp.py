@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
-from recbench.models.layers.cf import PairTower, id_embedding
+from recbench.models.layers.cf import ALL, PairTower, id_embedding, rows_of
 from recbench.models.layers.embedding import gather_rows
 
 
@@ -35,10 +35,16 @@ class NCFMLP(nn.Module):
         z = self.tower(p, gather_rows(self.item.weight, batch["item"]))
         return self.out(z).squeeze(-1)
 
-    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """(B, num_items + 1) by the tower's blocked all-items path."""
+    def score_items(self, batch: Mapping[str, Tensor], items: slice | Tensor = ALL) -> Tensor:
+        """(B, len(items)) for the item codes ``items`` (a slice or a 1-D tensor of codes), by
+        the tower's blocked path. A fresh tensor."""
         p = self.user(batch["user"])
-        return self.tower.score_all(p, self.item.weight, self.out.weight[0]) + self.out.bias
+        head = self.out.weight[0]
+        return self.tower.score_all(p, rows_of(self.item.weight, items), head) + self.out.bias
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, num_items + 1): every item code; column 0 is padding."""
+        return self.score_items(batch)
 
 
 __all__ = ["NCFMLP"]

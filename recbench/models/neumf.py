@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
-from recbench.models.layers.cf import PairTower, id_embedding
+from recbench.models.layers.cf import ALL, PairTower, id_embedding, rows_of
 from recbench.models.layers.embedding import gather_rows
 
 
@@ -61,15 +61,20 @@ class NeuMF(nn.Module):
         m = self.tower(gather_rows(self.mlp_user.weight, u), gather_rows(self.mlp_item.weight, i))
         return self.out(torch.cat([g, m], dim=-1)).squeeze(-1)
 
-    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """(B, num_items + 1): the output layer is linear, so the GMF part is one product and
-        the MLP part the tower's blocked all-items path."""
+    def score_items(self, batch: Mapping[str, Tensor], items: slice | Tensor = ALL) -> Tensor:
+        """(B, len(items)) for the item codes ``items`` (a slice or a 1-D tensor of codes): the
+        output layer is linear, so the GMF part is one product and the MLP part the tower's
+        blocked path. A fresh tensor."""
         u = batch["user"]
         d = self.gmf_user.embedding_dim
         h = self.out.weight[0]
-        gmf = (self.gmf_user(u) * h[:d]) @ self.gmf_item.weight.T
-        mlp = self.tower.score_all(self.mlp_user(u), self.mlp_item.weight, h[d:])
+        gmf = (self.gmf_user(u) * h[:d]) @ rows_of(self.gmf_item.weight, items).T
+        mlp = self.tower.score_all(self.mlp_user(u), rows_of(self.mlp_item.weight, items), h[d:])
         return gmf + mlp + self.out.bias
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, num_items + 1): every item code; column 0 is padding."""
+        return self.score_items(batch)
 
     @torch.no_grad()
     def load_parts(self, gmf: dict[str, Tensor], mlp: dict[str, Tensor], alpha: float) -> None:

@@ -9,6 +9,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
+from recbench.models.layers.cf import ALL, rows_of
 
 
 class Pop(nn.Module):
@@ -21,11 +22,16 @@ class Pop(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         return self.counts[batch["item"]]
 
-    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """(B, num_items + 1); B is the first dimension of the batch's first tensor, so any
-        task's batch works. A fresh tensor: callers mask it in place."""
+    def score_items(self, batch: Mapping[str, Tensor], items: slice | Tensor = ALL) -> Tensor:
+        """(B, len(items)) for the item codes ``items`` (a slice or a 1-D tensor of codes); B is
+        the first dimension of the batch's first tensor, so any task's batch works. A fresh
+        tensor: callers mask it in place."""
         size = len(next(iter(batch.values())))
-        return self.counts.unsqueeze(0).repeat(size, 1)
+        return rows_of(self.counts, items).unsqueeze(0).repeat(size, 1)
+
+    def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """(B, num_items + 1): every item code; column 0 is padding."""
+        return self.score_items(batch)
 
 
 __all__ = ["Pop"]

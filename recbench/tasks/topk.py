@@ -3,11 +3,16 @@ full ranking over every item and sampled ranking against fixed negatives, per us
 
 Training rows are redrawn every epoch (``TrainNegatives``): for ``loss=bce`` the positives and
 ``negatives`` sampled items per positive, each a labelled row (NCF's training instances); for
-``loss=bpr`` one (user, positive, negative) triple per sampled negative. Evaluation scores a
-chunk of users against every item in one ``score_all`` (B, num_items + 1) — models without one
-are scored pairwise in item blocks — masks the users' training items (and validation items at
-test), and ranks the held-out items pessimistically (``recbench.ranking``). Per-user values are
-gathered from every DDP rank by user index, so metrics are identical on any number of ranks.
+``loss=bpr`` one (user, positive, negative) triple per sampled negative. Evaluation ranks each
+user's held-out items among every item, its training items (and validation items at test)
+excluded, pessimistically (``recbench.ranking``). A model that scores any range of items
+(``score_items``: MF, GMF, the NCF MLP, NeuMF, Pop) is ranked block by block with one held-out
+item per user (``chunk_metrics``): the chunk's scores never exist all at once, and a user whose
+target more than max(ks) items outrank leaves the remaining blocks, since no metric reads its
+rank. Other models, and users with several held-out items, are scored on the chunk's whole
+(B, num_items + 1) matrix (``score_all``; pairwise in item blocks for a model without one).
+Per-user values are gathered from every DDP rank by user index, so every user is counted once
+on any number of ranks.
 
 A model without trainable parameters (Pop) is fitted for one epoch of no-op steps: no optimizer,
 no backward, then the run stops; validation, checkpoint and test run as for any model.
@@ -28,7 +33,10 @@ from torch import Tensor, nn
 from recbench.data.loader import BatchLoader
 from recbench.errors import ConfigError
 from recbench.ranking import (
+    NEG_INF,
     UnitValues,
+    blocked_ranks,
+    listed_scores,
     mask_items,
     nanmean,
     rank_metrics,
@@ -42,6 +50,13 @@ LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read s
 # users per evaluation chunk × (num_items + 1): 8 MB of float32 scores, which the rank pass
 # reads again while they are still in the cache (64 MB chunks ran ~3× slower per user)
 SCORES_PER_CHUNK = 1 << 21
+# a model with score_items is ranked in blocks of items (recbench.ranking.blocked_ranks): chunks
+# of this many users, blocks of about BLOCK_SCORES scores (2 MB of float32 on a CPU, read, masked
+# and counted while cached; blocks widen as users leave), fewer and larger on a GPU
+BLOCKED_CHUNK_USERS = 1024
+BLOCK_SCORES = {"cpu": 1 << 19}
+BLOCK_SCORES_ELSEWHERE = 1 << 24
+MIN_BLOCK = 128  # items a block holds at least
 PAIRS_PER_BLOCK = 1 << 18  # pairwise scoring of models without score_all
 NAMES = ("hr", "ndcg", "recall", "mrr")
 KS = (5, 10, 20)  # task.ks's default
@@ -90,19 +105,75 @@ def exclusions(split: Mapping[str, Tensor], unit: Tensor) -> tuple[Tensor, Tenso
     return rows, items[start[rows] + offset]
 
 
-def unit_metrics(
-    scores: Tensor, split: Mapping[str, Tensor], unit: Tensor, ks: Sequence[int]
-) -> dict[str, Tensor]:
-    """Per-unit full and sampled metrics of one chunk; ``scores`` (B, I + 1) is masked in
-    place."""
+def unit_ranks(scores: Tensor, split: Mapping[str, Tensor], unit: Tensor) -> tuple[Tensor, Tensor]:
+    """(full-ranking ranks, sampled ranks) of one chunk's targets, (B, T) each; ``scores``
+    (B, I + 1) is masked in place and then spent by the count."""
     targets = split["targets"][unit]
     rows, cols = exclusions(split, unit)
     mask_items(scores, rows, cols)
     t_scores = scores.gather(1, targets)  # padding targets read column 0 (-inf): ignored
     n_scores = scores.gather(1, split["neg"][unit])
-    full = rank_metrics(target_ranks(scores, targets, overwrite=True), ks)  # scores spent here
-    sampled = rank_metrics(sampled_ranks(t_scores, n_scores, targets), ks)
-    return full | {f"sampled.{k}": v for k, v in sampled.items()}
+    sampled = sampled_ranks(t_scores, n_scores, targets)
+    return target_ranks(scores, targets, overwrite=True), sampled
+
+
+def metrics_of(full: Tensor, sampled: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
+    """Per-unit metrics from full-ranking and sampled ranks: ``name@K`` and ``sampled.name@K``."""
+    sampled_values = rank_metrics(sampled, ks)
+    return rank_metrics(full, ks) | {f"sampled.{k}": v for k, v in sampled_values.items()}
+
+
+def unit_metrics(
+    scores: Tensor, split: Mapping[str, Tensor], unit: Tensor, ks: Sequence[int]
+) -> dict[str, Tensor]:
+    """Per-unit full and sampled metrics of one chunk; ``scores`` (B, I + 1) is masked in
+    place."""
+    return metrics_of(*unit_ranks(scores, split, unit), ks)
+
+
+def blocked(model: nn.Module, split: Mapping[str, Tensor]) -> bool:
+    """Whether ``chunk_metrics`` ranks this model's users on this split block by block: the
+    model scores item ranges (``score_items``) and every user has one target."""
+    return getattr(model, "score_items", None) is not None and split["targets"].shape[1] == 1
+
+
+def chunk_metrics(
+    model: nn.Module,
+    users: Tensor,
+    split: Mapping[str, Tensor],
+    unit: Tensor,
+    ks: Sequence[int],
+    num_items: int,
+) -> dict[str, Tensor]:
+    """Per-unit full and sampled metrics of one chunk of users scored by ``model``: block by
+    block where it can (``blocked``), else from the chunk's whole score matrix.
+
+    Blocked, the full-ranking rank is counted no further than the largest cut-off (the metrics
+    read nothing beyond it). A user's target and sampled negatives are read from the blocks when
+    the user stays in every block, else scored together in one call (``listed_scores``): the
+    sampled rank compares scores of one computation either way."""
+    if not blocked(model, split):
+        return unit_metrics(score_all(model, {"user": users}, num_items), split, unit, ks)
+
+    def score(rows: Tensor, items: slice | Tensor) -> Tensor:
+        return model.score_items({"user": users.index_select(0, rows)}, items)
+
+    budget = BLOCK_SCORES.get(users.device.type, BLOCK_SCORES_ELSEWHERE)
+    targets = split["targets"][unit]  # (B, 1)
+    rows, cols = exclusions(split, unit)
+    items = torch.cat([targets, split["neg"][unit]], dim=1)  # (B, 1 + N): the sampled lists
+    full, listed, kept = blocked_ranks(
+        score, num_items, targets[:, 0], (rows, cols), budget, max(ks), items, MIN_BLOCK
+    )
+    left = torch.nonzero(~kept).squeeze(1)  # users that left early: their lists in one call each
+    if len(left):
+        listed[left] = listed_scores(lambda r, it: score(left[r], it), items[left])
+    # negatives are drawn from items the user never interacted with: none is excluded
+    masked = items == 0  # padding negatives
+    masked[rows[cols == targets[rows, 0]], 0] = True  # an excluded target
+    listed = listed.masked_fill_(masked, NEG_INF)
+    sampled = sampled_ranks(listed[:, :1], listed[:, 1:], targets)
+    return metrics_of(full, sampled, ks)
 
 
 def nest(means: Mapping[str, float | None]) -> dict[str, Any]:
@@ -200,7 +271,11 @@ class TopKTask(Task):
     def datamodule(self, cfg: Any, data: Any) -> pl.LightningDataModule:
         self.num_items = data.schema.num_items
         self._eval = dict(data.eval)  # per-split tensors, moved to the device on first use
-        chunk = self.chunk_users or max(1, SCORES_PER_CHUNK // (self.num_items + 1))
+        chunk = self.chunk_users or (
+            BLOCKED_CHUNK_USERS
+            if all(blocked(self.model, split) for split in self._eval.values())
+            else max(1, SCORES_PER_CHUNK // (self.num_items + 1))
+        )
         return TopKDataModule(
             data,
             loss=self.loss_name,
@@ -257,8 +332,8 @@ class TopKTask(Task):
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str, metric: UnitValues) -> None:
         split = self._split(stage)
         unit = batch["unit"]
-        scores = score_all(self.model, {"user": batch["user"]}, self.num_items)
-        metric.update(unit, unit_metrics(scores, split, unit, self.ks))
+        values = chunk_metrics(self.model, batch["user"], split, unit, self.ks, self.num_items)
+        metric.update(unit, values)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_units)
@@ -401,4 +476,11 @@ class TopKDataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
 
-__all__ = ["TopKDataModule", "TopKTask", "evaluate_scores", "metric_names", "score_all"]
+__all__ = [
+    "TopKDataModule",
+    "TopKTask",
+    "chunk_metrics",
+    "evaluate_scores",
+    "metric_names",
+    "score_all",
+]

@@ -9,7 +9,9 @@ import torch
 
 from recbench.ranking import (
     UnitValues,
+    blocked_ranks,
     draw_negatives,
+    listed_scores,
     mask_items,
     nanmean,
     rank_metrics,
@@ -81,6 +83,86 @@ def test_one_pass_rank_equals_the_pessimistic_count_with_ties_nan_and_masked_ite
     assert target_ranks(tiny.clone(), torch.tensor([[2]]), overwrite=True).item() == 1
     # a target scored +inf takes the comparison path (inf − inf has no sign)
     assert target_ranks(tiny.clone(), torch.tensor([[4]]), overwrite=True).item() == 0
+
+
+def scorer(scores: torch.Tensor):
+    """A ``blocked_ranks`` scorer reading a fixed (U, n_items + 1) matrix (a fresh tensor)."""
+
+    def score(rows, items):
+        return scores[rows][:, items].clone()
+
+    return score
+
+
+def blocked_case(seed: int):
+    """Scores with ties (few distinct values), NaN cells, and targets that are tied, masked,
+    NaN, -inf or padding; the (rows, cols) excluded per user."""
+    g = torch.Generator().manual_seed(seed)
+    users, n = 40, 37
+    scores = torch.randint(0, 6, (users, n + 1), generator=g).float()
+    scores[torch.rand(scores.shape, generator=g) < 0.05] = float("nan")
+    targets = torch.randint(1, n + 1, (users,), generator=g)
+    rows = torch.arange(users).repeat_interleave(4)
+    cols = torch.randint(1, n + 1, (users * 4,), generator=g)
+    keep = cols != targets[rows]
+    rows, cols = rows[keep], cols[keep]
+    scores[0, targets[0]] = float("nan")  # a NaN target ranks last
+    scores[1, targets[1]] = float("-inf")  # so does -inf
+    rows, cols = torch.cat([rows, torch.tensor([2])]), torch.cat([cols, targets[2:3]])  # excluded
+    targets[3] = 0  # no target: rank -1
+    scores[4] = 1.0  # a constant scorer: every tie counts against the target
+    return scores, targets, (rows, cols)
+
+
+def reference_ranks(scores, targets, exclude):
+    masked = mask_items(scores.clone(), *exclude)
+    return target_ranks(masked, targets.unsqueeze(1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("block_scores,min_block", [(40 * 37, 128), (40, 1), (200, 3)])
+def test_blocked_ranks_equal_the_whole_matrix_rules(seed, block_scores, min_block):
+    scores, targets, exclude = blocked_case(seed)
+    want = reference_ranks(scores, targets, exclude)
+    got, _, kept = blocked_ranks(
+        scorer(scores), 37, targets, exclude, block_scores, min_block=min_block
+    )
+    assert torch.equal(got, want)
+    # the constant row ranks below every item it may compete with
+    rows, cols = exclude
+    assert want[4, 0] == 37 - 1 - len(set(cols[rows == 4].tolist()))
+    assert want[0, 0] == want[1, 0] == want[2, 0] == 37 and want[3, 0] == -1
+    # no cap: every user with a target to rank (not NaN, -inf or excluded) stays throughout
+    assert torch.equal(kept, (want[:, 0] >= 0) & (want[:, 0] < 37))
+
+
+@pytest.mark.parametrize("cap", [1, 3, 10])
+def test_a_cap_reports_ranks_up_to_it_and_keeps_the_reads_of_users_that_stayed(cap):
+    scores, targets, exclude = blocked_case(3)
+    reads = torch.randint(0, 38, (40, 7), generator=torch.Generator().manual_seed(9))
+    want = reference_ranks(scores, targets, exclude)
+    want = torch.where(want >= 0, want.clamp(max=cap), want)
+    got, read, kept = blocked_ranks(
+        scorer(scores), 37, targets, exclude, 40, cap=cap, reads=reads, min_block=1
+    )
+    assert torch.equal(got, want)
+    left = ~kept & (targets > 0)
+    left[[0, 1, 2]] = False  # ranked last without scoring
+    assert bool(left.any())  # some users left early ...
+    assert bool((got[left, 0] == cap).all())  # ... each with cap items above its target
+    # users that stayed read every listed item as scored, before any mask
+    expect = scores.gather(1, reads)
+    expect[reads == 0] = float("-inf")  # padding is in no block
+    both = kept.unsqueeze(1).expand_as(reads)
+    assert torch.equal(read[both].nan_to_num(7.0), expect[both].nan_to_num(7.0))
+
+
+def test_listed_scores_read_each_users_own_items():
+    scores, _, _ = blocked_case(4)
+    items = torch.randint(0, 38, (40, 6), generator=torch.Generator().manual_seed(1))
+    for per_call in (1, 6, 50, 10_000):
+        got = listed_scores(scorer(scores), items, per_call)
+        assert torch.equal(got.nan_to_num(7.0), scores.gather(1, items).nan_to_num(7.0))
 
 
 def test_several_targets_recall_ndcg_and_users_without_targets():

@@ -16,7 +16,8 @@ from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.models.ncf_mlp import NCFMLP
 from recbench.models.pop import Pop
-from recbench.tasks.topk import evaluate_scores, score_all, unit_metrics
+from recbench.tasks import topk
+from recbench.tasks.topk import chunk_metrics, evaluate_scores, score_all, unit_metrics
 
 
 def task_cfg(kind: str = "leave_one_out", threshold=None, sampled: int = 5, **split):
@@ -218,6 +219,68 @@ def test_pairwise_scoring_matches_score_all_and_pop_serves_any_batch():
     assert scores.shape == (4, 10) and torch.equal(scores[2], torch.arange(10.0))
     scores[0, 3] = -1  # a fresh tensor: masking one row leaves the model alone
     assert pop.counts[3] == 3
+
+
+def blocked_models(schema: InteractionSchema) -> dict[str, torch.nn.Module]:
+    """Every top-K model with ``score_items``, with weights in quarters, so every score is
+    exact in float32 whatever products compute it (products of other shapes may otherwise
+    round a score differently in its last bit), and ties are real ties: items 1-10 and 31-40
+    share their embeddings, and Pop's counts tie by the dozen."""
+    from recbench.models.gmf import GMF
+    from recbench.models.mf import MF
+    from recbench.models.neumf import NeuMF
+
+    g = torch.Generator().manual_seed(0)
+    models = {
+        "gmf": GMF(schema, dim=8),
+        "mf": MF(schema, embed_dim=8),
+        "ncf_mlp": NCFMLP(schema, layers=[16, 8, 4]),
+        "neumf": NeuMF(schema, dim=4, layers=[16, 8, 4]),
+    }
+    with torch.no_grad():
+        for model in models.values():
+            for param in model.parameters():
+                param.copy_(torch.randint(-3, 4, param.shape, generator=g) / 4)
+            for name, table in model.named_parameters():
+                if table.shape[0] == schema.num_items + 1 and "item" in name:
+                    table[31:41] = table[1:11]
+    models["pop"] = Pop(InteractionSchema(30, 40, torch.arange(41.0) // 12))
+    return models
+
+
+@pytest.mark.parametrize("chunk", [30, 7])
+def test_blocked_evaluation_gives_the_whole_matrix_metrics(monkeypatch, chunk):
+    """Every model with ``score_items`` is ranked block by block, users leaving once 20 items
+    outrank their target; its per-user metrics, full and sampled, are the whole score
+    matrix's, ties across blocks included."""
+    data = build(random_events(), task_cfg(sampled=9))
+    monkeypatch.setattr(topk, "BLOCK_SCORES", {"cpu": 24})  # blocks of 3-8 items
+    monkeypatch.setattr(topk, "MIN_BLOCK", 3)
+    ks = [1, 5, 10, 20]
+    for name, model in blocked_models(data.schema).items():
+        model.eval()
+        for stage in ("val", "test"):
+            split = data.eval[stage]
+            assert topk.blocked(model, split)
+            units = torch.arange(len(split["user"]))
+            with torch.no_grad():
+                want = unit_metrics(score_all(model, {"user": split["user"]}, 40), split, units, ks)
+                parts = [
+                    chunk_metrics(model, split["user"][u], split, u, ks, 40)
+                    for u in units.split(chunk)
+                ]
+            for key, value in want.items():
+                got = torch.cat([p[key] for p in parts])
+                assert torch.equal(got, value), (name, stage, key)
+    # the tied tables do tie: a constant GMF earns nothing, full or sampled
+    gmf = blocked_models(data.schema)["gmf"]
+    with torch.no_grad():
+        gmf.item.weight.fill_(0.5)
+    split = data.eval["test"]
+    units = torch.arange(len(split["user"]))
+    with torch.no_grad():
+        values = chunk_metrics(gmf, split["user"], split, units, ks, 40)
+    assert values["hr@20"].sum() == 0 and values["sampled.hr@5"].sum() == 0
 
 
 def test_a_ctr_model_under_task_topk_names_the_tasks_it_serves():

@@ -10,6 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PAIRS_PER_BLOCK = 1 << 19  # (user, item) pairs a tower block holds: bounds the activations
+ALL = slice(None)  # every item code: ``score_items``' default
+
+
+def rows_of(table: Tensor, items: slice | Tensor) -> Tensor:
+    """``table[items]`` for ``score_items``' item codes: a view for a slice, an
+    ``index_select`` (several times faster than advanced indexing on CPU) for a code tensor."""
+    if isinstance(items, slice):
+        return table[items]
+    return table.index_select(0, items)
 
 
 def id_embedding(num: int, dim: int, std: float = 0.01) -> nn.Embedding:
