@@ -101,6 +101,7 @@ def _max_epochs(v: Any) -> str | None:
 NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "batch_size": _int_at_least(1, none_ok=False),
     "eval_batch_size": _int_at_least(1, none_ok=False),
+    "chunk_users": _int_at_least(1),  # users an evaluation chunk scores; null: the task's own
     "dim": _int_at_least(1),
     "max_epochs": _max_epochs,
     "min_epochs": _int_at_least(0),
