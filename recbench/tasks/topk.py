@@ -8,7 +8,7 @@ user's held-out items among every item, its training items (and validation items
 excluded, pessimistically (``recbench.ranking``). A model that scores any range of items
 (``score_items``: MF, GMF, the NCF MLP, NeuMF, Pop) is ranked block by block with one held-out
 item per user (``chunk_metrics``): the chunk's scores never exist all at once, and a user whose
-target more than max(ks) items outrank leaves the remaining blocks, since no metric reads its
+target max(ks) items already outrank leaves the remaining blocks, since no metric reads its
 rank. Other models, and users with several held-out items, are scored on the chunk's whole
 (B, num_items + 1) matrix (``score_all``; pairwise in item blocks for a model without one).
 Per-user values are gathered from every DDP rank by user index, so every user is counted once
