@@ -7,9 +7,11 @@ Training rows are redrawn every epoch (``TrainNegatives``): for ``loss=bce`` the
 user's held-out items among every item, its training items (and validation items at test)
 excluded, pessimistically (``recbench.ranking``). A model that scores any range of items
 (``score_items``: MF, GMF, the NCF MLP, NeuMF, Pop) is ranked block by block with one held-out
-item per user (``chunk_metrics``): the chunk's scores never exist all at once, and a user whose
+item per user in a catalogue of 2,048 items or more (``chunk_metrics``): the chunk's scores
+never exist all at once, and a user whose
 target max(ks) items already outrank leaves the remaining blocks, since no metric reads its
-rank. Other models, and users with several held-out items, are scored on the chunk's whole
+rank (``task.eval.blocked``: auto, true, false). Other models, smaller catalogues and users
+with several held-out items are scored on the chunk's whole
 (B, num_items + 1) matrix (``score_all``; pairwise in item blocks for a model without one).
 Per-user values are gathered from every DDP rank by user index, so every user is counted once
 on any number of ranks.
@@ -54,6 +56,10 @@ SCORES_PER_CHUNK = 1 << 21
 # of this many users, blocks of about BLOCK_SCORES scores (2 MB of float32 on a CPU, read, masked
 # and counted while cached; blocks widen as users leave), fewer and larger on a GPU
 BLOCKED_CHUNK_USERS = 1024
+# ... for catalogues of at least this many items, where a whole matrix of that many users would
+# not fit SCORES_PER_CHUNK; below it (MovieLens-100K's 1,682 items) the whole matrix of every
+# user of a chunk is cached anyway and is the faster path
+BLOCKED_FROM_ITEMS = SCORES_PER_CHUNK // BLOCKED_CHUNK_USERS
 BLOCK_SCORES = {"cpu": 1 << 19}
 BLOCK_SCORES_ELSEWHERE = 1 << 24
 MIN_BLOCK = 128  # items a block holds at least
@@ -131,10 +137,18 @@ def unit_metrics(
     return metrics_of(*unit_ranks(scores, split, unit), ks)
 
 
-def blocked(model: nn.Module, split: Mapping[str, Tensor]) -> bool:
+BLOCKED_MODES = ("auto", True, False)  # task.eval.blocked
+
+
+def blocked(
+    model: nn.Module, split: Mapping[str, Tensor], num_items: int, mode: bool | str = "auto"
+) -> bool:
     """Whether ``chunk_metrics`` ranks this model's users on this split block by block: the
-    model scores item ranges (``score_items``) and every user has one target."""
-    return getattr(model, "score_items", None) is not None and split["targets"].shape[1] == 1
+    model scores item ranges (``score_items``) and every user has one target; with ``mode``
+    auto, the catalogue is also large enough (``BLOCKED_FROM_ITEMS``) for blocks to pay."""
+    if mode is False or getattr(model, "score_items", None) is None:
+        return False
+    return split["targets"].shape[1] == 1 and (mode is True or num_items >= BLOCKED_FROM_ITEMS)
 
 
 def chunk_metrics(
@@ -144,15 +158,17 @@ def chunk_metrics(
     unit: Tensor,
     ks: Sequence[int],
     num_items: int,
+    mode: bool | str = "auto",
 ) -> dict[str, Tensor]:
     """Per-unit full and sampled metrics of one chunk of users scored by ``model``: block by
-    block where it can (``blocked``), else from the chunk's whole score matrix.
+    block where ``blocked`` says so (``mode``: ``task.eval.blocked``), else from the chunk's
+    whole score matrix.
 
     Blocked, the full-ranking rank is counted no further than the largest cut-off (the metrics
     read nothing beyond it). A user's target and sampled negatives are read from the blocks when
     the user stays in every block, else scored together in one call (``listed_scores``): the
     sampled rank compares scores of one computation either way."""
-    if not blocked(model, split):
+    if not blocked(model, split, num_items, mode):
         return unit_metrics(score_all(model, {"user": users}, num_items), split, unit, ks)
 
     def score(rows: Tensor, items: slice | Tensor) -> Tensor:
@@ -246,6 +262,9 @@ class TopKTask(Task):
         self.resample = bool(resample_negatives)
         self.ks = cutoffs(ks)
         self.chunk_users = (eval or {}).get("chunk_users")
+        self.blocked_mode = (eval or {}).get("blocked", "auto")
+        if self.blocked_mode not in BLOCKED_MODES:
+            raise ConfigError(f"task.eval.blocked={self.blocked_mode!r}: auto, true or false")
         self.names = metric_names(self.ks)
         self.val_units = UnitValues(self.names)
         self.test_units = UnitValues(self.names)
@@ -273,7 +292,10 @@ class TopKTask(Task):
         self._eval = dict(data.eval)  # per-split tensors, moved to the device on first use
         chunk = self.chunk_users or (
             BLOCKED_CHUNK_USERS
-            if all(blocked(self.model, split) for split in self._eval.values())
+            if all(
+                blocked(self.model, split, self.num_items, self.blocked_mode)
+                for split in self._eval.values()
+            )
             else max(1, SCORES_PER_CHUNK // (self.num_items + 1))
         )
         return TopKDataModule(
@@ -332,7 +354,9 @@ class TopKTask(Task):
     def _eval_step(self, batch: Mapping[str, Tensor], stage: str, metric: UnitValues) -> None:
         split = self._split(stage)
         unit = batch["unit"]
-        values = chunk_metrics(self.model, batch["user"], split, unit, self.ks, self.num_items)
+        values = chunk_metrics(
+            self.model, batch["user"], split, unit, self.ks, self.num_items, self.blocked_mode
+        )
         metric.update(unit, values)
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:

@@ -177,6 +177,10 @@ PREFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("bootstrap.resamples", _int_at_least(1, none_ok=False)),
     ("bootstrap.level", _number(0.0, 1.0, lo_open=True, hi_open=True)),  # a coverage
     (
+        "task.eval.blocked",
+        lambda v: None if v in ("auto", True, False) else "must be auto, true or false",
+    ),
+    (
         "dataset.features.buckets.",
         lambda v: (
             None

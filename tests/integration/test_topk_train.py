@@ -76,7 +76,7 @@ def test_ddp_ranking_metrics_equal_one_rank_exactly(tmp_path):
     base = ["model=neumf", *TINY, "trainer.max_epochs=1", "record=false", "logger=none",
             "++dataset.world.n_users=151"]  # fmt: skip
     one, two = evaluate_on_one_and_two_ranks(
-        tmp_path, base, ("task.eval.chunk_users=16",), train=False
+        tmp_path, base, ("task.eval.chunk_users=16", "task.eval.blocked=true"), train=False
     )
     assert one["test"] == two["test"] and one["val"] == two["val"]
     a = np.load(tmp_path / "one" / "predictions.npz")

@@ -261,12 +261,12 @@ def test_blocked_evaluation_gives_the_whole_matrix_metrics(monkeypatch, chunk):
         model.eval()
         for stage in ("val", "test"):
             split = data.eval[stage]
-            assert topk.blocked(model, split)
+            assert topk.blocked(model, split, 40, True) and not topk.blocked(model, split, 40)
             units = torch.arange(len(split["user"]))
             with torch.no_grad():
                 want = unit_metrics(score_all(model, {"user": split["user"]}, 40), split, units, ks)
                 parts = [
-                    chunk_metrics(model, split["user"][u], split, u, ks, 40)
+                    chunk_metrics(model, split["user"][u], split, u, ks, 40, True)
                     for u in units.split(chunk)
                 ]
             for key, value in want.items():
@@ -279,7 +279,7 @@ def test_blocked_evaluation_gives_the_whole_matrix_metrics(monkeypatch, chunk):
     split = data.eval["test"]
     units = torch.arange(len(split["user"]))
     with torch.no_grad():
-        values = chunk_metrics(gmf, split["user"], split, units, ks, 40)
+        values = chunk_metrics(gmf, split["user"], split, units, ks, 40, True)
     assert values["hr@20"].sum() == 0 and values["sampled.hr@5"].sum() == 0
 
 

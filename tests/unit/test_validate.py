@@ -79,11 +79,13 @@ def test_every_problem_is_listed_in_one_message(tmp_path):
 
 
 def test_ranking_protocol_values_are_checked_before_any_data_is_read(tmp_path):
-    bad = ["task=topk", "task.ks=[10,0]", "task.eval.sampled=-1", "task.eval.chunk_users=0"]
+    bad = ["task=topk", "task.ks=[10,0]", "task.eval.sampled=-1", "task.eval.chunk_users=0",
+           "task.eval.blocked=maybe"]  # fmt: skip
     text = " ".join(messages(bad, tmp_path))
     assert "must be a list of ranking cut-offs >= 1, e.g. [5, 10, 20]" in text
     assert "task.eval.sampled=-1: must be >= 0" in text
     assert "task.eval.chunk_users=0: must be >= 1" in text  # 0 was taken as the default
+    assert "task.eval.blocked='maybe': must be auto, true or false" in text
     assert "must be a list of ranking cut-offs" in " ".join(
         messages(["task=next_item", "task.ks=[]"], tmp_path)
     )
