@@ -13,10 +13,11 @@ held-out item ranked among every item and among 99 sampled negatives, cut-offs 5
 users/s over all chunks, one line per ``--chunk`` (users per chunk; default: the task's own);
 ``--repeat N`` reports the fastest of N runs.
 
-``--path blocked`` is what the task does for a model with ``score_items``: items scored,
-masked and counted in blocks that stay in the cache, a user leaving the blocks once 20 items
-outrank its target. ``--path full`` is the task's path for other models: the chunk's whole
-(users × items) score matrix, then the mask and the count. The held-out items decide how
+``--path blocked`` is what the task does for a model with ``score_items`` (from 2,048 items;
+forced here for any ``--items``): items scored, masked and counted in blocks that stay in the
+cache, a user leaving the blocks once 20 items outrank its target. ``--path full`` is the
+task's path for other models and small catalogues: the chunk's whole (users × items) score
+matrix, then the mask and the count. The held-out items decide how
 early users leave: ``--targets softmax`` (the default) draws each user's held-out item with
 probability ∝ exp(score / (0.5 σ)), σ the scores' standard deviation: the choice model of a
 user whose tastes the model knows up to noise (HR@20 about 0.1, reported). ``top`` makes it
@@ -114,7 +115,7 @@ def bench_eval(
         with torch.no_grad():
             for unit in chunks:
                 if blocked:
-                    v = topk.chunk_metrics(model, unit + 1, split, unit, ks, items)
+                    v = topk.chunk_metrics(model, unit + 1, split, unit, ks, items, True)
                 else:
                     scores = topk.score_all(model, {"user": unit + 1}, items)
                     v = topk.unit_metrics(scores, split, unit, ks)
