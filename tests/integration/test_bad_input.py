@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import cli
+
 TINY = ["model=lr", "++dataset.world.n_users=300", "debug=fast", "logger=none", "threads=1"]
 
 
 def recbench(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    exe = shutil.which("recbench")
-    cmd = [exe] if exe else [sys.executable, "-m", "recbench.cli"]
-    return subprocess.run(
-        [*cmd, *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return cli.run(list(args), cwd, env)
 
 
 def refused(proc: subprocess.CompletedProcess, *needles: str) -> str:

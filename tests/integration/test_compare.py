@@ -15,6 +15,7 @@ import pytest
 
 from recbench.cli import config_dir
 from recbench.results import FAILED, FINISHED, read_records
+from tests import cli
 
 # a small world, a few batches, no event files: each run costs little more than its imports
 TINY = ["++dataset.world.n_users=300", "debug=fast", "logger=none"]
@@ -26,14 +27,7 @@ def _env(outputs: Path) -> dict[str, str]:
 
 
 def recbench(*args: str, outputs: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "recbench.cli", *args],
-        cwd=outputs,
-        env=_env(outputs),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cli.run(list(args), outputs, _env(outputs))
     if check and proc.returncode != 0:
         raise AssertionError(
             f"recbench {' '.join(args)} failed ({proc.returncode}):\n"

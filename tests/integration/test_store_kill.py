@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from recbench.results import FINISHED, STORE_NAME, append_record, read_records, scan_store
+from tests import cli
 
 CHUNK = 97  # bytes per os.write: one record takes many writes, so a kill lands mid-record
 
@@ -139,12 +140,8 @@ def test_a_writer_killed_holding_the_lock_leaves_a_torn_line_the_next_append_sur
 
 
 def _results(*args: str, root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "recbench.cli", "results", *args],
-        env={**os.environ, "RECBENCH_OUTPUTS": str(root / "elsewhere")},
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return cli.run(
+        ["results", *args], Path.cwd(), {"RECBENCH_OUTPUTS": str(root / "elsewhere")}, 120
     )
 
 

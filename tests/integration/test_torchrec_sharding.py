@@ -27,6 +27,7 @@ from recbench.distributed.embedding import SERVED, check_pooled_only
 from recbench.errors import ConfigError
 from recbench.models.layers import FeatureEmbedding, FeatureLinear
 from recbench.testing import random_batch, toy_schema
+from tests import cli
 
 WHY = "TorchRec does not import here: pip install 'recbench[torchrec]' (docs/scale.md)"
 
@@ -290,14 +291,7 @@ SMALL = [
 
 def recbench(*args: str, cwd: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "recbench.cli", "train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cli.run(["train", *args], cwd, env, timeout=600)
     if proc.returncode != 0:
         raise AssertionError(
             f"recbench train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

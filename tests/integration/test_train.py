@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from recbench.results import read_records
+from tests import cli
 
 SMALL = [
     "++dataset.world.n_users=300",
@@ -21,15 +23,7 @@ SMALL = [
 
 
 def recbench(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "recbench.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cli.run(list(args), cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"recbench {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -174,6 +168,11 @@ def test_help_lists_commands(tmp_path):
     out = recbench("--help", cwd=tmp_path).stdout
     for cmd in ("train", "compare", "bench", "data", "models"):
         assert cmd in out
+    # the installed entry point, in a fresh interpreter (the suite's other commands are forked)
+    exe = shutil.which("recbench")
+    cmd = [exe] if exe else [sys.executable, "-m", "recbench.cli"]
+    fresh = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
+    assert fresh.returncode == 0 and all(c in fresh.stdout for c in ("train", "compare", "data"))
     models = recbench("models", cwd=tmp_path).stdout
     assert "DeepFM" in models and "Wide&Deep" in models
     # the models of one task (what a task/model mismatch points to), and a bad argument

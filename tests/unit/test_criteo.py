@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from recbench.data.adapters.criteo import Criteo
 from recbench.data.pipeline import prepare
 from recbench.data.shards import dense_transform
 from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
+from tests import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = lambda m: None  # noqa: E731
@@ -44,14 +44,7 @@ def criteo_cfg(root: Path, **over):
 
 
 def recbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "recbench.cli", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = cli.run(list(args), cwd)
     assert proc.returncode == 0, f"recbench {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 

@@ -3,9 +3,7 @@ prints that without a traceback. The files are small synthetic copies in each of
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from recbench.data.adapters.movielens import MovieLens1M, MovieLens100K, MovieLe
 from recbench.data.adapters.synthetic import SyntheticWorld
 from recbench.data.pipeline import CorruptCacheError, PreparedData, prepare
 from recbench.errors import ConfigError, MalformedDataError, RecbenchError
+from tests import cli
 from tests.unit.test_movielens import write_100k
 
 RESTORE = "Restore the file from the dataset's archive"
@@ -298,15 +297,7 @@ def test_two_writers_of_one_cache_entry_at_once_both_succeed(tmp_path, monkeypat
 
 
 def recbench_data(*args: str, cwd: Path, verb: str = "info") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "recbench.cli", "data", verb, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return cli.run(["data", verb, *args], cwd, timeout=300)
 
 
 def test_cli_bad_data_files_exit_2_with_file_line_fix_and_no_traceback(tmp_path):

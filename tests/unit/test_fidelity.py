@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from recbench.models.layers import ResidualUnit
 from recbench.models.wide_deep import HASH_A, HASH_B, HASH_P, WideDeep
 from recbench.optim import FTRLProximal, PerPartOptimizer, build_optimizer
 from recbench.testing import random_batch, toy_schema
+from tests import cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -357,14 +356,7 @@ def test_ddp_evaluates_a_split_smaller_than_the_world(tmp_path: Path) -> None:
         "monitor_mode=min",
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "recbench.cli", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = cli.run(args, tmp_path, env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["perf"]["devices"] == 2

@@ -6,8 +6,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from recbench.callbacks import AtomicModelCheckpoint
 from recbench.errors import RecbenchError, TrainingDivergedError
 from recbench.tasks.ctr import CTRTask
 from recbench.tasks.guard import LossGuard, check_on_all_ranks
+from tests import cli
 
 # ---------------------------------------------------------------------------- LossGuard
 
@@ -302,11 +301,8 @@ def test_failed_checkpoint_write_leaves_no_file_under_the_real_name(tmp_path, mo
 
 def test_cli_diverged_run_exits_2_with_the_message_and_no_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(
+    proc = cli.run(
         [
-            sys.executable,
-            "-m",
-            "recbench.cli",
             "train",
             "model=lr",
             "optimizer.lr=1e6",
@@ -317,10 +313,8 @@ def test_cli_diverged_run_exits_2_with_the_message_and_no_traceback(tmp_path):
             "record=false",
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        tmp_path,
+        env,
         timeout=600,
     )
     out = proc.stdout + proc.stderr
@@ -337,11 +331,8 @@ def test_cli_one_class_test_split_records_null_auc_with_reason(tmp_path, ml100k)
     import json
 
     run = tmp_path / "run"
-    proc = subprocess.run(
+    proc = cli.run(
         [
-            sys.executable,
-            "-m",
-            "recbench.cli",
             "train",
             "model=lr",
             "dataset=movielens-100k",
@@ -353,10 +344,8 @@ def test_cli_one_class_test_split_records_null_auc_with_reason(tmp_path, ml100k)
             "record=false",
             f"hydra.run.dir={run}",
         ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        capture_output=True,
-        text=True,
+        tmp_path,
+        {**os.environ, "PYTHONWARNINGS": "ignore"},
         timeout=600,
     )
     out = proc.stdout + proc.stderr
