@@ -242,6 +242,25 @@ def _results(args: list[str]) -> None:
     results_main(args)
 
 
+def _completion(args: list[str]) -> None:
+    from recbench.completion import HYDRA_CONFIGS, SHELLS, script
+    from recbench.lineage import NODES
+
+    if len(args) == 2 and args[0] == "query" and args[1] in HYDRA_CONFIGS:
+        # Hydra's completion of that config; the shell script passes the line in COMP_LINE
+        _hydra_command(HYDRA_CONFIGS[args[1]], lambda cfg: None)(["-sc", "query=bash"])
+        return
+    if len(args) != 1 or args[0] not in SHELLS:
+        _fail(
+            RecbenchError(
+                f"usage: recbench completion <{'|'.join(SHELLS)}>, e.g. in ~/.bashrc: "
+                'eval "$(recbench completion bash)"'
+            )
+        )
+    tasks = list(dict.fromkeys(n.task for n in NODES))
+    print(script(args[0], list(COMMANDS), tasks), end="")
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (_hydra_command("train", _train), "train and evaluate one model (or a -m sweep)"),
     "compare": (
@@ -252,12 +271,13 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "data": (_data, "prepare | info: build or describe a dataset's cached tensors"),
     "models": (_models, "list the lineage: models, parents, papers"),
     "results": (_results, "check [--repair] | add <metrics.json>: look after the results store"),
+    "completion": (_completion, 'bash | zsh: tab completion, eval "$(recbench completion bash)"'),
 }
 
 
 def usage() -> str:
     lines = ["usage: recbench <command> [hydra overrides]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += [
         "",
         "Each command takes Hydra overrides, --help and --cfg job, e.g.",
