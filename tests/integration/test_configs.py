@@ -56,24 +56,7 @@ def _served_task(tmp_path: Path, model: str) -> list[str]:
 NEEDS_RUNS = {"neumf_pretrained": "tests/integration/test_topk_train.py"}
 
 
-# the RL world's policies share one task and one environment: drn and the random policy run by
-# default, the other policies under -m slow
-RL_SLOW = {
-    m
-    for m in MODELS
-    if "override /task: rl" in (CONFIGS / "model" / f"{m}.yaml").read_text()
-    and m not in ("drn", "random_policy")
-}
-
-
-@pytest.mark.parametrize(
-    "model",
-    [
-        pytest.param(m, marks=pytest.mark.slow) if m in RL_SLOW else m
-        for m in MODELS
-        if m not in NEEDS_RUNS
-    ],
-)
+@pytest.mark.parametrize("model", [m for m in MODELS if m not in NEEDS_RUNS])
 def test_every_model_config_trains_end_to_end(tmp_path, model):
     task = _served_task(tmp_path, model)
     cfg = compose_train(tmp_path, [f"model={model}", f"+model_name={model}", *task, *TINY])

@@ -27,7 +27,7 @@ def ml_root(tmp_path):
 
 @pytest.mark.parametrize(
     ("model", "epochs"),
-    [("mf", 6), ("autorec", 30), pytest.param("u_autorec", 30, marks=pytest.mark.slow)],
+    [("mf", 6), ("autorec", 30), ("u_autorec", 30)],
 )
 def test_a_rating_run_records_rmse_mae_fallbacks_and_unit_errors(tmp_path, ml_root, model, epochs):
     args = [

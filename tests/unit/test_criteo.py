@@ -168,7 +168,6 @@ def test_vocabulary_min_count_and_hash_buckets(small_file, tmp_path, monkeypatch
     assert np.abs(dense.mean(0)).max() < 0.05 and (dense.std(0) <= 1.0 + 1e-4).all()
 
 
-@pytest.mark.slow
 def test_shard_fed_training_checkpoint_scores_the_same_from_memory(small_file, tmp_path):
     """Train from shards; evaluate that checkpoint from shards and from memory: same metrics."""
     base = [
