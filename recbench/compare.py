@@ -396,16 +396,28 @@ def _command_line(task: list[str], hydra_overrides: list[str], report_only: bool
     return prefix + shlex.join(["recbench", "compare", *args])
 
 
-def _console_table(table: Table, title: str):
-    """The report's metric table without the lineage columns, to fit a terminal."""
+def _console_table(table: Table, title: str, width: int):
+    """The report's metric table for a terminal ``width`` columns wide: the lineage columns left
+    out, then the metric columns in the report's order (the task's primary metric first) as
+    many as fit whole; the caption counts those left to ``report.md``."""
     from rich.table import Table as RichTable
 
     keep = [i for i, h in enumerate(table.headers) if h not in ("family", "parents", "params")]
-    t = RichTable(title=title)
-    for i in keep:
-        t.add_column(table.headers[i], justify="left" if i == 0 else "right")
+    shown, used = [], 1  # the table's left border
+    for n, i in enumerate(keep):
+        # a column takes its widest cell, one space each side and its right border
+        need = max(len(table.headers[i]), *(len(r[i]) for r in table.rows)) + 3
+        if n >= 2 and used + need > width:  # the model and the seed count stay
+            break
+        shown.append(i)
+        used += need
+    left = len(keep) - len(shown)
+    caption = f"{left} more metric column(s) in report.md" if left else None
+    t = RichTable(title=title, caption=caption)
+    for i in shown:
+        t.add_column(table.headers[i], justify="left" if i == 0 else "right", no_wrap=True)
     for row in table.rows:
-        t.add_row(*(row[i] for i in keep))
+        t.add_row(*(row[i] for i in shown))
     return t
 
 
@@ -545,7 +557,9 @@ def run(cfg: DictConfig) -> None:
 
     finished_models = [summarise_model(m, runs[m]) for m in models if runs[m]]
     if finished_models:
-        Console().print(_console_table(metric_table(finished_models), f"{lineage} on {dataset}"))
+        out = Console()
+        table = metric_table(finished_models)
+        out.print(_console_table(table, f"{lineage} on {dataset}", out.width))
     console.print(
         f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}  {out_dir / 'lineage.png'}"
     )

@@ -139,3 +139,28 @@ def test_an_empty_model_list_is_refused_not_read_as_the_lineage() -> None:
         with pytest.raises(ConfigError, match=r"models=\[\] names no model"):
             model_list(compose("compare", overrides=["lineage=ctr", "models=[]"]))
         assert model_list(compose("compare", overrides=["lineage=ctr", "models=null"]))[0] == "lr"
+
+
+def test_the_terminal_table_shows_whole_columns_and_counts_the_rest() -> None:
+    """A top-K compare has 8 metric columns of 'x.xxxx ± x.xxxx': at 80 columns the terminal
+    shows the first ones whole (never '0.04…') and says how many are in report.md."""
+    from rich.console import Console
+
+    from recbench.compare import _console_table
+    from recbench.report.tables import Table
+
+    metrics = [f"{p}{m}@10 ↑" for p in ("", "sampled.") for m in ("ndcg", "hr", "recall", "mrr")]
+    headers = ["model", "family", "parents", "seeds", *metrics, "params"]
+    rows = [
+        [name, "collaborative filtering", "gmf, ncf_mlp", "3", *["0.0432 ± 0.0012"] * 8, "463,617"]
+        for name in ("pop", "neumf_pretrained")
+    ]
+    for width, shown in ((80, 2), (120, 5), (200, 8)):
+        out = Console(width=width, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+        out.print(_console_table(Table(headers, rows), "cf on movielens-100k", width))
+        text = out.export_text()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+        assert text.count("0.0432 ± 0.0012") == 2 * shown, width
+        assert "neumf_pretrained" in text and "family" not in text and "463,617" not in text
+        left = 8 - shown
+        assert (f"{left} more metric column(s) in report.md" in text) == (left > 0)
