@@ -280,7 +280,8 @@ def usage() -> str:
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += [
         "",
-        "Each command takes Hydra overrides, --help and --cfg job, e.g.",
+        "recbench --version prints the version. Each command takes Hydra overrides, --help and",
+        "--cfg job, e.g.",
         "  recbench train model=din dataset=movielens-100k trainer.max_epochs=5",
     ]
     return "\n".join(lines)
@@ -290,6 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
+        return
+    if args[0] in ("-V", "--version"):
+        from recbench import __version__
+
+        print(f"recbench {__version__}")
         return
     cmd, rest = args[0], args[1:]
     if cmd == "compare":  # a flag for the common case of rebuilding a report from the store

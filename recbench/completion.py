@@ -25,7 +25,7 @@ _recbench_complete()
     local n=${#words[@]}
     local cur=${words[n-1]} choices=""
     if (( n <= 2 )); then
-        choices="__COMMANDS__ --help"
+        choices="__COMMANDS__ --help --version"
     else
         case ${words[1]} in
             train|compare|bench)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from recbench import __version__ as recbench_version
 from recbench.results import read_records
 from tests import cli
 
@@ -173,6 +174,8 @@ def test_help_lists_commands(tmp_path):
     cmd = [exe] if exe else [sys.executable, "-m", "recbench.cli"]
     fresh = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
     assert fresh.returncode == 0 and all(c in fresh.stdout for c in ("train", "compare", "data"))
+    version = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout == f"recbench {recbench_version}\n"
     models = recbench("models", cwd=tmp_path).stdout
     assert "DeepFM" in models and "Wide&Deep" in models
     # the models of one task (what a task/model mismatch points to), and a bad argument
