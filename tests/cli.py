@@ -8,7 +8,8 @@ fresh interpreter does). What stays on fresh interpreters: the tests of processe
 (signals, kills, a compare and its runs, torchrun), which call ``subprocess`` directly, and every
 DDP rank after the first, which ``recbench.launch`` starts as its own interpreter.
 
-``RECBENCH_TEST_FRESH=1`` runs every command in a fresh interpreter instead.
+``RECBENCH_TEST_FRESH=1`` runs every command in a fresh interpreter instead, as does every
+command after the server failed.
 """
 
 from __future__ import annotations
@@ -55,26 +56,29 @@ def run(
 ) -> subprocess.CompletedProcess:
     """``recbench *args`` in ``cwd`` with ``env`` (default: this process's). Forked, the
     command's stdout and stderr are one stream: both fields of the result hold all of it."""
+    global _server, _broken
     env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     server = _fork_server()
-    if server is None:
-        return subprocess.run(
-            [sys.executable, "-m", "recbench.cli", *args],
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    fd, name = tempfile.mkstemp(prefix="recbench-cli-", suffix=".log")
-    os.close(fd)
-    log = Path(name)
-    timer = threading.Timer(timeout, server.stop)
-    timer.start()
-    try:
-        code = server.run(list(args), env, str(cwd), log)
-    finally:
-        timer.cancel()
-    text = log.read_text(errors="replace")
-    log.unlink(missing_ok=True)
-    return subprocess.CompletedProcess(["recbench", *args], code, text, text)
+    if server is not None:
+        fd, name = tempfile.mkstemp(prefix="recbench-cli-", suffix=".log")
+        os.close(fd)
+        log = Path(name)
+        timer = threading.Timer(timeout, server.stop)
+        timer.start()
+        try:
+            code = server.run(list(args), env, str(cwd), log)
+            text = log.read_text(errors="replace")
+            return subprocess.CompletedProcess(["recbench", *args], code, text, text)
+        except ForkServerError as exc:  # the server is gone: this and later commands run fresh
+            _broken, _server = str(exc), None
+        finally:
+            timer.cancel()
+            log.unlink(missing_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "recbench.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
