@@ -84,6 +84,15 @@ NODES: tuple[Node, ...] = (
         "joint training of a memorising wide part and a generalising deep part",
     ),
     Node(
+        "wide_only",
+        "Wide (Wide&Deep's wide part)",
+        "combination",
+        ("lr",),
+        "Cheng et al., DLRS 2016 (the wide part alone)",
+        "crossing",
+        "cross-product features memorised by a linear model: what Wide&Deep's wide side adds to LR",
+    ),
+    Node(
         "dcn",
         "DCN",
         "combination",
@@ -455,13 +464,25 @@ NODES += (
         "rl",
     ),
     Node(
+        "oracle_myopic",
+        "Oracle (myopic)",
+        "RL crossover",
+        (),
+        "the planted click model's own top-K",
+        "root",
+        "the most expected clicks on this request, from the true click probabilities; blind "
+        "to what a list does to the user's later visits",
+        "rl",
+    ),
+    Node(
         "oracle_policy",
         "Oracle",
         "RL crossover",
         (),
-        "the planted click model's own top-K (myopic)",
+        "the planted click model's top-K, looking ahead",
         "root",
-        "the ceiling: the true click probabilities",
+        "the ceiling: the true click probabilities plus, to first order, the clicks each item "
+        "adds to or takes from the user's later visits (fatigue, boredom)",
         "rl",
     ),
 )

@@ -579,3 +579,17 @@ def test_each_lineage_node_lists_the_tasks_its_model_serves() -> None:
     # a variant config (mf_bpr: MF trained for top-K) may list fewer; its class's nodes, all
     for cls, tasks in listed.items():
         assert tasks == set(model_tasks(cls)), (cls.__name__, tasks)
+
+
+def test_every_model_config_is_a_lineage_node_or_a_named_variant_of_one() -> None:
+    """`recbench models` lists the lineage's nodes, and the report places a config by its node:
+    a config that is neither a node nor ``<node>_<variant>`` (as din_dice is of din) would be
+    missing from the list and drawn as 'other', without parents."""
+    from recbench.cli import config_dir
+    from recbench.lineage import BY_MODEL
+    from recbench.report.lineage import _variant_base, family_of
+
+    for path in sorted((Path(config_dir()) / "model").glob("*.yaml")):
+        model = path.stem
+        assert model in BY_MODEL or _variant_base(model), model
+        assert family_of(model) != "other", model
