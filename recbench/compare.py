@@ -406,7 +406,7 @@ def _console_table(table: Table, title: str, width: int):
     shown, used = [], 1  # the table's left border
     for n, i in enumerate(keep):
         # a column takes its widest cell, one space each side and its right border
-        need = max(len(table.headers[i]), *(len(r[i]) for r in table.rows)) + 3
+        need = max([len(table.headers[i]), *(len(r[i]) for r in table.rows)]) + 3
         if n >= 2 and used + need > width:  # the model and the seed count stay
             break
         shown.append(i)

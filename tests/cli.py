@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,8 +48,13 @@ def _fork_server() -> ForkServer | None:
         except ForkServerError as exc:
             _broken, _server = str(exc), None
             return None
-        atexit.register(_server.close)
+        atexit.register(_close, _server, root)
     return _server
+
+
+def _close(server: ForkServer, root: Path) -> None:
+    server.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def run(
