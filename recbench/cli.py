@@ -225,12 +225,22 @@ def _models(args: list[str]) -> None:
     t = Table(title=title)
     for c in ("model", "name", "tasks", "parents", "paper", *(("idea",) if verbose else ())):
         t.add_column(c, no_wrap=c not in ("idea", "paper"))
+    from recbench.report.lineage import _variant_base, title_of
+
+    variants: dict[str, list[str]] = {}  # configs <node>_<variant> (din_dice), under their node
+    for m in sorted(have):
+        base = None if m in {n.model for n in NODES} else _variant_base(m)
+        if base:
+            variants.setdefault(base, []).append(m)
     for n in NODES:
         if task and task not in n.tasks:
             continue
         mark = n.model if n.model in have else f"[dim]{n.model} (planned)[/]"
         row = [mark, n.title, ", ".join(n.tasks), ", ".join(n.parents) or "-", n.paper]
         t.add_row(*row, *((n.idea,) if verbose else ()))
+        for v in variants.get(n.model, []):
+            row = [v, title_of(v), ", ".join(n.tasks), n.model, f"a variant of {n.model}"]
+            t.add_row(*row, *(("",) if verbose else ()))
     Console(width=max(Console().width, 120)).print(t)
     if not verbose:
         Console().print("recbench models --verbose adds the idea each model adds to its parents")

@@ -178,6 +178,7 @@ def test_help_lists_commands(tmp_path):
     assert version.returncode == 0 and version.stdout == f"recbench {recbench_version}\n"
     models = recbench("models", cwd=tmp_path).stdout
     assert "DeepFM" in models and "Wide&Deep" in models
+    assert "din_dice" in models and "DIN (dice)" in models  # a variant config, under its node
     # the models of one task (what a task/model mismatch points to), and a bad argument
     ranking = recbench("models", "task=topk", cwd=tmp_path).stdout
     assert "neumf_pretrained" in ranking and "DeepFM" not in ranking and "rating, topk" in ranking
