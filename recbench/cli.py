@@ -225,11 +225,11 @@ def _models(args: list[str]) -> None:
     t = Table(title=title)
     for c in ("model", "name", "tasks", "parents", "paper", *(("idea",) if verbose else ())):
         t.add_column(c, no_wrap=c not in ("idea", "paper"))
-    from recbench.report.lineage import _variant_base, title_of
+    from recbench.report.lineage import title_of, variant_base
 
     variants: dict[str, list[str]] = {}  # configs <node>_<variant> (din_dice), under their node
     for m in sorted(have):
-        base = None if m in {n.model for n in NODES} else _variant_base(m)
+        base = None if m in {n.model for n in NODES} else variant_base(m)
         if base:
             variants.setdefault(base, []).append(m)
     for n in NODES:

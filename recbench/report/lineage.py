@@ -36,7 +36,7 @@ FAMILY_COLOURS = {
 }
 
 
-def _variant_base(model: str) -> str | None:
+def variant_base(model: str) -> str | None:
     """A config not in the graph named ``<node>_<variant>`` (``din_dice``) is a variant of
     ``<node>``: the longest lineage node its name starts with."""
     parts = model.split("_")
@@ -50,21 +50,21 @@ def _variant_base(model: str) -> str | None:
 def parents_of(model: str) -> tuple[str, ...]:
     if model in BY_MODEL:
         return BY_MODEL[model].parents
-    base = _variant_base(model)
+    base = variant_base(model)
     return (base,) if base else ()
 
 
 def family_of(model: str) -> str:
     if model in BY_MODEL:
         return BY_MODEL[model].family
-    base = _variant_base(model)
+    base = variant_base(model)
     return BY_MODEL[base].family if base else "other"
 
 
 def title_of(model: str) -> str:
     if model in BY_MODEL:
         return BY_MODEL[model].title
-    base = _variant_base(model)
+    base = variant_base(model)
     if base:
         return f"{BY_MODEL[base].title} ({model[len(base) + 1 :].replace('_', ' ')})"
     return model
@@ -73,7 +73,7 @@ def title_of(model: str) -> str:
 def rule_of(model: str) -> str:
     if model in BY_MODEL:
         return BY_MODEL[model].rule
-    return "variant" if _variant_base(model) else "-"
+    return "variant" if variant_base(model) else "-"
 
 
 def lineage_edges(models: Sequence[str]) -> list[tuple[str, str]]:

@@ -587,9 +587,9 @@ def test_every_model_config_is_a_lineage_node_or_a_named_variant_of_one() -> Non
     missing from the list and drawn as 'other', without parents."""
     from recbench.cli import config_dir
     from recbench.lineage import BY_MODEL
-    from recbench.report.lineage import _variant_base, family_of
+    from recbench.report.lineage import family_of, variant_base
 
     for path in sorted((Path(config_dir()) / "model").glob("*.yaml")):
         model = path.stem
-        assert model in BY_MODEL or _variant_base(model), model
+        assert model in BY_MODEL or variant_base(model), model
         assert family_of(model) != "other", model
