@@ -62,10 +62,29 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
                 _stopped_by_sigterm(exc)
                 raise
 
+        _check_group_options(args, config_name)
         sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
         entry()
 
     return command
+
+
+def _check_group_options(args: list[str], command: str) -> None:
+    """Refuse a config group option that does not exist (``model=deepfn``) in one line with the
+    nearest names, before Hydra's many-line report. With an explicit ``hydra.searchpath=`` the
+    folders are Hydra's to resolve, and it reports."""
+    if any(a.lstrip("+").startswith("hydra.searchpath=") for a in args):
+        return
+    from recbench.validate.groups import unknown_options
+    from recbench.validate.problems import Problems
+
+    extra = os.environ.get("RECBENCH_CONFIG_PATH", "").split(os.pathsep)
+    dirs = [Path(config_dir()), *(Path(p).expanduser() for p in extra if p)]
+    problems = Problems()
+    for i, message in enumerate(unknown_options(args, dirs)):
+        problems.add(str(i), message)
+    if problems:
+        _fail(problems.error(command))
 
 
 def _stopped_by_sigterm(exc: SystemExit) -> None:
@@ -153,6 +172,7 @@ def _data(args: list[str]) -> None:
     from recbench.data.pipeline import prepare
     from recbench.validate import check
 
+    _check_group_options(args[1:], "data")
     cfg = _compose("data", args[1:])
     check(cfg, "data")  # a value left ??? or out of range: one line each, before any data is read
     data = prepare(

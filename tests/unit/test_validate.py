@@ -315,3 +315,37 @@ def test_gpu_counts_come_from_torch(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     (msg,) = messages(["trainer=gpu"], tmp_path)
     assert "no bfloat16" in msg and "trainer.precision=16-mixed" in msg
+
+
+def test_an_unknown_group_option_is_named_with_the_nearest_ones(tmp_path) -> None:
+    from recbench.validate.groups import unknown_options
+
+    packaged = Path(config_dir())
+    mine = tmp_path / "mine"
+    (mine / "dataset").mkdir(parents=True)
+    (mine / "dataset" / "shop.yaml").write_text("name: shop\n")
+    dirs = [packaged, mine]
+    ok = [
+        "model=deepfm",
+        "+model=din",
+        "model@other=lr",
+        "dataset=shop",  # a config of the user's own folder
+        "model=null",
+        "~model",
+        "model.dim=3",  # a key, not an option
+        "seed=4",  # not a group
+        "model=${oc.env:M}",  # an interpolation: Hydra's to resolve
+        "model=choice(lr,fm)",  # a sweep function
+        "hydra/launcher=basic",  # Hydra's own groups
+        "hparams_search=deepfm_optuna",
+        "-m",
+    ]
+    assert unknown_options(ok, dirs) == []
+    (bad,) = unknown_options(["model=deepfn"], dirs)
+    assert bad.startswith("model=deepfn: there is no model config 'deepfn' (did you mean deepfm")
+    assert "`recbench models` lists the models" in bad
+    (sweep,) = unknown_options(["model=lr,fmm"], dirs)  # each item of a sweep list
+    assert sweep.startswith("model=fmm:")
+    (shop,) = unknown_options(["dataset=shops"], dirs)
+    assert "(did you mean shop?)" in shop and "dataset/shops.yaml" in shop
+    assert unknown_options(["dataset=shop"], [packaged]) != []  # only where the folder is given
