@@ -64,9 +64,54 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
 
         _check_group_options(args, config_name)
         sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
-        entry()
+        try:
+            entry()
+        except SystemExit as exc:
+            if exc.code == 1:  # Hydra reported an error: a misspelt key gets a hint after it
+                _hint_misspelt_keys(args, config_name)
+            raise
 
     return command
+
+
+def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
+    """After Hydra refused ``trainer.max_epoch=3`` (advising ``+trainer.max_epoch`` to add it),
+    name the keys it was probably meant to be. Composes the config with the group choices only,
+    so it costs nothing unless a command has already failed."""
+    import difflib
+
+    from omegaconf import DictConfig
+
+    keys = [a.split("=", 1)[0] for a in args if "=" in a and not a.startswith(("+", "~", "-"))]
+    dotted = [k for k in keys if "." in k and not k.startswith("hydra")]
+    if not dotted:
+        return
+    groups = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and "," not in a]
+    try:
+        cfg = _compose_quiet(config_name, groups)
+    except Exception:  # noqa: BLE001 - the hint is a courtesy; Hydra has said what failed
+        return
+    for key in dotted:
+        node, parts = cfg, key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig):
+                break
+            if part not in node:
+                close = difflib.get_close_matches(part, [str(k) for k in node], n=3, cutoff=0.6)
+                if close:
+                    head = ".".join(parts[:depth])
+                    names = " or ".join(f"{head}.{c}" if head else c for c in close)
+                    console.print(f"[yellow]hint:[/] {key} is not a key; did you mean {names}?")
+                break
+            node = node[part]
+
+
+def _compose_quiet(config_name: str, overrides: list[str]):
+    """The composed config; Hydra's and OmegaConf's errors are the caller's."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name=config_name, overrides=user_search_path(overrides))
 
 
 def _check_group_options(args: list[str], command: str) -> None:
@@ -127,13 +172,11 @@ def _bench(cfg):
 
 
 def _compose(config_name: str, overrides: list[str]):
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            return compose(config_name=config_name, overrides=user_search_path(overrides))
+        return _compose_quiet(config_name, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         _fail(exc)
 

@@ -163,6 +163,11 @@ def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path):
     assert "model=deepfn: there is no model config 'deepfn' (did you mean deepfm" in text
     assert "`recbench models` lists the models" in text
     assert "there is no dataset config 'movielens100k' (did you mean movielens-100k" in text
+    # a misspelt key: Hydra's refusal (which advises +key= to add it), then the keys it was meant
+    key = recbench("train", "model=din", "model.embd_dim=3", cwd=tmp_path, check=False)
+    text = " ".join(key.stderr.split())
+    assert key.returncode == 1 and "Could not override 'model.embd_dim'" in text
+    assert "hint: model.embd_dim is not a key; did you mean model.embed_dim?" in text
     # a sweep's list is checked item by item; a config key (model.dim=) is left to Hydra
     sweep = recbench("train", "-m", "model=lr,fmm", "model.dim=4", cwd=tmp_path, check=False)
     assert sweep.returncode == 2 and "model=fmm: there is no model config 'fmm'" in sweep.stderr
