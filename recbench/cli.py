@@ -27,14 +27,25 @@ def config_dir() -> str:
     raise SystemExit("recbench: cannot find its configs/ folder; set RECBENCH_CONFIG_DIR")
 
 
+def user_config_dirs() -> list[Path]:
+    """The folders of ``$RECBENCH_CONFIG_PATH`` (``:``-separated), searched beside the packaged
+    configs for a user's own ``dataset/<name>.yaml`` or ``model/<name>.yaml``."""
+    env = os.environ.get("RECBENCH_CONFIG_PATH", "")
+    return [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p]
+
+
+def _explicit_search_path(args: list[str]) -> bool:
+    """Whether the command line sets ``hydra.searchpath=`` itself (it then wins)."""
+    return any(a.lstrip("+").startswith("hydra.searchpath=") for a in args)
+
+
 def user_search_path(args: list[str]) -> list[str]:
-    """``args`` with the folders of ``$RECBENCH_CONFIG_PATH`` (``:``-separated) added to Hydra's
-    search path, so a user's own ``dataset/<name>.yaml`` or ``model/<name>.yaml`` is found beside
-    the packaged configs. An explicit ``hydra.searchpath=`` on the command line wins."""
-    extra = [p for p in os.environ.get("RECBENCH_CONFIG_PATH", "").split(os.pathsep) if p]
-    if not extra or any(a.lstrip("+").startswith("hydra.searchpath=") for a in args):
+    """``args`` with ``user_config_dirs`` added to Hydra's search path, unless an explicit
+    ``hydra.searchpath=`` on the command line sets it."""
+    extra = user_config_dirs()
+    if not extra or _explicit_search_path(args):
         return args
-    paths = ",".join(f"file://{Path(p).expanduser().resolve()}" for p in extra)
+    paths = ",".join(f"file://{p}" for p in extra)
     return [f"hydra.searchpath=[{paths}]", *args]
 
 
@@ -118,14 +129,13 @@ def _check_group_options(args: list[str], command: str) -> None:
     """Refuse a config group option that does not exist (``model=deepfn``) in one line with the
     nearest names, before Hydra's many-line report. With an explicit ``hydra.searchpath=`` the
     folders are Hydra's to resolve, and it reports."""
-    if any(a.lstrip("+").startswith("hydra.searchpath=") for a in args):
+    if _explicit_search_path(args):
         return
     from recbench.validate.groups import unknown_options
     from recbench.validate.problems import Problems
 
-    extra = os.environ.get("RECBENCH_CONFIG_PATH", "").split(os.pathsep)
-    dirs = [Path(config_dir()), *(Path(p).expanduser() for p in extra if p)]
     problems = Problems()
+    dirs = [Path(config_dir()), *user_config_dirs()]
     for i, message in enumerate(unknown_options(args, dirs)):
         problems.add(str(i), message)
     if problems:
