@@ -9,8 +9,9 @@ with fewer than three interactions have no training target and are left out (cou
 sorted raw id, so the S3-Rec files' contiguous ids keep their numbers); 0 is padding.
 
 Tensors (all int64, left-padded with 0 so the most recent item is the last column):
-- ``train["seq"]`` (users, L + 1): the last L + 1 training items. A causal model reads columns
-  0..L-1 and predicts columns 1..L; a Cloze model reads columns 1..L.
+- ``train["seq"]`` (users, L + 1): the last L + 1 training items, row u for user u (the data
+  module adds ``user``). A causal model reads columns 0..L-1 and predicts columns 1..L; a Cloze
+  model reads columns 1..L.
 - ``val`` / ``test``: ``items`` (users, L) the history before the target (validation: the
   training items; test: the training items and the validation item), ``target`` (users,),
   ``user`` (users,) the user's unit index, and ``negatives`` (users, N) when sampled evaluation
@@ -462,6 +463,10 @@ class SequenceDataModule(RecDataModule):
         trim: bool = True,
     ) -> None:
         super().__init__(data, batch_size, eval_batch_size, seed, device_resident)
+        train = self.splits["train"]
+        if "user" not in train:  # row u is user u: the task reads whose history a row is
+            user = torch.arange(len(train["seq"]), device=train["seq"].device)
+            self.splits["train"] = {**train, "user": user}
         self.bucket_batches = int(bucket_batches)
         self.trim = bool(trim)
         if self.trim:

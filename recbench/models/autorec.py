@@ -25,8 +25,9 @@ class AutoRec(nn.Module):
     Batches are rows of the rating matrix (``batches = "rows"``): ``ratings`` (B, n) with 0
     where unobserved, n = the other side's code count + 1 (column 0 is the unseen code and is
     always 0). ``forward`` returns the reconstruction (B, n). ``penalty`` is λ/2 (‖W‖² + ‖V‖²)
-    divided by the number of rows, which the task adds to the batch's squared error per row, so
-    an epoch sums to eq. 3 divided by the number of rows.
+    divided by the number of rows, which the task adds to the batch's squared error per row:
+    each batch's loss estimates eq. 3 divided by the number of rows, and a full-batch step
+    (``batch_rows`` None, the default) computes it exactly.
     """
 
     tasks: ClassVar[tuple[str, ...]] = ("rating",)

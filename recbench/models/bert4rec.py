@@ -20,7 +20,7 @@ class BERT4Rec(nn.Module):
     position see both sides and so cannot be trained to predict the next item; it masks a share
     ``mask_prob`` (ρ) of the items, replacing them with a [mask] token (code num_items + 1), and
     predicts them from the rest (eq. 9). At inference a [mask] is appended after the history and
-    its prediction is the next item. Input ``LN(Dropout(item + position))``, ``blocks`` BERT
+    its prediction is the next item. Input ``Dropout(LN(item + position))``, ``blocks`` BERT
     layers (GELU), then the output layer of eq. 7: ``GELU(h W_P + b_P)``, layer norm, and scores
     against the input item embeddings (tied) plus a per-item bias.
     ``mask_last_prob``: the share of training sequences in which only the last item is masked

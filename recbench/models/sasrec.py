@@ -123,7 +123,7 @@ class SASRec(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         inputs, targets = causal_pairs(batch["seq"])
-        return {"hidden": self.encode(inputs), "target": targets, "context": batch["seq"]}
+        return {"hidden": self.encode(inputs), "target": targets}
 
     def score_all(self, batch: Mapping[str, Tensor]) -> Tensor:
         h = self.encode(batch["items"])[:, -1]  # (B, d): the state after the last item

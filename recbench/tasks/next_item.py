@@ -4,8 +4,8 @@ Training: each batch is a set of users' left-padded training sequences (``train[
 ``recbench.data.sequences``); the model returns a hidden state per position and the positions'
 targets, and the task applies the model's objective (``model.loss``) to every position that has
 a target: ``ce`` (softmax over the catalogue, computed only on those positions, in chunks when
-large), ``bce`` (SASRec: the target against one uniform negative the user never saw in the
-sequence) or ``sampled_softmax`` (``model.num_negatives`` uniform items shared by the batch).
+large), ``bce`` (SASRec: the target against one uniform negative that is none of the user's
+training items) or ``sampled_softmax`` (``model.num_negatives`` uniform items shared by the batch).
 
 Evaluation: the model scores every item after the user's history (``score_all``); the target's
 rank is pessimistic (ties count against it). ``eval.exclude_seen`` removes the user's earlier
@@ -166,18 +166,49 @@ class _SoftmaxCE(torch.autograd.Function):
         return g_h * grad, g_w * grad, g_bias, None, None
 
 
+# redraws of a BCE negative that is one of the user's training items; a user who has seen
+# nearly every item can keep a clash after them (the official sampler would loop forever)
+NEGATIVE_REDRAWS = 20
+
+
 def uniform_negatives(
-    context: Tensor, shape: torch.Size, num_items: int, rounds: int = 3
+    clashes: Callable[[Tensor], Tensor],
+    shape: torch.Size,
+    num_items: int,
+    device: torch.device,
+    rounds: int = NEGATIVE_REDRAWS,
 ) -> Tensor:
-    """Uniform item codes (B, L) none of which (after ``rounds`` redraws) is in its row of
-    ``context`` (B, L'): the user's sequence, as SASRec's sampler excludes it."""
-    neg = torch.randint(1, num_items + 1, shape, device=context.device)
+    """Uniform item codes of ``shape``, each redrawn (up to ``rounds`` times) while
+    ``clashes(neg)`` (a bool tensor of ``shape``) says it is an item the user interacted with,
+    as SASRec's sampler does for every item of the user's training sequence."""
+    neg = torch.randint(1, num_items + 1, shape, device=device)
     for _ in range(rounds):
-        clash = (neg.unsqueeze(-1) == context.unsqueeze(1)).any(-1)  # (B, L)
+        clash = clashes(neg)
         if not bool(clash.any()):  # syncs; rare after the first round
             break
         neg = torch.where(clash, torch.randint_like(neg, 1, num_items + 1), neg)
     return neg
+
+
+def history_keys(indptr: Tensor, items: Tensor, num_items: int) -> Tensor:
+    """The sorted distinct ``user * (num_items + 1) + item`` of a CSR of users' items."""
+    users = torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr.diff())
+    return torch.unique(users * (num_items + 1) + items)
+
+
+def in_history(keys: Tensor, users: Tensor, items: Tensor, num_items: int) -> Tensor:
+    """Whether each ``items[b, ...]`` is in user ``users[b]``'s history (``history_keys``)."""
+    q = users.view(-1, *([1] * (items.dim() - 1))) * (num_items + 1) + items
+    if len(keys) == 0:
+        return torch.zeros_like(q, dtype=torch.bool)
+    pos = torch.searchsorted(keys, q).clamp_(max=len(keys) - 1)
+    return keys[pos] == q
+
+
+def in_window(context: Tensor) -> Callable[[Tensor], Tensor]:
+    """``clashes`` for negatives (B, L) against each row's sequence window ``context`` (B, W):
+    the loss of a task used without its data module, which holds the whole histories."""
+    return lambda neg: (neg.unsqueeze(-1) == context.unsqueeze(1)).any(-1)
 
 
 class NextItemTask(Task):
@@ -227,6 +258,8 @@ class NextItemTask(Task):
         self.test_values = UnitValues(self.unit_names)
         self._test_units: dict[str, np.ndarray] = {}
         self._seen: dict[str, tuple[Tensor, Tensor]] = {}
+        # sorted user * (I + 1) + item of every training interaction (BCE negatives avoid them)
+        self._train_keys: Tensor | None = None
         # a model with nothing to learn (Pop) gets one epoch of no-op steps, then evaluation
 
     # ------------------------------------------------------------------ training
@@ -246,7 +279,9 @@ class NextItemTask(Task):
         elif kind == "ce":
             value = full_softmax_ce(h, weight, bias, t)
         elif kind == "bce":
-            neg = uniform_negatives(out["context"], target.shape, model.num_items)[sel]
+            neg = uniform_negatives(
+                self._clashes(batch), target.shape, model.num_items, target.device
+            )[sel]
             pos_logit = (h * weight[t]).sum(-1).float()
             neg_logit = (h * weight[neg]).sum(-1).float()
             if bias is not None:
@@ -266,6 +301,17 @@ class NextItemTask(Task):
         else:
             raise ValueError(f"unknown next-item loss {kind!r}")
         return value, value, {}
+
+    def _clashes(self, batch: Mapping[str, Tensor]) -> Callable[[Tensor], Tensor]:
+        """``uniform_negatives``' test: a negative may not be any of the user's training items
+        (the training split's ``user``); without the data module, not in the batch's window."""
+        keys, users = self._train_keys, batch.get("user")
+        if keys is None or users is None:
+            return in_window(batch["seq"])
+        if keys.device != users.device:
+            keys = self._train_keys = keys.to(users.device)
+        n = self.model.num_items
+        return lambda neg: in_history(keys, users, neg, n)
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor | None:
         if not self.trainable:
@@ -366,6 +412,8 @@ class NextItemTask(Task):
         from recbench.data.sequences import SequenceDataModule
 
         self._seen = data.seen
+        # the validation history is the training items (everything before the val target)
+        self._train_keys = history_keys(*data.seen["val"], data.schema.num_items)
         return SequenceDataModule(
             data,
             int(cfg.batch_size),

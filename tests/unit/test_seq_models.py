@@ -15,7 +15,12 @@ from recbench.models.gru4rec import GRU4Rec
 from recbench.models.layers.transformer import SASRecBlock, attention_mask
 from recbench.models.sasrec import SASRec
 from recbench.tasks import next_item
-from recbench.tasks.next_item import NextItemTask, full_softmax_ce, uniform_negatives
+from recbench.tasks.next_item import (
+    NextItemTask,
+    full_softmax_ce,
+    in_window,
+    uniform_negatives,
+)
 
 N_ITEMS, L = 30, 8
 
@@ -211,9 +216,44 @@ def test_chunked_cross_entropy_equals_the_plain_one(monkeypatch):
 def test_bce_negatives_avoid_the_users_sequence():
     torch.manual_seed(0)
     context = torch.randint(1, 4, (64, 9))  # each user saw items among 1..3
-    neg = uniform_negatives(context, torch.Size((64, 8)), num_items=8, rounds=20)
+    neg = uniform_negatives(in_window(context), torch.Size((64, 8)), 8, context.device, rounds=20)
     assert ((neg >= 1) & (neg <= 8)).all()
     assert not (neg.unsqueeze(-1) == context.unsqueeze(1)).any()
+
+
+def test_bce_negatives_avoid_every_training_item_not_just_the_window():
+    """SASRec's sampler excludes the user's whole training sequence: a user with more training
+    items than the window holds gets none of the earlier ones as a negative either."""
+    from omegaconf import OmegaConf
+
+    from recbench.data.sequences import SequenceOptions, build_sequences
+
+    # user 1: items 1..24 in time order (22 training items, a window of 4 holds the last 4);
+    # user 2: items 25..28 (2 training items); users 3..45: four each of items 29..200
+    users = torch.tensor([1] * 24 + [2] * 4 + [3 + j // 4 for j in range(172)]).numpy()
+    items = torch.arange(1, 201).numpy()
+    times = torch.arange(200).numpy()
+    data, _ = build_sequences(users, items, times, SequenceOptions(max_len=3, sampled=0))
+    n = data.schema.num_items  # 200 (codes = raw ids here)
+    torch.manual_seed(0)
+    task = NextItemTask(SASRec(data.schema, dropout=0.0, loss="bce"), torch.optim.Adam)
+    cfg = OmegaConf.create({"batch_size": 64, "eval_batch_size": 64, "seed": 0})
+    cfg.device_resident = False
+    dm = task.datamodule(cfg, data)
+    batch = next(iter(dm.train_dataloader()))
+    assert sorted(batch["user"].tolist()) == list(range(45))
+    shape = torch.Size((len(batch["user"]), 4000))
+    neg = uniform_negatives(task._clashes(batch), shape, n, batch["seq"].device)
+    # the last two items of each user are its validation and test targets
+    training = {u: set(range(29 + 4 * (u - 2), 31 + 4 * (u - 2))) for u in range(2, 45)}
+    training |= {0: set(range(1, 23)), 1: {25, 26}}
+    for row, u in enumerate(batch["user"].tolist()):
+        drawn = set(neg[row].tolist())
+        assert not drawn & training[u]
+        assert drawn == set(range(1, n + 1)) - training[u]  # and every other item is drawn
+    # the window alone would have let user 0's earlier items through
+    window = uniform_negatives(in_window(batch["seq"]), shape, n, batch["seq"].device)
+    assert set(window[batch["user"] == 0].flatten().tolist()) & set(range(1, 19))
 
 
 @pytest.mark.parametrize(
@@ -249,6 +289,10 @@ def test_each_model_learns_a_planted_successor(make, lr, steps):
     with torch.no_grad():
         scores = model.score_all({"items": seq[:, 1:]})
     assert scores.shape == (64, N_ITEMS + 1)
+    if getattr(model, "loss", "ce") == "bce":
+        # SASRec's sampler never draws the user's own items as negatives, so their scores are
+        # left free; its paper ranks the target among the items the user has not interacted with
+        scores = scores.scatter(1, seq, float("-inf"))
     hit = (scores[:, 1:].argmax(1) + 1 == seq[:, -1] + 1).float().mean()
     assert hit > 0.7  # chance: 1 in 30
 
