@@ -3,8 +3,10 @@
 Conventions: item codes run 1..n_items and 0 is padding, so a score matrix is (U, n_items + 1)
 and its column 0 never competes. A held-out (target) item's rank is *pessimistic*: every other
 candidate scoring at least as high as the target is placed above it, so a constant scorer ranks
-every target last and earns nothing. Several targets of one user (a per-user ratio split) do not
-push each other down on ties: among targets only strictly higher scores count.
+every target last and earns nothing. Several targets of one user (a per-user ratio split) never
+share a rank: a target is below every other candidate scoring at least as high and every other
+target scoring strictly higher, and targets tied with each other take consecutive positions in
+their order (``tied_before``), so NDCG@K stays at most 1 and Recall@K at most K / n_targets.
 
 From 0-based ranks, per user (users without a target are left out of every mean):
 - HR@K: 1 when any target ranks below K;
@@ -70,14 +72,23 @@ def target_ranks(scores: Tensor, targets: Tensor, overwrite: bool = False) -> Te
         t_scores = scores.gather(1, targets.clamp(min=0))  # (U, T)
         ordered = scores.sort(dim=1).values
         at_least = scores.shape[1] - torch.searchsorted(ordered, t_scores.contiguous())  # (U, T)
-        # targets with a score ≥ the target's were counted above; only strictly higher count
+        # targets with a score ≥ the target's were counted above; only strictly higher count,
+        # and the tied ones before it in the list
         ts = t_scores.unsqueeze(2)  # (U, T, 1)
         others = t_scores.unsqueeze(1)  # (U, 1, T)
         pair = valid.unsqueeze(1)
         ge = ((others >= ts) & pair).sum(2)
         gt = ((others > ts) & pair).sum(2)
-        ranks = at_least - ge + gt
+        ranks = at_least - ge + gt + tied_before(t_scores, valid)
     return torch.where(valid, ranks, torch.full_like(ranks, -1))
+
+
+def tied_before(t_scores: Tensor, valid: Tensor) -> Tensor:
+    """(U, T): how many of the user's valid targets earlier in the list score the same as this
+    one (the position it takes among the targets tied with it)."""
+    same = t_scores.unsqueeze(1) == t_scores.unsqueeze(2)  # (U, T, T): [u, j, k] t_k == t_j
+    earlier = torch.ones(same.shape[1:], dtype=torch.bool, device=same.device).tril(-1)
+    return (same & earlier & valid.unsqueeze(1)).sum(2)
 
 
 def count_below(scores: Tensor, t_scores: Tensor) -> Tensor:
@@ -248,6 +259,7 @@ def sampled_ranks(target_scores: Tensor, negative_scores: Tensor, targets: Tenso
     ranks = (neg.unsqueeze(1) >= ts.unsqueeze(2)).sum(2)  # (U, T)
     if targets.shape[1] > 1:
         ranks = ranks + ((ts.unsqueeze(1) > ts.unsqueeze(2)) & valid.unsqueeze(1)).sum(2)
+        ranks = ranks + tied_before(ts, valid)
     return torch.where(valid, ranks, torch.full_like(ranks, -1))
 
 

@@ -182,9 +182,47 @@ def test_several_targets_recall_ndcg_and_users_without_targets():
     assert nanmean(torch.tensor([float("nan")])) is None
 
 
-def test_tied_targets_do_not_push_each_other_down():
-    scores = torch.tensor([[float("-inf"), 0.5, 0.5, 0.1]])
-    assert target_ranks(scores, torch.tensor([[1, 2]])).tolist() == [[0, 0]]
+def test_tied_targets_take_consecutive_positions():
+    # targets 1 and 2 tie at the top: a list of one holds one of them, a list of two both
+    scores = torch.tensor([[float("-inf"), 0.9, 0.9, 0.5, 0.1]])
+    targets = torch.tensor([[1, 2]])
+    ranks = target_ranks(scores, targets)
+    assert ranks.tolist() == [[0, 1]]
+    m = rank_metrics(ranks, [1, 2])
+    assert m["recall@1"].item() == pytest.approx(0.5)
+    assert m["ndcg@1"].item() == pytest.approx(1.0)
+    assert m["ndcg@2"].item() == pytest.approx(1.0)
+    # the same on the sampled protocol (negatives 3 and 4)
+    sampled = sampled_ranks(scores[:, [1, 2]], scores[:, [3, 4]], targets)
+    assert sampled.tolist() == [[0, 1]]
+    # a non-target tied with them still goes above both (pessimistic), the targets after it
+    scores = torch.tensor([[float("-inf"), 0.5, 0.5, 0.5, 0.1]])
+    assert target_ranks(scores, targets).tolist() == [[1, 2]]
+    assert sampled_ranks(scores[:, [1, 2]], scores[:, [3, 4]], targets).tolist() == [[1, 2]]
+    # a constant scorer ranks the targets last, each in its own place: no metric above 0
+    flat = torch.ones(1, 6)
+    flat[:, 0] = float("-inf")  # padding
+    assert target_ranks(flat, torch.tensor([[2, 5, 0]])).tolist() == [[3, 4, -1]]
+
+
+def test_metrics_stay_in_range_however_many_targets_tie():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (200, 30), generator=g).float()  # three levels: ties everywhere
+    scores[:, 0] = float("-inf")
+    targets = torch.stack([torch.randperm(29, generator=g)[:5] + 1 for _ in range(200)])
+    targets[:50, 3:] = 0  # some users with two or three targets
+    for ranks in (
+        target_ranks(scores, targets),
+        sampled_ranks(scores.gather(1, targets), scores[:, 1:20], targets),
+    ):
+        valid = ranks >= 0
+        for u in range(len(ranks)):  # the user's ranks are distinct
+            assert len(set(ranks[u][valid[u]].tolist())) == int(valid[u].sum())
+        m = rank_metrics(ranks, [1, 3, 10])
+        n = valid.sum(1).float()
+        for k in (1, 3, 10):
+            assert bool((m[f"ndcg@{k}"] <= 1 + 1e-6).all())
+            assert bool((m[f"recall@{k}"] <= (k / n).clamp(max=1) + 1e-6).all())
 
 
 def test_k_larger_than_the_catalogue():
