@@ -16,6 +16,7 @@ model trained on the same prepared data, so deltas between models are paired.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,21 @@ from recbench.tasks.guard import LossGuard, check_on_all_ranks
 BOOTSTRAP_KINDS = ("auc", "logloss", "mean", "sqrt_mean")
 
 log = logging.getLogger("recbench.tasks")
+
+
+def full_precision(step: Callable[..., Any]) -> Callable[..., Any]:
+    """An evaluation step run with autocast off. A mixed-precision trainer (``bf16-mixed``, the
+    GPU trainer's default) wraps validation and test in autocast too, and bfloat16 keeps 8 bits
+    of a score: items a ranking should tell apart tie (ties count against the held-out item), and
+    so do rows an AUC should order. The weights stay float32 under mixed precision, so the step
+    scores with them exactly: a model is evaluated the same whatever precision trained it."""
+
+    @functools.wraps(step)
+    def run(self: Task, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device.type, enabled=False):
+            return step(self, *args, **kwargs)
+
+    return run
 
 
 class Task(pl.LightningModule):

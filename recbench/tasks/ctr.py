@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbench.metrics import CTRMetrics
-from recbench.tasks.base import Task
+from recbench.tasks.base import Task, full_precision
 from recbench.tasks.guard import LossGuard, check_on_all_ranks
 
 log = logging.getLogger("recbench")
@@ -84,6 +84,7 @@ class CTRTask(Task):
         metrics.update(empty, empty, batch["group"])
         return True
 
+    @full_precision
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         if self._no_rows(batch, self.val_metrics):
             return
@@ -91,6 +92,7 @@ class CTRTask(Task):
         self.val_guard.update(logits, self.current_epoch, batch_idx)
         self.val_metrics.update(logits, batch["label"], batch["group"])
 
+    @full_precision
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         if self._no_rows(batch, self.test_metrics):
             return

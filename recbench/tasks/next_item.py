@@ -36,7 +36,7 @@ from recbench.ranking import (
     sampled_ranks,
     target_ranks,
 )
-from recbench.tasks.base import Task
+from recbench.tasks.base import Task, full_precision
 from recbench.tasks.guard import LossGuard
 
 log = logging.getLogger(__name__)
@@ -357,9 +357,11 @@ class NextItemTask(Task):
         offsets = offsets - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
         return rows, items[start[rows] + offsets]
 
+    @full_precision
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self.val_values.update(batch["user"], self.unit_values(batch, "val"))
 
+    @full_precision
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self.test_values.update(batch["user"], self.unit_values(batch, "test"))
 

@@ -35,7 +35,7 @@ from torchmetrics import Metric
 from recbench.data.loader import BatchLoader
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError, TrainingDivergedError
-from recbench.tasks.base import Task
+from recbench.tasks.base import Task, full_precision
 from recbench.tasks.guard import FIX, LossGuard, check_on_all_ranks
 
 LOSS_CHECK_EVERY = 50  # steps between host checks of the loss guard; each check syncs
@@ -210,10 +210,12 @@ class RatingTask(Task):
 
     # ------------------------------------------------------------------ evaluation
 
+    @full_precision
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         pred, unseen = self(batch)
         self.val_metrics.update(pred, batch["rating"], unseen)
 
+    @full_precision
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         pred, unseen = self(batch)
         self.test_metrics.update(pred, batch["rating"], unseen)

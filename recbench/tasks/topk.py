@@ -45,7 +45,7 @@ from recbench.ranking import (
     sampled_ranks,
     target_ranks,
 )
-from recbench.tasks.base import Task
+from recbench.tasks.base import Task, full_precision
 from recbench.tasks.guard import LossGuard
 
 LOSS_CHECK_EVERY = 50  # steps between host reads of the loss guard; each read syncs
@@ -359,9 +359,11 @@ class TopKTask(Task):
         )
         metric.update(unit, values)
 
+    @full_precision
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_units)
 
+    @full_precision
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_units)
 

@@ -141,6 +141,23 @@ def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
     assert any(one[s]["rows"] % 2 == 1 for s in ("val", "test"))  # uneven shards were exercised
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["model=mlp"], ["task=topk", "model=mf", "++dataset.world.n_items=300", "batch_size=1024"]],
+    ids=["ctr", "topk"],
+)
+def test_mixed_precision_evaluates_the_weights_in_float32(tmp_path, args):
+    """bf16-mixed trains under autocast, but evaluation scores with the float32 weights in
+    float32: the seed's initial weights get exactly the metrics 32-true gives them (bfloat16
+    scores tie rows and items, which AUC and the ranking metrics count against the model)."""
+    base = [*args, *SMALL, "fit=false", "record=false", "logger=none"]
+    for name, precision in (("full", "32-true"), ("mixed", "bf16-mixed")):
+        recbench("train", *base, f"trainer.precision={precision}", *run_dir_of(tmp_path, name),
+                 cwd=tmp_path)  # fmt: skip
+    full, mixed = metrics(tmp_path, "full"), metrics(tmp_path, "mixed")
+    assert full["test"] == mixed["test"] and full["val"] == mixed["val"]
+
+
 def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path):
     cases = {
         ("model=nosuchmodel",): "there is no model config 'nosuchmodel'",
