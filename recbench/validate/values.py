@@ -242,3 +242,36 @@ def _check_values(cfg: DictConfig, problems: Problems) -> None:
             problems.add(key, f"{key}={_fmt(value)}: {why}{hint}")
 
     _walk(cfg, "", problems, visit)
+    _check_sampled(cfg, problems)
+
+
+# the ranking tasks whose sampled protocol may be switched off with task.eval.sampled=0
+SAMPLED_OPTIONAL = ("recbench.tasks.next_item.",)
+
+
+def _check_sampled(cfg: DictConfig, problems: Problems) -> None:
+    """``task.eval.sampled`` negatives against ``task.ks``: with n negatives a user's list holds
+    n + 1 items, so at any K > n every user is a hit and the sampled metrics say nothing."""
+    task = cfg.get("task")
+    try:
+        ks = task.get("ks") if isinstance(task, DictConfig) else None
+        n = (task.get("eval") or {}).get("sampled") if isinstance(task, DictConfig) else None
+    except Exception:  # an unresolvable value: listed by the walk already
+        return
+    if n is None or not _is_int(n) or n < 0 or _cutoffs(ks := list(ks or [])) is not None:
+        return  # absent, or refused by its own rule already
+    target = str(task.get("_target_", ""))
+    optional = target.startswith(SAMPLED_OPTIONAL)
+    if target.startswith("recbench.tasks.topk."):
+        ks.append(10)  # the top-K task computes @10 whatever task.ks lists
+    if n == 0 and optional:
+        return
+    if n < max(ks):
+        off = " or 0 to switch the sampled protocol off" if optional else ""
+        problems.add(
+            "task.eval.sampled",
+            f"task.eval.sampled={n}: a list of the held-out item and {n} negatives ranks every "
+            f"user's item within the top {max(ks)} (task.ks={_fmt(task.get('ks'))}), so the "
+            f"sampled metrics would be 1 for any model: use at least {max(ks)} negatives (99 is "
+            f"the NCF and SASRec protocol){off}",
+        )

@@ -52,6 +52,28 @@ def test_every_experiment_and_command_config_passes(tmp_path, experiment):
     assert messages(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"], tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [
+        (["task=topk", "task.eval.sampled=5"], "use at least 20 negatives"),
+        (["task=topk", "task.eval.sampled=0"], "use at least 20 negatives"),
+        (["task=topk", "task.ks=[5]", "task.eval.sampled=9"], "top 10"),  # @10 always computed
+        (["task=topk", "task.eval.sampled=20"], None),
+        (["task=next_item", "task.eval.sampled=10"], "or 0 to switch the sampled protocol off"),
+        (["task=next_item", "task.eval.sampled=0"], None),
+        (["task=next_item", "task.ks=[1,5]", "task.eval.sampled=5"], None),
+    ],
+)
+def test_too_few_sampled_negatives_for_the_cutoffs_are_refused(tmp_path, overrides, refused):
+    """With n negatives every user's held-out item ranks within n + 1: HR@K = 1 for any model
+    at K > n, so the sampled metrics would not tell models apart."""
+    found = messages(overrides, tmp_path)
+    if refused is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and refused in found[0] and "task.eval.sampled=" in found[0]
+
+
 def test_every_problem_is_listed_in_one_message(tmp_path):
     bad = [
         "trainer.max_epochs=abc",
