@@ -236,6 +236,28 @@ def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
             f"{option}={value} is not a metric this run logs (task={task_cls.name} with this "
             f"config), so {why}. It logs: {listed}. Set {option}=val/<one of those>{follows}"
         )
+    _check_monitor_mode(cfg, task_cls)
+
+
+def _check_monitor_mode(cfg: DictConfig, task_cls: type[Task]) -> None:
+    """``monitor_mode`` agrees with the monitored metric's direction (RMSE and logloss: min),
+    else the best checkpoint, early stopping and the tested epoch would be the worst ones."""
+    monitor = str(cfg.get("monitor") or "")
+    prefix, _, key = monitor.rpartition("/")
+    mode = cfg.get("monitor_mode")
+    if prefix != "val" or mode not in ("min", "max"):
+        return
+    names = {m.split(".")[-1] for m in task_cls.metrics} | set(task_cls.metrics)
+    if key not in names and key.split(".")[-1] not in names:
+        return  # a key the task logs beside its metrics (row counts): no known direction
+    want = metric_mode(task_cls, key)
+    if mode != want:
+        better = "lower" if want == "min" else "higher"
+        raise ConfigError(
+            f"monitor={monitor} is {better}-is-better but monitor_mode={mode}, so the best "
+            f"checkpoint, early stopping and the tested epoch would be the worst ones: add "
+            f"monitor_mode={want}"
+        )
 
 
 def model_tasks(model_cls: type) -> tuple[str, ...]:

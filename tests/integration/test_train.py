@@ -396,3 +396,12 @@ def test_a_ranking_monitor_at_a_cut_off_the_task_leaves_out_says_which_to_add():
         check("model=lr", "optimized_metric=val/aucc")  # a sweep's objective, checked alike
     with pytest.raises(ConfigError, match="monitor=auc is not a metric this run logs"):
         check("model=lr", "monitor=auc")  # the callbacks look the logged name up: val/auc
+    # a lower-is-better monitor under monitor_mode=max would keep and test the worst epoch
+    with pytest.raises(ConfigError, match=r"val/logloss is lower-is-better but monitor_mode=max"):
+        check("model=lr", "monitor=val/logloss")
+    check("model=lr", "monitor=val/logloss", "monitor_mode=min")
+    with pytest.raises(ConfigError, match=r"val/mae is lower-is-better .* add monitor_mode=min"):
+        check("task=rating", "model=mf", "monitor=val/mae", "monitor_mode=max")
+    with pytest.raises(ConfigError, match=r"val/ndcg@10 is higher-is-better"):
+        check("task=topk", "model=gmf", "monitor_mode=min")
+    check("task=topk", "model=gmf", "monitor=val/sampled.hr@10")
