@@ -46,8 +46,10 @@ from recbench.report import (
 )
 from recbench.results import (
     FINISHED,
+    moved_away,
     read_records,
     run_key,
+    tested,
 )
 from recbench.validate import check as check_config
 
@@ -372,7 +374,7 @@ def _part_dir(job: Job) -> str:
     results = getattr(job, "results", None)
     if job.key and results:
         found = read_records(results, run_key=job.key, status=FINISHED, stale=False)
-        if found and found[-1].get("run_dir"):
+        if found and found[-1].get("run_dir") and not moved_away(found[-1]):
             return str(found[-1]["run_dir"])
     return str(job.run_dir)
 
@@ -430,8 +432,12 @@ def collect(
     finished: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}
     for r in records:
-        if r.get("run_key"):
-            (finished if r.get("status") == FINISHED else failed)[r["run_key"]] = r
+        if not r.get("run_key"):
+            continue
+        if tested(r):
+            finished[r["run_key"]] = r
+        elif r.get("status") != FINISHED:
+            failed[r["run_key"]] = r
     runs: dict[str, list[dict[str, Any]]] = {j.model: [] for j in jobs}
     failures: list[dict[str, Any]] = []
     missing: list[tuple[str, int]] = []
@@ -497,7 +503,11 @@ def run(cfg: DictConfig) -> None:
         failures: list[dict[str, Any]] = []
         notes: list[str] = []
         if not cfg.report_only:
-            done = {r.get("run_key") for r in read_records(root, status=FINISHED, stale=False)}
+            done = {
+                r.get("run_key")
+                for r in read_records(root, status=FINISHED, stale=False)
+                if tested(r)  # a test=false run is trained again, tested this time
+            }
             todo = [j for j in jobs if j.key not in done]
             console.print(
                 f"[bold]compare[/] {lineage}: {len(models)} models × {len(seeds)} seeds; "

@@ -28,7 +28,14 @@ from omegaconf import DictConfig
 
 from recbench.forkserver import ForkServer, ForkServerError
 from recbench.report import error_line, metric_value
-from recbench.results import FAILED, FINISHED, append_record, code_version, read_records
+from recbench.results import (
+    FAILED,
+    FINISHED,
+    append_record,
+    code_version,
+    read_records,
+    tested,
+)
 from recbench.supervise import STOP_GRACE_S, RunLock, guarded_command
 
 ERROR_TAIL_LINES = 40
@@ -173,15 +180,23 @@ def _trained_record(job: Job, rc: int, root: Path) -> tuple[dict[str, Any] | Non
     """The record of a run that exited with ``rc``, or why there is none: a run counts as
     trained only once its record is in the store, so "✓" always means a report will find it."""
     metrics = job.run_dir / "metrics.json"
-    if rc != 0:
-        return None, None
     try:
         record = json.loads(metrics.read_text())
     except (OSError, ValueError) as exc:
+        if rc != 0:
+            return None, None
         return None, f"the run exited 0 but its {metrics} cannot be read: {exc}"
     ident = (record.get("run_dir"), record.get("finished_at"))
     stored = read_records(root, run_key=record.get("run_key"), status=FINISHED)
-    if not any((r.get("run_dir"), r.get("finished_at")) == ident for r in stored):
+    in_store = any((r.get("run_dir"), r.get("finished_at")) == ident for r in stored)
+    if rc != 0:
+        # killed after its record was stored (an OOM kill or a signal during shutdown): the
+        # run finished and the report will use it, so it is not a failure; an earlier run's
+        # files in the folder are not this run's (they would not be this job's key)
+        if in_store and tested(record) and record.get("run_key") == job.key:
+            return record, None
+        return None, None
+    if not in_store:
         return None, (
             f"the run exited 0 but its record is not in the results store {root}; "
             f"`recbench results add {metrics}` adds it"
@@ -322,9 +337,10 @@ def train_all(
                 primary = record.get("primary_metric", "auc")
                 value = metric_value(record.get("test") or {}, primary)
                 shown = "undefined" if value is None else f"{float(value):.4f}"
+                late = f"; exit {rc} after its record was stored" if rc != 0 else ""
                 say(
                     f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {shown} "
-                    f"({seconds:.0f} s)"
+                    f"({seconds:.0f} s{late})"
                 )
             else:
                 tail = _tail(log_path) or f"exit status {rc}, no output"
@@ -352,7 +368,8 @@ def train_all(
                     f"({lock.holder()}); waiting for it"
                 )
             return None
-        if read_records(root, run_key=job.key, status=FINISHED, stale=False):
+        stored = read_records(root, run_key=job.key, status=FINISHED, stale=False)
+        if any(tested(r) for r in stored):
             lock.release()
             say(f"[green]✓[/] {name}: trained meanwhile by another compare; read from the store")
             return False

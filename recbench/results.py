@@ -455,6 +455,33 @@ def is_stale(record: dict[str, Any], version: str | None = None) -> bool:
     return record_version(record) != (version or code_version())
 
 
+def tested(record: dict[str, Any]) -> bool:
+    """A finished run whose test stage ran: what ``compare`` reuses and reports (a run made
+    with ``test=false`` has the same run key but no test metrics)."""
+    return record.get("status") == FINISHED and bool(record.get("test"))
+
+
+def moved_away(record: dict[str, Any]) -> str:
+    """Why ``record``'s run folder no longer holds its files, or "" while it does (or cannot
+    tell): a later run into the same folder (``overwrite=true``) moves an earlier run's files
+    aside, and its ``metrics.json`` then belongs to the later run."""
+    run_dir = record.get("run_dir")
+    if not run_dir:
+        return ""
+    path = Path(str(run_dir)) / "metrics.json"
+    try:
+        held = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""  # no metrics.json to compare with: the files' own checks apply
+    same = all(held.get(k) == record.get(k) for k in ("run_key", "seed", "finished_at"))
+    if same:
+        return ""
+    return (
+        f"{run_dir} now holds another run ({held.get('model')}, seed {held.get('seed')}, "
+        f"finished {held.get('finished_at')}); this run's files were moved aside"
+    )
+
+
 def latest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The last written of ``records`` (the store is append-only, so file order is time order)."""
     return records[-1] if records else None
@@ -496,6 +523,7 @@ __all__ = [
     "code_version",
     "is_stale",
     "latest",
+    "moved_away",
     "read_records",
     "record_version",
     "repair_store",
@@ -503,5 +531,6 @@ __all__ = [
     "save_run_record",
     "scan_store",
     "store_path",
+    "tested",
     "write_json",
 ]

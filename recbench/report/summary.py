@@ -38,6 +38,7 @@ from recbench.report.record import (
     task_metrics,
     undefined_reason,
 )
+from recbench.results import moved_away
 
 GAIN, LOSS, UNCLEAR = "#1a9850", "#d73027", "#9a9a9a"
 PERF_KEYS = (
@@ -176,6 +177,8 @@ def _load_predictions(
         path = Path(str(r.get("run_dir"))) / "predictions.npz"
         if not path.exists():
             return [], f"no predictions.npz in {r.get('run_dir')}"
+        if why := moved_away(r):
+            return [], why
         with np.load(path) as z:
             if kind in UNIT_KINDS:
                 key = f"unit__{metric}"

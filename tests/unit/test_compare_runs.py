@@ -165,3 +165,30 @@ def test_the_terminal_table_shows_whole_columns_and_counts_the_rest() -> None:
         assert "neumf_pretrained" in text and "family" not in text and "463,617" not in text
         left = 8 - shown
         assert (f"{left} more metric column(s) in report.md" in text) == (left > 0)
+
+
+def test_a_run_killed_after_its_record_was_stored_counts_as_trained(tmp_path: Path) -> None:
+    """An OOM kill or a signal during shutdown can end a run after it appended its record: the
+    report uses that record, so compare must not also list the run as failed."""
+    import json
+
+    from recbench.compare_runs import _trained_record
+    from recbench.results import FINISHED, append_record
+
+    job = Job("lr", 1, [], tmp_path / "run", key="k1")
+    job.run_dir.mkdir()
+    record = {"model": "lr", "seed": 1, "run_key": "k1", "status": FINISHED, "test": {"auc": 0.7},
+              "run_dir": str(job.run_dir), "finished_at": "t1"}  # fmt: skip
+    (job.run_dir / "metrics.json").write_text(json.dumps(record))
+    assert _trained_record(job, -9, tmp_path) == (None, None)  # not stored: failed
+    append_record(record, tmp_path)
+    assert _trained_record(job, -9, tmp_path) == (record, None)
+    assert _trained_record(job, 0, tmp_path) == (record, None)
+    # an earlier run's files in the folder (another key) are not this job's run
+    other = Job("lr", 1, [], job.run_dir, key="k2")
+    assert _trained_record(other, -9, tmp_path) == (None, None)
+    # finished with test=false: not a trained run for compare
+    untested = {**record, "test": {}, "finished_at": "t2"}
+    (job.run_dir / "metrics.json").write_text(json.dumps(untested))
+    append_record(untested, tmp_path)
+    assert _trained_record(job, -9, tmp_path) == (None, None)

@@ -271,12 +271,29 @@ def test_collect_uses_what_this_compare_trained_then_the_store(tmp_path: Path) -
 
     jobs = [Job(m, s, [], tmp_path, key=f"{m}{s}") for m in ("lr", "fm") for s in (1, 2)]
     jobs[0].record = {"model": "lr", "seed": 1, "run_key": "other"}  # config moved mid-compare
+    test = {"auc": 0.7}
     store = [
-        {"run_key": "lr2", "status": FINISHED, "model": "lr", "seed": 2, "n": 1},
-        {"run_key": "lr2", "status": FINISHED, "model": "lr", "seed": 2, "n": 2},  # a rerun
+        {"run_key": "lr2", "status": FINISHED, "model": "lr", "seed": 2, "n": 1, "test": test},
+        {"run_key": "lr2", "status": FINISHED, "model": "lr", "seed": 2, "n": 2, "test": test},
         {"run_key": "fm1", "status": FAILED, "model": "fm", "seed": 1},
+        # finished with test=false: the same run key, no test metrics; neither used nor failed
+        {"run_key": "fm2", "status": FINISHED, "model": "fm", "seed": 2, "test": {}},
     ]
     runs, failures, missing = collect(jobs, store, report_only=True)
-    assert runs["lr"][0]["run_key"] == "other" and runs["lr"][1]["n"] == 2  # the latest
+    assert runs["lr"][0]["run_key"] == "other" and runs["lr"][1]["n"] == 2  # the latest rerun
     assert runs["fm"] == [] and [f["seed"] for f in failures] == [1] and missing == [("fm", 2)]
     assert collect(jobs, store, report_only=False)[1:] == ([], [])
+
+
+def test_a_record_whose_folder_another_run_took_over_is_known(tmp_path: Path) -> None:
+    from recbench.results import moved_away, tested
+
+    run = {"run_key": "k1", "seed": 1, "finished_at": "t1", "run_dir": str(tmp_path), "test": {}}
+    assert not tested(run | {"status": FINISHED})  # test=false: nothing to report
+    assert tested(run | {"status": FINISHED, "test": {"auc": 0.7}})
+    assert moved_away(run) == ""  # no metrics.json: nothing to compare with
+    (tmp_path / "metrics.json").write_text(json.dumps(run))
+    assert moved_away(run) == ""
+    later = {**run, "model": "mlp", "run_key": "k2", "finished_at": "t2"}  # overwrite=true
+    (tmp_path / "metrics.json").write_text(json.dumps(later))
+    assert "now holds another run (mlp, seed 1, finished t2)" in moved_away(run)
