@@ -96,6 +96,7 @@ class EdgeSummary:
     verdict: str = "n/a"  # gain | loss | within noise | no paired test | n/a
     unit: str = "row"  # what the bootstrap resamples: row | user
     units: int | None = None  # how many units both models share
+    seeds: str = ""  # when the two have different seeds: the shared ones every figure uses
 
     @property
     def colour(self) -> str:
@@ -284,6 +285,17 @@ def summarise_edges(
         if blank:
             e.note = f"test {metric} undefined for {' and '.join(blank)}"
             continue
+        if set(vc) != set(vp):  # a killed compare or a failed seed: compare like with like
+            shared = sorted(set(vc) & set(vp))
+            e.seeds = (
+                f"seeds {shared} only: {child} has {sorted(vc)}, {parent} {sorted(vp)}"
+                if shared
+                else ""
+            )
+            if not shared:
+                e.note = f"no seed in common ({child}: {sorted(vc)}, {parent}: {sorted(vp)})"
+                continue
+            vc, vp = {s: vc[s] for s in shared}, {s: vp[s] for s in shared}
         e.delta = _mean_std(list(vc.values()))[0] - _mean_std(list(vp.values()))[0]
         paired = [
             vc[s] - vp[s]
@@ -316,18 +328,25 @@ def summarise_edges(
             )
             e.verdict = "no paired test"
             continue
-        gk = (kc, e.metric, kind)
-        if gk not in groups:
-            members = [
-                m
-                for m, recs in runs.items()
-                if recs
-                and _data_key(recs) == kc
-                and bootstrap_kind(recs[0], e.metric) == kind
-                and bootstrap_unit(recs[0]) == e.unit
-            ]
-            groups[gk] = _bootstrap_group(runs, members, e.metric, kind, resamples, seed)
-        g = groups[gk]
+        if e.seeds:  # the seeds both have, bootstrapped on their own
+            both = set(seed_values(runs[e.child], e.metric)) & set(
+                seed_values(runs[e.parent], e.metric)
+            )
+            sub = {m: [r for r in runs[m] if int(r["seed"]) in both] for m in (e.child, e.parent)}
+            g = _bootstrap_group(sub, [e.child, e.parent], e.metric, kind, resamples, seed)
+        else:
+            gk = (kc, e.metric, kind)
+            if gk not in groups:
+                members = [
+                    m
+                    for m, recs in runs.items()
+                    if recs
+                    and _data_key(recs) == kc
+                    and bootstrap_kind(recs[0], e.metric) == kind
+                    and bootstrap_unit(recs[0]) == e.unit
+                ]
+                groups[gk] = _bootstrap_group(runs, members, e.metric, kind, resamples, seed)
+            g = groups[gk]
         if e.child not in g.boot or e.parent not in g.boot:
             e.note = g.why.get(e.child) or g.why.get(e.parent) or "predictions missing"
             e.verdict = "no paired test"

@@ -196,7 +196,7 @@ def edge_table(edges: Sequence[EdgeSummary], level: float) -> Table:
                 f"± {_fmt(e.spread)}" if e.spread is not None else "—",
                 _fmt_signed(e.interval.delta) if e.interval else "—",
                 _interval_text(e),
-                e.verdict + (f" ({e.note})" if e.note else ""),
+                e.verdict + "".join(f" ({x})" for x in (e.note, e.seeds) if x),
             ]
         )
     return Table(headers, rows)

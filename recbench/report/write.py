@@ -367,6 +367,7 @@ def write_report(inp: ReportInput, out_dir: str | Path) -> dict[str, Any]:
                 "spread": e.spread,
                 "verdict": e.verdict,
                 "note": e.note,
+                "seeds": e.seeds,
                 "unit": e.unit,
                 "units": e.units,
                 "interval": None

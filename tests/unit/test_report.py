@@ -223,6 +223,33 @@ def test_report_skips_the_interval_when_rows_are_not_shared(tmp_path: Path) -> N
     assert edge["delta"] is not None
 
 
+def test_an_edge_between_models_with_different_seeds_uses_the_seeds_both_have(
+    tmp_path: Path,
+) -> None:
+    """A killed compare or a failed seed leaves fm with seeds 1-3 and lr with seed 1: the delta,
+    its spread and the bootstrap use seed 1 alone, and the edge says so."""
+    runs = _fake_runs(tmp_path / "runs", ["lr", "fm"], [1, 2, 3])
+    runs["lr"] = runs["lr"][:1]
+    summary = write_report(
+        ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=100), tmp_path / "out"
+    )
+    (edge,) = summary["edges"]
+    one = runs["fm"][0]["test"]["auc"] - runs["lr"][0]["test"]["auc"]
+    assert edge["delta"] == pytest.approx(one)
+    assert edge["seeds"] == "seeds [1] only: fm has [1, 2, 3], lr [1]"
+    # the interval's point estimate is seed 1's AUC difference, not fm's 3-seed average
+    assert edge["interval"]["delta"] == pytest.approx(one, abs=1e-6)
+    row = {(r[0], r[1]): r for r in _table_rows((tmp_path / "out" / "report.md").read_text(),
+                                                  "Lineage deltas")}[("fm", "lr")]  # fmt: skip
+    assert row[8].endswith("(seeds [1] only: fm has [1, 2, 3], lr [1])")
+    runs["lr"][0]["seed"] = 7  # no seed in common: no delta at all
+    summary = write_report(
+        ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=100), tmp_path / "out2"
+    )
+    (edge,) = summary["edges"]
+    assert edge["delta"] is None and "no seed in common" in edge["note"]
+
+
 def test_variants_outside_the_graph_hang_under_their_base() -> None:
     assert parents_of("din_dice") == ("din",)
     assert parents_of("deepfm") == ("wide_deep", "fm")
