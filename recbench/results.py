@@ -227,8 +227,15 @@ def _records_in(text: str) -> list[dict[str, Any]]:
     writer's line on the same line (``{"mod{"model": ...}``), or records glued ``}{``. Only
     objects with a ``status`` count, so an inner object of a torn record (``"test": {...}``) is
     never taken for a record."""
+    return _split_line(text)[0]
+
+
+def _split_line(text: str) -> tuple[list[dict[str, Any]], bool]:
+    """``_records_in``, and whether any text of the line lies outside those records (a torn
+    write's fragment, which a repair leaves out)."""
     decoder = json.JSONDecoder()
-    out, pos = [], 0
+    out, pos, covered = [], 0, 0
+    rest = False
     while (m := _OPEN_BRACE.search(text, pos)) is not None:
         try:
             obj, end = decoder.raw_decode(text, m.start())
@@ -236,11 +243,12 @@ def _records_in(text: str) -> list[dict[str, Any]]:
             pos = m.start() + 1
             continue
         if isinstance(obj, dict) and "status" in obj:
+            rest = rest or bool(text[covered : m.start()].strip())
             out.append(obj)
-            pos = end
+            pos = covered = end
         else:
             pos = m.start() + 1
-    return out
+    return out, rest or bool(text[covered:].strip())
 
 
 def _shorten(raw: bytes, width: int = 120) -> str:
@@ -356,7 +364,7 @@ class Repair:
     damaged: list[DamagedLine]
     kept: int = 0  # lines kept as they were
     recovered: int = 0  # whole records split out of damaged lines
-    dropped: list[DamagedLine] = field(default_factory=list)  # lines with no whole record
+    dropped: list[DamagedLine] = field(default_factory=list)  # lines with a torn fragment
     backup: Path | None = None  # the store as it was, when anything changed
 
 
@@ -381,10 +389,10 @@ def repair_store(root: str | os.PathLike) -> Repair:
                     out.append(raw if raw.endswith(b"\n") else raw + b"\n")
                     result.kept += 1
                     continue
-                found = _records_in(raw.decode("utf-8", errors="replace"))
+                found, fragment = _split_line(raw.decode("utf-8", errors="replace"))
                 d = DamagedLine(path, lineno, _shorten(raw), found)
                 result.damaged.append(d)
-                if not found:
+                if fragment:  # a torn write's text beside (or instead of) whole records
                     result.dropped.append(d)
                 for rec in found:
                     out.append((json.dumps(rec, sort_keys=True, default=str) + "\n").encode())

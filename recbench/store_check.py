@@ -90,8 +90,8 @@ def check(root: Path, repair: bool, out: Console) -> int:
             out.print(_describe(d))
         out.print(
             f"kept {done.kept} lines as they were, split {done.recovered} whole record(s) out of "
-            f"damaged lines onto their own, left out {len(done.dropped)} fragment(s) with no "
-            f"whole record. The store as it was: {done.backup}"
+            f"damaged lines onto their own, left out the torn fragments of {len(done.dropped)} "
+            f"line(s). The store as it was: {done.backup}"
         )
         return 0
     records, damaged = scan_store(root)

@@ -100,7 +100,9 @@ def test_records_glued_by_an_old_torn_write_are_read_and_repaired(tmp_path: Path
     assert [(d.lineno, len(d.records)) for d in damaged] == [(2, 2), (3, 0)]
 
     done = repair_store(tmp_path)
-    assert (done.kept, done.recovered, len(done.dropped)) == (1, 2, 1)
+    assert (done.kept, done.recovered) == (1, 2)
+    # both lines lose a fragment: the torn prefix before line 2's records, and line 3
+    assert [d.lineno for d in done.dropped] == [2, 3]
     assert done.backup == tmp_path / f"{STORE_NAME}.bak"
     assert done.backup.read_bytes() == original  # the fragments are kept there
     assert [json.loads(ln)["model"] for ln in store.read_text().splitlines()] == [
