@@ -374,9 +374,17 @@ def _part_dir(job: Job) -> str:
     results = getattr(job, "results", None)
     if job.key and results:
         found = read_records(results, run_key=job.key, status=FINISHED, stale=False)
-        if found and found[-1].get("run_dir") and not moved_away(found[-1]):
+        if found and _weights_kept(found[-1]):
             return str(found[-1]["run_dir"])
     return str(job.run_dir)
+
+
+def _weights_kept(record: dict[str, Any]) -> bool:
+    """Whether a stored run's folder still holds its weights: not deleted, not taken over."""
+    ckpt = record.get("checkpoint")
+    return bool(record.get("run_dir") and ckpt and Path(str(ckpt)).exists()) and not moved_away(
+        record
+    )
 
 
 # ---------------------------------------------------------------------------- compare
@@ -509,6 +517,13 @@ def run(cfg: DictConfig) -> None:
                 if tested(r)  # a test=false run is trained again, tested this time
             }
             todo = [j for j in jobs if j.key not in done]
+            # a pretrained model to train starts from its parts' weights: a part whose stored
+            # run no longer holds them (its folder deleted or taken over) trains again first
+            for j in list(todo):
+                for part in j.parts:
+                    if part not in todo and _part_dir(part) == str(part.run_dir):
+                        part.again = True
+                        todo.insert(todo.index(j), part)
             console.print(
                 f"[bold]compare[/] {lineage}: {len(models)} models × {len(seeds)} seeds; "
                 f"{len(jobs) - len(todo)} already in the store, {len(todo)} to train. "

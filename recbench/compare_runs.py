@@ -61,6 +61,7 @@ class Job:
     lock: RunLock | None = field(default=None, repr=False)  # held while it trains
     server: ForkServer | None = field(default=None, repr=False)  # forks it, while it trains
     parts: list[Job] = field(default_factory=list, repr=False)  # runs it starts from (pretrained)
+    again: bool = False  # trains though the store holds its key (a part whose weights are gone)
 
 
 # ---------------------------------------------------------------------------- running
@@ -369,7 +370,7 @@ def train_all(
                 )
             return None
         stored = read_records(root, run_key=job.key, status=FINISHED, stale=False)
-        if any(tested(r) for r in stored):
+        if not job.again and any(tested(r) for r in stored):
             lock.release()
             say(f"[green]✓[/] {name}: trained meanwhile by another compare; read from the store")
             return False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -153,5 +154,17 @@ def test_compare_drops_models_off_task_and_pretrains_neumf_from_its_parts(tmp_pa
         assert "0 to train" in " ".join(again.stderr.split())  # rich wraps the line
         m = json.loads(runs["neumf_pretrained"].read_text())
         assert m["test"]["hr@10"] > 0
+        # the GMF part's folder deleted, and NeuMF's run gone from the store (as if it had
+        # failed): NeuMF to train needs the part's weights, so the part trains again first
+        # instead of NeuMF failing on a missing folder
+        shutil.rmtree(runs["gmf"].parent)
+        store = outputs / "results.jsonl"
+        kept = [ln for ln in store.read_text().splitlines()
+                if json.loads(ln)["model"] != "neumf_pretrained"]  # fmt: skip
+        store.write_text("".join(ln + "\n" for ln in kept))
+        third = recbench("compare", *env_args, cwd=tmp_path)
+        text = " ".join(third.stderr.split())
+        assert "✓ gmf seed 1: test ndcg@10" in text and "failed" not in text, text[-2000:]
+        assert runs["gmf"].exists()
     finally:
         os.environ["RECBENCH_OUTPUTS"] = old
