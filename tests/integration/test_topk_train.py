@@ -165,6 +165,10 @@ def test_compare_drops_models_off_task_and_pretrains_neumf_from_its_parts(tmp_pa
         third = recbench("compare", *env_args, cwd=tmp_path)
         text = " ".join(third.stderr.split())
         assert "✓ gmf seed 1: test ndcg@10" in text and "failed" not in text, text[-2000:]
-        assert runs["gmf"].exists()
+        gmf = [p for p in outputs.rglob("runs/gmf/seed_1/metrics.json") if p != runs["gmf"]]
+        assert len(gmf) == 1  # in this compare's folder
+        overrides = [p for p in outputs.rglob("runs/neumf_pretrained/seed_1/.hydra/overrides.yaml")
+                     if gmf[0].parent.parent.parent in p.parents]  # fmt: skip
+        assert str(gmf[0].parent) in overrides[0].read_text()  # NeuMF started from it
     finally:
         os.environ["RECBENCH_OUTPUTS"] = old
