@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,8 @@ def _key(cfg: DictConfig, adapter: Any) -> str:
     world = _synthetic(cfg, adapter)
     if world is not None:
         material["topk_world"] = world.fingerprint()
+    if click_log(adapter):
+        material["positives"] = "label"
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -168,7 +170,7 @@ def prepare(
         events, oracle = world.generate()
     else:
         events = adapter.load().events
-    data = build(events, cfg.task, key, oracle)
+    data = build(events, cfg.task, key, oracle, clicks_only=click_log(adapter))
     data.info["name"] = str(cfg.dataset.name)
     data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
     data.info["cache_dir"] = str(path)
@@ -179,9 +181,26 @@ def prepare(
 # ---------------------------------------------------------------------------- building
 
 
-def positives(events: pl.DataFrame, threshold: float | None) -> pl.DataFrame:
-    """The positive events: all (threshold None) or those rated at least ``threshold``; a
-    repeated (user, item) keeps its earliest event (ties: the first in the file)."""
+def click_log(adapter: Any) -> bool:
+    """Whether a dataset is a click log: a table with a 0/1 label column and no ratings, whose
+    positives are the clicked events (label 1), not every row."""
+    cols = getattr(adapter, "columns", None)
+    return isinstance(cols, Mapping) and bool(cols.get("label")) and not cols.get("rating")
+
+
+def positives(
+    events: pl.DataFrame, threshold: float | None, clicks_only: bool = False
+) -> pl.DataFrame:
+    """The positive events: all (threshold None) or those rated at least ``threshold``; of a
+    click log (``clicks_only``), those labelled 1. A repeated (user, item) keeps its earliest
+    event (ties: the first in the file)."""
+    if clicks_only:
+        events = events.filter(pl.col("label") == 1)
+        if events.height == 0:
+            raise ConfigError(
+                "this click log has no clicked event (label 1), so top-K ranking has no "
+                "positive to hold out or train on: check dataset.adapter.columns.label"
+            )
     ev = events.select(
         "user_id",
         "item_id",
@@ -217,13 +236,18 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, n
 
 
 def build(
-    events: pl.DataFrame, task: DictConfig, key: str = "", oracle: np.ndarray | None = None
+    events: pl.DataFrame,
+    task: DictConfig,
+    key: str = "",
+    oracle: np.ndarray | None = None,
+    clicks_only: bool = False,
 ) -> ImplicitData:
     """``events``: the adapter's frame (user_id, item_id, timestamp, optional rating).
-    ``oracle``: true preference indexed by raw (user_id, item_id) where known (synthetic)."""
+    ``oracle``: true preference indexed by raw (user_id, item_id) where known (synthetic).
+    ``clicks_only``: a click log, whose positives are its label-1 events."""
     opts = _options(task)
     raw_events = events
-    pos = positives(events, opts["positive_threshold"])  # in file order
+    pos = positives(events, opts["positive_threshold"], clicks_only)  # in file order
     ties = str(task.split.get("ties", "row"))
     if ties == "row":  # same-second events in file order: time becomes a rank, ties broken by row
         pos = pos.with_columns(pl.col("timestamp").rank("ordinal").cast(pl.Int64))

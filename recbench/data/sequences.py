@@ -304,6 +304,11 @@ def prepare_sequences(cfg: DictConfig, log=print, force: bool = False) -> Sequen
         ev = raw.events
         if not raw.implicit and "rating" not in ev.columns:
             ev = ev.filter(pl.col("label") == 1)  # click logs: the clicked items
+            if ev.height == 0:
+                raise ConfigError(
+                    f"{cfg.dataset.name}: no clicked event (label 1) in this click log, so "
+                    "there is no sequence to learn: check dataset.adapter.columns.label"
+                )
         users = ev["user_id"].to_numpy()
         items = ev["item_id"].to_numpy()
         order = ev["timestamp"].to_numpy()

@@ -108,6 +108,26 @@ def test_positive_threshold_and_repeated_pairs():
         build(ev.drop("rating"), task_cfg(threshold=4))
 
 
+def test_a_click_logs_positives_are_its_clicks_not_every_impression():
+    from recbench.data.adapters.table import Table
+    from recbench.data.implicit import click_log
+
+    ev = random_events().drop("rating")
+    clicked = ev.with_columns((pl.col("timestamp") % 3 == 0).cast(pl.Int64).alias("label"))
+    data = build(clicked, task_cfg(), clicks_only=True)
+    assert data.info["positives"] == int((clicked["label"] == 1).sum()) < clicked.height
+    # training and held-out rows together are the clicks, no impression without one
+    rows = data.info["rows"]
+    assert rows["train"] + rows["val"] + rows["test"] == data.info["positives"]
+    with pytest.raises(ConfigError, match="no clicked event"):
+        build(
+            clicked.with_columns(pl.lit(0, pl.Int64).alias("label")), task_cfg(), clicks_only=True
+        )
+    table = dict(path="log.csv", columns={"user": "u", "item": "i", "label": "click"})
+    assert click_log(Table(**table))
+    assert not click_log(Table(path="log.csv", columns={"user": "u", "item": "i"}))
+
+
 def test_user_temporal_split_gives_several_targets_per_user():
     data = build(random_events(per_user=20), task_cfg("user_temporal"))
     targets = data.eval["test"]["targets"]
