@@ -15,6 +15,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc
 
+NO_USER = -1  # the group of a row without a user id (a dataset without users: Criteo)
+
 
 def _average_ranks(x: Tensor) -> Tensor:
     """1-based ranks of ``x`` with ties sharing their average rank."""
@@ -108,6 +110,8 @@ def undefined_reasons(labels: Tensor, groups: Tensor, split: str = "evaluation")
         cls = 1 if n_pos else 0
         out["auc"] = f"the {split} split holds one class (all {cls})"
         out["gauc"] = f"the {split} split holds one class (all {cls}), so no user has both labels"
+    elif bool((groups == NO_USER).all()):
+        out["gauc"] = f"the {split} rows carry no user id (the dataset has none): no per-user AUC"
     elif not _some_group_has_both(labels, groups):
         out["gauc"] = f"no user in the {split} split has both a positive and a negative row"
     return out

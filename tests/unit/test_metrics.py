@@ -83,6 +83,22 @@ def test_one_class_auc_is_undefined_with_a_reason_never_zero():
     assert ones.undefined["auc"] == "the val split holds one class (all 1)"
 
 
+def test_gauc_is_undefined_for_rows_without_user_ids_not_the_global_auc():
+    """A dataset without users (Criteo's shards) puts every row in no group: a per-user AUC
+    does not exist, and one group of every row would only repeat the AUC."""
+    from recbench.metrics import NO_USER
+
+    m = CTRMetrics("test")
+    m.update(torch.tensor([2.0, 1.0, -1.0, 0.5]), torch.tensor([1, 0, 0, 1.0]),
+             torch.full((4,), NO_USER))  # fmt: skip
+    out = m.compute()
+    assert float(out["auc"]) == pytest.approx(0.75) and torch.isnan(out["gauc"])
+    assert (
+        m.undefined["gauc"]
+        == "the test rows carry no user id (the dataset has none): no per-user AUC"
+    )
+
+
 def test_gauc_undefined_when_no_user_has_both_labels_but_auc_defined():
     m = CTRMetrics("val")
     # user 1 only positives, user 2 only negatives: a global AUC exists, no per-user AUC does

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import PreparedData, prepare
 from recbench.data.shards import ShardedData, ShardLoader, split_of_rows
-from recbench.metrics import auc
+from recbench.metrics import NO_USER, auc
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 3000
@@ -165,6 +165,8 @@ def test_shard_and_memory_batches_and_auc_agree(sharded):
     m_logits, m_y = (torch.cat(x) for x in zip(*memory, strict=True))
     assert torch.equal(s_y, m_y) and torch.allclose(s_logits, m_logits)
     assert auc(s_logits, s_y) == auc(m_logits, m_y)
+    groups = torch.cat([b["group"] for b in ShardLoader(sharded.splits["test"], 300)])
+    assert bool((groups == NO_USER).all())  # no user ids: GAUC is undefined, not the AUC
 
 
 def test_selected_columns_and_slices_read_like_tensors(sharded):
@@ -175,7 +177,7 @@ def test_selected_columns_and_slices_read_like_tensors(sharded):
     assert torch.equal(
         split["sparse"][edge - 3 : edge + 4], torch.from_numpy(whole[edge - 3 : edge + 4])
     )
-    assert split["group"][:5].tolist() == [0] * 5
+    assert split["group"][:5].tolist() == [NO_USER] * 5
     with pytest.raises(TypeError):
         split["label"][::2]
 

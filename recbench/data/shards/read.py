@@ -20,6 +20,7 @@ from torch import Tensor
 from recbench.data.schema import FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES
 from recbench.errors import RecbenchError
+from recbench.metrics import NO_USER
 
 SHARDS_VERSION = 1
 META = "shards.json"
@@ -121,7 +122,7 @@ class ShardSplit(Mapping):
 
     def __getitem__(self, key: str) -> Any:
         if key == "group" and "group" in self.columns:
-            return _Zeros(self.n)
+            return _NoUser(self.n)
         return self._cols[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -140,12 +141,14 @@ class ShardSplit(Mapping):
     def read_block(self, block: tuple[int, int, int]) -> dict[str, np.ndarray]:
         s, a, b = block
         out = {k: c.read(s, a, b) for k, c in self._cols.items()}
-        if "group" in self.columns:
-            out["group"] = np.zeros(b - a, np.int64)
+        if "group" in self.columns:  # sharded data have no user ids (GAUC: undefined)
+            out["group"] = np.full(b - a, NO_USER, np.int64)
         return out
 
 
-class _Zeros:
+class _NoUser:
+    """The ``group`` column of rows without a user id: ``NO_USER`` throughout."""
+
     def __init__(self, n: int) -> None:
         self.n = n
 
@@ -154,10 +157,10 @@ class _Zeros:
 
     def __getitem__(self, item: slice) -> Tensor:
         start, stop, _ = item.indices(self.n)
-        return torch.zeros(max(0, stop - start), dtype=torch.int64)
+        return torch.full((max(0, stop - start),), NO_USER, dtype=torch.int64)
 
     def numpy(self) -> np.ndarray:
-        return np.zeros(self.n, np.int64)
+        return np.full(self.n, NO_USER, np.int64)
 
 
 class ShardedData:
