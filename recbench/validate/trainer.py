@@ -207,6 +207,14 @@ def _check_fit(cfg: DictConfig, problems: Problems) -> None:
                 "train at least one epoch (e.g. trainer.max_epochs=1), or evaluate a checkpoint "
                 "without training with fit=false ckpt_path=<run_dir>/checkpoints/<best>.ckpt",
             )
+    if not cfg.get("fit", True) and cfg.get("ckpt_path") is None and cfg.get("record", True):
+        problems.add(
+            "fit",
+            "fit=false without ckpt_path evaluates the seed's untrained initial weights, yet the "
+            "run would be recorded as a finished one: give ckpt_path=<run_dir>/checkpoints/"
+            "<best>.ckpt to evaluate a trained run, or add record=false to look at the untrained "
+            "model without recording it",
+        )
     _check_split_shares(cfg, problems)
     _check_click_label(cfg, problems)
     ckpt = cfg.get("ckpt_path")

@@ -134,7 +134,10 @@ def test_a_split_share_of_zero_is_refused_before_training_not_after(tmp_path):
         in (msgs[0])
     )
     assert "leaves no test split, and a run records its test metrics" in msgs[1]
-    assert messages(["dataset.split.ratios=[0.9,0.0,0.1]", "fit=false"], tmp_path) == []
+    assert (
+        messages(["dataset.split.ratios=[0.9,0.0,0.1]", "fit=false", "record=false"], tmp_path)
+        == []
+    )
     assert messages(["dataset.split.ratios=[0.98,0.01,0.01]"], tmp_path) == []
 
 
@@ -204,7 +207,12 @@ def test_a_value_of_the_wrong_type_is_found_from_the_signature(tmp_path):
 def test_max_epochs_zero_is_refused_unless_evaluating_only(tmp_path):
     (msg,) = messages(["trainer.max_epochs=0"], tmp_path)
     assert "trains nothing" in msg and "fit=false ckpt_path=" in msg
-    assert messages(["trainer.max_epochs=0", "fit=false"], tmp_path) == []
+    assert messages(["trainer.max_epochs=0", "fit=false", "record=false"], tmp_path) == []
+    # evaluating the untrained weights is allowed, not recorded as a finished run
+    (msg,) = messages(["fit=false"], tmp_path)
+    assert (
+        "untrained initial weights, yet the run would be recorded" in msg and "record=false" in msg
+    )
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"")
     assert messages(["fit=false", f"ckpt_path={ckpt}"], tmp_path) == []
