@@ -35,8 +35,13 @@ def user_config_dirs() -> list[Path]:
 
 
 def _explicit_search_path(args: list[str]) -> bool:
-    """Whether the command line sets ``hydra.searchpath=`` itself (it then wins)."""
-    return any(a.lstrip("+").startswith("hydra.searchpath=") for a in args)
+    """Whether the command line sets Hydra's config search itself (``hydra.searchpath=``,
+    ``--config-dir`` / ``-cd``, ``--config-path`` / ``-cp``): it then wins, and Hydra resolves
+    the group options."""
+    flags = ("--config-dir", "-cd", "--config-path", "-cp")
+    return any(
+        a.lstrip("+").startswith("hydra.searchpath=") or a.split("=", 1)[0] in flags for a in args
+    )
 
 
 def user_search_path(args: list[str]) -> list[str]:
@@ -219,14 +224,42 @@ def _check_compare_model_keys(args: list[str]) -> None:
         # any other composition error: Hydra reports it as usual
 
 
+DATA_USAGE = (
+    "usage: recbench data prepare|info [dataset=<name>] [overrides] [--cfg job] [--config-dir "
+    "DIR]: build (prepare; force=true rebuilds) or describe (info) a dataset's cached tensors "
+    "and splits as train's default task (ctr) prepares them; the top-K, rating and next-item "
+    "tasks prepare their own at the start of `recbench train task=<task>` and print their sizes"
+)
+
+
 def _data(args: list[str]) -> None:
     if not args or args[0] not in ("prepare", "info"):
-        _fail(RecbenchError("usage: recbench data prepare|info [dataset=<name>] [overrides]"))
+        _fail(RecbenchError(DATA_USAGE))
+    from omegaconf import OmegaConf
+
     from recbench.data.pipeline import prepare
     from recbench.validate import check
 
-    _check_group_options(args[1:], "data")
-    cfg = _compose("data", args[1:])
+    rest, show_cfg = list(args[1:]), False
+    while "--cfg" in rest:  # Hydra's --cfg job: the composed config, nothing prepared
+        i = rest.index("--cfg")
+        show_cfg = True
+        del rest[i : i + 2]
+    for flag in ("--config-dir", "-cd"):  # Hydra's flag: a folder searched beside the packaged
+        while flag in rest or any(a.startswith(f"{flag}=") for a in rest):
+            i = next(j for j, a in enumerate(rest) if a == flag or a.startswith(f"{flag}="))
+            folder = rest[i].split("=", 1)[1] if "=" in rest[i] else rest[i + 1]
+            del rest[i : i + (1 if "=" in rest[i] else 2)]
+            extra = os.environ.get("RECBENCH_CONFIG_PATH")
+            dirs = [folder, *([extra] if extra else [])]
+            os.environ["RECBENCH_CONFIG_PATH"] = os.pathsep.join(dirs)
+    if any(a.lstrip("+").startswith("task=") for a in rest):
+        _fail(RecbenchError(f"recbench data takes no task=. {DATA_USAGE}"))
+    _check_group_options(rest, "data")
+    cfg = _compose("data", rest)
+    if show_cfg:
+        print(OmegaConf.to_yaml(cfg, resolve=False), end="")
+        return
     check(cfg, "data")  # a value left ??? or out of range: one line each, before any data is read
     data = prepare(
         cfg.dataset, force=bool(cfg.force) and args[0] == "prepare", log=lambda m: console.print(m)
@@ -358,13 +391,46 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
 }
 
 
+def _models_usage() -> str:
+    from recbench.lineage import NODES
+
+    tasks = "|".join(dict.fromkeys(n.task for n in NODES))
+    return (
+        f"usage: recbench models [task=<{tasks}>] [--verbose]: the lineage's models, the tasks "
+        "each serves, its parents and paper; --verbose adds the idea each adds to its parents"
+    )
+
+
+def _results_usage() -> str:
+    from recbench.store_check import USAGE
+
+    return USAGE
+
+
+def _completion_usage() -> str:
+    from recbench.completion import SHELLS
+
+    return (
+        f"usage: recbench completion <{'|'.join(SHELLS)}>: the shell's tab completion of commands "
+        'and overrides, e.g. in ~/.bashrc: eval "$(recbench completion bash)"'
+    )
+
+
+HELP: dict[str, Callable[[], str]] = {
+    "data": lambda: DATA_USAGE,
+    "models": _models_usage,
+    "results": _results_usage,
+    "completion": _completion_usage,
+}
+
+
 def usage() -> str:
     lines = ["usage: recbench <command> [hydra overrides]", "", "commands:"]
     lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += [
         "",
-        "recbench --version prints the version. Each command takes Hydra overrides, --help and",
-        "--cfg job, e.g.",
+        "recbench --version prints the version; every command takes --help. train, compare,",
+        "bench and data take Hydra overrides and --cfg job, e.g.",
         "  recbench train model=din dataset=movielens-100k trainer.max_epochs=5",
     ]
     return "\n".join(lines)
@@ -381,6 +447,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"recbench {__version__}")
         return
     cmd, rest = args[0], args[1:]
+    if cmd in HELP and {"-h", "--help"} & set(rest):  # the commands Hydra does not parse
+        print(HELP[cmd]())
+        return
     if cmd == "compare":  # a flag for the common case of rebuilding a report from the store
         rest = ["report_only=true" if a == "--report-only" else a for a in rest]
         _check_compare_model_keys(rest)

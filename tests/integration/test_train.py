@@ -209,6 +209,28 @@ def test_help_lists_commands(tmp_path):
     assert "neumf_pretrained" in ranking and "DeepFM" not in ranking and "rating, topk" in ranking
     bad = recbench("models", "task=ranking", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "task=<ctr|topk|rating|next_item|rl>" in bad.stderr
+    # every command takes --help, those Hydra does not parse too
+    for cmd, says in (
+        (["data", "info"], "usage: recbench data prepare|info"),
+        (["models"], "usage: recbench models [task=<"),
+        (["results", "check"], "usage: recbench results check"),
+        (["completion"], "usage: recbench completion <bash|zsh>"),
+    ):
+        helped = recbench(*cmd, "--help", cwd=tmp_path)
+        assert helped.returncode == 0 and says in helped.stdout, cmd
+
+
+def test_data_takes_cfg_job_and_config_dir_and_refuses_a_task(tmp_path):
+    shown = recbench("data", "info", "--cfg", "job", "dataset=movielens-100k", cwd=tmp_path)
+    assert "name: movielens-100k" in shown.stdout and "preparing" not in shown.stdout
+    own = tmp_path / "conf" / "dataset"
+    own.mkdir(parents=True)
+    (own / "mine.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nname: mine\n")
+    found = recbench("data", "info", "--config-dir", str(tmp_path / "conf"), "dataset=mine",
+                     "--cfg", "job", cwd=tmp_path)  # fmt: skip
+    assert "name: mine" in found.stdout
+    refused = recbench("data", "info", "+task=topk", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "recbench data takes no task=" in refused.stderr
 
 
 def test_data_info_reports_schema_and_unseen_rows(tmp_path, ml100k):
