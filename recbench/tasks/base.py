@@ -222,6 +222,12 @@ def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
         # the callbacks need the logged name; the sweep reads the record's val values by key
         if key in keys and (prefix == "val" or (option == "optimized_metric" and not prefix)):
             continue
+        if option == "monitor" and prefix not in ("", "val") and key in keys:
+            raise ConfigError(
+                f"monitor={value}: early stopping and the best checkpoint follow a validation "
+                f"metric (the {prefix} split is read once, after training): set "
+                f"monitor=val/{key}"
+            )
         name, _, cut = key.rpartition("@")
         others = [k for k in keys if k.rpartition("@")[0] == name]
         if name and cut.isdigit() and others:  # a ranking metric at a cut-off ks leaves out

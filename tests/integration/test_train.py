@@ -427,3 +427,5 @@ def test_a_ranking_monitor_at_a_cut_off_the_task_leaves_out_says_which_to_add():
     with pytest.raises(ConfigError, match=r"val/ndcg@10 is higher-is-better"):
         check("task=topk", "model=gmf", "monitor_mode=min")
     check("task=topk", "model=gmf", "monitor=val/sampled.hr@10")
+    with pytest.raises(ConfigError, match=r"monitor=test/ndcg@10: .* set monitor=val/ndcg@10"):
+        check("task=topk", "model=gmf", "monitor=test/ndcg@10")
