@@ -325,12 +325,25 @@ class NewsEnv(gym.Env):
     # ------------------------------------------------------------------ internals
 
     def _ranking(self, action: Any) -> np.ndarray:
-        """Pool indices shown, best first: repeated or out-of-range entries are replaced by the
-        lowest unused indices, so any action of the action space is a valid list."""
+        """Pool indices shown, best first. An action outside the action space (not K integer
+        pool indices in [0, N)) is refused with what was wrong; within it, a repeated index is
+        replaced by the lowest unused one, so every action of the space is a valid list."""
         K, N = self.params.slate_size, self.params.n_candidates
-        a = np.asarray(action, dtype=np.int64).reshape(-1)[:K]
-        listed = a.tolist()
-        if len(listed) == K and len(set(listed)) == K and 0 <= min(listed) and max(listed) < N:
+        raw = np.asarray(action)
+        if raw.dtype.kind not in "iu" and not (
+            raw.dtype.kind == "f" and raw.size and np.array_equal(raw, np.round(raw))
+        ):
+            raise ValueError(
+                f"env.step: the action must be {K} integer pool indices in [0, {N}), best first; "
+                f"got {action!r}"
+            )
+        listed = raw.astype(np.int64).reshape(-1).tolist()
+        if len(listed) != K or min(listed) < 0 or max(listed) >= N:
+            raise ValueError(
+                f"env.step: the action must be {K} pool indices in [0, {N}) (positions in "
+                f"obs['candidates'], not item codes), best first; got {listed}"
+            )
+        if len(set(listed)) == K:
             return np.array(listed, dtype=np.int64)  # a valid list, as policies give it
         out, seen = [], set()
         for x in listed:

@@ -4,6 +4,7 @@ activeness, the pools, and the window metrics."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -94,11 +95,26 @@ def test_pools_are_distinct_fresh_items():
         obs, *_ = env.step(np.arange(5))
 
 
-def test_any_action_is_made_a_valid_list():
+def test_a_repeat_is_replaced_and_an_action_outside_the_space_refused():
     env = NewsEnv(tiny(), seed=4)
     env.reset(seed=4)
-    _, _, _, _, info = env.step([3, 3, 99, -1, 0])
-    assert info["shown"].tolist() == [3, 0, 1, 2, 4]
+    n = env.params.n_candidates
+    # repeats are in the action space (MultiDiscrete): replaced by the lowest unused indices
+    _, _, _, _, info = env.step([3, 3, 7, 7, 0])
+    assert info["shown"].tolist() == [3, 7, 0, 1, 2]
+    _, _, _, _, info = env.step(np.array([4.0, 1.0, 2.0, 3.0, 0.0]))  # integral floats
+    assert info["shown"].tolist() == [4, 1, 2, 3, 0]
+    # item codes instead of pool positions, a short or long list, fractions: refused
+    for bad, says in (
+        ([0, 1, 2, 3, n], f"pool indices in [0, {n})"),
+        ([-1, 0, 1, 2, 3], "not item codes"),
+        ([0, 1, 2], "5 pool indices"),
+        (list(range(7)), "5 pool indices"),
+        ([0.5, 1, 2, 3, 4], "integer pool indices"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            env.step(bad)
+        assert not env.action_space.contains(np.array(bad))
 
 
 def run_forced(click_prob: float, seed: int = 0, n_users: int = 100, days: float = 4.0):
