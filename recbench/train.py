@@ -28,6 +28,37 @@ from recbench.validate import check as check_config
 log = logging.getLogger("recbench")
 
 
+def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> None:
+    """Refuse a checkpoint whose weights do not fit this run's model in one line (Lightning
+    would end in a traceback of every missing and unexpected key)."""
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    except Exception as exc:  # not a checkpoint torch can read
+        raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint: {exc}") from exc
+    want = task.state_dict()
+    missing = [k for k in want if k not in saved]
+    unexpected = [k for k in saved if k not in want]
+    shape = [k for k in want if k in saved and tuple(saved[k].shape) != tuple(want[k].shape)]
+    if not (missing or unexpected or shape):
+        return
+    parts = [
+        f"{len(names)} {what} (e.g. {names[0]})"
+        for names, what in (
+            (missing, "weights it lacks"),
+            (unexpected, "weights this model has not"),
+            (shape, "of another shape"),
+        )
+        if names
+    ]
+    raise ConfigError(
+        f"ckpt_path={path} does not fit model={model} with this config: {', '.join(parts)}. "
+        "Give the checkpoint of a run of this model and config (its run folder's "
+        ".hydra/config.yaml says which)"
+    )
+
+
 def model_name(cfg: DictConfig) -> str:
     """The model's config name: Hydra's choice when known, else the module of its class."""
     try:
@@ -147,6 +178,8 @@ def run(cfg: DictConfig) -> float | None:
         trainer: pl.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
+        if cfg.get("ckpt_path") not in (None, "last", "best", "hpc", "registry"):
+            check_checkpoint(task, str(cfg.ckpt_path), name)
         if cfg.fit:
             try:
                 trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))

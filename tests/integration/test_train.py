@@ -158,6 +158,17 @@ def test_mixed_precision_evaluates_the_weights_in_float32(tmp_path, args):
     assert full["test"] == mixed["test"] and full["val"] == mixed["val"]
 
 
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
+    recbench("train", "model=lr", *SMALL, "trainer.max_epochs=1", "record=false", "logger=none",
+             *run_dir_of(tmp_path, "lr"), cwd=tmp_path)  # fmt: skip
+    ckpt = metrics(tmp_path, "lr")["checkpoint"]
+    proc = recbench("train", "model=fm", *SMALL, "fit=false", f"ckpt_path={ckpt}", "record=false",
+                    cwd=tmp_path, check=False)  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in text, text[-2000:]
+    assert f"ckpt_path={ckpt} does not fit model=fm with this config" in text
+
+
 def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path):
     cases = {
         ("model=nosuchmodel",): "there is no model config 'nosuchmodel'",
