@@ -50,6 +50,17 @@ def test_each_format_reads_the_same_events(tmp_path, suffix):
     assert set(raw.sparse) == {"hour", "city"} and raw.dense == ("price",)
 
 
+def test_a_file_without_a_header_names_its_columns_from_column_1(tmp_path):
+    df = _log()
+    (tmp_path / "log.csv").write_text(df.write_csv(include_header=False))
+    cols = {"user": "column_1", "item": "column_2", "time": "column_3", "sparse": ["column_5"]}
+    raw = Table("log.csv", cols, root=str(tmp_path), has_header=False).load()
+    ids = raw.events.select(pl.col("user_id", "item_id").cast(pl.Int64))
+    assert ids["user_id"].to_list() == df["uid"].to_list()  # not shifted by one
+    assert ids["item_id"].to_list() == df["iid"].to_list()
+    assert raw.events["timestamp"].to_list() == df["ts"].to_list()
+
+
 def test_label_rating_and_implicit_roles(tmp_path):
     df = _log()
     df.write_csv(tmp_path / "log.csv")

@@ -141,6 +141,8 @@ class TableSource:
                 "the file has a header but no rows",
                 "Add the event rows, or point dataset.adapter.path at the full file.",
             )
+        if not self.has_header:  # column_1, column_2, ... whatever polars' own numbering
+            frame.columns = [f"column_{j}" for j in range(1, frame.width + 1)]
         return frame
 
 
