@@ -111,6 +111,15 @@ def test_clear_errors(tmp_path):
         Table("semi.csv", COLS, root=str(tmp_path)).load()
     with pytest.raises(MalformedDataError, match="values other than 0/1"):
         Table("log.csv", {**COLS, "label": "stars"}, root=str(tmp_path)).load()
+    # one bad value among epoch seconds: named at its own line; only the bad labels listed
+    rows = df.with_columns(pl.col("ts").cast(pl.String), pl.col("clicked").cast(pl.String))
+    rows[50, "ts"] = "soon"
+    rows[70, "clicked"] = "yes"
+    rows.write_csv(tmp_path / "bad.csv")
+    with pytest.raises(MalformedDataError, match=r"bad.csv:52: the time column 'ts'"):
+        Table("bad.csv", COLS, root=str(tmp_path)).load()
+    with pytest.raises(MalformedDataError, match=r"other than 0/1 \(e.g. \['yes'\]\)"):
+        Table("bad.csv", {**COLS, "time": None, "label": "clicked"}, root=str(tmp_path)).load()
     with pytest.raises(DataNotFoundError, match="no file matches"):
         Table("nothing*.csv", COLS, root=str(tmp_path)).load()
     (tmp_path / "head.csv").write_text("uid,iid,ts\n")

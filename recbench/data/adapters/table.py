@@ -241,11 +241,15 @@ class Table:
             else pl.int_range(n, dtype=pl.Int64)  # no time: file order is time order
         )
         if c.get("time") and frame[c["time"]].dtype == pl.String:
-            time = pl.col(c["time"]).str.to_datetime(strict=False).dt.epoch("s")
+            # epoch seconds kept as text (one bad value makes the column text), else a date
+            t = pl.col(c["time"]).str.strip_chars()
+            time = pl.coalesce(
+                t.cast(pl.Int64, strict=False), t.str.to_datetime(strict=False).dt.epoch("s")
+            )
         implicit = not c.get("label") and not c.get("rating")
         if c.get("label"):
-            values = frame[c["label"]].drop_nulls().unique().to_list()
-            bad = [v for v in values if v not in (0, 1, True, False)]
+            values = frame[c["label"]].drop_nulls().unique(maintain_order=True).to_list()
+            bad = [v for v in values if v not in (0, 1, True, False, "0", "1")]
             if bad:
                 raise MalformedDataError(
                     f"{where}: the label column {c['label']!r} holds values other than 0/1 "
