@@ -45,6 +45,16 @@ def world_key(cfg: DictConfig) -> str:
     return f"news-{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
 
+def _command_line_overrides() -> list[str]:
+    """The run's overrides as typed (Hydra's task overrides); none outside a Hydra run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # not under Hydra (a test calling the task directly)
+        return []
+
+
 class RLTask(Task):
     """The RL protocol's record fields; ``run_standalone`` runs the whole loop."""
 
@@ -90,6 +100,19 @@ class RLTask(Task):
                 "task=rl runs the environment and the agent in one process; "
                 f"trainer.strategy={t.get('strategy')} trainer.devices={devices} do not apply. "
                 "Drop trainer=ddp, or run seeds side by side: recbench compare lineage=rl jobs=2"
+            )
+        if str(t.get("precision", "32-true")) not in ("32", "32-true"):
+            raise ConfigError(
+                f"task=rl: trainer.precision={t.get('precision')} does not apply; the agents run "
+                "in float32 in one process on the CPU (the environment's pace, not arithmetic, "
+                "sets the speed). Drop trainer.precision"
+            )
+        given = [o for o in _command_line_overrides() if o.lstrip("+~").startswith("optimizer")]
+        if given:
+            raise ConfigError(
+                f"task=rl: {given[0]} does not apply; each agent's config sets its own steps "
+                "(DRN's learning rate is model.lr; `recbench train model=<agent> --cfg job` "
+                "shows its keys). Drop the optimizer override"
             )
         params = NewsParams.from_config(cfg.env)
         tc = cfg.task

@@ -116,6 +116,17 @@ def test_several_devices_are_refused_not_silently_ignored(tmp_path):
     assert not (tmp_path / "drn" / "metrics.json").exists()
 
 
+def test_settings_the_agents_do_not_read_are_refused_not_silently_ignored(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.precision=bf16-mixed does not apply"):
+        train(tmp_path, "drn", "trainer.precision=bf16-mixed")
+    from tests import cli
+
+    proc = cli.run(["train", "model=drn", "env.n_users=20", "env.horizon_days=2",
+                    "task.eval_days=0.5", "optimizer.lr=0.5"], tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "optimizer.lr=0.5 does not apply" in proc.stdout and "model.lr" in proc.stdout
+
+
 def test_an_empty_evaluation_window_is_refused_not_reported_as_zeros(tmp_path):
     with pytest.raises(ConfigError, match=r"task.eval_days=0 and task.curve_hours=12 must be > 0"):
         train(tmp_path, "drn_dn", "task.eval_days=0")
