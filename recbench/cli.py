@@ -90,6 +90,10 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
     return command
 
 
+# config groups that only some configs bring in, and what brings them
+GROUP_NEEDS = {"env": "task=rl (the RL model configs set it)"}
+
+
 def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
     """After Hydra refused ``trainer.max_epoch=3`` (advising ``+trainer.max_epoch`` to add it),
     name the keys it was probably meant to be. Composes the config with the group choices only,
@@ -99,16 +103,25 @@ def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
     from omegaconf import DictConfig
 
     keys = [a.split("=", 1)[0] for a in args if "=" in a and not a.startswith(("+", "~", "-"))]
-    dotted = [k for k in keys if "." in k and not k.startswith("hydra")]
-    if not dotted:
+    keys = [k for k in keys if not k.startswith("hydra")]
+    group_dirs = {p.name for p in Path(config_dir()).iterdir() if p.is_dir()}
+    if not keys:
         return
-    groups = [a for a in args if "=" in a and "." not in a.split("=", 1)[0] and "," not in a]
+    groups = [a for a in args if "=" in a and a.split("=", 1)[0] in group_dirs and "," not in a]
     try:
         cfg = _compose_quiet(config_name, groups)
     except Exception:  # noqa: BLE001 - the hint is a courtesy; Hydra has said what failed
         return
-    for key in dotted:
+    for key in keys:
         node, parts = cfg, key.split(".")
+        if parts[0] in group_dirs and parts[0] not in cfg and len(parts) > 1:
+            needs = GROUP_NEEDS.get(parts[0], f"the config that uses {parts[0]}")
+            console.print(
+                f"[yellow]hint:[/] {key}: this run's config has no {parts[0]}; it comes with "
+                f"{needs}, which must be on the command line (a -m sweep over models composes "
+                "the command line once without them)"
+            )
+            continue
         for depth, part in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break

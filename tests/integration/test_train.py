@@ -196,6 +196,14 @@ def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path):
     text = " ".join(key.stderr.split())
     assert key.returncode == 1 and "Could not override 'model.embd_dim'" in text
     assert "hint: model.embd_dim is not a key; did you mean model.embed_dim?" in text
+    top = recbench("train", "batchsize=512", cwd=tmp_path, check=False)
+    assert "hint: batchsize is not a key; did you mean batch_size" in " ".join(top.stderr.split())
+    env = recbench(
+        "train", "-m", "model=drn_dn,linucb", "env.n_users=30", cwd=tmp_path, check=False
+    )
+    text = " ".join(env.stderr.split())
+    assert env.returncode == 1 and "hint: env.n_users: this run's config has no env" in text
+    assert "it comes with task=rl" in text
     # a sweep's list is checked item by item; a config key (model.dim=) is left to Hydra
     sweep = recbench("train", "-m", "model=lr,fmm", "model.dim=4", cwd=tmp_path, check=False)
     assert sweep.returncode == 2 and "model=fmm: there is no model config 'fmm'" in sweep.stderr
