@@ -178,6 +178,7 @@ def _serving(names: list[str], cfg: DictConfig, configs: TrainConfigs | None = N
         return names
     task = getattr(get_class(str(target)), "name", "") or str(target)
     keep, dropped = [], []
+    tasks: dict[str, int] = {}  # the tasks the dropped models serve, by how many serve each
     for m in names:
         try:
             try:
@@ -189,6 +190,16 @@ def _serving(names: list[str], cfg: DictConfig, configs: TrainConfigs | None = N
         except (HydraException, OmegaConfBaseException, ImportError, ValueError, TypeError):
             served = (task,)
         (keep if task in served else dropped).append(m)
+        if task not in served:
+            for t in served:
+                tasks[t] = tasks.get(t, 0) + 1
+    if dropped and not keep:
+        best = sorted(tasks, key=lambda t: -tasks[t])
+        raise ConfigError(
+            f"no model of {names} serves task={task}; they serve "
+            f"{', '.join(f'task={t}' for t in best)}: add task={best[0]} "
+            f"(or another of those) to the command"
+        )
     if dropped:
         sys.stderr.write(
             f"note: task={task} leaves out {', '.join(dropped)} (they do not serve it; "

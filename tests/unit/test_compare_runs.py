@@ -96,6 +96,17 @@ def test_a_model_off_the_task_is_left_out_even_when_an_override_does_not_fit_it(
     assert kept == ["gmf", "ncf_mlp"]
 
 
+def test_a_lineage_of_another_task_is_refused_with_the_task_to_add() -> None:
+    import pytest
+
+    import recbench.compare as compare
+    from recbench.errors import ConfigError
+
+    cfg = compare._compose_train([])  # the default task: ctr
+    with pytest.raises(ConfigError, match=r"serves task=ctr; they serve task=topk, task=rating"):
+        compare._serving(["gmf", "neumf", "autorec"], cfg, None)
+
+
 def test_two_models_an_override_makes_one_run_are_refused(tmp_path: Path) -> None:
     """DN is DDQN with gamma 0: a compare that sets gamma for every run would store one run for
     both and report a model against itself, so it stops before training and names them."""
