@@ -209,6 +209,33 @@ def _compose(config_name: str, overrides: list[str]):
         _fail(exc)
 
 
+def _keys_of_no_model(overrides: list[str]) -> list[str]:
+    """For each ``model.<key>=`` that no model config has at its top level: what it says, with
+    the nearest keys that some model config has."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    known: set[str] = set()
+    for path in [Path(config_dir()) / "model", *(d / "model" for d in user_config_dirs())]:
+        for f in path.glob("*.yaml"):
+            try:
+                node = OmegaConf.load(f) or {}
+            except Exception:  # noqa: BLE001 - a file Hydra will report on its own
+                continue
+            if "model" in node and "_target_" not in node:  # @package _global_ (the RL agents)
+                node = node["model"] or {}
+            known |= {str(k) for k in node}
+    out = []
+    for a in overrides:
+        key = a.split("=", 1)[0].split(".")[1]
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            near = f" (did you mean {' or '.join(f'model.{c}' for c in close)}?)" if close else ""
+            out.append(f"model.{key} is a key of no model config{near}")
+    return out
+
+
 def _check_compare_model_keys(args: list[str]) -> None:
     """A compare composes the train config with its default model, so ``model.<key>=`` for a key
     only the compared models have fails in Hydra with advice (``+model.<key>``) that would not
@@ -225,6 +252,9 @@ def _check_compare_model_keys(args: list[str]) -> None:
             compose(config_name="compare", overrides=user_search_path(args))
     except (HydraException, OmegaConfBaseException) as exc:
         bad = [a for a in keys if f"'{a.split('=', 1)[0]}'" in str(exc)]
+        unknown = _keys_of_no_model(bad)
+        if unknown:
+            _fail(RecbenchError("; ".join(unknown)))
         if bad:
             given = ",".join(f"'{a}'" for a in bad)
             _fail(

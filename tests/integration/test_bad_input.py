@@ -151,6 +151,11 @@ def test_compare_says_how_to_pass_a_key_only_the_compared_models_have(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in text, text
     assert "model.gamma is not a key of the compare's default model config" in text, text
     assert "\"extra=['model.gamma=0.9']\"" in text, text
+    # a key no model config has: a typo, named with the nearest key, not sent to every run
+    typo = recbench("compare", "model.embd_dim=3", cwd=tmp_path)
+    text = typo.stdout + typo.stderr
+    assert typo.returncode == 2 and "extra=" not in text, text
+    assert "model.embd_dim is a key of no model config (did you mean model.embed_dim?)" in text
 
 
 def test_a_report_from_a_store_without_the_runs_is_refused(tmp_path):
