@@ -589,16 +589,18 @@ def run(cfg: DictConfig) -> None:
         level=float(cfg.bootstrap.level),
     )
     write_report(report, out_dir)
+    before = set(out_dir.iterdir())
     run_report_hooks([r for rs in runs.values() for r in rs], out_dir, console)
+    # what a task's hook added beside the report (the RL task: rl_pairs.md, rl_curves.png)
+    extra = sorted(p for p in set(out_dir.iterdir()) - before if p.suffix in (".md", ".png"))
 
     finished_models = [summarise_model(m, runs[m]) for m in models if runs[m]]
     if finished_models:
         out = Console()
         table = metric_table(finished_models)
         out.print(_console_table(table, f"{lineage} on {dataset}", out.width))
-    console.print(
-        f"report: {out_dir / 'report.md'}  {out_dir / 'report.html'}  {out_dir / 'lineage.png'}"
-    )
+    shown = [out_dir / "report.md", out_dir / "report.html", out_dir / "lineage.png", *extra]
+    console.print("report: " + "  ".join(str(p) for p in shown))
     if failures:
         console.print(
             f"[bold red]{len(failures)} run(s) failed:[/] "
