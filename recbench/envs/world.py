@@ -118,8 +118,17 @@ class NewsParams:
                 f"for pools of {self.n_candidates}; raise items_per_hour or fresh_hours to at "
                 f"least twice the pool"
             )
-        if self.n_users < 1 or self.horizon_days <= 0 or self.lambda0 <= 0:
-            raise ConfigError("env: n_users, horizon_days and lambda0 must be positive")
+        bad = [
+            f"env.{k}={v}"
+            for k, v in (
+                ("n_users", self.n_users),
+                ("horizon_days", self.horizon_days),
+                ("lambda0", self.lambda0),
+            )
+            if v <= 0
+        ]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: must be > 0 (n_users, horizon_days, lambda0)")
         if not 0.0 <= self.clickbait <= 1.0 or self.bait_cost < 0:
             raise ConfigError(
                 f"env: clickbait is a share of items in [0, 1] (0: off) and bait_cost must be "

@@ -215,6 +215,8 @@ def test_unknown_env_key_is_a_config_error():
         ({"history_len": 0}, "history_len .* must be >= 1"),
         ({"position_bias": -2.0}, "position_bias must be >= 0"),
         ({"sa": 1.5}, "s0 and sa in \\[0, 1\\]"),
+        ({"n_users": 0}, "env.n_users=0: must be > 0"),
+        ({"horizon_days": -1.0, "lambda0": 0.0}, "env.horizon_days=-1.0, env.lambda0=0.0: must"),
     ):
         with pytest.raises(ConfigError, match=words):
             NewsParams(**knobs).check()
