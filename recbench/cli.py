@@ -61,6 +61,19 @@ def _fail(exc: BaseException) -> None:
     sys.exit(2)
 
 
+def _remove_fresh_output() -> None:
+    """Remove this Hydra run's output folder when it holds only what Hydra wrote (its
+    ``.hydra/`` and log): what a run refused before any work leaves."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        from recbench.validate import _remove_fresh
+
+        _remove_fresh(Path(HydraConfig.get().runtime.output_dir))
+    except Exception:  # noqa: BLE001 - tidying never hides the error being reported
+        return
+
+
 def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], None]:
     def command(args: list[str]) -> None:
         import hydra
@@ -73,6 +86,7 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
                 cause = recbench_cause(exc)  # itself, or a constructor's, wrapped by instantiate
                 if cause is None:
                     raise
+                _remove_fresh_output()  # a refused run leaves no folder of Hydra's files alone
                 _fail(cause)
             except SystemExit as exc:
                 _stopped_by_sigterm(exc)

@@ -334,7 +334,7 @@ def test_a_monitor_the_run_never_logs_is_named_with_what_it_does_log(tmp_path):
                   "++dataset.world.n_items=300", "task.ks=[3,10]"]),
         ("next_item", ["task=next_item", "model=gru4rec", "++dataset.world.n_users=200",
                        "++dataset.world.n_items=120", "++dataset.world.events_per_user=20",
-                       "eval_batch_size=64", "task.ks=[10,50]", "task.eval.sampled=20"]),
+                       "eval_batch_size=64", "task.ks=[10,50]", "task.eval.sampled=60"]),
         ("rating", ["task=rating", "model=mf"]),
     ],
 )  # fmt: skip
