@@ -7,10 +7,11 @@ come first, in time order for sequences (most recent last).
 
 A batch is a ``dict[str, Tensor]``:
 
-- ``sparse``: (B, S) int64, one column per sparse field in schema order
+- ``sparse``: (B, S) int32 as prepared (int64 from ``recbench.testing``; models take either),
+  one column per sparse field in schema order
 - ``dense``: (B, Dn) float32, one column per dense field (absent when there are none)
-- ``<multi field>``: (B, L) int64
-- ``<sequence field>``: (B, L) int64
+- ``<multi field>``: (B, L) int32 (likewise)
+- ``<sequence field>``: (B, L) int32 (likewise)
 - ``label``: (B,) float32; ``group``: (B,) int64 user index for GAUC; ``oracle``: (B,) float32
   true click probability where the dataset knows it (the synthetic world)
 """

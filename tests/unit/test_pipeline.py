@@ -129,6 +129,18 @@ def test_time_based_splits(kind):
     assert sum(rows.values()) == frame.height
     if kind == "leave_one_out":
         assert rows["test"] == rows["val"] == frame["user_id"].n_unique()
+    # time order: training events are no later than validation ones, those no later than test
+    # ones, over the whole log (temporal) or per user (user_temporal, leave_one_out)
+    ev = pipeline.split_events(frame, cfg(kind=kind, max_len=0).split)
+    by = [] if kind == "temporal" else ["user_id"]
+    span = ev.group_by([*by, "split"]).agg(
+        pl.col("timestamp").min().alias("lo"), pl.col("timestamp").max().alias("hi")
+    )
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        early = span.filter(pl.col("split") == a).select(*by, pl.col("hi"))
+        late = span.filter(pl.col("split") == b).select(*by, pl.col("lo"))
+        both = early.join(late, on=by, how="inner") if by else early.join(late, how="cross")
+        assert both.height > 0 and bool((both["hi"] <= both["lo"]).all()), (kind, a, b)
 
 
 def test_leave_one_out_with_sampled_negatives():
