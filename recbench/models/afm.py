@@ -51,7 +51,11 @@ class AFM(nn.Module):
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor | dict[str, Tensor]:
         pairs = self.dropout(self.pairs(self.embedding(batch)))  # (B, P, D)
-        logits = self.linear(batch) + self.p(self.attention(pairs)).squeeze(-1)
+        present = self.embedding.present(batch)  # a multi field may have no value at all
+        mask = None
+        if present is not None:  # the pairs of two fields with a value (the paper's R_x)
+            mask = present[:, self.pairs.rows] & present[:, self.pairs.cols]
+        logits = self.linear(batch) + self.p(self.attention(pairs, mask)).squeeze(-1)
         if not (self.training and self.attention_l2 > 0):
             return logits
         return {"logits": logits, "reg_loss": self.attention_penalty()}

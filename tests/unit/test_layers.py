@@ -191,18 +191,22 @@ def test_afm_output_equals_formula() -> None:
     model = AFM(schema, embed_dim=4, attention_dim=3).double().eval()
     batch = random_batch(schema, 3)
     batch = {k: t.double() if t.is_floating_point() else t for k, t in batch.items()}
+    batch["genres"][0] = 0  # row 0's multi-value field has no value: its pairs are not in R_x
     with torch.no_grad():
         model.embedding.table.weight.normal_()
         model.linear.weights.table.weight.normal_()
         model.linear.bias.fill_(0.5)
+        model.attention.project.bias.normal_()  # an empty field's pair scores h·ReLU(b) ≠ 0
     v = model.embedding(batch)  # (B, F, D)
     first_order = model.linear(batch)  # w0 + Σ w_i x_i
     w, b = model.attention.project.weight, model.attention.project.bias
     h, p = model.attention.h.weight[0], model.p.weight[0]
     f = v.shape[1]
+    genres = len(schema.sparse)  # the multi field follows the sparse ones
     out = []
     for n in range(3):
-        inter = [v[n, i] * v[n, j] for i, j in pairs(f)]
+        # the softmax runs over R_x, the pairs of two fields that have a value
+        inter = [v[n, i] * v[n, j] for i, j in pairs(f) if n or genres not in (i, j)]
         a = torch.softmax(torch.stack([h @ torch.relu(w @ e + b) for e in inter]), dim=0)
         out.append(first_order[n] + p @ sum(a_ij * e for a_ij, e in zip(a, inter)))
     close(model(batch), torch.stack(out))

@@ -18,9 +18,16 @@ class AttentionalPooling(nn.Module):
         self.project = nn.Linear(dim, attention_dim)  # W, b
         self.h = nn.Linear(attention_dim, 1, bias=False)
 
-    def forward(self, pairs: Tensor) -> Tensor:
+    def forward(self, pairs: Tensor, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (B, P) bool: the pairs of two fields that both have a value; the softmax is
+        over those alone (the paper's R_x, the pairs of non-zero features). A row without any
+        such pair pools to zero."""
         scores = self.h(self.project(pairs).relu())  # (B, P, 1)
-        a = scores.softmax(dim=1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+            a = scores.softmax(dim=1).nan_to_num(0.0)  # all masked: 0/0
+        else:
+            a = scores.softmax(dim=1)
         return (a * pairs).sum(dim=1)  # (B, D)
 
 

@@ -97,6 +97,19 @@ class FeatureEmbedding(nn.Module):
             parts.append(batch["dense"].unsqueeze(-1) * self.dense_weight)  # (B, Dn, D)
         return torch.cat(parts, dim=1)
 
+    def present(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """(B, F) bool in ``forward``'s field order: whether each field has a value. Only a multi
+        field can have none (no code at all: its pooled vector is zero); None when every field
+        of the schema always has one."""
+        if not self.multi_names:
+            return None
+        n = len(batch["sparse"]) if self.schema.sparse else len(batch[self.multi_names[0]])
+        device = batch[self.multi_names[0]].device
+        parts = [torch.ones(n, len(self.schema.sparse), dtype=torch.bool, device=device)]
+        parts += [(batch[name] > 0).any(-1, keepdim=True) for name in self.multi_names]
+        parts.append(torch.ones(n, self.n_dense, dtype=torch.bool, device=device))
+        return torch.cat(parts, dim=1)
+
     def items(self, ids: Tensor, attributes: Sequence[str] | None = None) -> Tensor:
         """An item's vector with its side features: item embedding concatenated with each
         attribute's (pooled) embedding. (...,) item codes → (..., dim * (1 + n_attributes))."""
