@@ -51,7 +51,7 @@ def user_search_path(args: list[str]) -> list[str]:
     if not extra or _explicit_search_path(args):
         return args
     paths = ",".join(f"file://{p}" for p in extra)
-    return [f"hydra.searchpath=[{paths}]", *args]
+    return [*args, f"hydra.searchpath=[{paths}]"]  # after any flag (-m): an override
 
 
 def _fail(exc: BaseException) -> None:

@@ -269,6 +269,24 @@ def test_help_lists_commands(tmp_path):
         assert helped.returncode == 0 and says in helped.stdout, cmd
 
 
+def test_a_config_folder_of_ones_own_serves_runs_and_sweeps(tmp_path):
+    """RECBENCH_CONFIG_PATH: a dataset config in a folder of one's own, found by a run and by a
+    -m sweep (the search path once went before -m, where Hydra's parser refused the sweep)."""
+    own = tmp_path / "conf" / "dataset"
+    own.mkdir(parents=True)
+    (own / "mine.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nname: mine\n")
+    env = {"RECBENCH_CONFIG_PATH": str(tmp_path / "conf")}
+    base = ["dataset=mine", "model=lr", *SMALL, "trainer.max_epochs=1", "record=false",
+            "logger=none"]  # fmt: skip
+    one = cli.run(["train", *base, *run_dir_of(tmp_path, "one")], tmp_path, env=env)
+    assert one.returncode == 0, one.stdout[-2000:]
+    assert metrics(tmp_path, "one")["dataset"] == "mine"
+    sweep = cli.run(["train", "-m", *base, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sw'}"],
+                    tmp_path, env=env)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stdout[-2000:]
+    assert len(list((tmp_path / "sw").glob("*/metrics.json"))) == 2
+
+
 def test_data_takes_cfg_job_and_config_dir_and_refuses_a_task(tmp_path):
     shown = recbench("data", "info", "--cfg", "job", "dataset=movielens-100k", cwd=tmp_path)
     assert "name: movielens-100k" in shown.stdout and "preparing" not in shown.stdout
