@@ -164,6 +164,8 @@ class EMA(pl.Callback):
         if self.decay == 0.0 or stage != "fit":
             return
         named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        if not named:  # nothing trained (Pop): nothing to average
+            return
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._shadow = [p.detach().clone() for p in self._params]

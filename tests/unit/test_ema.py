@@ -140,3 +140,18 @@ def test_a_parameter_under_two_names_is_tested_on_its_average(tmp_path):
     trainer.test(model, loaders()[1], ckpt_path=ckpt.last_model_path, verbose=False)
     torch.testing.assert_close(model.test_weight, model.val_weights[-1])  # the average
     assert not torch.allclose(model.test_weight, model.seen[-1])  # not the raw weights
+
+
+def test_a_model_with_nothing_to_train_is_left_alone():
+    """Pop has no trainable parameter: the average is off, not an empty list that crashes the
+    first step's update."""
+
+    class Counts(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("counts", torch.ones(3))
+
+    ema = EMA(decay=0.999)
+    ema.setup(None, Counts(), "fit")
+    assert ema._shadow is None
+    ema.on_train_batch_end(None, Counts(), None, None, 0)  # no update, no error
