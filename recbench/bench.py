@@ -27,6 +27,12 @@ from recbench.threads import apply_threads
 from recbench.validate import check as check_config
 
 
+def _model_name(cfg) -> str:
+    from recbench.train import model_name  # the config's name (mf_bpr), not its module's (mf)
+
+    return model_name(cfg)
+
+
 def _device(cfg: DictConfig) -> torch.device:
     acc = str(cfg.trainer.accelerator)
     if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
@@ -120,7 +126,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     seconds = sum(t for t, _ in times)
     rows = sum(n for _, n in times)
     return {
-        "model": str(cfg.model._target_).split(".")[-2],
+        "model": _model_name(cfg),
         "dataset": str(cfg.dataset.name),
         "device": torch.cuda.get_device_name()
         if device.type == "cuda"

@@ -286,8 +286,10 @@ def _record_run(
     _print_summary(record)
     # a record that cannot be written in full (a full disk) fails the run, saying where it is
     save_run_record(record, run_dir / "metrics.json", cfg.paths.results if cfg.record else None)
+    # a sweep's objective: the metric at the epoch `monitor` picked; undefined (a GAUC with no
+    # user ids), NaN, which a sweeper marks as a failed trial and goes on
     value = _metric_value(record["val"], cfg.optimized_metric.split("/", 1)[-1])
-    return float(value) if value is not None else None
+    return float(value) if value is not None else float("nan")
 
 
 def _log_hparams(loggers: list, cfg: DictConfig, record: dict) -> None:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from recbench.callbacks import EpochMeans, logs_step
 from recbench.errors import ConfigError
@@ -245,6 +245,32 @@ def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
     _check_monitor_mode(cfg, task_cls)
 
 
+def sweep_direction_problem(cfg: DictConfig, direction: Any) -> str:
+    """Why a sweeper's ``direction`` (Optuna's ``maximize`` / ``minimize``) disagrees with the
+    direction of the metric it optimises (``optimized_metric``, e.g. val/rmse: minimise), or ""."""
+    from hydra.utils import get_class
+
+    try:
+        task_cls = get_class(str(cfg.task._target_))
+    except Exception:  # noqa: BLE001 - an unknown task is reported on its own
+        return ""
+    om = str(cfg.get("optimized_metric") or "")
+    key = om.rpartition("/")[2]
+    names = {m.split(".")[-1] for m in task_cls.metrics} | set(task_cls.metrics)
+    if not key or (key not in names and key.split(".")[-1] not in names):
+        return ""
+    first = direction[0] if isinstance(direction, (list, tuple, ListConfig)) else direction
+    given = str(first).lower().rpartition(".")[2]
+    want = "minimize" if metric_mode(task_cls, key) == "min" else "maximize"
+    if given == want:
+        return ""
+    better = "lower" if want == "minimize" else "higher"
+    return (
+        f"optimized_metric={om} is {better}-is-better but hydra.sweeper.direction={given}, so "
+        f"the search would look for the worst trial: add hydra.sweeper.direction={want}"
+    )
+
+
 def _check_monitor_mode(cfg: DictConfig, task_cls: type[Task]) -> None:
     """``monitor_mode`` agrees with the monitored metric's direction (RMSE and logloss: min),
     else the best checkpoint, early stopping and the tested epoch would be the worst ones."""
@@ -287,6 +313,7 @@ __all__ = [
     "Task",
     "check_model_task",
     "check_monitor",
+    "sweep_direction_problem",
     "metric_mode",
     "model_tasks",
 ]

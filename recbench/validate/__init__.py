@@ -162,6 +162,13 @@ class EarlyChecks(Callback):
         # the values every job shares; a swept value is checked when its job starts
         problems = problems_of(self._task_config(config, sweep), self.command)
         _check_run_dir(sweep, problems, "sweep directory", "hydra.sweep.dir")
+        direction = OmegaConf.select(config, "hydra.sweeper.direction")
+        if direction is not None and self.command == "train":
+            from recbench.tasks.base import sweep_direction_problem
+
+            why = sweep_direction_problem(self._task_config(config, sweep), direction)
+            if why:
+                problems.add("hydra.sweeper.direction", why)
         trials = OmegaConf.select(config, "hydra.sweeper.n_trials")
         if trials is not None and (not isinstance(trials, int) or trials < 1):
             problems.add(

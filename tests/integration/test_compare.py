@@ -222,6 +222,12 @@ def test_optuna_sweep_records_every_trial(tmp_path: Path) -> None:
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "hydra.sweeper.n_trials=0: a search needs at least one trial" in refused.stderr
     assert "Traceback" not in refused.stderr
+    # a lower-is-better objective under the template's maximize: refused before any trial
+    args = ("train", "hparams_search=deepfm_optuna", *TINY, "optimized_metric=val/logloss")
+    wrong = recbench(*args, outputs=tmp_path / "none", check=False)
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    assert "val/logloss is lower-is-better but hydra.sweeper.direction=maximize" in wrong.stderr
+    assert "add hydra.sweeper.direction=minimize" in " ".join(wrong.stderr.split())
 
 
 @pytest.mark.slow
