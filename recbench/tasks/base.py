@@ -166,6 +166,11 @@ class Task(pl.LightningModule):
         if self.loss_guard is not None:
             self.loss_guard.reset()
         self.train_means.reset()
+        # the loader's epoch follows the fit's (its pass starts after this hook): a fit resumed
+        # at epoch e draws epoch e's shuffle and negatives, as the uninterrupted fit did
+        loader = self.trainer.train_dataloader
+        if callable(getattr(loader, "set_epoch", None)):
+            loader.set_epoch(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         if not self.trainable:

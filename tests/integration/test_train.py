@@ -188,6 +188,21 @@ def test_bf16_mixed_training_reaches_the_float32_metrics(tmp_path, args, metric,
     assert 0 < full[metric] < 1 and abs(full[metric] - mixed[metric]) < tolerance, (full, mixed)
 
 
+def test_a_resumed_fit_continues_the_uninterrupted_ones_epochs(tmp_path):
+    """Training 2 epochs, then resuming to 3 from the last checkpoint, gives the third epoch of
+    an uninterrupted 3-epoch fit exactly: the loader draws epoch 2's shuffle, not epoch 0's."""
+    base = ["model=fm", *SMALL, "record=false", "logger=none",
+            "callbacks.model_checkpoint.save_last=true",
+            "callbacks.early_stopping.patience=9"]  # fmt: skip
+    recbench("train", *base, "trainer.max_epochs=3", *run_dir_of(tmp_path, "three"), cwd=tmp_path)
+    recbench("train", *base, "trainer.max_epochs=2", *run_dir_of(tmp_path, "two"), cwd=tmp_path)
+    last = tmp_path / "two" / "checkpoints" / "last.ckpt"
+    recbench("train", *base, "trainer.max_epochs=3", f"ckpt_path={last}",
+             *run_dir_of(tmp_path, "resumed"), cwd=tmp_path)  # fmt: skip
+    three, resumed = metrics(tmp_path, "three"), metrics(tmp_path, "resumed")
+    assert resumed["val_history"][-1]["auc"] == three["val_history"][2]["auc"]
+
+
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
     recbench("train", "model=lr", *SMALL, "trainer.max_epochs=1", "record=false", "logger=none",
              *run_dir_of(tmp_path, "lr"), cwd=tmp_path)  # fmt: skip
