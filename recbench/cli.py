@@ -61,6 +61,31 @@ def _fail(exc: BaseException) -> None:
     sys.exit(2)
 
 
+_FAILED_JOBS: list[str] = []  # the jobs of this process's sweep that failed
+
+
+def _job_name() -> str:
+    """This sweep job's number and overrides, as Hydra names it."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return f"#{hc.job.num} ({' '.join(hc.overrides.task)})"
+    except Exception:  # noqa: BLE001
+        return "a job"
+
+
+def _in_multirun() -> bool:
+    """Whether this run is one job of a ``-m`` sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not under Hydra
+        return False
+
+
 def _remove_fresh_output() -> None:
     """Remove this Hydra run's output folder when it holds only what Hydra wrote (its
     ``.hydra/`` and log): what a run refused before any work leaves."""
@@ -87,6 +112,12 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
                 if cause is None:
                     raise
                 _remove_fresh_output()  # a refused run leaves no folder of Hydra's files alone
+                if _in_multirun():  # one job of a sweep: the others still run (and trials)
+                    from rich.markup import escape
+
+                    console.print(f"[bold red]error:[/] {escape(str(cause))}")
+                    _FAILED_JOBS.append(_job_name())
+                    return None  # no objective: a search's sweeper marks the trial failed
                 _fail(cause)
             except SystemExit as exc:
                 _stopped_by_sigterm(exc)
@@ -100,6 +131,13 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
             if exc.code == 1:  # Hydra reported an error: a misspelt key gets a hint after it
                 _hint_misspelt_keys(args, config_name)
             raise
+        if _FAILED_JOBS:  # a sweep whose every job ran, some refused or failed
+            console.print(
+                f"[bold red]{len(_FAILED_JOBS)} job(s) of the sweep failed:[/] "
+                + ", ".join(_FAILED_JOBS)
+                + " (their errors are above)"
+            )
+            sys.exit(1)
 
     return command
 

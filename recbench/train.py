@@ -287,9 +287,9 @@ def _record_run(
     # a record that cannot be written in full (a full disk) fails the run, saying where it is
     save_run_record(record, run_dir / "metrics.json", cfg.paths.results if cfg.record else None)
     # a sweep's objective: the metric at the epoch `monitor` picked; undefined (a GAUC with no
-    # user ids), NaN, which a sweeper marks as a failed trial and goes on
+    # user ids): None, which a search's sweeper marks as a failed trial before going on
     value = _metric_value(record["val"], cfg.optimized_metric.split("/", 1)[-1])
-    return float(value) if value is not None else float("nan")
+    return float(value) if value is not None else None
 
 
 def _log_hparams(loggers: list, cfg: DictConfig, record: dict) -> None:

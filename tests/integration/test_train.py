@@ -302,6 +302,19 @@ def test_a_config_folder_of_ones_own_serves_runs_and_sweeps(tmp_path):
     assert len(list((tmp_path / "sw").glob("*/metrics.json"))) == 2
 
 
+def test_a_failing_job_of_a_sweep_does_not_stop_the_others(tmp_path):
+    """autorec does not serve task=ctr: its job fails with the one-line error, lr's still runs,
+    and the sweep ends non-zero naming the failed job."""
+    proc = recbench("train", "-m", "model=autorec,lr", *SMALL, "trainer.max_epochs=1",
+                    "record=false", "logger=none", f"hydra.sweep.dir={tmp_path / 'sw'}",
+                    cwd=tmp_path, check=False)  # fmt: skip
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 1 and "Traceback" not in text, text[-2000:]
+    assert "error: model=autorec does not serve task=ctr" in text
+    assert "1 job(s) of the sweep failed: #0 (model=autorec" in text
+    assert [p.parent.name for p in (tmp_path / "sw").glob("*/metrics.json")] == ["1_lr"]
+
+
 def test_data_takes_cfg_job_and_config_dir_and_refuses_a_task(tmp_path):
     shown = recbench("data", "info", "--cfg", "job", "dataset=movielens-100k", cwd=tmp_path)
     assert "name: movielens-100k" in shown.stdout and "preparing" not in shown.stdout
