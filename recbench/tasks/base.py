@@ -177,11 +177,13 @@ class Task(pl.LightningModule):
             self.trainer.should_stop = True  # nothing to fit: one epoch, then validation
         elif self.loss_guard is not None:
             check_on_all_ranks(self.loss_guard, self.trainer, self.current_epoch)
+        # averaged over the DDP ranks (each serves the same number of rows a step), once an epoch
         means = self.train_means.means()
         if "loss" in means:
-            self.log("train/loss_epoch", means.pop("loss"), on_epoch=True, prog_bar=True)
+            loss = means.pop("loss")
+            self.log("train/loss_epoch", loss, on_epoch=True, prog_bar=True, sync_dist=True)
         for name, value in means.items():
-            self.log(f"train/{name}", value, on_epoch=True)
+            self.log(f"train/{name}", value, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         if not self.trainable:
