@@ -20,7 +20,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from recbench.callbacks import peak_rss_mb
+from recbench.callbacks import peak_rss_mb, reset_peak_rss
 from recbench.errors import ConfigError
 from recbench.models import build_model
 from recbench.threads import apply_threads
@@ -103,6 +103,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    reset_peak_rss()  # the steps' peak (the data and model resident), not the preparation's
 
     times: list[float] = []
     total = int(cfg.warmup_steps) + int(cfg.steps)

@@ -16,7 +16,36 @@ from torch import Tensor
 from recbench.errors import RecbenchError
 
 
+def reset_peak_rss() -> bool:
+    """Start a new peak of resident memory (Linux: writing 5 to /proc/self/clear_refs sets the
+    process's high-water mark to its current RSS), so one run of several in a process (a sweep's
+    jobs) or the steps after a preparation report their own peak. False where it cannot."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:  # hand the heap's freed pages back first (glibc), so they do not count as resident
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
+    """Peak resident memory in MB since the last ``reset_peak_rss`` (Linux's VmHWM), else over
+    the process's life (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recbench import __version__
-from recbench.callbacks import Throughput, peak_rss_mb
+from recbench.callbacks import Throughput, peak_rss_mb, reset_peak_rss
 from recbench.errors import ConfigError
 from recbench.launch import local_ranks
 from recbench.models import build_model
@@ -154,6 +154,7 @@ def _unlogged_monitor(exc: Exception) -> ConfigError | None:
 def run(cfg: DictConfig) -> float | None:
     """Train, test and record one configuration; returns the optimised metric (for sweeps)."""
     t_start = time.perf_counter()
+    reset_peak_rss()  # this run's peak, not an earlier sweep job's in the same process
     check_config(cfg)  # every problem that needs no data, before any work
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
