@@ -103,8 +103,24 @@ def check(
         if rd is not None and not early and not _launched_rank():
             _remove_fresh(rd)
         raise problems.error(command)
+    if rd is not None and found and _resumes_within(cfg, rd):
+        # resuming the killed run from its own checkpoint: its files stay where they are
+        log(f"resuming the run in {rd} from {cfg.get('ckpt_path')}; its files stay in place")
+        return
     if rd is not None:
         move_aside(rd, found, log)
+
+
+def _resumes_within(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether ``ckpt_path`` (with ``fit``) is a checkpoint inside ``run_dir``."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt or not cfg.get("fit", True) or ckpt in ("last", "best", "hpc", "registry"):
+        return False
+    try:
+        Path(str(ckpt)).expanduser().resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 class EarlyChecks(Callback):

@@ -201,6 +201,13 @@ def test_a_resumed_fit_continues_the_uninterrupted_ones_epochs(tmp_path):
              *run_dir_of(tmp_path, "resumed"), cwd=tmp_path)  # fmt: skip
     three, resumed = metrics(tmp_path, "three"), metrics(tmp_path, "resumed")
     assert resumed["val_history"][-1]["auc"] == three["val_history"][2]["auc"]
+    # a killed run resumed in its own folder from its own checkpoint: the files stay in place
+    (tmp_path / "two" / "metrics.json").unlink()  # as if killed after its second epoch
+    again = recbench("train", *base, "trainer.max_epochs=3", f"ckpt_path={last}",
+                     *run_dir_of(tmp_path, "two"), cwd=tmp_path)  # fmt: skip
+    assert "its files stay in place" in again.stdout
+    assert metrics(tmp_path, "two")["val_history"][-1]["auc"] == three["val_history"][2]["auc"]
+    assert not list((tmp_path / "two").glob("stale-*"))
 
 
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):
