@@ -124,6 +124,7 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
                 raise
 
         _check_group_options(args, config_name)
+        _FAILED_JOBS.clear()
         sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
         try:
             entry()
