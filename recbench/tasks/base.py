@@ -252,6 +252,13 @@ def check_monitor(cfg: DictConfig, task_cls: type[Task]) -> None:
     _check_monitor_mode(cfg, task_cls)
 
 
+def _has_direction(task_cls: type[Task], key: str) -> bool:
+    """Whether ``key`` is one of the task's metrics (``sampled.hr@10`` as ``hr@10``), whose
+    direction ``metric_mode`` knows; not a key logged beside them (row counts)."""
+    names = {m.split(".")[-1] for m in task_cls.metrics} | set(task_cls.metrics)
+    return bool(key) and (key in names or key.split(".")[-1] in names)
+
+
 def sweep_direction_problem(cfg: DictConfig, direction: Any) -> str:
     """Why a sweeper's ``direction`` (Optuna's ``maximize`` / ``minimize``) disagrees with the
     direction of the metric it optimises (``optimized_metric``, e.g. val/rmse: minimise), or ""."""
@@ -263,8 +270,7 @@ def sweep_direction_problem(cfg: DictConfig, direction: Any) -> str:
         return ""
     om = str(cfg.get("optimized_metric") or "")
     key = om.rpartition("/")[2]
-    names = {m.split(".")[-1] for m in task_cls.metrics} | set(task_cls.metrics)
-    if not key or (key not in names and key.split(".")[-1] not in names):
+    if not _has_direction(task_cls, key):
         return ""
     first = direction[0] if isinstance(direction, (list, tuple, ListConfig)) else direction
     given = str(first).lower().rpartition(".")[2]
@@ -286,9 +292,8 @@ def _check_monitor_mode(cfg: DictConfig, task_cls: type[Task]) -> None:
     mode = cfg.get("monitor_mode")
     if prefix != "val" or mode not in ("min", "max"):
         return
-    names = {m.split(".")[-1] for m in task_cls.metrics} | set(task_cls.metrics)
-    if key not in names and key.split(".")[-1] not in names:
-        return  # a key the task logs beside its metrics (row counts): no known direction
+    if not _has_direction(task_cls, key):
+        return
     want = metric_mode(task_cls, key)
     if mode != want:
         better = "lower" if want == "min" else "higher"
