@@ -322,6 +322,15 @@ def test_a_failing_job_of_a_sweep_does_not_stop_the_others(tmp_path):
     assert [p.parent.name for p in (tmp_path / "sw").glob("*/metrics.json")] == ["1_lr"]
 
 
+def test_a_run_refused_after_hydra_made_its_folder_leaves_none(tmp_path):
+    """A model that does not serve the task is refused once the model class is known, after
+    Hydra made the run folder: the folder of Hydra's own files goes with the refusal."""
+    run = tmp_path / "refused"
+    proc = recbench("train", "model=autorec", f"hydra.run.dir={run}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "does not serve task=ctr" in proc.stdout
+    assert not run.exists()
+
+
 def test_data_takes_cfg_job_and_config_dir_and_refuses_a_task(tmp_path):
     shown = recbench("data", "info", "--cfg", "job", "dataset=movielens-100k", cwd=tmp_path)
     assert "name: movielens-100k" in shown.stdout and "preparing" not in shown.stdout
