@@ -52,7 +52,7 @@ def train(tmp_path: Path, model: str, *extra: str) -> dict:
 def test_compare_plans_the_run_key_an_rl_run_records(tmp_path):
     """compare finds finished runs by their planned key: a plan that keyed the world
     differently from the run would retrain every policy on every rerun."""
-    from recbench.compare import _compose_train, plan, quote
+    from recbench.compare_plan import _compose_train, plan, quote
 
     common = ["dataset=synthetic", *TINY, f"paths.results={tmp_path / 'store'}"]
     (job,) = plan(["random_policy"], [1], common, [], tmp_path)

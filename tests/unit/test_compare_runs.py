@@ -50,7 +50,7 @@ def test_fork_is_used_for_single_cpu_process_runs_only() -> None:
 def test_planned_run_keys_are_those_of_a_fresh_compose(tmp_path: Path) -> None:
     """compare composes each model once and sets the seed on copies: the run keys (what decides
     whether a run is in the store) must be exactly those of composing every (model, seed)."""
-    from recbench.compare import _compose_train, plan, quote
+    from recbench.compare_plan import _compose_train, plan, quote
     from recbench.results import run_key
 
     common = ["dataset=synthetic", "++dataset.world.n_users=300", "trainer.max_epochs=2"]
@@ -66,21 +66,21 @@ def test_a_compare_composes_each_model_once(tmp_path: Path, monkeypatch) -> None
     """Filtering by task, planning pretraining and every seed share one compose per model (a
     compose is ~0.1-0.2 s the runs wait for); a pretrained model composes again for its parts'
     run folders."""
-    import recbench.compare as compare
+    import recbench.compare_plan as planning
 
     calls: list[list[str]] = []
-    real = compare._compose_train
+    real = planning._compose_train
 
     def counting(overrides: list[str]):
         calls.append(list(overrides))
         return real(overrides)
 
-    monkeypatch.setattr(compare, "_compose_train", counting)
+    monkeypatch.setattr(planning, "_compose_train", counting)
     common = ["dataset=synthetic", "++dataset.world.n_users=300"]
     cfg = real(["dataset=synthetic"])
-    configs = compare.TrainConfigs(common, [])
-    models = compare._serving(["lr", "fm", "deepfm"], cfg, configs)
-    jobs = compare.plan(models, [1, 2, 3], common, [], tmp_path, configs)
+    configs = planning.TrainConfigs(common, [])
+    models = planning._serving(["lr", "fm", "deepfm"], cfg, configs)
+    jobs = planning.plan(models, [1, 2, 3], common, [], tmp_path, configs)
     assert len(jobs) == 9 and not any(j.error for j in jobs)
     assert sorted(c[0] for c in calls) == ["model=deepfm", "model=fm", "model=lr"]
 
@@ -88,23 +88,23 @@ def test_a_compare_composes_each_model_once(tmp_path: Path, monkeypatch) -> None
 def test_a_model_off_the_task_is_left_out_even_when_an_override_does_not_fit_it() -> None:
     """`lineage=cf task=topk model.layers=[...]`: the override fits the NCF models, not AutoRec,
     which serves task=rating only and is left out, as without the override."""
-    import recbench.compare as compare
+    import recbench.compare_plan as planning
 
-    cfg = compare._compose_train(["task=topk"])
-    configs = compare.TrainConfigs(["task=topk", "model.layers=[16,8]"], [])
-    kept = compare._serving(["gmf", "ncf_mlp", "autorec"], cfg, configs)
+    cfg = planning._compose_train(["task=topk"])
+    configs = planning.TrainConfigs(["task=topk", "model.layers=[16,8]"], [])
+    kept = planning._serving(["gmf", "ncf_mlp", "autorec"], cfg, configs)
     assert kept == ["gmf", "ncf_mlp"]
 
 
 def test_a_lineage_of_another_task_is_refused_with_the_task_to_add() -> None:
     import pytest
 
-    import recbench.compare as compare
+    import recbench.compare_plan as planning
     from recbench.errors import ConfigError
 
-    cfg = compare._compose_train([])  # the default task: ctr
+    cfg = planning._compose_train([])  # the default task: ctr
     with pytest.raises(ConfigError, match=r"serves task=ctr; they serve task=topk, task=rating"):
-        compare._serving(["gmf", "neumf", "autorec"], cfg, None)
+        planning._serving(["gmf", "neumf", "autorec"], cfg, None)
 
 
 def test_two_models_an_override_makes_one_run_are_refused(tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ def test_two_models_an_override_makes_one_run_are_refused(tmp_path: Path) -> Non
     both and report a model against itself, so it stops before training and names them."""
     import pytest
 
-    from recbench.compare import plan
+    from recbench.compare_plan import plan
     from recbench.errors import ConfigError
 
     common = ["++env.n_users=20", "++env.horizon_days=1.0"]
@@ -126,7 +126,7 @@ def test_a_model_name_without_a_config_stops_the_compare_before_any_run(tmp_path
     """A typo in models=[...] would otherwise surface only after the other models trained."""
     import pytest
 
-    from recbench.compare import _refuse_unknown, plan
+    from recbench.compare_plan import _refuse_unknown, plan
     from recbench.errors import ConfigError
 
     common = ["++env.n_users=20", "++env.horizon_days=1.0"]
@@ -144,7 +144,7 @@ def test_an_empty_model_list_is_refused_not_read_as_the_lineage() -> None:
     from hydra import compose, initialize_config_dir
 
     from recbench.cli import config_dir
-    from recbench.compare import model_list
+    from recbench.compare_plan import model_list
     from recbench.errors import ConfigError
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):

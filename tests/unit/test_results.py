@@ -240,7 +240,8 @@ def test_run_key_includes_the_code_version(compose_train, monkeypatch) -> None:
 
 
 def test_compare_command_line_sugar() -> None:
-    from recbench.compare import normalise_args, seed_list, train_overrides
+    from recbench.compare import normalise_args
+    from recbench.compare_plan import seed_list, train_overrides
 
     assert normalise_args(
         ["--report-only", "extra=[trainer.max_epochs=3,model.hidden=[64,32]]"]

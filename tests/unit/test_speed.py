@@ -135,7 +135,7 @@ def test_compare_jobs_auto_runs_one_per_free_core_on_cpu_only(monkeypatch):
     from omegaconf import OmegaConf
 
     import recbench.threads as threads
-    from recbench.compare import parallel_runs
+    from recbench.compare_runs import parallel_runs
 
     monkeypatch.setattr(threads, "choose_threads", lambda state: 2)
     todo = [object()] * 5

@@ -312,7 +312,7 @@ def test_a_ctr_model_under_task_topk_names_the_tasks_it_serves():
 
 
 def test_compare_keeps_the_models_serving_the_task_and_plans_neumf_parts_first(capsys):
-    from recbench.compare import _with_parts, model_list
+    from recbench.compare_plan import _with_parts, model_list
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("compare", overrides=["lineage=cf", "task=topk"])
