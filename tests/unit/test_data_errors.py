@@ -15,6 +15,7 @@ from recbench.data import pipeline
 from recbench.data.adapters.amazon import AmazonS3Rec
 from recbench.data.adapters.movielens import MovieLens1M, MovieLens100K, MovieLensCSV
 from recbench.data.adapters.synthetic import SyntheticWorld
+from recbench.data.adapters.table import Table
 from recbench.data.pipeline import CorruptCacheError, PreparedData, prepare
 from recbench.errors import ConfigError, MalformedDataError, RecbenchError
 from tests import cli
@@ -176,6 +177,72 @@ def test_csv_bad_line_is_named(tmp_path, line, problem):
         load_csv(root)
 
 
+# ---------------------------------------------------------------------------- a table of one's own
+
+TABLE = {"user": "user", "item": "item", "label": "label", "dense": ["price"]}
+SHORT = "expected 4 comma-separated fields as in the header \\(user, item, label, price\\), found 3"
+
+
+def load_table(root: Path, body: str, **kw):
+    (root / "log.csv").write_text(body)
+    return Table("log.csv", TABLE, root=str(root), **kw).load()
+
+
+def test_table_short_line_is_refused_with_its_line_and_how_many(tmp_path):
+    body = "user,item,label,price\n1,2,1,0.5\n5,17,1\n6,3,0,0.2\n8,4,1\n"
+    with pytest.raises(MalformedDataError) as err:
+        load_table(tmp_path, body)
+    assert str(err.value) == (
+        f"{tmp_path / 'log.csv'}:3: expected 4 comma-separated fields as in the header (user, "
+        "item, label, price), found 3 (the first of 2 lines with fewer fields). Add the missing "
+        "values (an empty value still takes its separator) or remove those lines."
+    )
+    # without a header, the first line sets the count; a line with more fields is named alike
+    cols = {"user": "column_1", "item": "column_2"}
+    (tmp_path / "bare.csv").write_text("1,2,1,0.5\n5,17,1\n")
+    with pytest.raises(
+        MalformedDataError,
+        match=r"bare\.csv:2: expected 4 comma-separated fields as on line 1 \(column_1 to "
+        r"column_4\), found 3 \(the only line with fewer fields\)\. Add the missing values",
+    ):
+        Table("bare.csv", cols, root=str(tmp_path), has_header=False).load()
+    with pytest.raises(
+        MalformedDataError,
+        match=r"log\.csv:4: expected 4 comma-separated fields as in the header \(user, item, "
+        r"label, price\), found 5 \(the only line with more fields\)\. Remove the extra values",
+    ):
+        load_table(tmp_path, "user,item,label,price\n1,2,1,0.5\n\n5,17,1,0.1,9\n")
+
+
+def test_table_separator_inside_quotes_is_no_field_boundary(tmp_path):
+    good = 'user,item,label,price\n1,"a,b",1,0.5\n2,"c,d,e",0,\n3,"x""y,z",1,0.1\n'
+    # only the last line is short, though it holds as many commas as the header
+    with pytest.raises(
+        MalformedDataError, match=rf"log\.csv:5: {SHORT} \(the only line with fewer fields\)"
+    ):
+        load_table(tmp_path, good + '4,"p,q",1\n')
+    # a quoted value over two lines: the short line after it is named by its own line
+    with pytest.raises(
+        MalformedDataError, match=rf"log\.csv:4: {SHORT} \(the only line with fewer fields\)"
+    ):
+        load_table(tmp_path, 'user,item,label,price\n1,"two\nlines",1,\n2,x,1\n')
+    raw = load_table(tmp_path, good)
+    assert raw.events["item_id"].to_list() == ["a,b", "c,d,e", 'x"y,z']
+
+
+def test_table_empty_last_value_is_no_short_line(tmp_path):
+    good = "user,item,label,price\n1,2,1,\n5,17,1,\n6,3,0,0.5\n"
+    for sep, name in [(",", "log.csv"), ("\t", "log.tsv")]:
+        (tmp_path / name).write_text(good.replace(",", sep) + sep.join("741") + "\n")
+        with pytest.raises(
+            MalformedDataError, match=rf"{name}:5: .*found 3 \(the only line with fewer fields\)"
+        ):
+            Table(name, TABLE, root=str(tmp_path)).load()
+    raw = load_table(tmp_path, good)
+    assert raw.events["price"].to_list() == [None, None, 0.5]
+    assert raw.events["item_id"].to_list() == ["2", "17", "3"]
+
+
 # ---------------------------------------------------------------------------- Amazon, synthetic
 
 
@@ -320,6 +387,19 @@ def test_cli_bad_data_files_exit_2_with_file_line_fix_and_no_traceback(tmp_path)
     assert proc.returncode == 2, out
     assert f"{root / 'u.data'}:2: byte 0xe9 at byte offset 21 (column 11) is not valid utf8" in out
     assert "++dataset.adapter.encoding=latin-1" in out and "Traceback" not in out
+
+
+def test_cli_short_line_of_a_table_is_one_line_naming_file_and_line(tmp_path):
+    (tmp_path / "log.csv").write_text("user,item,label\n1,2,1\n5,17\n")
+    cols = [f"dataset.adapter.columns.{c}={c}" for c in ("user", "item", "label")]
+    proc = recbench_data(
+        "dataset=table", f"dataset.adapter.path={tmp_path / 'log.csv'}", *cols, cwd=tmp_path
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    (line,) = {x for x in out.splitlines() if x.startswith("error: ")}
+    assert line.startswith(f"error: {tmp_path / 'log.csv'}:3: expected 3 comma-separated fields")
+    assert "found 2 (the only line with fewer fields)" in line and "Traceback" not in out
 
 
 def test_cli_rebuilds_a_corrupt_cache_with_one_line(tmp_path, monkeypatch):

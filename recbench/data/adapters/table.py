@@ -14,8 +14,10 @@ negatives, the cache key, ``recbench data info``) works as for the built-in data
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,10 @@ from recbench.data.adapters.base import RawData, decode, empty_file, malformed
 from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
 
 SEPARATORS = {"csv": ",", "tsv": "\t"}
+SEPARATOR_NAMES = {",": "comma", "\t": "tab"}
+QUOTE = '"'  # polars' default quote character, which the text formats are read with
+# separators for reading each line whole as one field: the first that the text does not hold
+WHOLE_LINE = ("\x1f", "\x1e", "\x1d", "\x1c", "\x00")
 # suffixes of formats a table is not read from (others are read as delimited text)
 OTHER_FORMATS = frozenset(
     {".json", ".jsonl", ".ndjson", ".xlsx", ".xls", ".avro", ".orc", ".feather", ".arrow"}
@@ -121,19 +127,26 @@ class TableSource:
             raise empty_file(path)
         text = decode(path, raw, self.encoding)
         sep = self.separator or SEPARATORS[fmt]
+        data = text.encode()
         try:
             frame = pl.read_csv(
-                text.encode(),
+                data,
                 separator=sep,
                 has_header=self.has_header,
                 infer_schema_length=10_000,
                 truncate_ragged_lines=False,
             )
-        except pl.exceptions.PolarsError as exc:
-            raise MalformedDataError(
+        except pl.exceptions.PolarsError as exc:  # one cause: a line with more fields
+            raise _field_count_error(path, text, data, sep, self.has_header) or MalformedDataError(
                 f"{path}: cannot be read as {fmt.upper()} with separator {sep!r} ({exc}). Check "
                 "dataset.adapter.separator and has_header."
             ) from None
+        # polars fills the fields a short line lacks with nulls, so a short line leaves a null
+        # in the last column: only then are the fields of each line counted
+        if frame.width > 1 and frame.get_column(frame.columns[-1]).null_count():
+            error = _field_count_error(path, text, data, sep, self.has_header, frame.columns)
+            if error is not None:
+                raise error
         if frame.height == 0:
             raise malformed(
                 path,
@@ -371,6 +384,102 @@ class Table:
                 dict.fromkeys([*self.item_attributes, *extra["sparse"], *extra["multi"]])
             )
         return joined, extra
+
+
+def _field_count_error(
+    path: Path,
+    text: str,
+    data: bytes,
+    sep: str,
+    has_header: bool,
+    names: Sequence[str] | None = None,
+) -> MalformedDataError | None:
+    """The error for the first line whose number of fields differs from the header's (without a
+    header, from the first line's), with how many lines are short or long alike; None if none."""
+    counts = _field_counts(text, data, sep)
+    if counts is None or counts.height < 2:
+        return None
+    first, want = counts.row(0)
+    off = counts.slice(1).filter(pl.col("fields") != want)
+    if off.height == 0:
+        return None
+    line, found = off.row(0)
+    fewer = found < want
+    alike = off.filter((pl.col("fields") < want) == fewer).height
+    if has_header:
+        if names is None:
+            try:
+                names = pl.read_csv(data, separator=sep, n_rows=0).columns
+            except pl.exceptions.PolarsError:
+                names = []
+        shown = list(names) if len(names) <= 8 else [*names[:3], "...", names[-1]]
+        reference = f"as in the header ({', '.join(shown)})" if shown else "as in the header"
+    else:
+        reference = f"as on line {first} (column_1 to column_{want})"
+    kind = SEPARATOR_NAMES.get(sep, repr(sep))
+    which = "fewer" if fewer else "more"
+    tally = "the only line" if alike == 1 else f"the first of {alike} lines"
+    lines = "that line" if alike == 1 else "those lines"
+    fix = (
+        f"Add the missing values (an empty value still takes its separator) or remove {lines}."
+        if fewer
+        else f"Remove the extra values from {lines} or quote the values that hold the "
+        "separator, or check dataset.adapter.separator and has_header."
+    )
+    return malformed(
+        path,
+        line,
+        f"expected {want} {kind}-separated fields {reference}, found {found} ({tally} with "
+        f"{which} fields)",
+        fix,
+    )
+
+
+def _field_counts(text: str, data: bytes, sep: str) -> pl.DataFrame | None:
+    """The first line (1-based) and number of fields of each non-blank record of ``text``, as
+    polars splits them: a separator inside a quoted field does not count. None if unknown."""
+    if len(sep.encode()) != 1:  # polars splits on one byte only: it read no fields
+        return None
+    spare = next((c for c in WHOLE_LINE if c not in text), None)
+    if spare is None:
+        return _csv_field_counts(text, sep)
+    try:
+        lines = pl.read_csv(
+            data, has_header=False, separator=spare, quote_char=None, schema={"text": pl.String}
+        ).with_row_index("line", offset=1)
+    except pl.exceptions.PolarsError:
+        return _csv_field_counts(text, sep)
+    line = pl.col("text")
+    lines = lines.filter(line.str.strip_chars() != "")
+    fields = (line.str.count_matches(sep, literal=True).cast(pl.Int64) + 1).alias("fields")
+    if QUOTE not in text:
+        return lines.select(pl.col("line").cast(pl.Int64), fields)
+    quotes = line.str.count_matches(QUOTE, literal=True)
+    if lines.select((quotes % 2 == 1).any()).item():
+        return _csv_field_counts(text, sep)  # a quoted value may span lines
+    quoted = lines.select(line.str.contains(QUOTE, literal=True)).to_series()
+    # a quote opens a quoted value only at the start of a field; "" inside is a quote
+    unquoted = line.str.replace_all(f'(^|\\x{{{ord(sep):x}}})"(?:[^"]|"")*"', "${1}")
+    return (
+        pl.concat([lines.filter(~quoted), lines.filter(quoted).with_columns(unquoted)])
+        .select(pl.col("line").cast(pl.Int64), fields)
+        .sort("line")
+    )
+
+
+def _csv_field_counts(text: str, sep: str) -> pl.DataFrame | None:
+    """``_field_counts`` by Python's csv module, for text whose quoted values may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quotechar=QUOTE)
+    rows = []
+    start = 1
+    try:
+        for record in reader:
+            if len(record) > 1 or (record and record[0].strip()):
+                rows.append((start, len(record)))
+            start = reader.line_num + 1
+    except (csv.Error, TypeError):  # a value over csv's size limit, a separator of two chars
+        return None
+    return pl.DataFrame(rows, schema={"line": pl.Int64, "fields": pl.Int64}, orient="row")
 
 
 def _require(frame: pl.DataFrame, names: Sequence[str], where: str) -> None:
