@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -99,6 +100,41 @@ def _remove_fresh_output() -> None:
         return
 
 
+class _NoTrialCompleted(BaseException):
+    """An Optuna search none of whose trials completed: it has no best trial to report. A
+    BaseException, so that it passes Hydra's printing of the errors of a sweep."""
+
+
+@contextlib.contextmanager
+def _searches_without_a_best_trial() -> Iterator[None]:
+    """While a command runs, an Optuna search none of whose trials completed ends in
+    ``_NoTrialCompleted``, not in the traceback of Optuna's "No trials are completed yet" (the
+    sweeper asks for the best trial once the trials have run)."""
+    from hydra.core.plugins import Plugins
+
+    # the class Hydra instantiates: its scan of the plugins loads their modules afresh
+    name = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    sweeper = Plugins.instance().class_name_to_class.get(name)
+    if sweeper is None:  # no Optuna sweeper installed: nothing to guard
+        yield
+        return
+    sweep = sweeper.sweep
+
+    def guarded(self, arguments: list[str]) -> None:
+        try:
+            return sweep(self, arguments)
+        except ValueError as exc:
+            if "No trials are completed" not in str(exc):
+                raise
+            raise _NoTrialCompleted from exc
+
+    sweeper.sweep = guarded
+    try:
+        yield
+    finally:
+        sweeper.sweep = sweep
+
+
 def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], None]:
     def command(args: list[str]) -> None:
         import hydra
@@ -127,7 +163,17 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
         _FAILED_JOBS.clear()
         sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
         try:
-            entry()
+            with _searches_without_a_best_trial():
+                entry()
+        except _NoTrialCompleted:
+            from rich.markup import escape
+
+            jobs = f": {escape(', '.join(_FAILED_JOBS))}" if _FAILED_JOBS else ""
+            console.print(
+                f"[bold red]every trial of the search failed[/], so it has no best trial{jobs} "
+                "(their errors are above)"
+            )
+            sys.exit(1)
         except SystemExit as exc:
             if exc.code == 1:  # Hydra reported an error: a misspelt key gets a hint after it
                 _hint_misspelt_keys(args, config_name)
@@ -222,6 +268,32 @@ def _stopped_by_sigterm(exc: SystemExit) -> None:
         return
     console.print("[bold red]stopped:[/] SIGTERM arrived before the run finished; nothing recorded")
     sys.exit(128 + 15)
+
+
+def _interrupted_after_record() -> None:
+    """Ctrl-C after the run saved its record (in its last steps, or Hydra's after them): say
+    that the run counts and where it is, and exit 130. Before that, the interrupt is left to
+    end the process as it always does."""
+    train = sys.modules.get("recbench.train")
+    saved = train.saved_record() if train is not None else None
+    if saved is None:
+        return
+    from rich.markup import escape
+
+    run_dir, in_store = saved
+    if in_store:
+        where = "is finished and in the results store (recbench compare reuses it)"
+    else:
+        where = (
+            "is finished; record=false kept it out of the results store "
+            f"(`recbench results add {run_dir / 'metrics.json'}` adds it)"
+        )
+    sweep = "; the sweep stopped there" if _in_multirun() else ""
+    console.print(
+        f"[yellow]interrupted[/] after the run stored its results: the run in "
+        f"{escape(str(run_dir))} {escape(where)}{sweep}"
+    )
+    sys.exit(130)
 
 
 def _with_checks(args: list[str], command: str) -> list[str]:
@@ -558,6 +630,9 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[cmd][0](rest)
     except RecbenchError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        _interrupted_after_record()
+        raise
     if argv is None:
         # the program ends here and everything it wrote is closed: spare the interpreter's
         # final collections over every object torch and Lightning made (1-2 CPU s a run)

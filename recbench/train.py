@@ -27,6 +27,17 @@ from recbench.validate import check as check_config
 
 log = logging.getLogger("recbench")
 
+# the current run's folder once its record is saved, and whether the results store holds it
+# too (``record=true``); empty while the run has not saved one
+_SAVED: list[tuple[Path, bool]] = []
+
+
+def saved_record() -> tuple[Path, bool] | None:
+    """The current run's folder and whether the results store holds its record, once the run
+    has saved its record (``metrics.json``, and the store line unless ``record=false``);
+    None before that."""
+    return _SAVED[-1] if _SAVED else None
+
 
 def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> None:
     """Refuse a checkpoint whose weights do not fit this run's model in one line (Lightning
@@ -154,6 +165,7 @@ def _unlogged_monitor(exc: Exception) -> ConfigError | None:
 def run(cfg: DictConfig) -> float | None:
     """Train, test and record one configuration; returns the optimised metric (for sweeps)."""
     t_start = time.perf_counter()
+    _SAVED.clear()  # a sweep's earlier job saved its own record, not this run's
     reset_peak_rss()  # this run's peak, not an earlier sweep job's in the same process
     check_config(cfg)  # every problem that needs no data, before any work
     run_dir = Path(cfg.paths.run_dir)
@@ -287,6 +299,7 @@ def _record_run(
     _print_summary(record)
     # a record that cannot be written in full (a full disk) fails the run, saying where it is
     save_run_record(record, run_dir / "metrics.json", cfg.paths.results if cfg.record else None)
+    _SAVED.append((run_dir, bool(cfg.record)))
     # a sweep's objective: the metric at the epoch `monitor` picked; undefined (a GAUC with no
     # user ids): None, which a search's sweeper marks as a failed trial before going on
     value = _metric_value(record["val"], cfg.optimized_metric.split("/", 1)[-1])

@@ -230,6 +230,24 @@ def test_optuna_sweep_records_every_trial(tmp_path: Path) -> None:
     assert "add hydra.sweeper.direction=minimize" in " ".join(wrong.stderr.split())
 
 
+def test_a_search_whose_every_trial_fails_ends_in_one_line(tmp_path: Path) -> None:
+    """Every trial refused at its start (dropout drawn from [1.5, 2)): each says why, and the
+    search ends in recbench's summary and exit 1, not in Optuna's "No trials are completed yet"
+    traceback when the sweeper asks for the best trial."""
+    if not (Path(config_dir()) / "model" / "deepfm.yaml").exists():
+        pytest.skip("configs/model/deepfm.yaml is not there yet")
+    args = ("train", "hparams_search=deepfm_optuna", *TINY, "hydra.sweeper.n_trials=2")
+    proc = recbench(*args, "model.dropout=interval(1.5,2.0)", outputs=tmp_path, check=False)
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in text and "No trials are completed" not in text
+    assert text.count("must be in [0, 1), e.g. model.dropout=0.1") == 2  # one line a trial
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("every trial of the search failed, so it has no best trial: #0 (")
+    assert ", #1 (" in last and last.endswith("(their errors are above)")
+    assert not read_records(tmp_path)
+
+
 @pytest.mark.slow
 def test_optuna_full_sweep(tmp_path: Path) -> None:
     records = _optuna(tmp_path)

@@ -239,3 +239,72 @@ def test_a_run_that_cannot_store_its_record_fails_and_the_record_is_added_later(
     add = _results("add", str(metrics), f"paths.root={store}", root=tmp_path)
     assert add.returncode == 0, add.stderr
     assert read_records(store) == [record]
+
+
+# `recbench train` in which Ctrl-C lands at one step of the run: KeyboardInterrupt raised by
+# `_metric_value` once the record is saved (the sweep objective, read after the save), or by
+# `_print_summary` (the step before the save)
+_INTERRUPTED_TRAIN = """
+import sys
+
+import recbench.train as train
+from recbench.cli import main
+
+saved = []
+save = train.save_run_record
+
+
+def save_and_note(*args, **kwargs):
+    save(*args, **kwargs)
+    saved.append(True)
+
+
+def interrupt_after(real, ready):
+    def step(*args, **kwargs):
+        if ready():
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return step
+
+
+train.save_run_record = save_and_note
+if sys.argv[1] == "after-save":
+    train._metric_value = interrupt_after(train._metric_value, lambda: saved)
+else:
+    train._print_summary = interrupt_after(train._print_summary, lambda: True)
+main(sys.argv[2:])
+"""
+
+
+def _interrupted_train(when: str, run_dir: Path, root: Path) -> subprocess.CompletedProcess:
+    args = ["train", "model=lr", "++dataset.world.n_users=300", "debug=fast", "logger=none"]
+    args += ["threads=1", f"hydra.run.dir={run_dir}"]
+    return subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_TRAIN, when, *args],
+        env={**os.environ, "RECBENCH_OUTPUTS": str(root), "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_ctrl_c_after_the_record_is_saved_says_the_run_counts(tmp_path: Path) -> None:
+    after = _interrupted_train("after-save", tmp_path / "after", tmp_path)
+    assert after.returncode == 130, after.stderr[-3000:]
+    assert "Traceback" not in after.stderr
+    assert after.stderr.strip().splitlines()[-1] == (
+        f"interrupted after the run stored its results: the run in {tmp_path / 'after'} is "
+        "finished and in the results store (recbench compare reuses it)"
+    )
+    (record,) = read_records(tmp_path)
+    assert record["status"] == FINISHED and record["run_dir"] == str(tmp_path / "after")
+    assert json.loads((tmp_path / "after" / "metrics.json").read_text()) == record
+
+    # before the save: nothing recorded, and the interrupt ends the run as it always did
+    before = _interrupted_train("before-save", tmp_path / "before", tmp_path)
+    assert before.returncode == -signal.SIGINT, before.stderr[-3000:]
+    assert before.stderr.rstrip().endswith("KeyboardInterrupt")
+    assert "interrupted after" not in before.stderr
+    assert not (tmp_path / "before" / "metrics.json").exists()
+    assert len(read_records(tmp_path)) == 1
