@@ -102,7 +102,13 @@ from recbench.models.layers.dbgd import (
     interleave,
     interleave_probs,
 )
-from recbench.models.layers.dqn import DuelingQ, SplitQ, double_dqn_target, stack_snapshots
+from recbench.models.layers.dqn import (
+    ActingStack,
+    DuelingQ,
+    SplitQ,
+    double_dqn_target,
+    stack_snapshots,
+)
 from recbench.models.layers.drn_loss import DRNLoss
 from recbench.models.layers.fqi import check_fqi, fit_future_linear, future_features
 from recbench.models.layers.learner import LEARNERS, make_runner, train_steps
@@ -332,8 +338,10 @@ class DRN(DRNLoss, nn.Module):
             self._new_explore()
         self.stats = {"minor": 0, "major": 0, "dbgd_moves": 0, "loss": float("nan")}
         self._cur: tuple[int, np.ndarray | None, np.ndarray] | None = None
-        self._snap = self._snap_explore = None  # numpy weights for acting; None: stale
-        self._stacked: dict | None = None
+        # the numpy weights acting reads, per head the current and the explore network side by
+        # side (ActingStack); _snap / _snap_explore None: that network's copy is stale
+        self._acting: list[ActingStack] | None = None
+        self._snap = self._snap_explore = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # the per-request bookkeeping (numbers, arrays, tuples: about six a request) of a plain
@@ -376,10 +384,10 @@ class DRN(DRNLoss, nn.Module):
             self._complete(prev, pos, reward, req, clicks)
         dbgd = self.explore == "dbgd"
         self._fresh_snapshots()
-        q = self.q.heads[0].act_stacked(self._stacked[0], state, actions, items)
+        q = self.q.heads[0].act_stacked(self._acting[0].stacked, state, actions, items)
         if self.wide is not None:
             self._x = linucb_features(state, actions, self.spec.n_genres)
-            q = q + (self._x @ self.wide.w.astype(np.float32))[None, :]
+            q = q + (self._x @ self.wide.w32)[None, :]
         q_click = q[0]
         if self.hazard_mode == "rank" and self.hazard.ready:
             q = q + self._hazard_share(state, actions, q_click)
@@ -388,7 +396,7 @@ class DRN(DRNLoss, nn.Module):
         if self.split:  # each item's share Q_click + Q_f / K
             fc = self.q.future_cols
             fa = actions if fc is None else actions[:, -fc:]
-            q = q + self.q.future.act_stacked(self._stacked[1], state, fa, items) / self.k
+            q = q + self.q.future.act_stacked(self._acting[1].stacked, state, fa, items) / self.k
         if self.fw is not None:
             f = future_features(state, actions, self._f_cols, self._ctx)
             q = q + (f @ self.fw.astype(np.float32))[None, :] / self.k
@@ -404,18 +412,22 @@ class DRN(DRNLoss, nn.Module):
         return shown
 
     def _fresh_snapshots(self) -> None:
-        """The numpy weights acting reads, taken again after the networks changed."""
+        """The numpy weights acting reads, copied again after the networks changed."""
         dbgd = self.explore == "dbgd"
-        if self._snap is None or (dbgd and self._snap_explore is None) or self._stacked is None:
-            if self._snap is None:
-                self._snap = [h.snapshot() for h in self.q.heads]
-            if dbgd and self._snap_explore is None:
-                self._snap_explore = [h.snapshot() for h in self.q_explore.heads]
-            # per head, the current network's and the explore network's side by side
-            self._stacked = [
-                stack_snapshots([cur] + ([exp] if dbgd else []), self.spec.state_dim)
-                for cur, exp in zip(self._snap, self._snap_explore or self._snap)
+        if self._acting is None:
+            self._acting = [
+                ActingStack([cur] + ([exp] if dbgd else []), self.spec.state_dim)
+                for cur, exp in zip(self.q.heads, self.q_explore.heads)
             ]
+            self._snap = self._snap_explore = True
+        if self._snap is None:
+            for stack in self._acting:
+                stack.refresh(0)
+            self._snap = True
+        if dbgd and self._snap_explore is None:
+            for stack in self._acting:
+                stack.refresh(1)
+            self._snap_explore = True
 
     def observe(self, obs: Mapping[str, Any], shown: np.ndarray, info: Mapping[str, Any]) -> None:
         req, who, state = self._cur  # the request's full state, as acted on

@@ -23,8 +23,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from numpy.linalg import _umath_linalg
 
 from recbench.models.layers.replay import Replay
+
+_solve1 = _umath_linalg.solve1  # the gufunc np.linalg.solve calls for a 1-D right-hand side
 
 
 class _OnlineGLM:
@@ -176,6 +179,7 @@ class ClickRidge:
         self.gram = ridge * np.eye(n_features)
         self.xy = np.zeros(n_features)
         self._w = np.zeros(n_features)
+        self._w32: np.ndarray | None = None
         self._stale = False
         self.n = 0
 
@@ -190,9 +194,20 @@ class ClickRidge:
     @property
     def w(self) -> np.ndarray:
         if self._stale:
-            self._w = np.linalg.solve(self.gram, self.xy)
+            # np.linalg.solve's kernel without its checks (the ridge keeps gram positive
+            # definite): the same LAPACK call, once per list, so its overhead counts
+            self._w = _solve1(self.gram, self.xy, signature="dd->d")
+            self._w32 = None
             self._stale = False
         return self._w
+
+    @property
+    def w32(self) -> np.ndarray:
+        """``w`` in float32, as the networks' inputs are."""
+        w = self.w
+        if self._w32 is None:
+            self._w32 = w.astype(np.float32)
+        return self._w32
 
 
 def network_slope(

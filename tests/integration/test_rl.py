@@ -49,6 +49,27 @@ def train(tmp_path: Path, model: str, *extra: str) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+def test_an_rl_run_takes_one_torch_thread_unless_told_otherwise(tmp_path):
+    """The agents gain nothing from a second thread, and lose many times their speed once other
+    work holds a core: task=rl sets one (the train default, auto, would take every free core);
+    an explicit threads= still wins."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        default = compose("train", overrides=["model=drn"])
+        given = compose("train", overrides=["model=drn", "threads=2"])
+        ctr = compose("train", overrides=["model=deepfm"])
+    assert default.threads == 1 and given.threads == 2 and ctr.threads == "auto"
+    torch.set_num_threads(2)
+    tiny = [t for t in TINY if not t.startswith("threads=")]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["model=random_policy", *tiny, f"paths.run_dir={tmp_path}", "record=false"],
+        )
+    run(cfg)
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["perf"]["threads"] == 1
+
+
 def test_compare_plans_the_run_key_an_rl_run_records(tmp_path):
     """compare finds finished runs by their planned key: a plan that keyed the world
     differently from the run would retrain every policy on every rerun."""

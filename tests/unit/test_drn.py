@@ -20,6 +20,7 @@ from recbench.models.drn import (
     interleave_probs,
     stack_snapshots,
 )
+from recbench.models.layers.dqn import ActingStack
 from recbench.testing import rl_trajectory
 
 
@@ -379,6 +380,34 @@ def test_explore_and_current_networks_scored_in_one_pass_match_each_alone():
     # what the agent ranks by is that sum
     shown = agent.act(obs)
     assert len(set(shown.tolist())) == 5
+
+
+@pytest.mark.parametrize("item_dim", [0, 4])
+def test_an_acting_stack_refreshed_in_place_equals_the_networks_stacked_anew(item_dim):
+    """Refreshing one network's blocks after the networks changed gives exactly the arrays a new
+    stack of the snapshots has, the other network's blocks left as they were."""
+    torch.manual_seed(0)
+    nets = [DuelingQ(30, 12, 50, item_dim, (16, 8)) for _ in range(2)]
+    stack = ActingStack(nets, 30)
+    old = nets[0].snapshot()
+    with torch.no_grad():
+        for net in nets:
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+
+    def arrays(st):
+        out = [x for layer in st["value"] + st["advantage"] for x in layer]
+        return [*out, *st["first"], st["emb"]]
+
+    def same(want):
+        got = arrays(stack.stacked)
+        return all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(got, arrays(want)))
+
+    stack.refresh(1)
+    assert same(stack_snapshots([old, nets[1].snapshot()], 30))
+    stack.refresh(0)
+    assert same(stack_snapshots([nets[0].snapshot(), nets[1].snapshot()], 30))
+    assert not same(stack_snapshots([old, nets[1].snapshot()], 30))
 
 
 def test_a_minibatch_grouped_by_request_has_the_per_transition_loss():

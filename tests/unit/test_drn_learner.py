@@ -12,6 +12,7 @@ import torch
 from recbench.envs import NewsEnv, NewsParams
 from recbench.errors import ConfigError
 from recbench.models.drn import DRN
+from recbench.models.layers.dqn import ActingStack
 from recbench.models.layers.learner import train_steps
 from recbench.testing import rl_trajectory
 
@@ -77,10 +78,16 @@ def test_lagged_steps_land_at_the_next_update_as_they_would_have_run_at_once():
     pending = agent._runner.pending
     assert pending, "the second minor update submitted its step"
     before = weights(agent)
+
     # acting reads the weights as they are: the step has not landed
-    flat = lambda snaps: [w for snap in snaps for layers in snap for w, _ in layers]  # noqa: E731
-    fresh = flat([head.snapshot() for head in agent.q.heads])
-    assert all(np.array_equal(a, b) for a, b in zip(flat(agent._snap), fresh))
+    def arrays(stack):
+        st = stack.stacked
+        out = [x for layer in st["value"] + st["advantage"] for x in layer]
+        return [*out, *st["first"], st["emb"]]
+
+    for head, explore, stack in zip(agent.q.heads, agent.q_explore.heads, agent._acting):
+        fresh = ActingStack([head, explore], agent.spec.state_dim)
+        assert all(np.array_equal(a, b) for a, b in zip(arrays(stack), arrays(fresh)))
     reference = copy.deepcopy(agent)
     loss = train_steps(reference, pending)
     agent._land()

@@ -208,6 +208,58 @@ def stack_snapshots(snaps: Sequence[list], state_dim: int) -> dict[str, Any]:
     return {"value": value, "first": first, "advantage": advantage, "emb": np.concatenate(emb, 1)}
 
 
+class ActingStack:
+    """``stack_snapshots`` of M networks of one shape, kept up to date in place: ``refresh(j)``
+    copies network j's current weights into its blocks of the stacked arrays (``stacked``, for
+    ``act_stacked``), which keep their layout, zeros included. Taking a network's weights again
+    after each update then costs one copy per weight, not a new stacked network."""
+
+    def __init__(self, nets: Sequence[DuelingQ], state_dim: int) -> None:
+        self.nets = list(nets)
+        self.stacked = stack_snapshots([n.snapshot() for n in self.nets], state_dim)
+        self._slots = [self._plan(j, state_dim) for j in range(len(self.nets))]
+
+    def _plan(self, j: int, sd: int) -> list[tuple[np.ndarray, Tensor, slice | None]]:
+        """(destination view, source parameter, its input columns to take transposed, None:
+        the whole parameter as it is) for each weight of network ``j``, at the places
+        ``stack_snapshots`` puts them."""
+        st, net = self.stacked, self.nets[j]
+        out: list[tuple[np.ndarray, Tensor, slice | None]] = []
+        every = slice(None)
+
+        def layer(w: np.ndarray, b: np.ndarray, m: nn.Linear, side_by_side: bool) -> None:
+            n_out, n_in = m.weight.shape
+            cols = slice(j * n_out, (j + 1) * n_out)
+            rows = slice(None) if side_by_side else slice(j * n_in, (j + 1) * n_in)
+            out.append((w[rows, cols], m.weight, every))
+            out.append((b[cols], m.bias, None))
+
+        for i, (m, (w, b)) in enumerate(zip(net._v_lins, st["value"])):
+            layer(w, b, m, side_by_side=i == 0)
+        first, *rest = net._a_lins
+        ws, wa, we, b1 = st["first"]
+        h1 = first.weight.shape[0]
+        de = net.item_emb.embedding_dim
+        da = first.weight.shape[1] - sd - de
+        cols = slice(j * h1, (j + 1) * h1)
+        wt = first.weight
+        out.append((ws[:, cols], wt, slice(0, sd)))
+        out.append((wa[:, cols], wt, slice(sd, sd + da)))
+        out.append((we[j * de : (j + 1) * de, cols], wt, slice(sd + da, None)))
+        out.append((b1[cols], first.bias, None))
+        for m, (w, b) in zip(rest, st["advantage"]):
+            layer(w, b, m, side_by_side=False)
+        out.append((st["emb"][:, j * de : (j + 1) * de], net.item_emb.weight, None))
+        return out
+
+    @torch.no_grad()
+    def refresh(self, j: int) -> None:
+        """Network ``j``'s current weights into the stacked arrays."""
+        for dest, src, cols in self._slots[j]:
+            a = src.detach().numpy()
+            dest[...] = a if cols is None else a[:, cols].T
+
+
 def double_dqn_target(
     reward: Tensor, q_online_next: Tensor, q_target_next: Tensor, gamma: float, k: int = 1
 ) -> Tensor:
@@ -220,4 +272,4 @@ def double_dqn_target(
     return reward + gamma * q_target_next.gather(1, best).sum(1)
 
 
-__all__ = ["DuelingQ", "SplitQ", "double_dqn_target", "stack_snapshots"]
+__all__ = ["ActingStack", "DuelingQ", "SplitQ", "double_dqn_target", "stack_snapshots"]

@@ -119,7 +119,7 @@ class DRNLoss:
         """The linear parts' current coefficients, as a batch carries them to its step."""
         out = {}
         if self.wide is not None:
-            out["wide_w"] = torch.from_numpy(self.wide.w.astype(np.float32))
+            out["wide_w"] = torch.from_numpy(self.wide.w32.copy())
         if self.fw is not None:
             out["fw"] = torch.from_numpy(self.fw.astype(np.float32))
         return out
