@@ -243,6 +243,97 @@ def test_table_empty_last_value_is_no_short_line(tmp_path):
     assert raw.events["item_id"].to_list() == ["2", "17", "3"]
 
 
+def test_table_blank_lines_are_skipped_and_other_lines_keep_their_numbers(tmp_path):
+    # empty and whitespace-only lines in the middle and at the end, LF or CRLF: no row of nulls
+    body = "user,item,label,price\n1,2,1,0.5\n\n5,17,0,\n  \t \n6,3,1,0.2\n\n\n"
+    for text in (body, body.replace("\n", "\r\n"), body + "  "):
+        raw = load_table(tmp_path, text)
+        assert raw.events["user_id"].to_list() == ["1", "5", "6"]
+        assert raw.events["label"].to_list() == [1, 0, 1]
+        assert raw.events["price"].to_list() == [0.5, None, 0.2]
+    # a blank line inside a quoted value is part of it; a line of empty values is no blank line
+    raw = load_table(tmp_path, 'user,item,label,price\n1,"a\n\nb",1,\n\n2,c,0,\n')
+    assert raw.events["item_id"].to_list() == ["a\n\nb", "c"]
+    with pytest.raises(MalformedDataError, match="1 rows lack a user and 1 an item"):
+        load_table(tmp_path, "user,item,label,price\n1,2,1,0.5\n,,,\n\n")
+    with pytest.raises(MalformedDataError, match=r"log\.csv:1: the file has a header but no rows"):
+        load_table(tmp_path, "user,item,label,price\n\n \n")
+    # without a header: blank lines before the first line too
+    (tmp_path / "bare.csv").write_text("\n\n1,2\n\n3,4\n\n")
+    cols = {"user": "column_1", "item": "column_2"}
+    bare = Table("bare.csv", cols, root=str(tmp_path), has_header=False).load()
+    assert bare.events["item_id"].to_list() == ["2", "4"]
+    # the line numbers of errors count the blank lines (and a quoted value's lines)
+    with pytest.raises(MalformedDataError, match=rf"log\.csv:6: {SHORT} \(the only line"):
+        load_table(tmp_path, "user,item,label,price\n1,2,1,0.5\n\n  \n\n5,17,1\n\n")
+    (tmp_path / "t.csv").write_text('user,item,ts,stars\n1,"a\nb",10,4\n\n\n3,4,soon,x\n\n')
+    cols = {"user": "user", "item": "item", "time": "ts"}
+    with pytest.raises(MalformedDataError, match=r"t\.csv:6: the time column 'ts' is not"):
+        Table("t.csv", cols, root=str(tmp_path)).load()
+    cols = {"user": "user", "item": "item", "rating": "stars"}
+    with pytest.raises(MalformedDataError, match=r"t\.csv:6: the rating column 'stars' holds 'x'"):
+        Table("t.csv", cols, root=str(tmp_path)).load()
+    # of several files, the one that holds the line is named
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "a.csv").write_text("user,item,ts\n1,2,2024-05-01\n\n3,4,10\n")
+    (tmp_path / "parts" / "b.csv").write_text("user,item,ts\n\n5,6,12\n\n7,8,late\n")
+    cols = {"user": "user", "item": "item", "time": "ts"}
+    with pytest.raises(MalformedDataError, match=r"parts/b\.csv:5: the time column 'ts'"):
+        Table("parts/*.csv", cols, root=str(tmp_path)).load()
+
+
+def test_table_files_whose_column_differs_in_kind_name_the_bad_value(tmp_path):
+    """Of several files, one whose column holds a value that is not a number reads that column
+    as text: the files still join, and the bad value is named by its file and line; integers
+    in one file and decimals in another join as numbers."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a.csv").write_text("user,item,ts,stars\n1,2,10,4\n3,4,11,5\n")
+    b = tmp_path / "p" / "b.csv"
+    b.write_text("user,item,ts,stars\n5,6,12,3.5\n7,8,late,2\n")
+    cols = {"user": "user", "item": "item", "time": "ts", "rating": "stars"}
+    with pytest.raises(MalformedDataError, match=r"p/b\.csv:3: the time column 'ts' is not"):
+        Table("p/*.csv", cols, root=str(tmp_path)).load()
+    b.write_text("user,item,ts,stars\n5,6,12,3.5\n7,8,13,x\n")
+    with pytest.raises(MalformedDataError, match=r"p/b\.csv:3: the rating column 'stars' holds"):
+        Table("p/*.csv", cols, root=str(tmp_path)).load()
+    b.write_text("user,item,ts,stars\n5,6,12,3.5\n7,8,13,2\n")
+    events = Table("p/*.csv", cols, root=str(tmp_path)).load().events
+    assert events["rating"].to_list() == [4.0, 5.0, 3.5, 2.0]
+    assert events["timestamp"].to_list() == [10, 11, 12, 13]
+
+
+POLARS_SEP = (
+    "polars reads tables whose separator is one character of one byte (such as , ; | or a tab)."
+)
+
+
+@pytest.mark.parametrize(
+    ("sep", "start", "fix"),
+    [
+        ("::", "'::' is 2 characters", "Convert the file to a one-character separator that"),
+        ("\\t", "'\\t' is 2 characters", "For a tab, set dataset.adapter.format=tsv (or name"),
+        ("§", "'§' is 2 bytes in UTF-8", "Convert the file to a one-character separator that"),
+    ],
+)
+def test_table_separator_of_more_than_one_byte_is_refused_with_what_to_do(
+    tmp_path, sep, start, fix
+):
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n")
+    (tmp_path / "log.csv").write_text("column_1,column_2\n1,2\n")
+    cols = {"user": "column_1", "item": "column_2"}
+    with pytest.raises(ConfigError) as err:
+        Table("ratings.dat", cols, root=str(tmp_path), separator=sep, has_header=False).load()
+    assert str(err.value).startswith(f"dataset.adapter.separator={start}: {POLARS_SEP} {fix}")
+    if sep == "::":
+        assert str(err.value).endswith(
+            "(e.g. a tab for '::': `sed 's/::/\\t/g' ratings.dat > ratings.tsv`), or for "
+            "MovieLens-1M's ratings.dat use dataset=movielens-1m, which reads its '::' files."
+        )
+    side = {"item": {"path": "items.dat", "key": "item", "separator": sep}}
+    with pytest.raises(ConfigError, match=r"^dataset\.adapter\.side_tables\.item\.separator="):
+        Table("log.csv", cols, root=str(tmp_path), side_tables=side).files()
+
+
 # ---------------------------------------------------------------------------- Amazon, synthetic
 
 
@@ -400,6 +491,24 @@ def test_cli_short_line_of_a_table_is_one_line_naming_file_and_line(tmp_path):
     (line,) = {x for x in out.splitlines() if x.startswith("error: ")}
     assert line.startswith(f"error: {tmp_path / 'log.csv'}:3: expected 3 comma-separated fields")
     assert "found 2 (the only line with fewer fields)" in line and "Traceback" not in out
+
+
+def test_cli_separator_of_two_characters_is_one_line(tmp_path):
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n")
+    proc = recbench_data(
+        "dataset=table",
+        f"dataset.adapter.path={tmp_path / 'ratings.dat'}",
+        "dataset.adapter.separator=::",
+        "dataset.adapter.has_header=false",
+        "dataset.adapter.columns.user=column_1",
+        "dataset.adapter.columns.item=column_2",
+        cwd=tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    (line,) = {x for x in out.splitlines() if x.startswith("error: ")}
+    assert line.startswith("error: dataset.adapter.separator='::' is 2 characters: polars reads")
+    assert "dataset=movielens-1m" in line and "Traceback" not in out
 
 
 def test_cli_rebuilds_a_corrupt_cache_with_one_line(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ import csv
 import glob
 import gzip
 import io
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ SEPARATOR_NAMES = {",": "comma", "\t": "tab"}
 QUOTE = '"'  # polars' default quote character, which the text formats are read with
 # separators for reading each line whole as one field: the first that the text does not hold
 WHOLE_LINE = ("\x1f", "\x1e", "\x1d", "\x1c", "\x00")
+# a blank line (empty or whitespace only) with the line break before it (the text searched has
+# one put before its first line)
+BLANK_LINE = re.compile(r"\n(?:[^\S\n]*(?=\n)|[^\S\n]+\Z)")
 # suffixes of formats a table is not read from (others are read as delimited text)
 OTHER_FORMATS = frozenset(
     {".json", ".jsonl", ".ndjson", ".xlsx", ".xls", ".avro", ".orc", ".feather", ".arrow"}
@@ -70,6 +74,7 @@ class TableSource:
         separator: str | None = None,
         has_header: bool = True,
         encoding: str = "utf8",
+        key: str = "dataset.adapter",
     ) -> None:
         self.pattern = path
         self.root = root
@@ -77,8 +82,12 @@ class TableSource:
         self.separator = separator
         self.has_header = bool(has_header)
         self.encoding = encoding
+        self.key = key  # where its options are set, for messages
+        self.heights: tuple[tuple[Path, int], ...] = ()  # each file read and its rows
 
     def files(self) -> tuple[Path, ...]:
+        if self.separator and len(str(self.separator).encode()) > 1:
+            raise _bad_separator(str(self.separator), self.key)
         if not self.pattern:
             raise ConfigError("dataset.adapter.path is empty: name the file (or glob) to read")
         base = Path(self.root).expanduser() if self.root else Path.cwd()
@@ -99,14 +108,57 @@ class TableSource:
         return tuple(found)
 
     def read(self) -> pl.DataFrame:
-        frames = [self._read_one(p) for p in self.files()]
+        files = self.files()
+        frames = [self._read_one(p) for p in files]
         names = [f.columns for f in frames]
         if any(n != names[0] for n in names):
             raise MalformedDataError(
                 f"the files of {self.pattern} have different columns: "
-                + "; ".join(f"{p.name}: {n}" for p, n in zip(self.files(), names, strict=True))
+                + "; ".join(f"{p.name}: {n}" for p, n in zip(files, names, strict=True))
             )
-        return pl.concat(frames) if len(frames) > 1 else frames[0]
+        self.heights = tuple((p, f.height) for p, f in zip(files, frames, strict=True))
+        if len(frames) == 1:
+            return frames[0]
+        # a column one file reads as numbers and another as text (a value that is not a number)
+        # becomes text: each role's check then names the file and line of the bad value
+        try:
+            return pl.concat(frames, how="vertical_relaxed")
+        except pl.exceptions.PolarsError as exc:
+            raise MalformedDataError(
+                f"the files of {self.pattern} cannot be read as one table ({exc}); read them one "
+                "at a time to find the file whose values differ in kind"
+            ) from None
+
+    def locate(self, row: int) -> tuple[Path, int]:
+        """The file and line of row ``row`` (0-based) of the frame ``read`` returned; blank
+        lines and quoted values over several lines are counted."""
+        path, header = self.heights[-1][0], int(self.has_header)
+        for file, height in self.heights:
+            if row < height:
+                path = file
+                break
+            row -= height
+        if _format_of(path, self.format) != "parquet":
+            text = self._text(path)
+            counts = _field_counts(text, text.encode(), self._separator(path))
+            lines = [] if counts is None else counts.filter(pl.col("fields") > 0)["line"]
+            if row + header < len(lines):
+                return path, int(lines[row + header])
+        return path, row + 1 + header
+
+    def _separator(self, path: Path) -> str:
+        return self.separator or SEPARATORS[_format_of(path, self.format)]
+
+    def _text(self, path: Path) -> str:
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            try:
+                raw = gzip.decompress(raw)
+            except OSError as exc:
+                raise MalformedDataError(f"{path}: not a gzip file ({exc})") from None
+        if not raw.strip():
+            raise empty_file(path)
+        return decode(path, raw, self.encoding)
 
     def _read_one(self, path: Path) -> pl.DataFrame:
         fmt = _format_of(path, self.format)
@@ -117,20 +169,14 @@ class TableSource:
                 raise MalformedDataError(
                     f"{path}: not a readable Parquet file ({exc}). Check dataset.adapter.format."
                 ) from None
-        raw = path.read_bytes()
-        if path.suffix.lower() == ".gz":
-            try:
-                raw = gzip.decompress(raw)
-            except OSError as exc:
-                raise MalformedDataError(f"{path}: not a gzip file ({exc})") from None
-        if not raw.strip():
-            raise empty_file(path)
-        text = decode(path, raw, self.encoding)
-        sep = self.separator or SEPARATORS[fmt]
+        text = self._text(path)
+        sep = self._separator(path)
         data = text.encode()
+        # polars reads a blank line as a row of empty values: such lines are left out
+        kept = _without_blank_lines(text, data, sep)
         try:
             frame = pl.read_csv(
-                data,
+                data if kept is text else kept.encode(),
                 separator=sep,
                 has_header=self.has_header,
                 infer_schema_length=10_000,
@@ -209,11 +255,11 @@ class Table:
 
     def files(self) -> tuple[Path, ...]:
         out = list(self.source.files())
-        for spec in self.side_tables.values():
-            out += self._side_source(spec).files()
+        for role, spec in self.side_tables.items():
+            out += self._side_source(role, spec).files()
         return tuple(out)
 
-    def _side_source(self, spec: Mapping[str, Any]) -> TableSource:
+    def _side_source(self, role: str, spec: Mapping[str, Any]) -> TableSource:
         return TableSource(
             str(spec.get("path", "")),
             self.root,
@@ -221,6 +267,7 @@ class Table:
             spec.get("separator"),
             bool(spec.get("has_header", True)),
             str(spec.get("encoding", "utf8")),
+            key=f"dataset.adapter.side_tables.{role}",
         )
 
     def load(self) -> RawData:
@@ -276,8 +323,7 @@ class Table:
             if bad.any():
                 row = int(bad.arg_max())
                 raise malformed(
-                    Path(where),
-                    row + 1 + int(self.source.has_header),
+                    *self.source.locate(row),
                     f"the rating column {c['rating']!r} holds {frame[c['rating']][row]!r}, "
                     "not a number",
                     "Give numeric ratings, or fix or remove that line.",
@@ -325,8 +371,7 @@ class Table:
         if c.get("time") and events["timestamp"].null_count():
             bad_row = int(events["timestamp"].is_null().arg_max())
             raise malformed(
-                Path(where),
-                bad_row + 1 + int(self.source.has_header),
+                *self.source.locate(bad_row),
                 f"the time column {c['time']!r} is not a number or a date",
                 "Give epoch seconds or an ISO date, or leave columns.time empty.",
             )
@@ -353,7 +398,7 @@ class Table:
     def _join_side(
         self, frame: pl.DataFrame, role: str, spec: Mapping[str, Any]
     ) -> tuple[pl.DataFrame, dict[str, Any]]:
-        source = self._side_source(spec)
+        source = self._side_source(role, spec)
         side = source.read()
         key = spec.get("key")
         on = self.columns["user" if role == "user" else "item"]
@@ -376,8 +421,14 @@ class Table:
                 f"{source.pattern}: key {key!r} repeats; a side table holds one row per {role}"
             )
         side = side.select(keep).with_columns(pl.col(key).cast(pl.String))
-        joined = frame.with_columns(pl.col(on).cast(pl.String)).join(
-            side, left_on=on, right_on=key, how="left"
+        # in the main table's row order (error messages locate rows by it), on every polars 1.x
+        row = "__recbench_row"
+        joined = (
+            frame.with_columns(pl.col(on).cast(pl.String))
+            .with_row_index(row)
+            .join(side, left_on=on, right_on=key, how="left")
+            .sort(row)
+            .drop(row)
         )
         if role == "item":
             self.item_attributes = tuple(
@@ -397,7 +448,10 @@ def _field_count_error(
     """The error for the first line whose number of fields differs from the header's (without a
     header, from the first line's), with how many lines are short or long alike; None if none."""
     counts = _field_counts(text, data, sep)
-    if counts is None or counts.height < 2:
+    if counts is None:
+        return None
+    counts = counts.filter(pl.col("fields") > 0)
+    if counts.height < 2:
         return None
     first, want = counts.row(0)
     off = counts.slice(1).filter(pl.col("fields") != want)
@@ -435,11 +489,31 @@ def _field_count_error(
     )
 
 
+def _without_blank_lines(text: str, data: bytes, sep: str) -> str:
+    """``text`` less its blank lines (empty or whitespace only) outside quoted values; ``text``
+    itself when it has none."""
+    padded = "\n" + text  # the first line too follows a line break
+    if not BLANK_LINE.search(padded):
+        return text
+    counts = _field_counts(text, data, sep)
+    if counts is None:
+        return text
+    blank = set(counts.filter(pl.col("fields") == 0)["line"].to_list())
+    line, pos = 0, 0
+
+    def drop(match: re.Match[str]) -> str:
+        nonlocal line, pos
+        line += padded.count("\n", pos, match.start() + 1)  # the line after that line break
+        pos = match.start() + 1
+        return "" if line in blank else match.group()
+
+    return BLANK_LINE.sub(drop, padded)[1:]
+
+
 def _field_counts(text: str, data: bytes, sep: str) -> pl.DataFrame | None:
-    """The first line (1-based) and number of fields of each non-blank record of ``text``, as
-    polars splits them: a separator inside a quoted field does not count. None if unknown."""
-    if len(sep.encode()) != 1:  # polars splits on one byte only: it read no fields
-        return None
+    """The first line (1-based) and number of fields of each record of ``text``, as polars
+    splits them: a separator inside a quoted field does not count, and a blank line (empty or
+    whitespace only) has 0 fields. None if unknown."""
     spare = next((c for c in WHOLE_LINE if c not in text), None)
     if spare is None:
         return _csv_field_counts(text, sep)
@@ -450,8 +524,13 @@ def _field_counts(text: str, data: bytes, sep: str) -> pl.DataFrame | None:
     except pl.exceptions.PolarsError:
         return _csv_field_counts(text, sep)
     line = pl.col("text")
-    lines = lines.filter(line.str.strip_chars() != "")
-    fields = (line.str.count_matches(sep, literal=True).cast(pl.Int64) + 1).alias("fields")
+    lines = lines.with_columns(line.fill_null(""))  # an empty line is read as null
+    fields = (
+        pl.when(line.str.strip_chars() == "")
+        .then(0)
+        .otherwise(line.str.count_matches(sep, literal=True).cast(pl.Int64) + 1)
+        .alias("fields")
+    )
     if QUOTE not in text:
         return lines.select(pl.col("line").cast(pl.Int64), fields)
     quotes = line.str.count_matches(QUOTE, literal=True)
@@ -474,12 +553,32 @@ def _csv_field_counts(text: str, sep: str) -> pl.DataFrame | None:
     start = 1
     try:
         for record in reader:
-            if len(record) > 1 or (record and record[0].strip()):
-                rows.append((start, len(record)))
+            blank = len(record) < 2 and not (record and record[0].strip())
+            rows.append((start, 0 if blank else len(record)))
             start = reader.line_num + 1
-    except (csv.Error, TypeError):  # a value over csv's size limit, a separator of two chars
+    except csv.Error:  # a value over csv's size limit
         return None
     return pl.DataFrame(rows, schema={"line": pl.Int64, "fields": pl.Int64}, orient="row")
+
+
+def _bad_separator(sep: str, key: str) -> ConfigError:
+    shown = f"'{sep}'" if sep.isprintable() else repr(sep)  # '\t' as typed, not '\\t'
+    size = f"{len(sep)} characters" if len(sep) > 1 else f"{len(sep.encode())} bytes in UTF-8"
+    if sep == "\\t":
+        fix = (
+            f"For a tab, set {key}.format=tsv (or name the file .tsv) and leave the separator "
+            "unset."
+        )
+    else:
+        fix = (
+            "Convert the file to a one-character separator that no value holds (e.g. a tab for "
+            "'::': `sed 's/::/\\t/g' ratings.dat > ratings.tsv`), or for MovieLens-1M's "
+            "ratings.dat use dataset=movielens-1m, which reads its '::' files."
+        )
+    return ConfigError(
+        f"{key}.separator={shown} is {size}: polars reads tables whose separator is one "
+        f"character of one byte (such as , ; | or a tab). {fix}"
+    )
 
 
 def _require(frame: pl.DataFrame, names: Sequence[str], where: str) -> None:
