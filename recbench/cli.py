@@ -633,6 +633,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted_after_record()
         raise
+    except Exception as exc:
+        cause = recbench_cause(exc)  # a constructor's refusal, wrapped by Hydra's instantiate
+        if cause is None:
+            raise
+        _fail(cause)
     if argv is None:
         # the program ends here and everything it wrote is closed: spare the interpreter's
         # final collections over every object torch and Lightning made (1-2 CPU s a run)

@@ -537,3 +537,20 @@ def test_the_data_command_lists_config_problems_before_reading_data(capsys):
     out = " ".join((captured.out + captured.err).split())
     assert "dataset.adapter.path must be set (it is ??? in the config)" in out
     assert "Traceback" not in out
+
+
+def test_cli_data_refusal_of_an_adapter_setting_is_one_line(tmp_path):
+    """A setting the adapter's constructor refuses (raised inside Hydra's instantiate) is one
+    line from `recbench data`, as from `recbench train`, not Hydra's wrapped traceback."""
+    (tmp_path / "log.csv").write_text("user,item,label\n1,2,1\n3,4,0\n")
+    proc = recbench_data(
+        "dataset=table",
+        f"dataset.adapter.path={tmp_path / 'log.csv'}",
+        "dataset.adapter.negative_context=bogus",
+        cwd=tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    (line,) = {x for x in out.splitlines() if x.startswith("error: ")}
+    assert line.startswith("error: dataset.adapter.negative_context='bogus': choose keep")
+    assert "Traceback" not in out and "InstantiationException" not in out
