@@ -3,8 +3,9 @@
 A model's test metrics are the mean and standard deviation over its seeds of the values each
 record defines; undefined values (None or NaN, with the task's reason in ``undefined``) are left
 out and listed. An edge compares the record's primary metric: the mean delta over seeds, the
-spread of the per-seed deltas, and a paired bootstrap of the seed-averaged predictions over the
-test units both models share (rows or users, as the task's record says).
+spread of the per-seed deltas, and a paired bootstrap of the seed-averaged predictions (per-unit
+terms, for a metric that is a mean over units) over the test units both models share (rows or
+users, as the task's record says).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class ModelSummary:
     kinds: dict[str, str | None] = field(default_factory=dict)  # metric → bootstrap recipe
     counts: dict[str, int] = field(default_factory=dict)  # metric → seeds that define it
     undefined: dict[str, list[str]] = field(default_factory=dict)  # metric → "seed 2: why"
-    oracle: dict[str, float] = field(default_factory=dict)  # metric → oracle's test value
+    oracle: dict[str, float] = field(default_factory=dict)  # metric → oracle's, mean over seeds
     bootstrap_unit: str = "row"
 
     @property
@@ -91,7 +92,7 @@ class EdgeSummary:
     mode: str
     delta: float | None = None  # mean over seeds of child − parent (test)
     spread: float | None = None  # std over seeds of the per-seed deltas, seeds paired by value
-    interval: Interval | None = None  # seed-averaged predictions, paired bootstrap over units
+    interval: Interval | None = None  # seed-averaged scores, paired bootstrap over units
     note: str = ""  # why there is no delta or no interval
     verdict: str = "n/a"  # gain | loss | within noise | no paired test | n/a
     unit: str = "row"  # what the bootstrap resamples: row | user
@@ -117,6 +118,25 @@ def seed_values(records: Sequence[Mapping[str, Any]], name: str) -> dict[int, fl
     }
 
 
+def _oracle_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """The oracle's value of each metric over the model's seeds: the mean over the seeds that
+    define the model's own value (so its gap to the oracle is over the same seeds), else over
+    every seed that has one. A task's oracle can differ by seed and by run (the RL task's scores
+    the requests each policy served)."""
+    out: dict[str, float] = {}
+    for k in names:
+        pairs = [
+            (oracle_values(r, [k]).get(k), number(metric_value(r.get("test"), k))) for r in records
+        ]
+        values = [o for o, v in pairs if o is not None and v is not None] or [
+            o for o, _ in pairs if o is not None
+        ]
+        if values:
+            same = all(v == values[0] for v in values)
+            out[k] = values[0] if same else float(np.mean(values))
+    return out
+
+
 def summarise_model(model: str, records: Sequence[Mapping[str, Any]]) -> ModelSummary:
     first = records[0]
     names = task_metrics(first)
@@ -140,10 +160,7 @@ def summarise_model(model: str, records: Sequence[Mapping[str, Any]]) -> ModelSu
     perf = {
         k: _mean_std([number((r.get("perf") or {}).get(k)) for r in records]) for k, _ in PERF_KEYS
     }
-    oracle: dict[str, float] = {}
-    for r in records:
-        for k, v in oracle_values(r, names).items():
-            oracle.setdefault(k, v)
+    oracle = _oracle_means(records, names)
     return ModelSummary(
         model=model,
         title=title_of(model),
@@ -281,10 +298,6 @@ def summarise_edges(
             e.note = "parent and child report different primary metrics"
             continue
         vc, vp = seed_values(rc, metric), seed_values(rp, metric)
-        blank = [m for m, v in ((child, vc), (parent, vp)) if all(x is None for x in v.values())]
-        if blank:
-            e.note = f"test {metric} undefined for {' and '.join(blank)}"
-            continue
         if set(vc) != set(vp):  # a killed compare or a failed seed: compare like with like
             shared = sorted(set(vc) & set(vp))
             e.seeds = (
@@ -296,6 +309,10 @@ def summarise_edges(
                 e.note = f"no seed in common ({child}: {sorted(vc)}, {parent}: {sorted(vp)})"
                 continue
             vc, vp = {s: vc[s] for s in shared}, {s: vp[s] for s in shared}
+        blank = [m for m, v in ((child, vc), (parent, vp)) if all(x is None for x in v.values())]
+        if blank:  # on the seeds both have (``seeds`` says which when they differ)
+            e.note = f"test {metric} undefined for {' and '.join(blank)}"
+            continue
         e.delta = _mean_std(list(vc.values()))[0] - _mean_std(list(vp.values()))[0]
         paired = [
             vc[s] - vp[s]

@@ -128,18 +128,45 @@ def metric_table(summaries: Sequence[ModelSummary]) -> Table:
     return Table(headers, rows)
 
 
+def oracle_names(summaries: Sequence[ModelSummary]) -> list[str]:
+    """The metrics some model's runs have an oracle value for, in the report's order."""
+    return [k for k in _names(summaries) if any(k in s.oracle for s in summaries)]
+
+
+def oracle_varies(summaries: Sequence[ModelSummary], name: str) -> bool:
+    """Whether the models' runs disagree on the oracle's value of ``name`` (an oracle that scores
+    what each run served, as the RL task's does)."""
+    return len({s.oracle[name] for s in summaries if name in s.oracle}) > 1
+
+
+def oracle_text(summaries: Sequence[ModelSummary], name: str) -> str:
+    """The oracle's value of ``name``: one number when every model's runs agree, else the range
+    of the models' values (each the mean over its own seeds)."""
+    values = [s.oracle[name] for s in summaries if name in s.oracle]
+    if not values:
+        return "—"
+    low, high = _fmt(min(values)), _fmt(max(values))
+    return low if low == high else f"{low}–{high}"
+
+
 def oracle_table(summaries: Sequence[ModelSummary]) -> Table | None:
     """Every metric the oracle has: its value, and each model's gap to it (positive: the model
-    falls short of the oracle in the metric's better direction)."""
-    names = [k for k in _names(summaries) if any(k in s.oracle for s in summaries)]
+    falls short of the oracle in the metric's better direction). Where the models' runs disagree
+    on the oracle's value, each model's own (mean over its seeds) is a column of its own and its
+    gap is to that."""
+    names = oracle_names(summaries)
     if not names:
         return None
+    varies = {k for k in names if oracle_varies(summaries, k)}
     headers = ["model"]
     for k in names:
-        headers += [_arrow(k, _first(summaries, "modes", k, "max")), f"{k} gap to oracle"]
+        headers.append(_arrow(k, _first(summaries, "modes", k, "max")))
+        if k in varies:
+            headers.append(f"{k} oracle (its runs)")
+        headers.append(f"{k} gap to oracle")
     rows = [["oracle"]]
     for k in names:
-        rows[0] += [_fmt(_first(summaries, "oracle", k, None)), "—"]
+        rows[0] += [oracle_text(summaries, k), *(["—"] if k in varies else []), "—"]
     for s in summaries:
         row = [s.model]
         for k in names:
@@ -147,7 +174,10 @@ def oracle_table(summaries: Sequence[ModelSummary]) -> Table | None:
             gap = None
             if oracle is not None and math.isfinite(mean):
                 gap = oracle - mean if s.modes.get(k, "max") == "max" else mean - oracle
-            row += [cell(s, k), _fmt_signed(gap)]
+            row.append(cell(s, k))
+            if k in varies:
+                row.append(_fmt(oracle))
+            row.append(_fmt_signed(gap))
         rows.append(row)
     return Table(headers, rows)
 
@@ -283,7 +313,10 @@ __all__ = [
     "edge_table",
     "error_line",
     "metric_table",
+    "oracle_names",
     "oracle_table",
+    "oracle_text",
+    "oracle_varies",
     "stale_table",
     "sweep_table",
     "undefined_notes",

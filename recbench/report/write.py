@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from recbench.report.bootstrap import UNIT_KINDS
 from recbench.report.figure import draw_lineage
-from recbench.report.record import unit_words
+from recbench.report.record import UNIT_WORDS, unit_words
 from recbench.report.summary import EdgeSummary, ModelSummary, summarise_edges, summarise_model
 from recbench.report.tables import (
     PARTLY,
@@ -25,7 +26,10 @@ from recbench.report.tables import (
     edge_table,
     error_line,
     metric_table,
+    oracle_names,
     oracle_table,
+    oracle_text,
+    oracle_varies,
     stale_table,
     sweep_table,
     undefined_notes,
@@ -70,7 +74,7 @@ img{max-width:100%;border:1px solid #eee}.note{color:#666;font-size:.85rem}
 DELTAS_TEXT = (
     "Child − parent in the primary test metric ({primary}): the mean over seeds, the standard "
     "deviation of the per-seed deltas (seeds paired by value), and the delta of the seed-averaged "
-    "predictions with a percentile interval from a paired bootstrap over {over} "
+    "{averaged} with a percentile interval from a paired bootstrap over {over} "
     "({n} resamples, seed {seed}; both models see the same resampled {units}). The interval "
     "covers the sampling of {units}, not training randomness: read it beside the seed spread. "
     "The verdict (and the edge colour in the graph) follows the interval. Seeds that leave the "
@@ -107,6 +111,16 @@ def _units_text(edges: Sequence[EdgeSummary]) -> tuple[str, str]:
     return over, units
 
 
+def _averaged_text(summaries: Sequence[ModelSummary], primary: str) -> str:
+    """What the seed-averaged delta averages over seeds: the predictions, or for a metric that is
+    a mean over units (per-user NDCG, per-row squared errors) the per-unit terms."""
+    kind = next((s.kinds.get(primary) for s in summaries if s.kinds.get(primary)), None)
+    if kind not in UNIT_KINDS:
+        return "predictions"
+    unit = summaries[0].bootstrap_unit
+    return f"per-{UNIT_WORDS.get(unit, (unit,))[0].replace(' ', '-')} terms of {primary}"
+
+
 def _sections(
     inp: ReportInput, summaries: list[ModelSummary], edges: list[EdgeSummary]
 ) -> list[_Section]:
@@ -119,14 +133,11 @@ def _sections(
     ]
     oracle = oracle_table(summaries)
     lift = [h for h in metric_table(summaries).headers if h.endswith("share of oracle lift")]
+    varies = [k for k in oracle_names(summaries) if oracle_varies(summaries, k)]
     if oracle is not None:
-        values = {}
-        for sm in summaries:
-            for k, v in sm.oracle.items():
-                values.setdefault(k, v)
         intro.append(
             "Oracle test values (the data's generating process; see the Oracle section): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+            + ", ".join(f"{k} {oracle_text(summaries, k)}" for k in oracle_names(summaries))
             + "."
         )
     if lift:
@@ -147,6 +158,14 @@ def _sections(
                     "The oracle scores the test units with the data's generating process. Gap = "
                     "how far each model's mean falls short of the oracle in the metric's better "
                     "direction."
+                    + (
+                        f" The oracle's {', '.join(varies)} differs between runs (it scores "
+                        "each run's own test units, such as the requests a policy served): the "
+                        "oracle row gives the range, and each model's gap is to the mean over its "
+                        "own seeds, shown beside it."
+                        if varies
+                        else ""
+                    )
                 ],
                 oracle,
             )
@@ -158,6 +177,7 @@ def _sections(
             [
                 DELTAS_TEXT.format(
                     primary=primary,
+                    averaged=_averaged_text(summaries, primary),
                     n=inp.resamples,
                     seed=inp.bootstrap_seed,
                     over=over,

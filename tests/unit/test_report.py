@@ -428,6 +428,7 @@ def test_rating_rmse_from_squared_errors_lower_is_a_gain(
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| rmse ↓ | mae ↓ |" in md
     assert "paired bootstrap over 2,000 test rows" in md
+    assert "seed-averaged per-test-row terms of rmse" in md  # squared errors, not predictions
 
 
 RANKING = {
@@ -503,6 +504,52 @@ def test_ranking_users_are_the_units_and_sampled_metrics_are_columns(tmp_path: P
     assert summary["models"]["fm"]["oracle"] == {"ndcg@10": 0.6, "sampled.ndcg@10": 0.9}
 
 
+POLICY = {
+    "task": "rl",
+    "metrics": ["clicks", "ctr"],
+    "primary_metric": "clicks",
+    "primary_mode": "max",
+    "metric_modes": {"clicks": "max", "ctr": "max"},
+    "bootstrap_unit": "user",
+    "bootstrap": {"clicks": "mean", "ctr": "mean"},
+}
+
+
+def test_an_oracle_that_differs_by_run_is_averaged_over_each_models_seeds(
+    tmp_path: Path,
+) -> None:
+    """The RL task's oracle scores the requests each policy served, so its value differs by seed
+    and by model: each model's oracle is the mean over its own seeds, its gap is to that, and the
+    oracle row gives the models' range, not the first record's value."""
+    rng = np.random.default_rng(2)
+    oracle_ctr = {("lr", 1): 0.42, ("lr", 2): 0.38, ("fm", 1): 0.36, ("fm", 2): 0.40}
+    runs: dict[str, list[dict]] = {}
+    for m, lift in (("lr", 0.0), ("fm", 0.1)):
+        for s in (1, 2):
+            clicks = rng.poisson(1.0 + lift, size=200).astype(np.float64)
+            ctr = np.clip(0.1 + lift + 0.02 * rng.normal(size=200), 0, 1)
+            test = {"clicks": float(clicks.mean()), "ctr": float(ctr.mean())}
+            rec = _declared_record(tmp_path, m, s, POLICY, {"clicks": clicks, "ctr": ctr}, test)
+            rec["oracle"] = {"ctr": oracle_ctr[(m, s)], "precision@5": 1.0}
+            runs.setdefault(m, []).append(rec)
+    summary = write_report(
+        ReportInput("rl", "synthetic", ["lr", "fm"], runs, resamples=50), tmp_path / "out"
+    )
+    md = (tmp_path / "out" / "report.md").read_text()
+    mean = {m: np.mean([r["test"]["ctr"] for r in runs[m]]) for m in runs}
+    assert summary["models"]["lr"]["oracle"] == {"ctr": pytest.approx(0.40)}
+    assert summary["models"]["fm"]["oracle"] == {"ctr": pytest.approx(0.38)}
+    oracle = {r[0]: r for r in _table_rows(md, "Oracle")}
+    assert oracle["oracle"][1] == "0.3800–0.4000"
+    assert oracle["lr"][2] == "0.4000" and oracle["fm"][2] == "0.3800"
+    assert oracle["lr"][3] == f"{0.40 - mean['lr']:+.4f}"
+    assert oracle["fm"][3] == f"{0.38 - mean['fm']:+.4f}"
+    assert "ctr 0.3800–0.4000." in md
+    assert "paired bootstrap over 200 users" in md and "per-user terms of clicks" in md
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<td>0.3800–0.4000</td>" in html
+
+
 # ---------------------------------------------------------------------------- undefined, failed
 
 
@@ -537,6 +584,26 @@ def test_undefined_values_are_shown_and_left_out_of_means_and_deltas(tmp_path: P
     assert mlp["delta"] is None and mlp["interval"] is None
     assert "undefined" in mlp["note"] and mlp["verdict"] == "n/a"
     json.loads((tmp_path / "out" / "report.json").read_text())  # strict JSON: no NaN
+
+
+def test_an_edge_whose_shared_seeds_all_leave_the_metric_undefined_has_no_delta(
+    tmp_path: Path,
+) -> None:
+    """fm ran seeds 1-3 and lr seed 1 alone; fm's seed 1 leaves AUC undefined: the seeds both
+    have define no delta, so the edge has none (not NaN) and is drawn as having no result."""
+    runs = _fake_runs(tmp_path / "runs", ["lr", "fm"], [1, 2, 3])
+    runs["lr"] = runs["lr"][:1]
+    runs["fm"][0]["test"]["auc"] = None
+    runs["fm"][0]["undefined"] = {"test.auc": "the test split holds one class"}
+    summary = write_report(
+        ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=50), tmp_path / "out"
+    )
+    (edge,) = summary["edges"]
+    assert edge["delta"] is None and edge["interval"] is None and edge["verdict"] == "n/a"
+    assert edge["note"] == "test auc undefined for fm"
+    assert edge["seeds"] == "seeds [1] only: fm has [1, 2, 3], lr [1]"
+    text = (tmp_path / "out" / "report.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in report.json"))
 
 
 def test_failed_records_and_store_problems_are_listed_not_averaged(tmp_path: Path) -> None:
