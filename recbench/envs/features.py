@@ -1,11 +1,12 @@
 """What policies read from a ``NewsEnv`` observation, as flat arrays.
 
 - state (Ds,): the user's one-hot demographics, the context (activeness, hours since the last
-  visit, visits, history fill), the user's genre exposure (what they were shown recently) and
-  the genre profile of the user's recent clicks (last, so ``state[-n_genres:]`` is the profile);
+  visit, visits, history fill; with clickbait, the user's disappointment), the user's genre
+  exposure (what they were shown recently) and the genre profile of the user's recent clicks
+  (last, so ``state[-n_genres:]`` is the profile);
 - actions (N, Da): each candidate's genres, age, decayed impression/click counts and recent
-  CTR, then the user–item features (genre overlap with the profile, with the last clicks, and
-  with the exposure);
+  CTR (with clickbait, its bait flag), then the user–item features (genre overlap with the
+  profile, with the last clicks, their cosine, and overlap with the exposure);
 - items (N,): candidate item codes (1..n_items).
 """
 

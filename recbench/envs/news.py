@@ -41,7 +41,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from recbench.envs.world import DAY, HOUR, NewsParams, NewsWorld
+from recbench.envs.world import DAY, HOUR, OLD_ITEMS, NewsParams, NewsWorld
 from recbench.errors import ConfigError
 
 ITEM_DENSE = 6  # age, log1p impressions/clicks over 1 h and 24 h, smoothed recent CTR
@@ -77,8 +77,10 @@ def ranking_quality(
 class NewsEnv(gym.Env):
     """The news stream; ``NewsEnv(params, seed)`` or ``gymnasium.make("recbench/News-v0")``.
 
-    ``seed`` fixes the world (users, items, planted model) and, unless ``reset(seed=...)`` gives
-    another, the users' random streams.
+    ``seed`` fixes the world (users, items, planted model) unless ``world_seed`` (or a ``seed`` in
+    ``params``) gives another, and the users' random streams unless ``reset(seed=...)`` does.
+    ``reset(seed=s)`` replays the episode of ``s``; ``reset()`` without a seed starts the next
+    episode on streams of its own (the k-th after a seed draws the same numbers every time).
     """
 
     metadata = {"render_modes": []}
@@ -92,6 +94,14 @@ class NewsEnv(gym.Env):
         if params is None:
             params = NewsParams()
         elif not isinstance(params, NewsParams):
+            given = dict(params).get("seed")
+            if given is not None:  # the knob table's world seed
+                if world_seed is not None and int(world_seed) != int(given):
+                    raise ConfigError(
+                        f"env: the world seed is given twice, params seed={given} and "
+                        f"world_seed={world_seed}"
+                    )
+                world_seed = int(given)
             params = NewsParams.from_config(params)
         params.check()
         self.params = p = params
@@ -124,6 +134,7 @@ class NewsEnv(gym.Env):
         )
         self.action_space = spaces.MultiDiscrete(np.full(p.slate_size, N))
         self._seed = int(seed)
+        self._episode = 0  # resets since the last seed: the next unseeded one draws anew
         self._ready = False
         # static one-hot user features
         U = p.n_users
@@ -232,10 +243,13 @@ class NewsEnv(gym.Env):
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
         if seed is not None:
-            self._seed = int(seed)
+            self._seed, self._episode = int(seed), 0
+        # the first episode after a seed draws from [seed, 7]; each further unseeded reset from
+        # streams of its own, so successive episodes differ and replay from the seed
+        k, self._episode = self._episode, self._episode + 1
         p, w = self.params, self.world.wp
         U = p.n_users
-        seqs = np.random.SeedSequence([self._seed, 7]).spawn(U)
+        seqs = np.random.SeedSequence([self._seed, 7] + [k] * (k > 0)).spawn(U)
         self._rngs = [np.random.default_rng(s) for s in seqs]
         self.n_block = 2 + 2 * p.n_candidates + p.slate_size + 1
         world = self.world
@@ -257,7 +271,7 @@ class NewsEnv(gym.Env):
         n_old = max(1, int(np.searchsorted(world.publish, 0.0)))
         self.history: list[list[int]] = []
         for u, r in enumerate(self._rngs):
-            old = r.integers(0, n_old, 40)
+            old = r.integers(0, n_old, OLD_ITEMS)
             best = old[np.argsort(-(world.emb[old] @ self.z[u]), kind="stable")]
             self.history.append(list(dict.fromkeys(best.tolist()))[: p.initial_history][::-1])
         self.activeness = np.full(U, p.s0)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,76 @@ from recbench.errors import ConfigError
 
 DAY = 86_400.0
 HOUR = 3_600.0
+
+
+OLD_ITEMS = 40  # older items a user's starting history is picked from
+INT_KNOBS = ("n_users", "slate_size", "n_candidates", "history_len", "initial_history")
+# the WorldParams knobs the news world reads (the rest shape the synthetic dataset's timeline
+# and impressions, or are set by the env's own knobs)
+WORLD_READ = frozenset(
+    (
+        "n_genres n_ages n_occupations male_share genre_concentration latent_dim item_noise "
+        "popularity_exponent switch_prob interest_pull interest_noise base_ctr user_bias "
+        "item_bias demo_bias genre_bias pairwise taste taste_rank higher_order attention "
+        "attention_temperature drift"
+    ).split()
+)
+WORLD_SET_BY_ENV = {
+    "n_users": "env.n_users",
+    "n_items": "env.items_per_hour and env.horizon_days",
+    "history_len": "env.history_len",
+    "n_candidates": "env.n_candidates",
+}
+WORLD_COUNTS = ("n_genres", "n_ages", "n_occupations", "latent_dim", "taste_rank")
+WORLD_SHARES = ("male_share", "switch_prob", "interest_pull", "base_ctr")
+
+
+def world_params(world: Mapping) -> WorldParams:
+    """``WorldParams`` from ``env.world``: an unknown key, or one the news world does not read,
+    is an error naming it."""
+    fields = {f.name for f in dataclasses.fields(WorldParams)}
+    unknown = sorted(set(world) - fields)
+    if unknown:
+        raise ConfigError(f"env.world: unknown keys {unknown}; known: {sorted(WORLD_READ)}")
+    unread = sorted(set(world) - WORLD_READ)
+    if unread:
+        k = unread[0]
+        where = WORLD_SET_BY_ENV.get(k)
+        raise ConfigError(
+            f"env.world.{k} does not apply to the news world"
+            + (f": {where} sets it" if where else " (a knob of the synthetic dataset's timeline)")
+            + f"; env.world knobs: {sorted(WORLD_READ)}"
+        )
+    return WorldParams(**world)
+
+
+def check_world(w: WorldParams) -> None:
+    """Refuse a world knob the news world reads that is not a number in its range, naming it;
+    and one it does not read that differs from the default (it would be ignored)."""
+    default = WorldParams()
+    for f in dataclasses.fields(WorldParams):
+        v = getattr(w, f.name)
+        if f.name not in WORLD_READ:
+            if f.name not in ("n_users", "n_items") and v != getattr(default, f.name):
+                where = WORLD_SET_BY_ENV.get(f.name)
+                raise ConfigError(
+                    f"env.world.{f.name}={v!r} does not apply to the news world"
+                    + (f"; {where} sets it" if where else "")
+                )
+            continue
+        if f.type in (int, "int"):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                raise ConfigError(f"env.world.{f.name}={v!r}: must be an integer")
+        elif isinstance(v, bool) or not isinstance(v, int | float | np.number):
+            raise ConfigError(f"env.world.{f.name}={v!r}: must be a number")
+        elif not math.isfinite(v):
+            raise ConfigError(f"env.world.{f.name}={v}: must be a finite number")
+        if f.name in WORLD_COUNTS and v < 1:
+            raise ConfigError(f"env.world.{f.name}={v}: must be at least 1")
+        if f.name in WORLD_SHARES and not 0 <= v <= 1:
+            raise ConfigError(f"env.world.{f.name}={v}: a share, must be in [0, 1]")
+        if f.name == "genre_concentration" and v < 0:
+            raise ConfigError(f"env.world.{f.name}={v}: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -86,6 +157,25 @@ class NewsParams:
     bait_cost: float = 0.5
     world: WorldParams = field(default_factory=WorldParams)
 
+    def __post_init__(self) -> None:
+        # a count given as an integral float (20.0, as a command line or a script may pass it)
+        # is that integer; anything else that is not an integer is refused by ``check``
+        for name in INT_KNOBS:
+            v = getattr(self, name)
+            if isinstance(v, float) and v.is_integer():
+                object.__setattr__(self, name, int(v))
+        if isinstance(self.world, Mapping):
+            object.__setattr__(self, "world", world_params(self.world))
+        ints = {
+            f.name: int(v)
+            for f in dataclasses.fields(WorldParams)
+            if f.type in (int, "int")
+            and isinstance(v := getattr(self.world, f.name), float)
+            and v.is_integer()
+        }
+        if ints:
+            object.__setattr__(self, "world", dataclasses.replace(self.world, **ints))
+
     @classmethod
     def from_config(cls, cfg: Any) -> NewsParams:
         """From a mapping (``cfg.env``): unknown keys are an error naming the known ones."""
@@ -96,16 +186,37 @@ class NewsParams:
         known = {f.name for f in dataclasses.fields(cls)} - {"world"}
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ConfigError(f"env: unknown keys {unknown}; known: {sorted(known)}")
-        wknown = {f.name for f in dataclasses.fields(WorldParams)}
-        wunknown = sorted(set(world) - wknown)
-        if wunknown:
-            raise ConfigError(f"env.world: unknown keys {wunknown}; known: {sorted(wknown)}")
-        p = cls(**raw, world=WorldParams(**world))
+            raise ConfigError(
+                f"env: unknown keys {unknown}; known: {sorted(known | {'name', 'seed', 'world'})}"
+            )
+        p = cls(**raw, world=world_params(world))
         p.check()
         return p
 
     def check(self) -> None:
+        """Refuse a setting the world cannot run or would not honour, naming the key."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "world":
+                continue
+            if f.name in INT_KNOBS:
+                if isinstance(v, bool) or not isinstance(v, int | np.integer):
+                    raise ConfigError(f"env.{f.name}={v!r}: must be an integer")
+            elif isinstance(v, bool) or not isinstance(v, int | float | np.number):
+                raise ConfigError(f"env.{f.name}={v!r}: must be a number")
+            elif not math.isfinite(v):
+                raise ConfigError(f"env.{f.name}={v}: must be a finite number")
+        check_world(self.world)
+        bad = [
+            f"env.{k}={getattr(self, k)}"
+            for k in ("n_users", "horizon_days", "items_per_hour", "fresh_hours", "lambda0")
+            if getattr(self, k) <= 0
+        ]
+        if bad:
+            raise ConfigError(
+                f"{', '.join(bad)}: must be > 0 (n_users, horizon_days, items_per_hour, "
+                f"fresh_hours, lambda0)"
+            )
         fresh = self.items_per_hour * self.fresh_hours
         if self.slate_size < 1 or self.n_candidates < self.slate_size:
             raise ConfigError(
@@ -118,26 +229,20 @@ class NewsParams:
                 f"for pools of {self.n_candidates}; raise items_per_hour or fresh_hours to at "
                 f"least twice the pool"
             )
-        bad = [
-            f"env.{k}={v}"
-            for k, v in (
-                ("n_users", self.n_users),
-                ("horizon_days", self.horizon_days),
-                ("lambda0", self.lambda0),
-            )
-            if v <= 0
-        ]
-        if bad:
-            raise ConfigError(f"{', '.join(bad)}: must be > 0 (n_users, horizon_days, lambda0)")
-        if not 0.0 <= self.clickbait <= 1.0 or self.bait_cost < 0:
+        if not 0.0 <= self.clickbait <= 1.0 or self.bait_cost < 0 or self.bait_appeal < 0:
             raise ConfigError(
-                f"env: clickbait is a share of items in [0, 1] (0: off) and bait_cost must be "
-                f">= 0, got {self.clickbait} and {self.bait_cost}"
+                f"env: clickbait is a share of items in [0, 1] (0: off), bait_appeal and "
+                f"bait_cost must be >= 0, got {self.clickbait}, {self.bait_appeal} and "
+                f"{self.bait_cost}"
             )
-        if self.history_len < 1 or self.initial_history < 0:
+        if self.history_len < 1 or not 0 <= self.initial_history <= min(
+            self.history_len, OLD_ITEMS
+        ):
             raise ConfigError(
                 f"env: history_len (clicks a user's history keeps) must be >= 1 and "
-                f"initial_history >= 0, got {self.history_len} and {self.initial_history}"
+                f"initial_history (clicks a user brings, of {OLD_ITEMS} older items) in "
+                f"[0, min(history_len, {OLD_ITEMS})], got {self.history_len} and "
+                f"{self.initial_history}"
             )
         if self.position_bias < 0 or not (0 <= self.s0 <= 1 and 0 <= self.sa <= 1):
             raise ConfigError(
@@ -149,6 +254,14 @@ class NewsParams:
                 f"env: fatigue and boredom must be >= 0 (0 switches them off) and "
                 f"fatigue_half_life_hours > 0, got {self.fatigue}, {self.boredom} and "
                 f"{self.fatigue_half_life_hours}"
+            )
+        for k in ("appeal_decay_per_day", "return_sensitivity"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"env.{k}={getattr(self, k)}: must be >= 0 (0 switches it off)")
+        if not 0 <= self.satisfaction_ref <= 1:
+            raise ConfigError(
+                f"env.satisfaction_ref={self.satisfaction_ref}: a share of the list clicked, "
+                f"must be in [0, 1]"
             )
 
     @property
@@ -296,4 +409,4 @@ class NewsWorld:
         return _sigmoid(self.logits(*args))
 
 
-__all__ = ["DAY", "HOUR", "NewsParams", "NewsWorld"]
+__all__ = ["DAY", "HOUR", "OLD_ITEMS", "NewsParams", "NewsWorld"]

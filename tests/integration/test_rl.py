@@ -154,6 +154,28 @@ def test_an_empty_evaluation_window_is_refused_not_reported_as_zeros(tmp_path):
     assert not (tmp_path / "drn_dn" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize(
+    "knob,says",
+    [
+        ("env.initial_history=30", "initial_history (clicks a user brings"),
+        ("env.items_per_hour=-1", "env.items_per_hour=-1: must be > 0"),
+        ("+env.world.history_len=5", "env.world.history_len does not apply"),
+    ],
+)
+def test_an_env_knob_out_of_range_is_one_error_line_naming_it(tmp_path, knob, says):
+    """A history longer than history_len crashed mid-reset with a numpy traceback, a negative
+    publication rate was reported as too few fresh items, a dataset knob was ignored."""
+    from tests import cli
+
+    outputs = {"RECBENCH_OUTPUTS": str(tmp_path / "out"), "RECBENCH_CACHE_DIR": str(tmp_path)}
+    args = ["train", "model=random_policy", knob, "env.n_users=20", "env.horizon_days=1",
+            "task.eval_days=0.25", "threads=1", "record=false", "logger=none"]  # fmt: skip
+    proc = cli.run(args, tmp_path, env=outputs)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert says in proc.stdout and "Traceback" not in proc.stdout
+    assert not list((tmp_path / "out").rglob("metrics.json"))
+
+
 @pytest.mark.slow
 def test_compare_lineage_rl_writes_the_report_and_the_curves(tmp_path):
     env = {**os.environ, "RECBENCH_OUTPUTS": str(tmp_path), "PYTHONWARNINGS": "ignore"}

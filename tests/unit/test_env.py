@@ -222,6 +222,109 @@ def test_unknown_env_key_is_a_config_error():
             NewsParams(**knobs).check()
 
 
+@pytest.mark.parametrize(
+    "knobs,says",
+    [
+        ({"items_per_hour": -1.0}, "env.items_per_hour=-1.0: must be > 0"),
+        ({"items_per_hour": -6.0, "fresh_hours": -48.0}, "env.items_per_hour=-6.0, env.fresh"),
+        ({"fresh_hours": 0.0}, "env.fresh_hours=0.0: must be > 0"),
+        ({"items_per_hour": math.inf}, "env.items_per_hour=inf: must be a finite number"),
+        ({"lambda0": math.inf}, "env.lambda0=inf: must be a finite number"),
+        ({"position_bias": math.nan}, "env.position_bias=nan: must be a finite number"),
+        ({"beta": "1"}, "env.beta='1': must be a number"),
+        ({"n_users": 2.5}, "env.n_users=2.5: must be an integer"),
+        ({"history_len": 2.5}, "env.history_len=2.5: must be an integer"),
+        ({"initial_history": 30}, "initial_history .* in \\[0, min\\(history_len, 40\\)\\]"),
+        ({"history_len": 1}, "got 1 and 5"),
+        ({"initial_history": 41, "history_len": 50}, "got 50 and 41"),
+        ({"appeal_decay_per_day": -1.0}, "env.appeal_decay_per_day=-1.0: must be >= 0"),
+        ({"return_sensitivity": -1.0}, "env.return_sensitivity=-1.0: must be >= 0"),
+        ({"satisfaction_ref": 5.0}, "env.satisfaction_ref=5.0: a share"),
+        ({"bait_appeal": -3.0}, "bait_appeal and bait_cost must be >= 0"),
+        ({"world": {"base_ctr": 1.5}}, "env.world.base_ctr=1.5: a share"),
+        ({"world": {"switch_prob": 2.0}}, "env.world.switch_prob=2.0: a share"),
+        ({"world": {"n_genres": 0}}, "env.world.n_genres=0: must be at least 1"),
+        ({"world": {"latent_dim": 2.5}}, "env.world.latent_dim=2.5: must be an integer"),
+        ({"world": {"history_len": 5}}, "env.world.history_len .*env.history_len sets it"),
+        ({"world": {"n_users": 5}}, "env.world.n_users .*env.n_users sets it"),
+        ({"world": {"span_days": 5.0}}, "env.world.span_days does not apply"),
+    ],
+)
+def test_a_knob_out_of_its_range_is_one_error_naming_it(knobs, says):
+    """Each of these ran on with a world other than the one asked for (a negative rate, a
+    history longer than history_len, NaN, a world knob the news world never reads) or broke
+    deep inside numpy or gymnasium; each is now refused, naming the key."""
+    with pytest.raises(ConfigError, match=says):
+        NewsParams.from_config({"n_users": 20, "horizon_days": 1.0, **knobs})
+    with pytest.raises(ConfigError, match=says):
+        NewsEnv({"n_users": 20, "horizon_days": 1.0, **knobs}, seed=0)
+
+
+def test_an_integral_float_count_is_that_integer():
+    """A script or a command line may pass a count as 20.0: it is the world of 20."""
+    a = NewsParams(n_users=20.0, horizon_days=1.0, n_candidates=10.0, world={"n_genres": 12.0})
+    b = NewsParams(n_users=20, horizon_days=1.0, n_candidates=10, world={"n_genres": 12})
+    assert a == b and isinstance(a.n_users, int) and isinstance(a.world.n_genres, int)
+    assert rollout(NewsEnv(a, seed=1), first_by_features, 2) == rollout(
+        NewsEnv(b, seed=1), first_by_features, 2
+    )
+
+
+def test_reset_without_a_seed_starts_a_new_episode_that_replays_from_the_seed():
+    """Gymnasium's reset(): with a seed, the episode of that seed; without one, the next episode
+    on streams of its own (not the last one again), the same sequence after every seeding."""
+
+    def episode(env, seed=None):
+        env.reset(seed=seed)
+        out, done = [], False
+        while not done:
+            _, _, _, done, info = env.step(np.arange(5))
+            out.append((info["user"], info["time"], tuple(info["clicks"])))
+        return out
+
+    env = NewsEnv(tiny(n_users=20, horizon_days=1.0), seed=0)
+    first, second, third = episode(env), episode(env), episode(env)
+    assert first != second and second != third and first != third
+    assert episode(env, 0) == first and episode(env) == second  # the constructor's seed is 0
+    a = episode(env, 5)
+    assert episode(env) != a and episode(env, 5) == a
+
+
+def test_a_seed_in_params_is_the_world_seed():
+    """The knob table's ``seed`` (the world's) is honoured when the env is built from a mapping,
+    as gymnasium.make passes it, not dropped."""
+    knobs = {"n_users": 20, "horizon_days": 1.0}
+    env = NewsEnv({**knobs, "seed": 9}, seed=0)
+    want = NewsEnv(NewsParams(**knobs), seed=0, world_seed=9)
+    other = NewsEnv(NewsParams(**knobs), seed=0)
+    np.testing.assert_array_equal(env.world.publish, want.world.publish)
+    assert not np.array_equal(env.world.publish, other.world.publish)
+    assert rollout(env, first_by_features, 1) == rollout(want, first_by_features, 1)
+    with pytest.raises(ConfigError, match="world seed is given twice"):
+        NewsEnv({**knobs, "seed": 9}, seed=0, world_seed=8)
+
+
+def test_the_outside_agent_snippet_of_the_docs_runs_as_written(capsys):
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "rl.md").read_text()
+    section = doc[doc.index("## Plugging in an outside agent") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "docs/rl.md", "exec"), {})
+    assert re.fullmatch(r"\d+ requests, CTR 0\.\d{3}\n", capsys.readouterr().out)
+
+
+def test_step_info_has_the_documented_keys():
+    env = NewsEnv(tiny(n_users=20, horizon_days=1.0), seed=0)
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(np.arange(5))
+    assert set(info) == {
+        "user", "time", "shown", "clicks", "expected_clicks", "oracle_action",
+        "oracle_expected_clicks", "precision@5", "ndcg@5", "activeness", "next_time",
+    }  # fmt: skip
+    assert reward == info["clicks"].sum() + env.params.beta * info["activeness"]
+
+
 def test_fatigue_lowers_the_logit_by_the_decayed_exposure():
     """The click logit loses fatigue · <genres, exposure>; a list adds its genres weighted by
     examination; the exposure halves every fatigue_half_life_hours."""
