@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -45,6 +46,44 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+# Lightning's short names; mixed precisions autocast the step, true ones cast weights and inputs
+SHORT_PRECISIONS = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+MIXED = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+TRUE = {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64}
+
+
+def precision(cfg: DictConfig) -> str:
+    """``trainer.precision`` by its full name (``bf16`` is ``bf16-mixed``), one that ``bench``
+    times as a fit would run it."""
+    p = str(cfg.trainer.precision)
+    p = SHORT_PRECISIONS.get(p, p)
+    if p != "32-true" and p not in MIXED and p not in TRUE:
+        raise ConfigError(
+            "recbench bench times trainer.precision=32-true, bf16-mixed, 16-mixed, bf16-true, "
+            f"16-true or 64-true, not {p}: measure it with recbench train trainer.precision={p}, "
+            "which reports train samples/s"
+        )
+    return p
+
+
+@contextmanager
+def forward_context(prec: str, device: torch.device) -> Iterator[None]:
+    """What a fit runs the forward and loss of ``prec`` in: autocast for a mixed precision, the
+    default dtype set to a true one's (as Lightning's precision plugins do)."""
+    if prec in MIXED:
+        with torch.autocast(device.type, dtype=MIXED[prec]):
+            yield
+    elif prec in TRUE:
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(TRUE[prec])
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(default)
+    else:
+        yield
+
+
 class _OneDevice:
     """What a task's data module reads of its trainer, for the one device ``bench`` runs on:
     the device (``setup`` moves resident data there) and a rank of one."""
@@ -61,7 +100,11 @@ def training_steps(
     """(task, optimizer, endless batches on ``device``) of ``cfg``'s training step as a fit
     runs it: the task prepares its data and its data module serves the batches (CTR rows,
     top-K pairs with their negatives, rating-matrix rows, next-item sequences), through the
-    data module's transfer hooks. ``scripts/profile_step.py`` profiles the same steps."""
+    data module's transfer hooks. ``scripts/profile_step.py`` profiles the same steps. Under a
+    true precision (``bf16-true``, ``64-true``) the weights and the batches' floating-point
+    tensors are in its dtype, as in a fit."""
+    from recbench.tasks.base import check_model_task
+
     task_cls = get_class(str(cfg.task._target_))
     if getattr(task_cls, "standalone", False):
         raise ConfigError(
@@ -69,9 +112,13 @@ def training_steps(
             "loop, whose speed every run reports: recbench train model=<policy> prints requests/s "
             "and its metrics.json holds perf.requests_per_sec"
         )
+    check_model_task(_model_name(cfg), get_class(str(cfg.model._target_)), task_cls)
+    dtype = TRUE.get(precision(cfg))
     data = task_cls.prepare(cfg)
     model = build_model(cfg.model, data.schema)
     task = instantiate(cfg.task, model=model, optimizer=instantiate(cfg.optimizer)).to(device)
+    if dtype is not None:
+        task.to(dtype)
     task.train()
     if not task.trainable:
         raise ConfigError(f"model={cfg.model._target_.split('.')[-2]} has nothing to train")
@@ -84,6 +131,10 @@ def training_steps(
     def batches() -> Iterator[dict[str, torch.Tensor]]:
         while True:
             for batch in loader:
+                if dtype is not None:  # Lightning converts the inputs before the transfer hooks
+                    batch = {
+                        k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()
+                    }
                 batch = dm.on_before_batch_transfer(batch, 0)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 yield dm.on_after_batch_transfer(batch, 0)  # e.g. matrix rows densified
@@ -98,9 +149,8 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
     task, opt, it = training_steps(cfg, device)
     resident = cfg.device_resident
     resident = device.type == "cuda" if resident == "auto" else bool(resident)
-    precision = str(cfg.trainer.precision)
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    prec = precision(cfg)
+    scaler = torch.amp.GradScaler(device.type) if prec == "16-mixed" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     reset_peak_rss()  # the steps' peak (the data and model resident), not the preparation's
@@ -111,7 +161,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
         _sync(device)
         t0 = time.perf_counter()
         batch = next(it)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with forward_context(prec, device):
             loss = task.loss(batch)[0]
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -133,7 +183,7 @@ def measure(cfg: DictConfig) -> dict[str, Any]:
         if device.type == "cuda"
         else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "precision": precision,
+        "precision": prec,
         "device_resident": resident,
         "batch_size": int(cfg.batch_size),
         "samples_per_step": rows / len(times),  # AutoRec: the ratings of a batch of matrix rows
@@ -161,11 +211,29 @@ def _one_device(cfg: DictConfig) -> None:
         )
 
 
+def _output(cfg: DictConfig) -> Path | None:
+    """The file ``output=`` names, its folder made now: a result is not lost after the steps."""
+    if not cfg.get("output"):
+        return None
+    out = Path(str(cfg.output)).expanduser()
+    if out.is_dir():
+        raise ConfigError(
+            f"output={cfg.output} is a folder: name a file, e.g. output={out}/bench.json"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"output={cfg.output} cannot be written: {exc.strerror or exc}") from exc
+    return out
+
+
 def run(cfg: DictConfig) -> None:
     check_config(cfg, "bench")  # every problem that needs no data, before any work
     _one_device(cfg)
+    precision(cfg)
+    out = _output(cfg)
     result = measure(cfg)
     text = json.dumps(result, indent=2)
     print(text)
-    if cfg.get("output"):
-        Path(cfg.output).write_text(text + "\n")
+    if out is not None:
+        out.write_text(text + "\n")

@@ -19,7 +19,8 @@ for a in "${args[@]}"; do [[ $a == dataset=* ]] && has_dataset=1; done
 [ $has_dataset -eq 0 ] && args+=(dataset=movielens-100k)
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/bench_compare.XXXXXX")
-echo "date: $(date -u +%FT%TZ)  host: $(hostname)  cores: $(nproc)"
+# nproc alone would report OMP_NUM_THREADS when that is set
+echo "date: $(date -u +%FT%TZ)  host: $(hostname)  cores: $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "command: recbench compare ${args[*]}  (RECBENCH_OUTPUTS=$out)"
 RECBENCH_OUTPUTS="$out" /usr/bin/time -f '%e %U %S %M' -o "$out/time.txt" \

@@ -79,6 +79,11 @@ def main() -> int:
     args = ap.parse_args()
     overrides = DEFAULTS + args.overrides
     roots = {"this checkout": REPO}
+    if args.before is not None and not (args.before / "recbench" / "cli.py").is_file():
+        raise SystemExit(
+            f"--before {args.before}: not a recbench checkout (no recbench/cli.py there); make one "
+            "with git worktree add <folder> <rev>"
+        )
     if args.before is not None:
         roots = {"before": args.before.resolve(), "after": REPO}
     runners = {name: (lambda r=root: one_run(r, overrides)) for name, root in roots.items()}

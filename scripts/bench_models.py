@@ -2,9 +2,12 @@
 
     python scripts/bench_models.py [--dataset movielens-100k] [--models lr,fm,...] [--threads 2]
         [--steps 200] [overrides ...]
+    python scripts/bench_models.py --steps 50 task=topk     # the top-K models
 
 Each model runs in a fresh process (`recbench bench`), so one model's allocator state does not
-colour the next. Extra arguments are passed to every run as Hydra overrides.
+colour the next. Extra arguments are passed to every run as Hydra overrides. Without
+``--models``: every model of the lineage graph that trains for the task (``task=`` among the
+overrides, else ctr), in the graph's order, with DIN's Dice variant after DIN.
 """
 
 from __future__ import annotations
@@ -19,22 +22,30 @@ from pathlib import Path
 from recbench.cli import config_dir
 from recbench.lineage import NODES
 
-# every model of the lineage graph, in its order, and DIN's Dice variant after DIN
-MODELS = [n.model for n in NODES]
-MODELS.insert(MODELS.index("din") + 1, "din_dice")
+
+def lineage_models(task: str) -> list[str]:
+    """The lineage graph's models of ``task``, in its order, DIN's Dice variant after DIN."""
+    models = [n.model for n in NODES if n.task == task]
+    if "din" in models:
+        models.insert(models.index("din") + 1, "din_dice")
+    return models
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="movielens-100k")
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=None, help="default: the task's lineage models")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="also write all results to this file")
     args, overrides = ap.parse_known_args()
+    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "ctr")
+    if task == "rl":
+        sys.exit("task=rl runs its own loop, not training steps: scripts/bench_rl.py times it")
+    models = args.models.split(",") if args.models else lineage_models(task)
     have = {p.stem for p in (Path(config_dir()) / "model").glob("*.yaml")}
     rows = []
-    for model in args.models.split(","):
+    for model in models:
         if model not in have:
             print(f"skip {model}: no configs/model/{model}.yaml", file=sys.stderr)
             continue

@@ -34,12 +34,19 @@ def measure(model: str, precision: str, loader_kind: str, args: argparse.Namespa
 
     from recbench.callbacks import peak_rss_mb
     from recbench.cli import config_dir
-    from recbench.data.loader import BatchLoader
     from recbench.models import build_model
     from recbench.tasks.next_item import NextItemTask
     from recbench.threads import apply_threads
 
-    overrides = ["task=next_item", f"model={model}", f"dataset={args.dataset}"]
+    overrides = [
+        "task=next_item",
+        f"model={model}",
+        f"dataset={args.dataset}",
+        f"batch_size={args.batch_size}",
+        f"seed={args.seed}",
+    ]
+    if loader_kind == "full":  # uniform order, every batch max_len wide
+        overrides += ["task.loader.trim=false", "task.loader.bucket_batches=0"]
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides + list(args.override))
     apply_threads(args.threads)
@@ -49,11 +56,7 @@ def measure(model: str, precision: str, loader_kind: str, args: argparse.Namespa
     task = instantiate(cfg.task, model=net, optimizer=instantiate(cfg.optimizer))
     task.train()
     opt = task.configure_optimizers()
-    train = dict(data.splits["train"])
-    if loader_kind == "trimmed":
-        loader = task.train_loader(train, args.batch_size, args.seed)
-    else:
-        loader = BatchLoader(train, args.batch_size, shuffle=True, seed=args.seed)
+    loader = task.datamodule(cfg, data).train_dataloader()  # the loader a fit trains on
     dtype = torch.bfloat16 if precision == "bf16-mixed" else None
 
     def step(batch: dict) -> None:
@@ -93,8 +96,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="amazon-beauty")
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--loaders", nargs="+", default=["full", "trimmed"])
-    p.add_argument("--precision", nargs="+", default=["32-true"])
+    p.add_argument("--loaders", nargs="+", choices=["full", "trimmed"], default=["full", "trimmed"])
+    p.add_argument("--precision", nargs="+", choices=["32-true", "bf16-mixed"], default=["32-true"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=1)

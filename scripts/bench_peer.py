@@ -89,8 +89,13 @@ def ensure_venv(cache: Path) -> Path:
     version = torch.__version__.split("+")[0]
     pip = [str(python), "-m", "pip", "install", "-q"]
     # requests: deepctr_torch imports it for its version check
-    subprocess.run([*pip, f"torch=={version}", "deepctr-torch", "requests"], check=True)
-    subprocess.run(probe, check=True)
+    installed = subprocess.run([*pip, f"torch=={version}", "deepctr-torch", "requests"])
+    if installed.returncode != 0 or subprocess.run(probe).returncode != 0:
+        raise SystemExit(
+            f"could not install torch=={version} and deepctr-torch into {venv} (pip's message "
+            "above; it needs the package index): run again where it is reachable, or pass "
+            "--cache <folder> holding a peer-venv that has them"
+        )
     return python
 
 

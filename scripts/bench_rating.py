@@ -64,6 +64,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            f"--device {args.device}: torch sees no GPU (torch {torch.__version__}); "
+            "use --device cpu here"
+        )
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[f"dataset={args.dataset}"])
     data = prepare_ratings(cfg.dataset, log=lambda s: None)

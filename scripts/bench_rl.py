@@ -18,6 +18,7 @@ is part of it: numbers measured while other work shares the cores are labelled b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -79,12 +80,34 @@ def compare_wall(folder: Path) -> dict[str, float]:
     }
 
 
+def world_knobs(pairs: list[str], params: type) -> dict[str, float]:
+    """``--set KNOB=VALUE`` pairs as keyword arguments of ``params`` (the world's dataclass)."""
+    # n_users and horizon_days are --users and --days
+    names = sorted(
+        {f.name for f in dataclasses.fields(params)} - {"world", "n_users", "horizon_days"}
+    )
+    knobs = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in names:
+            raise SystemExit(f"--set {pair}: give KNOB=VALUE, KNOB one of {', '.join(names)}")
+        try:
+            knobs[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"--set {pair}: {value!r} is not a number") from None
+    return knobs
+
+
 def main() -> None:
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from hydra.utils import get_class
+    from omegaconf.errors import OmegaConfBaseException
 
     from recbench.cli import config_dir
     from recbench.envs import NewsEnv, NewsParams
     from recbench.envs.policies import RandomPolicy
+    from recbench.errors import RecbenchError
     from recbench.models import build_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -106,6 +129,18 @@ def main() -> None:
         help="a Hydra override of the agent's config, e.g. model.wide=false",
     )
     args = ap.parse_args()
+    knobs = world_knobs(args.set, NewsParams)
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=[f"model={args.model}", "seed=0", *args.override])
+    except (HydraException, OmegaConfBaseException) as exc:
+        given = " ".join([f"--model {args.model}", *(f"--override {o}" for o in args.override)])
+        raise SystemExit(f"{given}: {str(exc).strip().splitlines()[0]}") from None
+    if not getattr(get_class(str(cfg.task._target_)), "standalone", False):
+        raise SystemExit(
+            f"--model {args.model} is not a policy of the RL loop: `recbench models task=rl` "
+            "lists them"
+        )
     torch.set_num_threads(args.threads)
     out: dict = {
         "load_average_before": os.getloadavg(),
@@ -115,15 +150,14 @@ def main() -> None:
         "model": args.model,
         "overrides": args.override,
     }
-    knobs = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    params = NewsParams(n_users=args.users, horizon_days=args.days, **knobs)
+    try:
+        env = NewsEnv(NewsParams(n_users=args.users, horizon_days=args.days, **knobs), args.seed)
+    except RecbenchError as exc:
+        raise SystemExit(f"error: {exc}") from None
     out["world"].update(knobs)
-    env = NewsEnv(params, seed=args.seed)
     out["env_only"] = fastest(
         [loop(env, RandomPolicy(env.policy_spec, seed=0), args.seed) for _ in range(args.repeat)]
     )
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", "seed=0", *args.override])
     runs = []
     for _ in range(args.repeat):  # a fresh agent each time: the same trajectory
         drn = build_model(cfg.model, env.policy_spec)

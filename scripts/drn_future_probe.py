@@ -28,6 +28,7 @@ def main() -> None:
 
     from recbench.cli import config_dir
     from recbench.envs import NewsEnv, NewsParams
+    from recbench.errors import RecbenchError
     from recbench.models import build_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -45,7 +46,10 @@ def main() -> None:
         knobs["n_users"] = args.users
     if args.days is not None:
         knobs["horizon_days"] = args.days
-    env = NewsEnv(NewsParams(**knobs), seed=args.seed)
+    try:
+        env = NewsEnv(NewsParams(**knobs), seed=args.seed)
+    except (TypeError, RecbenchError) as exc:  # TypeError: a knob NewsParams does not have
+        raise SystemExit(f"error: --set {' --set '.join(args.set)}: {exc}") from None
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose(
             "train", overrides=[f"model={args.model}", f"seed={args.seed}", *args.override]

@@ -194,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     dry = args.dry_run
+    if not dry and not torch.cuda.is_available():
+        sys.exit(
+            f"gpu_check: torch sees no GPU (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda or 'none: a CPU-only build'}): run it on the machine with the "
+            "GPU, or pass --dry-run to check the script on CPU at tiny sizes"
+        )
     cuda = torch.cuda.is_available() and not dry
     device = torch.device("cuda" if cuda else "cpu")
     # a dry run checks every path, so it has no budget; a GPU run must end within 8 minutes

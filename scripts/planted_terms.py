@@ -48,7 +48,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("compare_dir", type=Path, help="a `recbench compare` output directory")
     args = ap.parse_args()
-    report = json.loads((args.compare_dir / "report.json").read_text())
+    path = args.compare_dir / "report.json"
+    if not path.exists():
+        raise SystemExit(f"{path} not found: pass the output directory of a `recbench compare`")
+    report = json.loads(path.read_text())
     cache: dict = {}
     print("| model | seeds | " + " | ".join(t.replace("_", "-") for t in TERMS) + " |")
     print("|---|---:|" + "---:|" * len(TERMS))

@@ -20,8 +20,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from recbench.bench import training_steps
+from recbench.bench import forward_context, precision, training_steps
 from recbench.cli import config_dir
+from recbench.errors import RecbenchError
 from recbench.threads import apply_threads
 
 # operator name fragments → group (first match wins)
@@ -45,17 +46,26 @@ def group_of(name: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    with initialize_config_dir(config_dir(), version_base="1.3"):
-        cfg = compose("bench", overrides=argv)
-    apply_threads(cfg.get("threads"))
-    torch.manual_seed(int(cfg.seed))
-    task, opt, it = training_steps(cfg, torch.device("cpu"))
-    dtype = torch.bfloat16 if str(cfg.trainer.precision) == "bf16-mixed" else None
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
+    try:
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            cfg = compose("bench", overrides=argv)
+        apply_threads(cfg.get("threads"))
+        torch.manual_seed(int(cfg.seed))
+        prec = precision(cfg)
+        task, opt, it = training_steps(cfg, torch.device("cpu"))
+    except (HydraException, OmegaConfBaseException, RecbenchError) as exc:
+        sys.exit(f"error: {str(exc).strip().splitlines()[0]}")
 
     def step() -> None:
         with record_function("batch"):
             batch = next(it)
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with forward_context(prec, torch.device("cpu")):
             with record_function("forward+loss"):
                 loss = task.loss(batch)[0]
         opt.zero_grad(set_to_none=True)
@@ -81,7 +91,7 @@ def main(argv: list[str]) -> None:
         if e.key in ("batch", "forward+loss", "backward", "optimizer")
     }
     total_phase = sum(phases.values()) or 1.0
-    print(f"threads={torch.get_num_threads()} steps={cfg.steps} precision={cfg.trainer.precision}")
+    print(f"threads={torch.get_num_threads()} steps={cfg.steps} precision={prec}")
     print(f"process CPU per step, unprofiled: {cpu_ms:.2f} ms")
     print("phase shares (CPU time inside each range):")
     for k, v in sorted(phases.items(), key=lambda kv: -kv[1]):

@@ -198,3 +198,91 @@ def test_bench_times_every_trained_task_with_the_batches_a_fit_serves(tmp_path):
             run(cfg)  # it used to time one device and report it as the run's
     finally:
         torch.set_num_threads(threads)
+
+
+def _bench_cfg(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+
+    small = ["model=lr", "dataset=synthetic", "++dataset.world.n_users=200", "threads=1"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose("bench", overrides=[*small, "steps=2", "warmup_steps=1", *overrides])
+
+
+def test_bench_times_the_precision_a_fit_runs(monkeypatch):
+    """Lightning's short names (``bf16`` is bf16-mixed) and the true precisions are timed as a
+    fit runs them (autocast; weights and float inputs cast) and reported by their full name; a
+    precision bench cannot time is refused."""
+    import torch
+
+    import recbench.bench as bench
+    from recbench.errors import ConfigError
+    from recbench.tasks.ctr import CTRTask
+
+    threads = torch.get_num_threads()
+    autocast = []
+    loss = CTRTask.loss
+
+    def spy(self, batch):
+        autocast.append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        )
+        return loss(self, batch)
+
+    monkeypatch.setattr(CTRTask, "loss", spy)
+    try:
+        out = bench.measure(_bench_cfg("trainer.precision=bf16"))
+        assert out["precision"] == "bf16-mixed" and set(autocast) == {torch.bfloat16}
+
+        cfg = _bench_cfg("trainer.precision=bf16-true")
+        task, _, batches = bench.training_steps(cfg, torch.device("cpu"))
+        assert {p.dtype for p in task.parameters()} == {torch.bfloat16}
+        floats = [v for v in next(batches).values() if v.is_floating_point()]
+        assert floats and all(v.dtype == torch.bfloat16 for v in floats)
+        assert bench.measure(cfg)["precision"] == "bf16-true"
+        assert torch.get_default_dtype() == torch.float32  # restored after every step
+
+        with pytest.raises(ConfigError, match="recbench train trainer.precision=transformer"):
+            bench.measure(_bench_cfg("trainer.precision=transformer-engine"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bench_refuses_a_model_its_task_cannot_train_before_preparing_data(monkeypatch):
+    """A model its task does not serve (``model=mf_bpr`` under the default task=ctr, or
+    ``task=topk model=fm``) is one error line, before any data are prepared."""
+    from recbench.bench import measure
+    from recbench.errors import ConfigError
+    from recbench.tasks.ctr import CTRTask
+
+    monkeypatch.setattr(CTRTask, "prepare", classmethod(lambda *a, **k: pytest.fail("prepared")))
+    with pytest.raises(
+        ConfigError, match="does not serve task=ctr; it serves task=rating, task=topk"
+    ):
+        measure(_bench_cfg("model=mf_bpr"))
+    with pytest.raises(ConfigError, match="model=fm does not serve task=topk"):
+        measure(_bench_cfg("task=topk", "model=fm"))
+
+
+def test_bench_output_in_a_new_folder_is_written_and_a_folder_is_refused_first(tmp_path, capsys):
+    """``output=`` in a folder that does not exist yet is written (the folder made), and a
+    folder given as ``output`` is refused before the steps, not after them."""
+    import json
+
+    import torch
+
+    import recbench.bench as bench
+    from recbench.errors import ConfigError
+
+    threads = torch.get_num_threads()
+    try:
+        out = tmp_path / "new" / "deeper" / "bench.json"
+        bench.run(_bench_cfg(f"output={out}"))
+        assert json.loads(out.read_text())["steps"] == 2
+        capsys.readouterr()
+        with pytest.raises(ConfigError, match="is a folder"):
+            bench.run(_bench_cfg(f"output={tmp_path}", "steps=2"))
+        assert capsys.readouterr().out == ""  # refused before any step
+    finally:
+        torch.set_num_threads(threads)
