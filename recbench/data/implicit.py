@@ -171,6 +171,12 @@ def prepare(
     else:
         events = adapter.load().events
     data = build(events, cfg.task, key, oracle, clicks_only=click_log(adapter))
+    if data.info["train_only_users"]:
+        log(
+            f"{data.info['train_only_users']:,} of {data.info['users']:,} users have no "
+            f"positive held out under task.split.kind={cfg.task.split.kind} (too few "
+            "positives): they are trained on and not evaluated"
+        )
     data.info["name"] = str(cfg.dataset.name)
     data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
     data.info["cache_dir"] = str(path)
@@ -253,9 +259,9 @@ def build(
         pos = pos.with_columns(pl.col("timestamp").rank("ordinal").cast(pl.Int64))
     elif ties != "item":
         raise ConfigError(f"task.split.ties={ties!r}; choose row (the default) or item")
-    ev = split_events(pos, task.split)
-    if ev.height == 0:
+    if pos.height == 0:
         raise ConfigError("no positive events: lower task.positive_threshold")
+    ev = split_events(pos, task.split, "task.split", "positives")
     users = np.unique(ev["user_id"].to_numpy())
     items = np.unique(ev["item_id"].to_numpy())
     n_users, n_items = len(users), len(items)
@@ -321,6 +327,8 @@ def build(
         info.setdefault("cold_targets", {})[name] = int((counts[i[held]] == 0).sum())
         excluded_u = np.r_[excluded_u, u[held]]
         excluded_i = np.r_[excluded_i, i[held]]
+    # users without a held-out event (too few positives for the split): trained on, not ranked
+    info["train_only_users"] = int(n_users - len(np.unique(u[~train])))
     train_t = {"user": torch.from_numpy(u[train]), "item": torch.from_numpy(i[train])}
     oracle_t = None
     if oracle is not None:

@@ -163,6 +163,24 @@ def _pipeline_cfg(cfg: DictConfig) -> dict:
     return out
 
 
+def file_digests(files, digest: Callable[[Path], str] = file_sha256) -> dict[str, str]:
+    """``digest`` of each raw file, under its name; where two files share a name (a glob over
+    folders: ``day=*/part-0.parquet``), under its path from the folder that holds them all."""
+    paths = [Path(f) for f in files]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):
+        base = Path(os.path.commonpath([p.resolve() for p in paths]))
+        names = [p.resolve().relative_to(base).as_posix() for p in paths]
+    return {n: digest(p) for n, p in zip(names, paths, strict=True)}
+
+
+def reader_version(adapter: Any) -> dict[str, int]:
+    """The key material of an adapter whose reading of the same files changed (its
+    ``reader_version``); none for the others, whose keys stay as they were."""
+    version = getattr(adapter, "reader_version", None)
+    return {} if version is None else {"reader": int(version)}
+
+
 def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
     """Adapters with a ``files()`` method are keyed without parsing; others are loaded."""
     files = adapter.files() if hasattr(adapter, "files") else (raw or adapter.load()).files
@@ -173,8 +191,9 @@ def cache_key(cfg: DictConfig, adapter: Any, raw: RawData | None = None) -> str:
         # bucketed columns' encoding (2: a missing value is OOV); keyed only where it applies
         **({"buckets": BUCKET_VERSION} if (cfg.get("features") or {}).get("buckets") else {}),
         "adapter": adapter_cfg,
+        **reader_version(adapter),
         "pipeline": _pipeline_cfg(cfg),
-        "files": {Path(f).name: file_sha256(Path(f)) for f in files},  # memo by stat
+        "files": file_digests(files),  # memo by stat
     }
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
@@ -226,10 +245,19 @@ def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
 # ---------------------------------------------------------------------------- building
 
 
-def split_events(events: pl.DataFrame, split: DictConfig) -> pl.DataFrame:
+def repeated_events(events: pl.DataFrame) -> int:
+    """Events whose user, item and timestamp repeat an earlier event's (a log's duplicate rows)."""
+    key = ["user_id", "item_id", "timestamp"]
+    return events.height - events.select(key).n_unique()
+
+
+def split_events(
+    events: pl.DataFrame, split: DictConfig, key: str = "dataset.split", what: str = "events"
+) -> pl.DataFrame:
     """Source events in the pipeline's order (user, time, item, source row) with their ``row``
     (position in the source file) and ``split`` (0 train, 1 val, 2 test) columns. Each split's
-    prepared rows keep this order (sampled negatives aside)."""
+    prepared rows keep this order (sampled negatives aside). ``key`` (where ``split`` is set)
+    and ``what`` (what the rows are) are for the message of a split left empty."""
     ev = events.with_row_index("row").with_columns(
         pl.col("label").cast(pl.Int64), pl.col("timestamp").cast(pl.Int64)
     )
@@ -240,10 +268,14 @@ def split_events(events: pl.DataFrame, split: DictConfig) -> pl.DataFrame:
     asked = [split.kind == "leave_one_out" or r > 0.0 for r in ratios]  # ratio 0: none wanted
     empty = [name for name, n, a in zip(SPLIT_NAMES, counts, asked, strict=False) if a and not n]
     if empty:  # too few events for the split asked for
+        why = ""
+        if split.kind == "leave_one_out":
+            most = int(ev.group_by("user_id").len()["len"].max() or 0)
+            why = f" (it holds out {what} of users with three or more; the most a user has: {most})"
         raise MalformedDataError(
-            f"{ev.height:,} events leave the {' and '.join(empty)} split empty under "
-            f"dataset.split.kind={split.kind}: training needs events in train, val and test. "
-            "Add events, or choose another dataset.split (kind, ratios)"
+            f"{ev.height:,} {what} leave the {' and '.join(empty)} split empty under "
+            f"{key}.kind={split.kind}{why}: training needs {what} in train, val and test. "
+            f"Add {what}, or choose another {key} (kind, ratios)"
         )
     return ev
 

@@ -33,7 +33,13 @@ from torch import Tensor
 from recbench.data.adapters.base import cache_root, require_events
 from recbench.data.atomic import temporary_sibling
 from recbench.data.loader import BatchLoader
-from recbench.data.pipeline import cache_key, load_or_discard, read_cache, split_events
+from recbench.data.pipeline import (
+    cache_key,
+    load_or_discard,
+    read_cache,
+    repeated_events,
+    split_events,
+)
 from recbench.data.schema import InteractionSchema
 from recbench.data.splits import SPLIT_NAMES
 from recbench.errors import ConfigError
@@ -121,6 +127,11 @@ def prepare_ratings(cfg: DictConfig, force: bool = False, log=print) -> RatingDa
     log(f"preparing ratings of {cfg.name} (cache: {path})")
     raw = raw or adapter.load()
     data = build_ratings(raw.events, cfg, key, implicit=raw.implicit)
+    if repeats := repeated_events(raw.events):
+        log(
+            f"{repeats:,} ratings repeat an earlier rating's user, item and time: each is kept "
+            "as a rating of its own (drop duplicate rows beforehand if they are not)"
+        )
     data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
     data.info["cache_dir"] = str(path)
     data.save(path)

@@ -49,7 +49,13 @@ from recbench.data.adapters.base import cache_root, require_events, sha256_file
 from recbench.data.atomic import temporary_sibling
 from recbench.data.datamodule import RecDataModule
 from recbench.data.loader import BatchLoader
-from recbench.data.pipeline import load_or_discard, read_cache
+from recbench.data.pipeline import (
+    file_digests,
+    load_or_discard,
+    read_cache,
+    reader_version,
+    repeated_events,
+)
 from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.ranking import draw_negatives
@@ -155,8 +161,12 @@ def build_sequences(
     dropped = counts.height - len(keep_users)
     frame = frame.filter(pl.col("u").is_in(keep_users.implode()))
     if frame.height == 0:
+        most = int(counts["len"].max() or 0)
         raise ConfigError(
-            "no user has three or more interactions, so leave-one-out has nothing to train on"
+            f"no user has three or more interactions ({counts.height:,} users, the most a user "
+            f"has: {most}), so leave-one-out has nothing to train on: each user needs a training "
+            "item, a validation target and a test target. Give users' whole histories (for a "
+            "click log, only the clicks count)"
         )
     raw_items = np.unique(frame["i"].to_numpy())
     codes = np.searchsorted(raw_items, frame["i"].to_numpy()) + 1  # 1..n_items
@@ -263,9 +273,10 @@ def sequence_key(cfg: DictConfig) -> tuple[str, dict[str, Any], Any]:
         adapter_cfg.pop("root", None)  # where the files live does not change them
         material["adapter"] = adapter_cfg
         adapter = instantiate(cfg.dataset.adapter)
+        material |= reader_version(adapter)
         require_events(adapter, str(cfg.dataset.name), "next_item")
         files = tuple(adapter.files()) if hasattr(adapter, "files") else adapter.load().files
-    material["files"] = {Path(f).name: sha256_file(Path(f)) for f in files}
+    material["files"] = file_digests(files, sha256_file)
     key = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
     return key, material, adapter
 
@@ -309,10 +320,20 @@ def prepare_sequences(cfg: DictConfig, log=print, force: bool = False) -> Sequen
                     f"{cfg.dataset.name}: no clicked event (label 1) in this click log, so "
                     "there is no sequence to learn: check dataset.adapter.columns.label"
                 )
+        if repeats := repeated_events(ev):
+            log(
+                f"{repeats:,} events repeat an earlier event's user, item and time: each is kept "
+                "as a step of the sequence (drop duplicate rows beforehand if they are not)"
+            )
         users = ev["user_id"].to_numpy()
         items = ev["item_id"].to_numpy()
         order = ev["timestamp"].to_numpy()
     data, _ = build_sequences(users, items, order, opts)
+    if data.info["dropped_users"]:
+        log(
+            f"{data.info['dropped_users']:,} users have fewer than three interactions and are "
+            f"left out; {data.info['users']:,} users remain"
+        )
     if oracle is not None:
         data.info["oracle"] = _oracle(oracle, data, tuple(cfg.task.get("ks") or (5, 10, 20)))
     data.key = key

@@ -399,7 +399,10 @@ class TopKTask(Task):
         return {"user": users} | {f"unit__{k}": v[k] for k in self.names}
 
     def record_extra(self, data: Any) -> dict[str, Any]:
-        extra: dict[str, Any] = {"cold_targets": data.info.get("cold_targets")}
+        extra: dict[str, Any] = {
+            "cold_targets": data.info.get("cold_targets"),
+            "train_only_users": data.info.get("train_only_users"),
+        }
         oracle = (data.info.get("oracle") or {}).get("test")
         if oracle:
             extra["oracle"] = oracle

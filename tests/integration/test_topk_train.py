@@ -172,3 +172,30 @@ def test_compare_drops_models_off_task_and_pretrains_neumf_from_its_parts(tmp_pa
         assert str(gmf[0].parent) in overrides[0].read_text()  # NeuMF started from it
     finally:
         os.environ["RECBENCH_OUTPUTS"] = old
+
+
+def test_a_table_of_clicks_reports_the_users_it_cannot_evaluate(tmp_path):
+    """A user's own click log (ISO times with a UTC offset, labels): users with fewer than
+    three clicks are trained on and not ranked under leave-one-out; that count was nowhere,
+    now it is logged when the data are prepared and recorded as train_only_users."""
+    from tests import cli
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(40):
+        clicks = 1 + u % 2 if u < 6 else 6  # users 0-5: one or two clicks
+        for k in range(clicks + 3):
+            item = int(rng.integers(0, 60))
+            lines.append(f"u{u:03d},{item:04d},2024-05-{1 + k:02d}T10:00:00Z,{int(k < clicks)}")
+    (tmp_path / "log.csv").write_text("user,item,time,click\n" + "\n".join(lines) + "\n")
+    cols = [f"dataset.adapter.columns.{r}={c}" for r, c in
+            (("user", "user"), ("item", "item"), ("time", "time"), ("label", "click"))]  # fmt: skip
+    args = ["train", "task=topk", "model=pop", "dataset=table", f"dataset.root={tmp_path}",
+            "dataset.adapter.path=log.csv", *cols, "threads=1", "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false", *run_dir_of(tmp_path, "p")]  # fmt: skip
+    proc = cli.run(args, tmp_path, env={"RECBENCH_CACHE_DIR": str(tmp_path / "cache")})
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 0, out[-3000:]
+    assert "6 of 40 users have no positive held out under task.split.kind=leave_one_out" in out
+    m = metrics(tmp_path, "p")
+    assert m["train_only_users"] == 6 and m["data"]["rows"]["test"] == 34

@@ -218,3 +218,38 @@ def test_evaluation_order_by_length_leaves_the_metrics_unchanged():
     assert ordered["user"].tolist() == [1, 3, 2, 0]
     for k in split:  # rows move together
         assert torch.equal(ordered[k], split[k][ordered["user"]])
+
+
+def test_a_table_reports_the_users_it_leaves_out_and_its_repeated_rows(tmp_path, monkeypatch):
+    """Users too short for leave-one-out were dropped without a word (only the record's
+    sequences.dropped_users said so), and a duplicated row repeats its item in the sequence
+    unannounced: here it makes user a's validation and test targets the same item."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.data.sequences import prepare_sequences
+
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    rows = "a,1,1\na,2,2\na,3,3\na,4,4\na,4,4\nb,1,1\nb,2,2\nc,5,1\nc,6,2\nc,7,3\n"
+    (tmp_path / "log.csv").write_text("u,i,t\n" + rows)
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "dataset=table",
+                f"dataset.root={tmp_path}",
+                "dataset.adapter.path=log.csv",
+                "dataset.adapter.columns.user=u",
+                "dataset.adapter.columns.item=i",
+                "dataset.adapter.columns.time=t",
+                "task=next_item",
+                "model=sasrec",
+            ],
+        )
+    logs: list[str] = []
+    data = prepare_sequences(cfg, log=logs.append)
+    assert list(data.raw_users) == ["a", "c"] and data.info["dropped_users"] == 1
+    assert "1 users have fewer than three interactions and are left out; 2 users remain" in logs
+    assert any(m.startswith("1 events repeat an earlier event's user, item and time") for m in logs)
+    code = {raw: k + 1 for k, raw in enumerate(data.raw_items)}
+    assert data.splits["val"]["target"][0] == data.splits["test"]["target"][0] == code["4"]

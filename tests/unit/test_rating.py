@@ -338,3 +338,33 @@ def test_task_config_monitors_validation_rmse():
         cfg = compose("train", overrides=["task=rating", "model=mf"])
     assert cfg.monitor == "val/rmse" and cfg.monitor_mode == "min"
     assert cfg.task._target_ == "recbench.tasks.rating.RatingTask"
+
+
+def test_a_table_says_how_many_ratings_repeat_a_row(tmp_path, monkeypatch):
+    """A duplicated row is two ratings, which the split may put on both sides: kept, as
+    documented, and now counted when the data are prepared."""
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [f"{u},{i},{1 + (u + i) % 5},{u * 100 + i}" for u in range(12) for i in range(8)]
+    rows += [rows[5], rows[17], rows[17]]
+    (tmp_path / "log.csv").write_text("u,i,r,t\n" + "\n".join(rows) + "\n")
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "dataset=table",
+                f"dataset.root={tmp_path}",
+                "dataset.adapter.path=log.csv",
+                "dataset.adapter.columns.user=u",
+                "dataset.adapter.columns.item=i",
+                "dataset.adapter.columns.time=t",
+                "dataset.adapter.columns.rating=r",
+                "task=rating",
+                "model=mf",
+            ],
+        )
+    logs: list[str] = []
+    data = prepare_ratings(cfg.dataset, log=logs.append)
+    assert sum(data.info["rows"].values()) == 99  # every row is a rating
+    assert any(
+        m.startswith("3 ratings repeat an earlier rating's user, item and time") for m in logs
+    )

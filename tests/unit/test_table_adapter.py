@@ -277,3 +277,81 @@ def test_ratings_without_a_threshold_serve_the_rating_task_and_ctr_is_told_why_n
     assert prepare(cfg.dataset, log=lambda _: None).info["label_rate"]["test"] is None  # data info
     with pytest.raises(ConfigError, match="without rating_threshold gives no click label"):
         check(_compose(tmp_path, "model=lr", *cols), "train")
+
+
+def test_ids_and_categories_are_read_as_text_so_leading_zeros_stay_distinct(tmp_path):
+    """Zero-padded ids (SKUs, account numbers) look like numbers: read as numbers, "007", "07"
+    and "7" were one user and the side table's key "01" matched item "1"."""
+    log = "uid,iid,ts,zip\n007,01,1,02139\n07,1,2,2139\n7,001,3,02139\n"
+    (tmp_path / "log.csv").write_text(log)
+    (tmp_path / "items.csv").write_text("key,shelf\n01,a\n1,b\n001,c\n")
+    cols = {"user": "uid", "item": "iid", "time": "ts", "sparse": ["zip"]}
+    side = {"item": {"path": "items.csv", "key": "key", "sparse": ["shelf"]}}
+    events = Table("log.csv", cols, root=str(tmp_path), side_tables=side).load().events
+    assert events["user_id"].to_list() == ["007", "07", "7"]
+    assert events["item_id"].to_list() == ["01", "1", "001"]
+    assert events["zip"].to_list() == ["02139", "2139", "02139"]
+    assert events["shelf"].to_list() == ["a", "b", "c"]
+    (tmp_path / "bare.csv").write_text("007,01\n7,1\n")  # without a header alike
+    bare = Table(
+        "bare.csv", {"user": "column_1", "item": "column_2"}, root=str(tmp_path), has_header=False
+    ).load()
+    assert bare.events["user_id"].to_list() == ["007", "7"]
+    assert bare.events["item_id"].to_list() == ["01", "1"]
+
+
+def test_iso_times_with_a_utc_offset_are_the_instants_they_name(tmp_path):
+    """2024-05-01T10:00:00Z and +02:00 are ISO dates: they were refused as 'not a number or a
+    date'. A column mixing dates with and without an offset is refused with the line and the
+    value."""
+    cols = {"user": "u", "item": "i", "time": "t"}
+    rows = ["2020-10-05T10:00:00Z", "2020-10-05T11:00:00+02:00", "2020-10-05T09:30:00.5Z"]
+    lines = "".join(f"a,{k},{t}\n" for k, t in enumerate(rows))
+    (tmp_path / "tz.csv").write_text("u,i,t\n" + lines)
+    times = Table("tz.csv", cols, root=str(tmp_path)).load().events["timestamp"].to_list()
+    ten = 1601892000  # 2020-10-05T10:00:00Z
+    assert times == [ten, ten - 3600, ten - 1800]
+    (tmp_path / "naive.csv").write_text("u,i,t\na,1,2020-10-05T10:00:00\na,2,2020-10-05\n")
+    naive = Table("naive.csv", cols, root=str(tmp_path)).load().events["timestamp"].to_list()
+    assert naive == [ten, ten - 36000]  # without an offset: UTC, as before
+    (tmp_path / "mix.csv").write_text("u,i,t\na,1,2020-10-05\n\na,2,2020-10-05T10:00:00Z\n")
+    with pytest.raises(
+        MalformedDataError,
+        match=r"mix\.csv:4: the time column 't' is not epoch seconds or an ISO date .* "
+        r"\('2020-10-05T10:00:00Z'\)",
+    ):
+        Table("mix.csv", cols, root=str(tmp_path)).load()
+
+
+def test_an_empty_label_cell_is_refused_with_its_line(tmp_path):
+    """An empty label was a null label: not a positive for top-K and next-item, a NaN target
+    for CTR."""
+    (tmp_path / "log.csv").write_text("u,i,clicked\na,1,1\na,2,\nb,1,0\n")
+    cols = {"user": "u", "item": "i", "label": "clicked"}
+    with pytest.raises(MalformedDataError, match=r"log\.csv:3: the label column 'clicked' is emp"):
+        Table("log.csv", cols, root=str(tmp_path)).load()
+
+
+def test_files_of_one_name_in_several_folders_each_enter_the_cache_key(tmp_path, monkeypatch):
+    """A glob over partition folders (day=1/part-0.csv, day=2/part-0.csv): the key held one
+    digest per file name, the last folder's, so editing an earlier partition reused the stale
+    prepared data."""
+    from hydra.utils import instantiate
+
+    from recbench.data.pipeline import cache_key
+    from recbench.data.sequences import sequence_key
+
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    for day in (1, 2):
+        (tmp_path / f"day={day}").mkdir()
+        _log(n=50, seed=day).write_csv(tmp_path / f"day={day}" / "part-0.csv")
+    extra = ["dataset.adapter.path=*/part-0.csv", "task=next_item", "model=sasrec"]
+    cfg = _compose(tmp_path, *extra)
+
+    def keys():
+        return cache_key(cfg.dataset, instantiate(cfg.dataset.adapter)), sequence_key(cfg)[0]
+
+    before = keys()
+    _log(n=40, seed=1).write_csv(tmp_path / "day=1" / "part-0.csv")
+    after = keys()
+    assert before[0] != after[0] and before[1] != after[1]

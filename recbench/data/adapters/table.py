@@ -84,6 +84,9 @@ class TableSource:
         self.encoding = encoding
         self.key = key  # where its options are set, for messages
         self.heights: tuple[tuple[Path, int], ...] = ()  # each file read and its rows
+        # columns read as text whatever they look like: ids and categories, whose "007" and "7"
+        # are two values (read as numbers, both would be 7)
+        self.text_columns: frozenset[str] = frozenset()
 
     def files(self) -> tuple[Path, ...]:
         if self.separator and len(str(self.separator).encode()) > 1:
@@ -174,13 +177,15 @@ class TableSource:
         data = text.encode()
         # polars reads a blank line as a row of empty values: such lines are left out
         kept = _without_blank_lines(text, data, sep)
+        body = data if kept is text else kept.encode()
         try:
             frame = pl.read_csv(
-                data if kept is text else kept.encode(),
+                body,
                 separator=sep,
                 has_header=self.has_header,
                 infer_schema_length=10_000,
                 truncate_ragged_lines=False,
+                schema_overrides=self._text_overrides(body, sep),
             )
         except pl.exceptions.PolarsError as exc:  # one cause: a line with more fields
             raise _field_count_error(path, text, data, sep, self.has_header) or MalformedDataError(
@@ -204,9 +209,25 @@ class TableSource:
             frame.columns = [f"column_{j}" for j in range(1, frame.width + 1)]
         return frame
 
+    def _text_overrides(self, data: bytes, sep: str) -> dict[str, Any]:
+        """``schema_overrides`` reading ``text_columns`` as text, under polars' own names of
+        the columns (without a header, polars numbers them its own way)."""
+        if not self.text_columns:
+            return {}
+        try:
+            names = pl.read_csv(data, separator=sep, has_header=self.has_header, n_rows=1).columns
+        except pl.exceptions.PolarsError:  # the full read reports what is wrong
+            return {}
+        ours = names if self.has_header else [f"column_{j}" for j in range(1, len(names) + 1)]
+        return {p: pl.String for p, o in zip(names, ours, strict=True) if o in self.text_columns}
+
 
 class Table:
     """The ``dataset=table`` adapter: roles of columns → canonical ``RawData`` events."""
+
+    # enters the prepared data's cache key: raise it when the same file and columns read into
+    # other events (2: ids and categories read as text)
+    reader_version = 2
 
     def __init__(
         self,
@@ -271,12 +292,13 @@ class Table:
         )
 
     def load(self) -> RawData:
-        frame = self.source.read()
-        where = str(self.source.pattern)
         c = self.columns
         sparse = list(c.get("sparse") or [])
         dense = list(c.get("dense") or [])
         multi = dict(c.get("multi") or {})
+        self.source.text_columns = frozenset([c["user"], c["item"], *sparse, *multi])
+        frame = self.source.read()
+        where = str(self.source.pattern)
         for role, spec in self.side_tables.items():
             frame, extra = self._join_side(frame, role, spec)
             sparse += extra["sparse"]
@@ -303,9 +325,9 @@ class Table:
         if c.get("time") and frame[c["time"]].dtype == pl.String:
             # epoch seconds kept as text (one bad value makes the column text), else a date
             t = pl.col(c["time"]).str.strip_chars()
-            time = pl.coalesce(
-                t.cast(pl.Int64, strict=False), t.str.to_datetime(strict=False).dt.epoch("s")
-            )
+            # a date with a UTC offset ("Z", "+02:00") is that instant; one without, UTC
+            date = t.str.to_datetime(strict=False, time_zone="UTC")
+            time = pl.coalesce(t.cast(pl.Int64, strict=False), date.dt.epoch("s"))
         implicit = not c.get("label") and not c.get("rating")
         if c.get("label"):
             values = frame[c["label"]].drop_nulls().unique(maintain_order=True).to_list()
@@ -368,12 +390,23 @@ class Table:
                 f"{where}: {missing.row(0)[0]} rows lack a user and {missing.row(0)[1]} an item. "
                 "Drop those rows or fill them."
             )
+        if c.get("label") and events["label"].null_count():
+            row = int(events["label"].is_null().arg_max())
+            raise malformed(
+                *self.source.locate(row),
+                f"the label column {c['label']!r} is empty",
+                "Give 0 or 1 on every line, or drop the lines without a label.",
+            )
         if c.get("time") and events["timestamp"].null_count():
             bad_row = int(events["timestamp"].is_null().arg_max())
+            value = frame[c["time"]][bad_row]
             raise malformed(
                 *self.source.locate(bad_row),
-                f"the time column {c['time']!r} is not a number or a date",
-                "Give epoch seconds or an ISO date, or leave columns.time empty.",
+                f"the time column {c['time']!r} is not epoch seconds or an ISO date read like "
+                f"the column's first date here ({value!r})",
+                "Give epoch seconds or ISO dates (2024-05-01, 2024-05-01T10:00:00, 2024-05-01T"
+                "10:00:00Z, 2024-05-01T10:00:00+02:00) in one form for the whole column (dates "
+                "with an offset and dates without one do not mix), or leave columns.time empty.",
             )
         stray = [a for a in self.item_attributes if a not in sparse and a not in multi]
         if stray:
@@ -399,7 +432,6 @@ class Table:
         self, frame: pl.DataFrame, role: str, spec: Mapping[str, Any]
     ) -> tuple[pl.DataFrame, dict[str, Any]]:
         source = self._side_source(role, spec)
-        side = source.read()
         key = spec.get("key")
         on = self.columns["user" if role == "user" else "item"]
         if not key:
@@ -409,6 +441,8 @@ class Table:
             "dense": list(spec.get("dense") or []),
             "multi": dict(spec.get("multi") or {}),
         }
+        source.text_columns = frozenset([key, *extra["sparse"], *extra["multi"]])
+        side = source.read()
         _require(side, [key, *extra["sparse"], *extra["dense"], *extra["multi"]], source.pattern)
         keep = [key, *extra["sparse"], *extra["dense"], *extra["multi"]]
         clash = [k for k in keep[1:] if k in frame.columns]
