@@ -229,6 +229,7 @@ def run(cfg: DictConfig) -> float | None:
             **(throughput.summary() if throughput else {}),
             "accelerator": str(trainer.strategy.root_device.type),
             "devices": trainer.world_size,
+            "nodes": trainer.num_nodes,
             "precision": str(trainer.precision),
         },
         "data": {

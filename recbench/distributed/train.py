@@ -363,6 +363,7 @@ class _Loop:
             "train_seconds": sum(e[2] for e in self.epochs),
             "accelerator": self.device.type,
             "devices": self.world,
+            "nodes": int(self.trainer.num_nodes),
             "precision": "32-true",
         }
         if seconds > 0:

@@ -93,12 +93,76 @@ def test_two_torchrun_nodes_evaluate_like_one_process(tmp_path):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "node0" / "metrics.json").read_text())
     assert not (tmp_path / "node1" / "metrics.json").exists()  # only global rank 0 records
-    assert two["perf"]["devices"] == 2
+    assert two["perf"]["devices"] == 2 and two["perf"]["nodes"] == 2
     for split in ("val", "test"):
         assert two[split]["rows"] == one[split]["rows"] == one["data"]["rows"][split]
         for k in ("auc", "logloss"):
             assert two[split][k] == pytest.approx(one[split][k], abs=1e-6), (split, k)
     assert any(one[s]["rows"] % 2 == 1 for s in ("val", "test"))
+
+
+def slurm_env(task: int, tasks: int, job_name: str, port: int) -> dict[str, str]:
+    """The variables srun gives task ``task`` of ``tasks`` on one node (job 4242)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    return {
+        **env,
+        "PYTHONWARNINGS": "ignore",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": job_name,
+        "SLURM_NTASKS": str(tasks),
+        "SLURM_NTASKS_PER_NODE": str(tasks),
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "SLURM_PROCID": str(task),
+        "SLURM_LOCALID": str(task),
+        "MASTER_PORT": str(port),
+    }
+
+
+@pytest.mark.slow  # two DDP runs (about 45 s); tests/unit/test_launch.py checks the logic
+@pytest.mark.parametrize("job_name", ["train.sbatch", "interactive"])
+def test_a_slurm_job_of_two_tasks_records_the_run_once(tmp_path, job_name):
+    """srun's two tasks are the two ranks; in an interactive allocation (which Lightning does
+    not take for a SLURM job) the one command starts its second rank itself. Either way one
+    record, one metrics.json and one TensorBoard writer, saying 2 devices on 1 node."""
+    run_dir = tmp_path / "run"
+    args = ["train", "model=mlp", "++dataset.world.n_users=300", "debug=fast", "threads=1"]
+    args += [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        f"hydra.run.dir={run_dir}",
+    ]
+    outputs = tmp_path / "outputs"
+    port = free_port()
+    tasks = 2 if job_name != "interactive" else 1  # srun starts both, or the command its ranks
+    procs = [
+        subprocess.Popen(
+            recbench_cmd(*args),
+            cwd=tmp_path,
+            env={**slurm_env(task, 2, job_name, port), "RECBENCH_OUTPUTS": str(outputs)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for task in range(tasks)
+    ]
+    try:
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+    lines = (outputs / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["perf"]["devices"] == 2 and record["perf"]["nodes"] == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["run_key"] == record["run_key"]
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and len({e.name.split(".")[-2] for e in events}) == 1  # one writing process
 
 
 def test_num_nodes_without_torchrun_names_the_launcher(tmp_path):

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,35 @@ def test_ddp_evaluation_equals_one_device_exactly(tmp_path):
         for k in ("auc", "logloss", "gauc", "gauc_coverage"):
             assert two[split][k] == pytest.approx(one[split][k], abs=1e-6), (split, k)
     assert any(one[s]["rows"] % 2 == 1 for s in ("val", "test"))  # uneven shards were exercised
+
+
+@pytest.mark.slow  # a DDP job (about 15 s); tests/unit/test_launch.py checks the logic
+def test_a_failure_of_rank_0_alone_ends_the_ddp_job_with_its_message(tmp_path):
+    """Rank 0 alone writes the checkpoint; when it cannot, rank 1 is left waiting for it in a
+    collective. The job ends at once with rank 0's message, not after the collective's
+    timeout (30 minutes), and leaves no rank behind."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = tmp_path / "two"
+    args = ["model=lr", "++dataset.world.n_users=300", "debug=fast", "logger=none"]
+    args += ["record=false", *DDP2, "threads=1", f"hydra.run.dir={run}"]
+    args.append(f"callbacks.model_checkpoint.dirpath={blocker / 'checkpoints'}")
+    t0 = time.monotonic()
+    proc = cli.run(["train", *args], tmp_path, timeout=120)
+    assert time.monotonic() - t0 < 100
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert f"cannot write the checkpoint {blocker / 'checkpoints'}" in text
+    config = str(run / "ddp_config.yaml")
+    left = [p for p in Path("/proc").glob("[0-9]*") if _cmdline(p).endswith(config)]
+    assert not left, "a rank was left running"
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
 
 
 @pytest.mark.parametrize(

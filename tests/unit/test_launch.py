@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from recbench.errors import ConfigError
+from recbench.errors import ConfigError, RecbenchError
 from recbench.launch import local_ranks, needs_launch
+
+LAUNCH_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS")
+SLURM_ENV = ("SLURM_JOB_NAME", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES")
 
 
 def _cfg(**trainer):
@@ -24,6 +31,100 @@ def test_only_a_multi_device_ddp_run_on_one_node_starts_ranks(monkeypatch):
         needs_launch(_cfg(strategy="ddp", devices=2, num_nodes=2))
     monkeypatch.setenv("LOCAL_RANK", "1")  # a rank torchrun (or recbench) already started
     assert needs_launch(_cfg(strategy="ddp", devices=3)) == 0
+
+
+def test_a_torchrun_or_slurm_job_of_another_size_than_the_config_is_refused(monkeypatch):
+    """Lightning would stop every rank with a traceback once the data are prepared."""
+    for k in LAUNCH_ENV + SLURM_ENV:
+        monkeypatch.delenv(k, raising=False)
+    ddp = {"strategy": "ddp"}
+    for k, v in {"LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)  # torchrun --nnodes=1 --nproc_per_node=2
+    assert needs_launch(_cfg(**ddp, devices=2)) == 0
+    assert needs_launch(_cfg(**ddp, devices=1, num_nodes=2)) == 0
+    with pytest.raises(ConfigError, match=r"torchrun started 2 processes.*--nproc_per_node \(2"):
+        needs_launch(_cfg(**ddp, devices=1))
+    for k in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k)
+    # a batch job of one task: Lightning takes the one task for the whole job
+    monkeypatch.setenv("SLURM_JOB_NAME", "train.sbatch")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    with pytest.raises(ConfigError, match=r"SLURM started 1 task .*--ntasks-per-node=2"):
+        needs_launch(_cfg(**ddp, devices=2))
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # srun, 2 nodes × 2 tasks
+    assert needs_launch(_cfg(**ddp, devices=2, num_nodes=2)) == 0
+    with pytest.raises(ConfigError, match="SLURM started 4 tasks"):
+        needs_launch(_cfg(**ddp, devices=2))
+
+
+def test_an_interactive_slurm_allocation_is_one_node_whose_ranks_recbench_starts(monkeypatch):
+    """Lightning ignores SLURM's tasks in an interactive allocation (job name bash or
+    interactive) and would re-run the command line in a rank of its own."""
+    for k in LAUNCH_ENV + SLURM_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    for name in ("bash", "interactive"):
+        monkeypatch.setenv("SLURM_JOB_NAME", name)
+        assert needs_launch(_cfg(strategy="ddp", devices=2)) == 2
+        with pytest.raises(ConfigError, match="torchrun or srun"):
+            needs_launch(_cfg(strategy="ddp", devices=2, num_nodes=2))
+
+
+def _fake_ranks(monkeypatch, programs: dict[str, str]) -> list[subprocess.Popen]:
+    """Make ``local_ranks`` start ``programs[LOCAL_RANK]`` (Python source) as its ranks."""
+    started, start = [], subprocess.Popen
+
+    def popen(cmd, env):
+        proc = start([sys.executable, "-c", programs[env["LOCAL_RANK"]]], env=env)
+        started.append(proc)
+        return proc
+
+    for k in LAUNCH_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr("recbench.launch.subprocess.Popen", popen)
+    monkeypatch.setattr("recbench.launch.STOP_GRACE_S", 1.0, raising=False)
+    return started
+
+
+def test_a_failure_of_rank_0_stops_the_ranks_waiting_on_it(monkeypatch, tmp_path):
+    """Ranks blocked in a collective with rank 0 would wait for its timeout (30 minutes), and
+    rank 0 for them; one that does not run its SIGTERM handler there is killed."""
+    ready = tmp_path / "deaf"
+    blocked = "import time; time.sleep(60)"
+    deaf = (
+        "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    ranks = _fake_ranks(monkeypatch, {"1": blocked, "2": deaf})
+    t0 = time.monotonic()
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        local_ranks(_cfg(strategy="ddp", devices=3), tmp_path / "run"),
+    ):
+        while not ready.exists() and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        raise RuntimeError("boom")
+    assert time.monotonic() - t0 < 30
+    assert [r.poll() for r in ranks] == [-15, -9]  # rank 0's own error is the job's
+
+
+def test_a_rank_whose_failure_ended_rank_0_is_named(monkeypatch, tmp_path):
+    ranks = _fake_ranks(monkeypatch, {"1": "raise SystemExit(3)"})
+    with pytest.raises(RecbenchError, match="exited with status 3"):
+        with local_ranks(_cfg(strategy="ddp", devices=2), tmp_path):
+            ranks[0].wait(timeout=60)
+            raise RuntimeError("connection closed by peer")  # what rank 0 then sees
+
+
+def test_ctrl_c_ends_a_ddp_run_as_it_ends_one_process(monkeypatch, tmp_path):
+    """Ctrl-C reaches every rank; Lightning ends each with exit(1) after its graceful shutdown.
+    That is the run's end, as in one process, not a failure of one rank."""
+    ranks = _fake_ranks(monkeypatch, {"1": "raise SystemExit(1)"})
+    with pytest.raises(SystemExit) as stop:
+        with local_ranks(_cfg(strategy="ddp", devices=2), tmp_path):
+            ranks[0].wait(timeout=60)
+            raise SystemExit(1)
+    assert type(stop.value) is SystemExit and stop.value.code == 1
 
 
 @pytest.fixture
