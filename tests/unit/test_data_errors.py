@@ -18,6 +18,7 @@ from recbench.data.adapters.synthetic import SyntheticWorld
 from recbench.data.adapters.table import Table
 from recbench.data.pipeline import CorruptCacheError, PreparedData, prepare
 from recbench.errors import ConfigError, MalformedDataError, RecbenchError
+from recbench.testing import table_config
 from tests import cli
 from tests.unit.test_movielens import write_100k
 
@@ -556,23 +557,6 @@ def test_cli_data_refusal_of_an_adapter_setting_is_one_line(tmp_path):
     assert "Traceback" not in out and "InstantiationException" not in out
 
 
-def _table_task(tmp_path: Path, task: str, model: str, *extra: str):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "dataset=table",
-                f"dataset.root={tmp_path}",
-                "dataset.adapter.path=log.csv",
-                "dataset.adapter.columns.user=u",
-                "dataset.adapter.columns.item=i",
-                f"task={task}",
-                f"model={model}",
-                *extra,
-            ],
-        )
-
-
 def test_a_table_too_short_for_the_ranking_splits_names_the_split_that_applies(
     tmp_path, monkeypatch
 ):
@@ -586,17 +570,17 @@ def test_a_table_too_short_for_the_ranking_splits_names_the_split_that_applies(
     (tmp_path / "log.csv").write_text("u,i\n" + "".join(f"{u},{u % 7}\n" for u in range(40)))
     quiet = {"log": lambda _: None}
     with pytest.raises(MalformedDataError) as err:
-        prepare_topk(_table_task(tmp_path, "topk", "mf"), **quiet)
+        prepare_topk(table_config(tmp_path, "topk", "mf"), **quiet)
     message = str(err.value)
     assert message.startswith("40 positives leave the val and test split empty under ")
     held = "task.split.kind=leave_one_out (it holds out positives of users with three or more; "
     assert held in message
     assert "the most a user has: 1)" in message and "choose another task.split (" in message
     assert "dataset.split" not in message
-    cfg = _table_task(tmp_path, "topk", "mf", "task.split.kind=user_temporal")
+    cfg = table_config(tmp_path, "topk", "mf", "task.split.kind=user_temporal")
     with pytest.raises(MalformedDataError, match=r"under task\.split\.kind=user_temporal: "):
         prepare_topk(cfg, **quiet)
     with pytest.raises(
         ConfigError, match=r"no user has three or more interactions \(40 users, the most a user "
     ):
-        prepare_sequences(_table_task(tmp_path, "next_item", "sasrec"), **quiet)
+        prepare_sequences(table_config(tmp_path, "next_item", "sasrec"), **quiet)

@@ -13,6 +13,7 @@ from recbench.data.synthetic import WorldParams
 from recbench.data.synthetic_seq import SeqWorldParams, generate_sequences, oracle_metrics
 from recbench.errors import ConfigError
 from recbench.tasks.next_item import NextItemTask, metric_names
+from recbench.testing import table_config
 
 # user 10: items 5 1 2 3 4 (time order); user 20: 7 5 6 with a tie at t=1 kept in file order;
 # user 30: two items only (no training target: dropped)
@@ -224,28 +225,13 @@ def test_a_table_reports_the_users_it_leaves_out_and_its_repeated_rows(tmp_path,
     """Users too short for leave-one-out were dropped without a word (only the record's
     sequences.dropped_users said so), and a duplicated row repeats its item in the sequence
     unannounced: here it makes user a's validation and test targets the same item."""
-    from hydra import compose, initialize_config_dir
 
-    from recbench.cli import config_dir
     from recbench.data.sequences import prepare_sequences
 
     monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
     rows = "a,1,1\na,2,2\na,3,3\na,4,4\na,4,4\nb,1,1\nb,2,2\nc,5,1\nc,6,2\nc,7,3\n"
     (tmp_path / "log.csv").write_text("u,i,t\n" + rows)
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "dataset=table",
-                f"dataset.root={tmp_path}",
-                "dataset.adapter.path=log.csv",
-                "dataset.adapter.columns.user=u",
-                "dataset.adapter.columns.item=i",
-                "dataset.adapter.columns.time=t",
-                "task=next_item",
-                "model=sasrec",
-            ],
-        )
+    cfg = table_config(tmp_path, "next_item", "sasrec", "dataset.adapter.columns.time=t")
     logs: list[str] = []
     data = prepare_sequences(cfg, log=logs.append)
     assert list(data.raw_users) == ["a", "c"] and data.info["dropped_users"] == 1

@@ -26,6 +26,7 @@ from recbench.data.schema import InteractionSchema
 from recbench.errors import ConfigError
 from recbench.models.mf import MF
 from recbench.tasks.rating import RatingMetrics, RatingTask
+from recbench.testing import table_config
 
 
 def write_ml100k(root: Path, n_users: int = 60, n_items: int = 80, seed: int = 0) -> int:
@@ -347,21 +348,8 @@ def test_a_table_says_how_many_ratings_repeat_a_row(tmp_path, monkeypatch):
     rows = [f"{u},{i},{1 + (u + i) % 5},{u * 100 + i}" for u in range(12) for i in range(8)]
     rows += [rows[5], rows[17], rows[17]]
     (tmp_path / "log.csv").write_text("u,i,r,t\n" + "\n".join(rows) + "\n")
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "dataset=table",
-                f"dataset.root={tmp_path}",
-                "dataset.adapter.path=log.csv",
-                "dataset.adapter.columns.user=u",
-                "dataset.adapter.columns.item=i",
-                "dataset.adapter.columns.time=t",
-                "dataset.adapter.columns.rating=r",
-                "task=rating",
-                "model=mf",
-            ],
-        )
+    cols = {"user": "u", "item": "i", "time": "t", "rating": "r"}
+    cfg = table_config(tmp_path, "rating", "mf", columns=cols)
     logs: list[str] = []
     data = prepare_ratings(cfg.dataset, log=logs.append)
     assert sum(data.info["rows"].values()) == 99  # every row is a rating
