@@ -49,17 +49,18 @@ def started_outside() -> tuple[str, int | None] | None:
     return None
 
 
-def _check_world(launcher: str, world: int | None, devices: int, nodes: int) -> None:
-    """Refuse a job whose launcher started another number of ranks than the config asks for
-    (Lightning would stop each rank with a traceback, after the data are prepared)."""
+def world_mismatch(launcher: str, world: int | None, devices: int, nodes: int) -> str | None:
+    """Why a job whose launcher started another number of ranks than the config asks for is
+    refused (Lightning would stop each rank with a traceback, after the data are prepared);
+    None when the numbers agree or the launcher's is unknown."""
     if world is None or devices * nodes == world:
-        return
+        return None
     n = devices * nodes
     ranks = f"{n} rank{'s' if n != 1 else ''}"
     asked = f"trainer.devices={devices} × trainer.num_nodes={nodes} = {ranks}"
     if launcher == "srun":
         per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "?")
-        raise ConfigError(
+        return (
             f"SLURM started {world} task{'s' if world != 1 else ''} for this job "
             f"(SLURM_NTASKS={world}, SLURM_NTASKS_PER_NODE={per_node}, "
             f"SLURM_NNODES={os.environ.get('SLURM_NNODES', '?')}) and Lightning takes one rank "
@@ -70,11 +71,17 @@ def _check_world(launcher: str, world: int | None, devices: int, nodes: int) -> 
             "of one node itself"
         )
     local = os.environ.get("LOCAL_WORLD_SIZE")
-    raise ConfigError(
+    return (
         f"torchrun started {world} processes for this job (WORLD_SIZE={world}: --nnodes × "
         f"--nproc_per_node), but the config asks for {asked}: set trainer.devices to "
         f"--nproc_per_node{f' ({local} here)' if local else ''} and trainer.num_nodes to --nnodes"
     )
+
+
+def _check_world(launcher: str, world: int | None, devices: int, nodes: int) -> None:
+    why = world_mismatch(launcher, world, devices, nodes)
+    if why is not None:
+        raise ConfigError(why)
 
 
 def needs_launch(cfg: DictConfig) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from recbench.launch import started_outside, world_mismatch
 from recbench.threads import usable_cpus
 from recbench.validate.problems import Problems, _fmt
 from recbench.validate.values import _is_int
@@ -133,6 +134,13 @@ def _check_trainer(cfg: DictConfig, problems: Problems, command: str) -> None:
     n, why = _device_count(devices)
     if n is None and not why and accelerator_kind == "gpu" and cuda:
         n = torch.cuda.device_count()  # devices=auto or -1: every GPU
+    if n is None and not why and accelerator_kind == "cpu":
+        # Lightning reads -1 on CPU as an error and auto as one process
+        if str(devices) == "-1" or "ddp" in strategy:
+            why = (
+                f"on CPU name the number of processes (this process may use {usable_cpus()} "
+                "cores), e.g. trainer.devices=2"
+            )
     if why:
         problems.add("trainer.devices", f"trainer.devices={_fmt(devices)}: {why}")
     elif n is not None:
@@ -169,13 +177,17 @@ def _check_trainer(cfg: DictConfig, problems: Problems, command: str) -> None:
                 )
 
     nodes = t.get("num_nodes", 1)
-    started = "LOCAL_RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if _is_int(nodes) and nodes > 1 and not started and command != "bench":
+    outside = started_outside()  # torchrun or SLURM started this process as one rank
+    if _is_int(nodes) and nodes > 1 and outside is None and command != "bench":
         problems.add(
             "trainer.num_nodes",
             f"trainer.num_nodes={nodes}: recbench starts the ranks of one node only; start "
             "recbench with torchrun or srun on every node instead",
         )
+    if outside is not None and "ddp" in strategy and _is_int(devices) and _is_int(nodes):
+        mismatch = world_mismatch(*outside, devices, nodes)
+        if mismatch is not None and command != "bench":
+            problems.add("trainer.devices", mismatch)
 
     p = str(precision)
     if p not in LIGHTNING_PRECISIONS:

@@ -236,6 +236,31 @@ def test_more_devices_than_this_process_may_use_are_refused(tmp_path):
     assert any("trainer.devices=0" in m for m in messages(["trainer.devices=0"], tmp_path))
 
 
+def test_cpu_ddp_names_its_processes_before_any_work(tmp_path):
+    """On CPU Lightning reads devices=-1 as an error and auto as one process (a DDP run of
+    one): both are refused with what to set, before any data; auto alone is one process."""
+    for value in ("-1", "auto"):
+        ddp = ["trainer=ddp", "trainer.accelerator=cpu", f"trainer.devices={value}"]
+        (msg,) = messages(ddp, tmp_path)
+        assert "on CPU name the number of processes" in msg and "trainer.devices=2" in msg
+    assert messages(["trainer.devices=auto"], tmp_path) == []
+
+
+def test_a_torchrun_job_of_another_size_than_the_config_is_refused_before_any_work(
+    tmp_path, monkeypatch
+):
+    """The launcher's size is checked with the config, before the data are prepared."""
+    for k in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu"]
+    (msg,) = messages([*ddp, "trainer.devices=1"], tmp_path)
+    assert "torchrun started 2 processes" in msg and "trainer.devices=1" in msg
+    assert messages([*ddp, "trainer.devices=2"], tmp_path) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
 def test_a_gpu_trainer_without_a_gpu_is_refused(tmp_path):
     (msg,) = messages(["trainer=gpu"], tmp_path)
