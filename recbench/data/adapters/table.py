@@ -14,11 +14,8 @@ negatives, the cache key, ``recbench data info``) works as for the built-in data
 
 from __future__ import annotations
 
-import csv
 import glob
 import gzip
-import io
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,16 +23,15 @@ from typing import Any
 import polars as pl
 
 from recbench.data.adapters.base import RawData, decode, empty_file, malformed
+from recbench.data.adapters.lines import (
+    bad_separator,
+    field_count_error,
+    field_counts,
+    without_blank_lines,
+)
 from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
 
 SEPARATORS = {"csv": ",", "tsv": "\t"}
-SEPARATOR_NAMES = {",": "comma", "\t": "tab"}
-QUOTE = '"'  # polars' default quote character, which the text formats are read with
-# separators for reading each line whole as one field: the first that the text does not hold
-WHOLE_LINE = ("\x1f", "\x1e", "\x1d", "\x1c", "\x00")
-# a blank line (empty or whitespace only) with the line break before it (the text searched has
-# one put before its first line)
-BLANK_LINE = re.compile(r"\n(?:[^\S\n]*(?=\n)|[^\S\n]+\Z)")
 # suffixes of formats a table is not read from (others are read as delimited text)
 OTHER_FORMATS = frozenset(
     {".json", ".jsonl", ".ndjson", ".xlsx", ".xls", ".avro", ".orc", ".feather", ".arrow"}
@@ -90,7 +86,7 @@ class TableSource:
 
     def files(self) -> tuple[Path, ...]:
         if self.separator and len(str(self.separator).encode()) > 1:
-            raise _bad_separator(str(self.separator), self.key)
+            raise bad_separator(str(self.separator), self.key)
         if not self.pattern:
             raise ConfigError("dataset.adapter.path is empty: name the file (or glob) to read")
         base = Path(self.root).expanduser() if self.root else Path.cwd()
@@ -143,7 +139,7 @@ class TableSource:
             row -= height
         if _format_of(path, self.format) != "parquet":
             text = self._text(path)
-            counts = _field_counts(text, text.encode(), self._separator(path))
+            counts = field_counts(text, text.encode(), self._separator(path))
             lines = [] if counts is None else counts.filter(pl.col("fields") > 0)["line"]
             if row + header < len(lines):
                 return path, int(lines[row + header])
@@ -176,7 +172,7 @@ class TableSource:
         sep = self._separator(path)
         data = text.encode()
         # polars reads a blank line as a row of empty values: such lines are left out
-        kept = _without_blank_lines(text, data, sep)
+        kept = without_blank_lines(text, data, sep)
         body = data if kept is text else kept.encode()
         try:
             frame = pl.read_csv(
@@ -188,14 +184,14 @@ class TableSource:
                 schema_overrides=self._text_overrides(body, sep),
             )
         except pl.exceptions.PolarsError as exc:  # one cause: a line with more fields
-            raise _field_count_error(path, text, data, sep, self.has_header) or MalformedDataError(
+            raise field_count_error(path, text, data, sep, self.has_header) or MalformedDataError(
                 f"{path}: cannot be read as {fmt.upper()} with separator {sep!r} ({exc}). Check "
                 "dataset.adapter.separator and has_header."
             ) from None
         # polars fills the fields a short line lacks with nulls, so a short line leaves a null
         # in the last column: only then are the fields of each line counted
         if frame.width > 1 and frame.get_column(frame.columns[-1]).null_count():
-            error = _field_count_error(path, text, data, sep, self.has_header, frame.columns)
+            error = field_count_error(path, text, data, sep, self.has_header, frame.columns)
             if error is not None:
                 raise error
         if frame.height == 0:
@@ -469,150 +465,6 @@ class Table:
                 dict.fromkeys([*self.item_attributes, *extra["sparse"], *extra["multi"]])
             )
         return joined, extra
-
-
-def _field_count_error(
-    path: Path,
-    text: str,
-    data: bytes,
-    sep: str,
-    has_header: bool,
-    names: Sequence[str] | None = None,
-) -> MalformedDataError | None:
-    """The error for the first line whose number of fields differs from the header's (without a
-    header, from the first line's), with how many lines are short or long alike; None if none."""
-    counts = _field_counts(text, data, sep)
-    if counts is None:
-        return None
-    counts = counts.filter(pl.col("fields") > 0)
-    if counts.height < 2:
-        return None
-    first, want = counts.row(0)
-    off = counts.slice(1).filter(pl.col("fields") != want)
-    if off.height == 0:
-        return None
-    line, found = off.row(0)
-    fewer = found < want
-    alike = off.filter((pl.col("fields") < want) == fewer).height
-    if has_header:
-        if names is None:
-            try:
-                names = pl.read_csv(data, separator=sep, n_rows=0).columns
-            except pl.exceptions.PolarsError:
-                names = []
-        shown = list(names) if len(names) <= 8 else [*names[:3], "...", names[-1]]
-        reference = f"as in the header ({', '.join(shown)})" if shown else "as in the header"
-    else:
-        reference = f"as on line {first} (column_1 to column_{want})"
-    kind = SEPARATOR_NAMES.get(sep, repr(sep))
-    which = "fewer" if fewer else "more"
-    tally = "the only line" if alike == 1 else f"the first of {alike} lines"
-    lines = "that line" if alike == 1 else "those lines"
-    fix = (
-        f"Add the missing values (an empty value still takes its separator) or remove {lines}."
-        if fewer
-        else f"Remove the extra values from {lines} or quote the values that hold the "
-        "separator, or check dataset.adapter.separator and has_header."
-    )
-    return malformed(
-        path,
-        line,
-        f"expected {want} {kind}-separated fields {reference}, found {found} ({tally} with "
-        f"{which} fields)",
-        fix,
-    )
-
-
-def _without_blank_lines(text: str, data: bytes, sep: str) -> str:
-    """``text`` less its blank lines (empty or whitespace only) outside quoted values; ``text``
-    itself when it has none."""
-    padded = "\n" + text  # the first line too follows a line break
-    if not BLANK_LINE.search(padded):
-        return text
-    counts = _field_counts(text, data, sep)
-    if counts is None:
-        return text
-    blank = set(counts.filter(pl.col("fields") == 0)["line"].to_list())
-    line, pos = 0, 0
-
-    def drop(match: re.Match[str]) -> str:
-        nonlocal line, pos
-        line += padded.count("\n", pos, match.start() + 1)  # the line after that line break
-        pos = match.start() + 1
-        return "" if line in blank else match.group()
-
-    return BLANK_LINE.sub(drop, padded)[1:]
-
-
-def _field_counts(text: str, data: bytes, sep: str) -> pl.DataFrame | None:
-    """The first line (1-based) and number of fields of each record of ``text``, as polars
-    splits them: a separator inside a quoted field does not count, and a blank line (empty or
-    whitespace only) has 0 fields. None if unknown."""
-    spare = next((c for c in WHOLE_LINE if c not in text), None)
-    if spare is None:
-        return _csv_field_counts(text, sep)
-    try:
-        lines = pl.read_csv(
-            data, has_header=False, separator=spare, quote_char=None, schema={"text": pl.String}
-        ).with_row_index("line", offset=1)
-    except pl.exceptions.PolarsError:
-        return _csv_field_counts(text, sep)
-    line = pl.col("text")
-    lines = lines.with_columns(line.fill_null(""))  # an empty line is read as null
-    fields = (
-        pl.when(line.str.strip_chars() == "")
-        .then(0)
-        .otherwise(line.str.count_matches(sep, literal=True).cast(pl.Int64) + 1)
-        .alias("fields")
-    )
-    if QUOTE not in text:
-        return lines.select(pl.col("line").cast(pl.Int64), fields)
-    quotes = line.str.count_matches(QUOTE, literal=True)
-    if lines.select((quotes % 2 == 1).any()).item():
-        return _csv_field_counts(text, sep)  # a quoted value may span lines
-    quoted = lines.select(line.str.contains(QUOTE, literal=True)).to_series()
-    # a quote opens a quoted value only at the start of a field; "" inside is a quote
-    unquoted = line.str.replace_all(f'(^|\\x{{{ord(sep):x}}})"(?:[^"]|"")*"', "${1}")
-    return (
-        pl.concat([lines.filter(~quoted), lines.filter(quoted).with_columns(unquoted)])
-        .select(pl.col("line").cast(pl.Int64), fields)
-        .sort("line")
-    )
-
-
-def _csv_field_counts(text: str, sep: str) -> pl.DataFrame | None:
-    """``_field_counts`` by Python's csv module, for text whose quoted values may span lines."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, quotechar=QUOTE)
-    rows = []
-    start = 1
-    try:
-        for record in reader:
-            blank = len(record) < 2 and not (record and record[0].strip())
-            rows.append((start, 0 if blank else len(record)))
-            start = reader.line_num + 1
-    except csv.Error:  # a value over csv's size limit
-        return None
-    return pl.DataFrame(rows, schema={"line": pl.Int64, "fields": pl.Int64}, orient="row")
-
-
-def _bad_separator(sep: str, key: str) -> ConfigError:
-    shown = f"'{sep}'" if sep.isprintable() else repr(sep)  # '\t' as typed, not '\\t'
-    size = f"{len(sep)} characters" if len(sep) > 1 else f"{len(sep.encode())} bytes in UTF-8"
-    if sep == "\\t":
-        fix = (
-            f"For a tab, set {key}.format=tsv (or name the file .tsv) and leave the separator "
-            "unset."
-        )
-    else:
-        fix = (
-            "Convert the file to a one-character separator that no value holds (e.g. a tab for "
-            "'::': `sed 's/::/\\t/g' ratings.dat > ratings.tsv`), or for MovieLens-1M's "
-            "ratings.dat use dataset=movielens-1m, which reads its '::' files."
-        )
-    return ConfigError(
-        f"{key}.separator={shown} is {size}: polars reads tables whose separator is one "
-        f"character of one byte (such as , ; | or a tab). {fix}"
-    )
 
 
 def _require(frame: pl.DataFrame, names: Sequence[str], where: str) -> None:
