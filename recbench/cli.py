@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from recbench.errors import RecbenchError, recbench_cause
+from recbench.sweeps import NoTrialCompleted, searches_without_a_best_trial
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -100,41 +100,6 @@ def _remove_fresh_output() -> None:
         return
 
 
-class _NoTrialCompleted(BaseException):
-    """An Optuna search none of whose trials completed: it has no best trial to report. A
-    BaseException, so that it passes Hydra's printing of the errors of a sweep."""
-
-
-@contextlib.contextmanager
-def _searches_without_a_best_trial() -> Iterator[None]:
-    """While a command runs, an Optuna search none of whose trials completed ends in
-    ``_NoTrialCompleted``, not in the traceback of Optuna's "No trials are completed yet" (the
-    sweeper asks for the best trial once the trials have run)."""
-    from hydra.core.plugins import Plugins
-
-    # the class Hydra instantiates: its scan of the plugins loads their modules afresh
-    name = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    sweeper = Plugins.instance().class_name_to_class.get(name)
-    if sweeper is None:  # no Optuna sweeper installed: nothing to guard
-        yield
-        return
-    sweep = sweeper.sweep
-
-    def guarded(self, arguments: list[str]) -> None:
-        try:
-            return sweep(self, arguments)
-        except ValueError as exc:
-            if "No trials are completed" not in str(exc):
-                raise
-            raise _NoTrialCompleted from exc
-
-    sweeper.sweep = guarded
-    try:
-        yield
-    finally:
-        sweeper.sweep = sweep
-
-
 def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], None]:
     def command(args: list[str]) -> None:
         import hydra
@@ -163,9 +128,9 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
         _FAILED_JOBS.clear()
         sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
         try:
-            with _searches_without_a_best_trial():
+            with searches_without_a_best_trial():
                 entry()
-        except _NoTrialCompleted:
+        except NoTrialCompleted:
             from rich.markup import escape
 
             jobs = f": {escape(', '.join(_FAILED_JOBS))}" if _FAILED_JOBS else ""
@@ -432,46 +397,9 @@ def _data(args: list[str]) -> None:
     data = prepare(
         cfg.dataset, force=bool(cfg.force) and args[0] == "prepare", log=lambda m: console.print(m)
     )
-    _print_data_info(data)
+    from recbench.data.describe import print_data_info
 
-
-def _print_data_info(data) -> None:
-    from rich.table import Table
-
-    out = Console()
-    info = data.info
-    sizes = ", ".join(f"{info[k]:,} {k}" for k in ("users", "items") if info.get(k) is not None)
-    out.print(
-        f"[bold]{info['name']}[/]: {sizes or 'no user/item ids'}; cache {info.get('cache_dir', '')}"
-    )
-    t = Table(title="splits")
-    for c in ("split", "rows", "label rate", "unseen-user rows", "unseen-item rows"):
-        t.add_column(c, justify="right")
-    for split, rows in info["rows"].items():
-        unseen = (info.get("unseen") or {}).get(split, {})
-        t.add_row(
-            split,
-            f"{rows:,}",
-            "-" if (rate := info["label_rate"][split]) is None else f"{rate:.3f}",
-            str(unseen.get("user_rows", "-")),
-            str(unseen.get("item_rows", "-")),
-        )
-    out.print(t)
-    f = Table(title="schema")
-    for c in ("field", "kind", "vocab", "max_len", "shares"):
-        f.add_column(c)
-    for fld in data.schema.fields:
-        f.add_row(
-            fld.name,
-            fld.kind,
-            str(fld.vocab_size or "-"),
-            str(fld.max_len) if fld.kind in ("multi", "sequence") else "-",
-            fld.shares or "-",
-        )
-    out.print(f)
-    if "oracle_auc" in info:
-        o = info["oracle_auc"]["test"]
-        out.print("oracle test AUC: " + ", ".join(f"{k}={v:.4f}" for k, v in o.items()))
+    print_data_info(data)
 
 
 def _models(args: list[str]) -> None:

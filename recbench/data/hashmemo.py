@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from recbench.data.adapters.base import cache_root, sha256_file
@@ -62,4 +63,16 @@ def file_sha256(path: Path, memo_dir: Path | None = None) -> str:
     return digest
 
 
-__all__ = ["file_sha256"]
+def file_digests(files, digest: Callable[[Path], str] | None = None) -> dict[str, str]:
+    """``digest`` of each raw file, under its name; where two files share a name (a glob over
+    folders: ``day=*/part-0.parquet``), under its path from the folder that holds them all."""
+    digest = digest or file_sha256
+    paths = [Path(f) for f in files]
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):
+        base = Path(os.path.commonpath([p.resolve() for p in paths]))
+        names = [p.resolve().relative_to(base).as_posix() for p in paths]
+    return {n: digest(p) for n, p in zip(names, paths, strict=True)}
+
+
+__all__ = ["file_digests", "file_sha256"]

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from recbench.data.adapters.base import RawData, cache_root
 from recbench.data.atomic import temporary_sibling
-from recbench.data.hashmemo import file_sha256
+from recbench.data.hashmemo import file_digests
+from recbench.data.histories import history_positions
 from recbench.data.schema import OOV, FeatureSchema, Field
 from recbench.data.splits import SPLIT_NAMES, assign_split
 from recbench.errors import ConfigError, MalformedDataError, RecbenchError
@@ -161,17 +162,6 @@ def _pipeline_cfg(cfg: DictConfig) -> dict:
     # redrawing negatives per epoch happens in training; the prepared data are the same
     (out.get("sampler") or {}).pop("resample_each_epoch", None)
     return out
-
-
-def file_digests(files, digest: Callable[[Path], str] = file_sha256) -> dict[str, str]:
-    """``digest`` of each raw file, under its name; where two files share a name (a glob over
-    folders: ``day=*/part-0.parquet``), under its path from the folder that holds them all."""
-    paths = [Path(f) for f in files]
-    names = [p.name for p in paths]
-    if len(set(names)) < len(names):
-        base = Path(os.path.commonpath([p.resolve() for p in paths]))
-        names = [p.resolve().relative_to(base).as_posix() for p in paths]
-    return {n: digest(p) for n, p in zip(names, paths, strict=True)}
 
 
 def reader_version(adapter: Any) -> dict[str, int]:
@@ -445,23 +435,6 @@ def _negative_tables(
         for c in attrs:
             out[f"attr_{c}"] = torch.from_numpy(_encode_lists(table[c], vocabs[c], widths[c]))
     return out
-
-
-def history_positions(users: np.ndarray, ts: np.ndarray, max_len: int) -> np.ndarray:
-    """For events sorted by (user, timestamp, tie-breakers): the event positions forming each
-    event's history — the user's events with a strictly earlier timestamp, the last ``max_len``,
-    oldest first, right-padded with -1. (N, max_len)."""
-    n = len(users)
-    if max_len == 0:
-        return np.full((n, 0), -1, dtype=np.int64)
-    ar = np.arange(n)
-    new_user = np.r_[True, users[1:] != users[:-1]]
-    new_ts = new_user | np.r_[True, ts[1:] != ts[:-1]]
-    user_start = np.maximum.accumulate(np.where(new_user, ar, 0))
-    first_same_ts = np.maximum.accumulate(np.where(new_ts, ar, 0))
-    length = np.minimum(max_len, first_same_ts - user_start)
-    idx = (first_same_ts - length)[:, None] + np.arange(max_len)[None, :]
-    return np.where(np.arange(max_len)[None, :] < length[:, None], idx, -1)
 
 
 class NegativeSampler:

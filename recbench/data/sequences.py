@@ -48,9 +48,9 @@ from torch import Tensor
 from recbench.data.adapters.base import cache_root, require_events, sha256_file
 from recbench.data.atomic import temporary_sibling
 from recbench.data.datamodule import RecDataModule
+from recbench.data.hashmemo import file_digests
 from recbench.data.loader import BatchLoader
 from recbench.data.pipeline import (
-    file_digests,
     load_or_discard,
     read_cache,
     reader_version,

@@ -109,33 +109,11 @@ from recbench.models.layers.dqn import (
     double_dqn_target,
     stack_snapshots,
 )
+from recbench.models.layers.drn_knobs import CLICK_LOSS, EXPLORE, HAZARD, check_knobs
 from recbench.models.layers.drn_loss import DRNLoss
 from recbench.models.layers.fqi import check_fqi, fit_future_linear, future_features
 from recbench.models.layers.learner import LEARNERS, make_runner, train_steps
 from recbench.models.layers.replay import Replay
-
-EXPLORE = ("none", "egreedy", "dbgd")
-HAZARD = ("none", "reward", "rank")
-CLICK_LOSS = ("mse", "bce")
-
-
-KNOBS = {  # the update schedule's and the explorations' ranges
-    "minor_every": (lambda v: v >= 1, ">= 1 (requests between minor updates)"),
-    "major_hours": (lambda v: v > 0, "> 0 (simulated hours between major updates)"),
-    "major_steps": (lambda v: v >= 0, ">= 0 (replay minibatches per major update)"),
-    "major_batch": (lambda v: v >= 1, ">= 1 (transitions per major step)"),
-    "target_swap": (lambda v: v >= 1, ">= 1 (major updates between target swaps)"),
-    "replay_capacity": (lambda v: v >= 1, ">= 1 (requests the replay memory holds)"),
-    "epsilon": (lambda v: 0 <= v <= 1, "in [0, 1] (a slot's chance of a random candidate)"),
-    "interleave_tau": (lambda v: v >= 0, ">= 0 (rank r drawn with weight 1 / r^tau)"),
-}
-
-
-def _check_knobs(**values: float) -> None:
-    for name, v in values.items():
-        ok, what = KNOBS[name]
-        if not ok(v):
-            raise ConfigError(f"model.{name}={v} must be {what}")
 
 
 class DRN(DRNLoss, nn.Module):
@@ -195,7 +173,7 @@ class DRN(DRNLoss, nn.Module):
             raise ConfigError(f"model.explore={explore!r}; choose one of {EXPLORE}")
         if learner not in LEARNERS:
             raise ConfigError(f"model.learner={learner!r}; choose one of {LEARNERS}")
-        _check_knobs(
+        check_knobs(
             minor_every=minor_every,
             major_hours=major_hours,
             major_steps=major_steps,

@@ -1,0 +1,45 @@
+"""How recbench ends a Hydra sweep whose search found nothing: an Optuna search none of whose
+trials completed ends in recbench's one line (``recbench.cli``), not in Optuna's traceback."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+
+class NoTrialCompleted(BaseException):
+    """An Optuna search none of whose trials completed: it has no best trial to report. A
+    BaseException, so that it passes Hydra's printing of the errors of a sweep."""
+
+
+@contextlib.contextmanager
+def searches_without_a_best_trial() -> Iterator[None]:
+    """While a command runs, an Optuna search none of whose trials completed ends in
+    ``NoTrialCompleted``, not in the traceback of Optuna's "No trials are completed yet" (the
+    sweeper asks for the best trial once the trials have run)."""
+    from hydra.core.plugins import Plugins
+
+    # the class Hydra instantiates: its scan of the plugins loads their modules afresh
+    name = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    sweeper = Plugins.instance().class_name_to_class.get(name)
+    if sweeper is None:  # no Optuna sweeper installed: nothing to guard
+        yield
+        return
+    sweep = sweeper.sweep
+
+    def guarded(self, arguments: list[str]) -> None:
+        try:
+            return sweep(self, arguments)
+        except ValueError as exc:
+            if "No trials are completed" not in str(exc):
+                raise
+            raise NoTrialCompleted from exc
+
+    sweeper.sweep = guarded
+    try:
+        yield
+    finally:
+        sweeper.sweep = sweep
+
+
+__all__ = ["NoTrialCompleted", "searches_without_a_best_trial"]
