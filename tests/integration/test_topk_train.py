@@ -199,3 +199,50 @@ def test_a_table_of_clicks_reports_the_users_it_cannot_evaluate(tmp_path):
     assert "6 of 40 users have no positive held out under task.split.kind=leave_one_out" in out
     m = metrics(tmp_path, "p")
     assert m["train_only_users"] == 6 and m["data"]["rows"]["test"] == 34
+
+
+def test_sampled_draws_script_rescoring_matches_the_run_and_spreads_over_draws(tmp_path):
+    """scripts/sampled_draws.py re-scores a finished run on its own negatives (the run's sampled
+    HR@10, exactly) and on fresh draws (uniform over unseen items: never a seen one)."""
+    import subprocess
+    import sys
+
+    recbench("train", "model=gmf", *TINY, "trainer.max_epochs=2", "logger=none",
+             *run_dir_of(tmp_path, "g"), cwd=tmp_path)  # fmt: skip
+    m = metrics(tmp_path, "g")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "sampled_draws.py"
+    out = tmp_path / "draws.json"
+    cmd = [sys.executable, str(script), str(tmp_path / "g"), "--draws", "30", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (entry,) = json.loads(out.read_text())["models"].values()
+    assert entry["recorded"]["hr@10"] == pytest.approx(m["test"]["sampled"]["hr@10"], abs=1e-6)
+    for n in ("99 negatives", "100 negatives"):
+        hr = entry[n]["hr@10"]
+        assert 0.0 < hr["p2.5"] <= hr["mean"] <= hr["p97.5"] < 1.0 and hr["std"] > 0.0
+    # more negatives to beat: never an easier list
+    assert entry["100 negatives"]["hr@10"]["mean"] <= entry["99 negatives"]["hr@10"]["mean"]
+    bad = subprocess.run([*cmd[:2], str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode != 0 and "is not a finished run" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_fresh_negative_draws_are_distinct_unseen_and_uniform():
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "sampled_draws.py"
+    spec = importlib.util.spec_from_file_location("sampled_draws", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    seen = np.zeros((2, 21), dtype=bool)
+    seen[:, 0] = True
+    seen[0, 1:11] = True  # user 0 has seen items 1..10: its draws come from 11..20
+    rng = np.random.default_rng(0)
+    counts = np.zeros(21)
+    for _ in range(2000):
+        neg = mod.draw(seen, 5, rng)
+        assert not np.take_along_axis(seen, neg, 1).any()
+        assert all(len(set(row)) == 5 for row in neg.tolist())
+        counts += np.bincount(neg[0], minlength=21)
+    share = counts[11:] / counts[11:].sum()
+    assert np.allclose(share, 0.1, atol=0.01)  # 10,000 draws over 10 items
