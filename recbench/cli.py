@@ -100,9 +100,21 @@ def _remove_fresh_output() -> None:
         return
 
 
+def _register_resolvers() -> None:
+    """Resolvers the configs use in Hydra's own settings (a compare's folder name)."""
+    from omegaconf import OmegaConf
+
+    from recbench.compare_plan import compare_label
+
+    if not OmegaConf.has_resolver("recbench_compare_label"):
+        OmegaConf.register_new_resolver("recbench_compare_label", compare_label)
+
+
 def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], None]:
     def command(args: list[str]) -> None:
         import hydra
+
+        _register_resolvers()
 
         @hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")
         def entry(cfg):

@@ -30,6 +30,7 @@ from recbench.compare_plan import (
     _part_dir,
     _refuse_unknown,
     _serving,
+    compare_label,
     plan,
     seed_list,
     train_overrides,
@@ -197,11 +198,9 @@ def run(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     root = Path(cfg.paths.results)
-    lineage = str(hc.runtime.choices.get("lineage") or "custom")
     names, seeds = _model_names(cfg), seed_list(cfg.seeds)
     task_overrides = list(hc.overrides.task)
-    if cfg.get("models") and not any(_key_of(o) == "lineage" for o in task_overrides):
-        lineage = "custom"  # models=[...] without lineage=: not the default lineage's path
+    lineage = compare_label(hc.runtime.choices.get("lineage"), cfg.get("models"), task_overrides)
     # a test-only or user config folder must be visible to the runs as it is to this process
     hydra_passed = [o for o in hc.overrides.hydra if _key_of(o) == "hydra.searchpath"]
     common = [

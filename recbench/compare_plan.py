@@ -35,6 +35,14 @@ def _key_of(override: str) -> str:
     return override.lstrip("+~").split("=", 1)[0].strip()
 
 
+def compare_label(lineage: object, models: object, overrides: object) -> str:
+    """The name a compare goes by (its folder, its report): the lineage chosen, or ``custom``
+    for ``models=[...]`` without ``lineage=`` (not the default lineage's path)."""
+    if models and not any(_key_of(str(o)) == "lineage" for o in overrides or ()):
+        return "custom"
+    return str(lineage or "custom")
+
+
 def train_overrides(task_overrides: list[str]) -> list[str]:
     """The command line's train overrides: everything but compare's own keys and the dataset
     choice (compare passes ``dataset=<choice>`` itself)."""

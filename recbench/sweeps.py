@@ -31,7 +31,7 @@ def searches_without_a_best_trial() -> Iterator[None]:
         try:
             return sweep(self, arguments)
         except ValueError as exc:
-            if "No trials are completed" not in str(exc):
+            if not _no_best_trial(exc):
                 raise
             raise NoTrialCompleted from exc
 
@@ -40,6 +40,23 @@ def searches_without_a_best_trial() -> Iterator[None]:
         yield
     finally:
         sweeper.sweep = sweep
+
+
+def _no_best_trial(exc: ValueError) -> bool:
+    """Whether ``exc`` is Optuna's refusal to name a best trial of a study with no completed
+    trial: by its message, or (should Optuna reword it) by where it was raised, a study's
+    ``best_*`` accessor inside Optuna."""
+    if "No trials are completed" in str(exc):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "optuna" in code.co_filename.replace("\\", "/").split("/") and code.co_name.startswith(
+            ("best_", "_get_best")
+        ):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 __all__ = ["NoTrialCompleted", "searches_without_a_best_trial"]

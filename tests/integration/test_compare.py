@@ -63,6 +63,7 @@ def single_go(tmp_path_factory) -> Path:
 
 def test_compare_reports_every_model_and_edge(single_go: Path) -> None:
     (out,) = compare_dirs(single_go)
+    assert out.name.endswith("_custom_synthetic")  # models=[...] alone: not the default lineage
     for name in ("report.md", "report.html", "report.json", "lineage.png", "lineage.svg"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "report.json").read_text())

@@ -203,3 +203,14 @@ def test_a_run_killed_after_its_record_was_stored_counts_as_trained(tmp_path: Pa
     (job.run_dir / "metrics.json").write_text(json.dumps(untested))
     append_record(untested, tmp_path)
     assert _trained_record(job, -9, tmp_path) == (None, None)
+
+
+def test_a_compare_is_named_by_its_lineage_or_custom_for_a_bare_model_list() -> None:
+    from recbench.compare_plan import compare_label
+
+    assert compare_label("ctr", None, []) == "ctr"
+    assert compare_label("ctr", ["mf_bpr", "neumf"], ["models=[mf_bpr,neumf]", "task=topk"]) == (
+        "custom"
+    )
+    assert compare_label("cf", ["pop", "mf"], ["lineage=cf", "models=[pop,mf]"]) == "cf"
+    assert compare_label("rl", None, ["+lineage=rl"]) == "rl"
