@@ -44,7 +44,7 @@ from recbench.data.schema import InteractionSchema
 from recbench.data.splits import SPLIT_NAMES
 from recbench.errors import ConfigError
 
-RATINGS_VERSION = 2  # bump when the prepared layout or coding changes (it enters the cache path)
+RATINGS_VERSION = 3  # bump when the prepared layout, coding or checks change (in the cache path)
 
 
 @dataclass
@@ -146,6 +146,24 @@ def _codes(values: np.ndarray, vocab: np.ndarray) -> np.ndarray:
     return np.where(vocab[pos] == values, pos + 1, 0).astype(np.int64)
 
 
+def numeric_ratings(events: pl.DataFrame, name: str) -> pl.Series:
+    """The events' ``rating`` as Float64; a ConfigError naming the first value that is no finite
+    number (text, NaN, ±inf), which would otherwise surface as a polars error or a 'diverged'
+    run."""
+    rating = events["rating"]
+    values = rating.cast(pl.Float64, strict=False)
+    bad = values.is_null() | ~values.is_finite()
+    if bad.any():
+        row = int(bad.arg_max())
+        user, item = events["user_id"][row], events["item_id"][row]
+        raise ConfigError(
+            f"dataset {name}: {int(bad.sum())} ratings are not finite numbers (the first: user "
+            f"{user}, item {item}, rating {rating[row]!r}); task=rating needs a number on every "
+            "event: fix or drop those rows"
+        )
+    return values
+
+
 def build_ratings(
     events: pl.DataFrame, cfg: DictConfig, key: str = "", implicit: bool = False
 ) -> RatingData:
@@ -164,7 +182,8 @@ def build_ratings(
             f"dataset {name}: {events['rating'].null_count()} events have no rating; "
             "task=rating needs a rating on every event"
         )
-    ev = split_events(events.with_columns(pl.col("rating").cast(pl.Float64)), cfg.split)
+    events = events.with_columns(numeric_ratings(events, name))
+    ev = split_events(events, cfg.split)
     train = ev.filter(pl.col("split") == 0)
     if train.height == 0:
         raise ConfigError(f"dataset {name}: the training split is empty; check split.ratios")
@@ -172,6 +191,11 @@ def build_ratings(
     items = np.unique(train["item_id"].to_numpy())
     ratings = train["rating"].to_numpy()
     low, high = float(ratings.min()), float(ratings.max())
+    if low == high:  # clipping to [low, high] would make every prediction exact
+        raise ConfigError(
+            f"dataset {name}: every training rating is {low:g}, so there is nothing to predict "
+            "(implicit feedback): use task=topk, or name a rating column with several values"
+        )
     mean = float(ratings.mean())
     splits: dict[str, dict[str, Tensor]] = {}
     info: dict[str, Any] = {
@@ -227,11 +251,16 @@ class CSR:
 
     @classmethod
     def from_coo(cls, rows: Tensor, cols: Tensor, values: Tensor, n_rows: int, n_cols: int) -> CSR:
-        order = torch.argsort(rows * n_cols + cols, stable=True)
-        counts = torch.bincount(rows, minlength=n_rows)
+        """The matrix of (row, col, value) triples; a cell given more than once (a user who
+        rated an item twice) holds the mean of its values, one stored entry: densified, a
+        repeated cell would otherwise hold whichever write came last (arbitrary on a GPU)."""
+        cells, inverse = torch.unique(rows.long() * n_cols + cols.long(), return_inverse=True)
+        sums = torch.zeros(len(cells), dtype=torch.float64).index_add_(0, inverse, values.double())
+        counts = torch.bincount(inverse, minlength=len(cells))
+        rows, cols = cells // n_cols, cells % n_cols  # sorted by row, then column
         indptr = torch.zeros(n_rows + 1, dtype=torch.int64)
-        indptr[1:] = torch.cumsum(counts, 0)
-        return cls(indptr, cols[order].long(), values[order].float(), n_cols)
+        indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+        return cls(indptr, cols, (sums / counts).float(), n_cols)
 
     @property
     def n_rows(self) -> int:

@@ -44,6 +44,13 @@ class AutoRec(nn.Module):
         super().__init__()
         if based not in ("item", "user"):
             raise ConfigError(f"model.based must be 'item' or 'user', got {based!r}")
+        if not l2 >= 0:  # NaN too
+            raise ConfigError(f"model.l2 (λ of eq. 3) must be >= 0, got {l2}")
+        if batch_rows is not None and not (isinstance(batch_rows, int) and batch_rows >= 1):
+            raise ConfigError(
+                f"model.batch_rows must be a number of rows >= 1, or null (full batch), got "
+                f"{batch_rows!r}"
+            )
         self.based = based
         self.l2 = l2
         self.batch_rows = (

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import InteractionSchema
+from recbench.errors import ConfigError
 from recbench.models.layers.cf import ALL, rows_of
 from recbench.models.layers.embedding import gather_rows
 
@@ -36,6 +37,8 @@ class MF(nn.Module):
         l2: float = 0.05,
     ) -> None:
         super().__init__()
+        if not l2 >= 0:  # NaN too
+            raise ConfigError(f"model.l2 (the regulariser's λ) must be >= 0, got {l2}")
         self.l2 = l2
         self.user = nn.Parameter(torch.randn(schema.num_users + 1, embed_dim) * init_std)
         self.item = nn.Parameter(torch.randn(schema.num_items + 1, embed_dim) * init_std)

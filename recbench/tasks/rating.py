@@ -101,8 +101,13 @@ class RatingTask(Task):
         max_loss: float = 1000.0,
     ) -> None:
         super().__init__(model, optimizer, scheduler)
-        if not (fallback == "mean" or isinstance(fallback, int | float)):
+        rating = isinstance(fallback, int | float) and not isinstance(fallback, bool)
+        if not (fallback == "mean" or (rating and math.isfinite(fallback))):
             raise ConfigError(f"task.fallback must be 'mean' or a rating, got {fallback!r}")
+        if not isinstance(clip, bool):
+            raise ConfigError(f"task.clip must be true or false, got {clip!r}")
+        if isinstance(max_loss, bool) or not (isinstance(max_loss, int | float) and max_loss > 0):
+            raise ConfigError(f"task.max_loss must be a positive number, got {max_loss!r}")
         self.fallback = fallback
         self.clip = clip
         self.rows_mode = getattr(model, "batches", "pairs") == "rows"
@@ -110,6 +115,7 @@ class RatingTask(Task):
         self.test_metrics = RatingMetrics()
         # a mean squared error per rating above max_loss is tens of stars off: it diverged
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training mean squared error")
+        self.loss_scale = 1.0  # what the watched error is divided by (set_schema: wide scales)
         self.rating_range: tuple[float, float] | None = None
         self.fallback_value = float(fallback) if fallback != "mean" else float("nan")
         self._dm: Any = None
@@ -124,10 +130,22 @@ class RatingTask(Task):
         return prepare_ratings(cfg.dataset, log=log)
 
     def set_schema(self, schema: InteractionSchema) -> None:
-        """Take the rating range and the training mean (the fallback) from ``schema``."""
+        """Take the rating range and the training mean (the fallback) from ``schema``.
+
+        ``max_loss`` is an error per rating on a 1–5 star range: on a wider range (1–10, 0–100)
+        the watched error is divided by (width / 4)², or an untrained AutoRec (predicting about
+        0) on 0–100 scores would already count as diverged."""
         self.rating_range = schema.rating_range
         if self.fallback == "mean":
             self.fallback_value = float(schema.global_mean or 0.0)
+        if schema.rating_range is not None:
+            low, high = schema.rating_range
+            self.loss_scale = max(1.0, ((high - low) / 4) ** 2)
+            if self.loss_scale > 1.0:
+                self.loss_guard.what = (
+                    f"training mean squared error (ratings {low:g}–{high:g} rescaled to a "
+                    "range of 4 stars)"
+                )
 
     def datamodule(self, cfg: Any, data: Any) -> pl.LightningDataModule:
         from recbench.data.datamodule import RecDataModule
@@ -198,7 +216,8 @@ class RatingTask(Task):
         loss, mse = self.loss(batch)
         # watched per rating in both layouts (a rows batch's loss sums each row's ratings);
         # 0 · loss still carries a non-finite total (the penalty) into the check
-        self.loss_guard.update(mse + 0.0 * loss.detach(), self.current_epoch, batch_idx)
+        watched = mse / self.loss_scale + 0.0 * loss.detach()
+        self.loss_guard.update(watched, self.current_epoch, batch_idx)
         if self.loss_guard.due():
             self._check(self.loss_guard)
         n = len(batch["row"]) if self.rows_mode else len(batch["rating"])

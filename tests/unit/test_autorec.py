@@ -138,3 +138,21 @@ def test_training_batches_are_the_rows_of_the_training_matrix():
             assert batch["observed"][k].sum() == int(mine.sum())
             assert torch.equal(batch["ratings"][k, train["user"][mine]], train["rating"][mine])
     assert sorted(rows) == list(range(1, data.schema.num_items + 1))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"l2": -1.0}, r"model.l2 \(λ of eq. 3\) must be >= 0"),
+        ({"l2": float("nan")}, "model.l2"),
+        ({"batch_rows": 0}, "model.batch_rows must be a number of rows >= 1"),
+        ({"batch_rows": -5}, "model.batch_rows"),
+    ],
+)
+def test_a_bad_setting_is_one_config_error(setting, message):
+    """A negative λ trained silently (a reward for large weights); batch_rows=0 silently ran
+    full batch, a negative one stopped in the loader."""
+    from recbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        AutoRec(schema(), **setting)

@@ -23,7 +23,7 @@ from recbench.data.ratings import (
     prepare_ratings,
 )
 from recbench.data.schema import InteractionSchema
-from recbench.errors import ConfigError
+from recbench.errors import ConfigError, MalformedDataError
 from recbench.models.mf import MF
 from recbench.tasks.rating import RatingMetrics, RatingTask
 from recbench.testing import table_config
@@ -356,3 +356,123 @@ def test_a_table_says_how_many_ratings_repeat_a_row(tmp_path, monkeypatch):
     assert any(
         m.startswith("3 ratings repeat an earlier rating's user, item and time") for m in logs
     )
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def rated_events(ratings: list) -> pl.DataFrame:
+    n = len(ratings)
+    return pl.DataFrame(
+        {
+            "user_id": [k % 4 for k in range(n)],
+            "item_id": [k % 5 for k in range(n)],
+            "timestamp": list(range(n)),
+            "label": [1] * n,
+            "rating": ratings,
+        },
+        strict=False,
+    )
+
+
+SPLIT = OmegaConf.create(
+    {"name": "mine", "split": {"kind": "random", "ratios": [0.5, 0.25, 0.25], "seed": 1}}
+)
+
+
+@pytest.mark.parametrize(
+    ("bad", "shown"),
+    [(float("nan"), "nan"), (float("inf"), "inf"), ("four", "'four'")],
+)
+def test_a_rating_that_is_no_finite_number_is_refused_in_one_line(bad, shown):
+    """NaN or ±inf used to reach training and stop it as 'diverged, lower the lr'; text from
+    an adapter of one's own stopped with a polars traceback."""
+    good = [1.0 + k % 5 for k in range(40)]
+    ratings = [*good[:7], bad, *good[8:]]
+    if isinstance(bad, str):
+        ratings = [str(r) for r in ratings]
+    with pytest.raises(
+        ConfigError, match=rf"mine: 1 ratings are not finite.*user 3, item 2, rating {shown}\)"
+    ):
+        build_ratings(rated_events(ratings), SPLIT)
+    # numbers written as text are ratings
+    data = build_ratings(rated_events([str(r) for r in good]), SPLIT)
+    assert data.schema.rating_range == (1.0, 5.0)
+
+
+def test_a_table_with_a_nan_rating_stops_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    rows = [
+        f"{u},{i},{0.5 * (1 + (u + i) % 10)},{u * 100 + i}" for u in range(12) for i in range(8)
+    ]
+    rows[20] = "2,4,nan,204"
+    (tmp_path / "log.csv").write_text("u,i,r,t\n" + "\n".join(rows) + "\n")
+    cols = {"user": "u", "item": "i", "time": "t", "rating": "r"}
+    cfg = table_config(tmp_path, "rating", "mf", columns=cols)
+    # the table names the line (an adapter of one's own is caught by build_ratings, above)
+    with pytest.raises(MalformedDataError, match="log.csv:22: the rating column 'r' holds 'nan'"):
+        prepare_ratings(cfg.dataset, log=lambda s: None)
+    # the same table without it: half stars, clipped to 0.5–5
+    rows[20] = "2,4,3.5,204"
+    (tmp_path / "log.csv").write_text("u,i,r,t\n" + "\n".join(rows) + "\n")
+    assert prepare_ratings(cfg.dataset, log=lambda s: None).schema.rating_range == (0.5, 5.0)
+
+
+def test_ratings_of_one_value_are_refused():
+    """Every prediction clipped to [5, 5] would score RMSE 0: implicit feedback, not ratings."""
+    with pytest.raises(ConfigError, match="every training rating is 5.*task=topk"):
+        build_ratings(rated_events([5.0] * 40), SPLIT)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("fallback", True),
+        ("fallback", float("nan")),
+        ("clip", "yes"),
+        ("max_loss", -1),
+        ("max_loss", 0),
+    ],
+)
+def test_a_bad_task_setting_is_one_config_error(option, value):
+    """task.max_loss=-1 used to stop in Hydra's wrapped ValueError; fallback=true silently
+    meant a rating of 1, fallback=nan a 'diverged' run."""
+    with pytest.raises(ConfigError, match=f"task.{option} must be"):
+        RatingTask(MF(schema(), embed_dim=2), torch.optim.Adam, **{option: value})
+
+
+def test_mf_refuses_a_negative_l2():
+    with pytest.raises(ConfigError, match=r"model.l2 .* must be >= 0, got -0.1"):
+        MF(schema(), embed_dim=2, l2=-0.1)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.0, 100.0), (1.0, 10.0)])
+def test_the_divergence_limit_follows_the_rating_scale(low, high):
+    """On 0–100 scores an untrained model (predicting about 0) has a squared error of thousands:
+    it used to stop at step 0 as diverged. A real divergence still stops."""
+    s = InteractionSchema(4, 5, torch.ones(6), (low, high), (low + high) / 2)
+    task = RatingTask(MF(s, embed_dim=2), torch.optim.Adam)
+    task.set_schema(s)
+    untrained = {"user": torch.tensor([1, 2, 3]), "item": torch.tensor([1, 2, 3])}
+    with torch.no_grad():
+        task.model.mean.zero_()  # predicts about 0, as an untrained AutoRec does
+    task.training_step({**untrained, "rating": torch.full((3,), high)}, 0)
+    task.loss_guard.check()  # no error
+    with torch.no_grad():
+        task.model.user_bias.fill_(1e6)
+    task.training_step({**untrained, "rating": torch.full((3,), high)}, 1)
+    with pytest.raises(Exception, match=f"ratings {low:g}–{high:g} rescaled.*task.max_loss=1000"):
+        task.loss_guard.check()
+
+
+def test_a_cell_rated_twice_holds_the_mean_of_its_ratings():
+    """A table may rate one (user, item) twice (docs: every row is a rating). The AutoRec row
+    holds one value per cell: it held whichever duplicate was written last (on a GPU, either),
+    and the row listed the cell twice."""
+    rows, cols = torch.tensor([1, 2, 1, 1]), torch.tensor([3, 1, 3, 2])
+    m = CSR.from_coo(rows, cols, torch.tensor([2.0, 5.0, 4.0, 1.0]), n_rows=3, n_cols=4)
+    assert m.indptr.tolist() == [0, 0, 2, 3]  # row 1: cells 2 and 3, once each
+    assert m.indices.tolist() == [2, 3, 1] and m.values.tolist() == [1.0, 3.0, 5.0]
+    dense = densify({"row": torch.tensor([1]), **m.gather(torch.tensor([1]))}, 1, 4)
+    assert dense["ratings"].tolist() == [[0.0, 0.0, 1.0, 3.0]]
+    assert int(dense["observed"].sum()) == 2

@@ -206,6 +206,14 @@ def test_a_rating_that_is_not_a_number_names_its_line_and_odd_numbers_are_missin
         MalformedDataError, match=r"bad.csv:43: the rating column 'stars' holds 'x'"
     ):
         Table("bad.csv", cols, root=str(tmp_path)).load()
+    # NaN and inf are no ratings either: NaN >= 4 is false, so it used to be a silent label 0
+    for value in ("nan", "inf"):
+        stars[41] = value
+        df.with_columns(pl.Series("stars", stars)).write_csv(tmp_path / "bad.csv")
+        with pytest.raises(
+            MalformedDataError, match=rf"bad.csv:43: the rating column 'stars' holds '?{value}"
+        ):
+            Table("bad.csv", cols, root=str(tmp_path)).load()
     # NaN, inf and text in a dense column are missing values (filled with the training mean
     # later), not NaN features that would turn the first loss into NaN
     price = df["price"].to_list()

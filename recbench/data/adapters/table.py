@@ -222,8 +222,8 @@ class Table:
     """The ``dataset=table`` adapter: roles of columns → canonical ``RawData`` events."""
 
     # enters the prepared data's cache key: raise it when the same file and columns read into
-    # other events (2: ids and categories read as text)
-    reader_version = 2
+    # other events (2: ids and categories read as text; 3: ratings that are NaN or ±inf refused)
+    reader_version = 3
 
     def __init__(
         self,
@@ -337,13 +337,15 @@ class Table:
             label = pl.col(c["label"]).cast(pl.Int64)
         elif c.get("rating"):
             rating = pl.col(c["rating"]).cast(pl.Float64, strict=False)
-            bad = frame.select(rating.is_null() & pl.col(c["rating"]).is_not_null()).to_series()
+            # text, NaN or ±inf: NaN >= threshold is false, so it would pass as a silent 0 label
+            not_number = rating.is_null() & pl.col(c["rating"]).is_not_null()
+            bad = frame.select(not_number | rating.is_finite().not_().fill_null(False)).to_series()
             if bad.any():
                 row = int(bad.arg_max())
                 raise malformed(
                     *self.source.locate(row),
                     f"the rating column {c['rating']!r} holds {frame[c['rating']][row]!r}, "
-                    "not a number",
+                    "not a finite number",
                     "Give numeric ratings, or fix or remove that line.",
                 )
             if c.get("rating_threshold") is None:  # ratings alone: no click label (not CTR)
