@@ -260,7 +260,7 @@ def _record_run(
         "status": "finished",
         "model": name,
         "dataset": str(cfg.dataset.name) if cfg.get("dataset") else None,
-        **task_cls.describe(),
+        **task_cls.describe(cfg.get("task")),
         "seed": int(cfg.seed),
         "split_seed": (
             int(cfg.dataset.split.seed)

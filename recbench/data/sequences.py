@@ -61,6 +61,7 @@ from recbench.errors import ConfigError
 from recbench.ranking import draw_negatives
 
 SEQ_VERSION = 1
+ORACLE_KS = (5, 10, 20)  # the default task.ks; other cut-offs enter the synthetic world's key
 WEIGHTINGS = ("uniform", "popularity")
 
 
@@ -267,6 +268,9 @@ def sequence_key(cfg: DictConfig) -> tuple[str, dict[str, Any], Any]:
         synth = cfg.task.get("synthetic")
         seq_params = OmegaConf.to_container(synth, resolve=True) if synth is not None else {}
         material |= {"world": world, "synthetic": seq_params}
+        ks = tuple(int(k) for k in cfg.task.get("ks") or ORACLE_KS)
+        if ks != ORACLE_KS:  # the oracle's metrics are stored at the preparing run's cut-offs
+            material["oracle_ks"] = list(ks)
         files = (Path(synthetic.__file__), Path(synthetic_seq.__file__))
     else:
         adapter_cfg = OmegaConf.to_container(cfg.dataset.adapter, resolve=True)
@@ -302,7 +306,7 @@ def prepare_sequences(cfg: DictConfig, log=print, force: bool = False) -> Sequen
         params = synthetic.WorldParams(**world)
         try:
             seq = synthetic_seq.SeqWorldParams(**material["synthetic"])
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"task.synthetic: {exc}") from None
         gen = synthetic_seq.generate_sequences(params, seq, seed)
         lengths = [len(s) for s in gen.sequences]
@@ -335,7 +339,8 @@ def prepare_sequences(cfg: DictConfig, log=print, force: bool = False) -> Sequen
             f"left out; {data.info['users']:,} users remain"
         )
     if oracle is not None:
-        data.info["oracle"] = _oracle(oracle, data, tuple(cfg.task.get("ks") or (5, 10, 20)))
+        ks = tuple(int(k) for k in cfg.task.get("ks") or ORACLE_KS)
+        data.info["oracle"] = _oracle(oracle, data, ks)
     data.key = key
     data.info["key"] = key
     data.info["name"] = str(cfg.dataset.name)

@@ -43,6 +43,19 @@ class SeqWorldParams:
     interest_drift: float = 0.05  # per-event random walk of the interest (slow: long range)
     interest_noise: float = 0.3  # spread of the initial interest around the preferred genres
 
+    def __post_init__(self) -> None:
+        # a weight outside [0, 1] mixes the parts into negative "probabilities"
+        if not 0.0 <= self.transition_weight <= 1.0:
+            raise ValueError(f"transition_weight must be in [0, 1], got {self.transition_weight}")
+        if self.successors < 1 or self.successor_concentration <= 0:
+            raise ValueError(
+                "successors must be >= 1 and successor_concentration > 0, got "
+                f"{self.successors} and {self.successor_concentration}"
+            )
+        for name in ("interest_sharpness", "interest_drift", "interest_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
 
 @dataclass
 class SequenceWorld:

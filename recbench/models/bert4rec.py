@@ -41,8 +41,20 @@ class BERT4Rec(nn.Module):
         mask_last_prob: float = 0.0,
     ) -> None:
         super().__init__()
-        if not 0.0 < mask_prob <= 1.0:
-            raise ConfigError(f"model.mask_prob must be in (0, 1], got {mask_prob}")
+        if not 0.0 < mask_prob < 1.0:  # ρ = 1 masks every item: nothing left to read
+            raise ConfigError(f"model.mask_prob must be in (0, 1), got {mask_prob}")
+        if not 0.0 <= mask_last_prob <= 1.0:
+            raise ConfigError(f"model.mask_last_prob must be in [0, 1], got {mask_last_prob}")
+        if schema.max_len < 2:  # the window holds max_len - 1 history items and the [mask]
+            raise ConfigError(
+                f"BERT4Rec reads max_len - 1 history items beside the appended [mask], so "
+                f"task.max_len={schema.max_len} leaves it no history: set task.max_len >= 2"
+            )
+        if hidden_units < 1 or blocks < 0:
+            raise ConfigError(
+                f"model.hidden_units must be >= 1 and model.blocks >= 0, got {hidden_units} "
+                f"and {blocks}"
+            )
         self.mask_prob = mask_prob
         self.mask_last_prob = mask_last_prob
         self.num_items = schema.num_items

@@ -72,6 +72,13 @@ class SASRec(nn.Module):
             raise ConfigError(f"model.block={block!r}; SASRec's blocks are one of {BLOCKS}")
         if init not in INITS:
             raise ConfigError(f"model.init={init!r}; SASRec initialises with one of {INITS}")
+        if hidden_units < 1 or blocks < 0:
+            raise ConfigError(
+                f"model.hidden_units must be >= 1 and model.blocks >= 0, got {hidden_units} "
+                f"and {blocks}"
+            )
+        if loss == "sampled_softmax" and negatives < 1:  # the target alone: the loss is 0
+            raise ConfigError(f"model.negatives must be >= 1 with sampled_softmax, got {negatives}")
         self.block = block
         self.loss = loss
         self.num_negatives = negatives

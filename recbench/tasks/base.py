@@ -104,17 +104,29 @@ class Task(pl.LightningModule):
         return {}
 
     @classmethod
-    def describe(cls) -> dict[str, Any]:
+    def metrics_of(cls, task_cfg: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The metrics a run with ``task_cfg`` reports, in report order (a task whose cut-offs
+        are configurable names its own; by default the class's fixed list)."""
+        return tuple(cls.metrics)
+
+    @classmethod
+    def describe(cls, task_cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The record fields from which compare and the report learn this task's metrics."""
+        metrics = cls.metrics_of(task_cfg)
         return {
             "task": cls.name,
-            "metrics": list(cls.metrics),
+            "metrics": list(metrics),
             "primary_metric": cls.primary,
             "primary_mode": cls.primary_mode,
-            "metric_modes": {m: metric_mode(cls, m) for m in cls.metrics},
+            "metric_modes": {m: metric_mode(cls, m) for m in metrics},
             "bootstrap_unit": cls.bootstrap_unit,
-            "bootstrap": dict(cls.bootstrap),
+            "bootstrap": cls.bootstrap_of(metrics),
         }
+
+    @classmethod
+    def bootstrap_of(cls, metrics: tuple[str, ...]) -> dict[str, str]:
+        """How the report resamples each of ``metrics`` (``cls.bootstrap``'s entries)."""
+        return {m: how for m, how in cls.bootstrap.items() if m in metrics}
 
     @classmethod
     def val_keys(cls, task_cfg: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recbench.errors import ConfigError
 from recbench.ranking import (
     UnitValues,
     mask_items,
@@ -229,6 +230,21 @@ class NextItemTask(Task):
         ks = KS if ks is None else tuple(int(k) for k in ks)
         return unit_names(ks, int((task_cfg.get("eval") or {}).get("sampled") or 0))
 
+    @classmethod
+    def metrics_of(cls, task_cfg: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The run's cut-offs (``task.ks``) and, with sampled negatives, the sampled protocol,
+        in report order: what the results table and the report show."""
+        if task_cfg is None:
+            return tuple(cls.metrics)
+        ks = task_cfg.get("ks")
+        ks = KS if ks is None else tuple(int(k) for k in ks)
+        logged = set(cls.val_keys(task_cfg))
+        return tuple(n for n in metric_names(ks) if n in logged)
+
+    @classmethod
+    def bootstrap_of(cls, metrics: tuple[str, ...]) -> dict[str, str]:
+        return {m: "mean" for m in metrics}  # every metric is a mean of per-user values
+
     def __init__(
         self,
         model: nn.Module,
@@ -414,6 +430,20 @@ class NextItemTask(Task):
         from recbench.data.sequences import SequenceDataModule
 
         self._seen = data.seen
+        seq = data.splits["train"]["seq"]
+        if (
+            self.trainable
+            and not hasattr(self.model, "cloze")
+            and not bool((seq[:, :-1] > 0).any())
+        ):
+            # a causal model's targets are the training items after another training item; a
+            # Cloze model (``cloze``: BERT4Rec) can mask a user's one training item
+            raise ConfigError(
+                "no user has two training items (four or more interactions: the last two are "
+                "the validation and test targets), so "
+                f"{type(self.model).__name__} has no next item to learn and would be evaluated "
+                "untrained. Give users' longer histories, or use a Cloze model (model=bert4rec)"
+            )
         # the validation history is the training items (everything before the val target)
         self._train_keys = history_keys(*data.seen["val"], data.schema.num_items)
         return SequenceDataModule(

@@ -3,6 +3,8 @@ plumbing on hand-made users."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +154,57 @@ def test_synthetic_sequences_have_an_oracle_above_its_parts():
     assert all(np.array_equal(x, y) for x, y in zip(gen.sequences, again.sequences, strict=True))
 
 
+def test_a_causal_model_without_a_training_pair_is_refused_not_evaluated_untrained():
+    """Users with three interactions each keep one training item: SASRec and GRU4Rec have no
+    next item to learn, trained on a loss of 0 for every step and reported an untrained model's
+    numbers as a result. A Cloze model can still mask the one item, so it is allowed."""
+    from omegaconf import OmegaConf
+
+    from recbench.models.bert4rec import BERT4Rec
+    from recbench.models.gru4rec import GRU4Rec
+    from recbench.models.sasrec import SASRec
+
+    users = np.repeat(np.arange(6), 3)
+    items = np.arange(18) % 7 + 1
+    data, _ = build_sequences(users, items, np.zeros(18), SequenceOptions(max_len=4))
+    cfg = OmegaConf.create(
+        {"batch_size": 4, "eval_batch_size": 4, "seed": 0, "device_resident": False}
+    )
+    for model in (SASRec(data.schema), GRU4Rec(data.schema)):
+        with pytest.raises(ConfigError, match="no user has two training items"):
+            NextItemTask(model, torch.optim.Adam).datamodule(cfg, data)
+    NextItemTask(BERT4Rec(data.schema), torch.optim.Adam).datamodule(cfg, data)
+    # one user with a fourth interaction gives SASRec a target
+    users, items = np.r_[users, 0], np.r_[items, 3]
+    data, _ = build_sequences(users, items, np.arange(19), SequenceOptions(max_len=4))
+    NextItemTask(SASRec(data.schema), torch.optim.Adam).datamodule(cfg, data)
+
+
+def test_the_synthetic_world_refuses_a_transition_weight_that_is_not_a_share(tmp_path, monkeypatch):
+    """task.synthetic.transition_weight=1.5 mixed the two parts into negative "probabilities":
+    the world was generated anyway and its oracle reported as the ceiling."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.data.sequences import prepare_sequences
+
+    with pytest.raises(ValueError, match="successors"):
+        SeqWorldParams(successors=0)
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "dataset=synthetic",
+                "task=next_item",
+                "model=sasrec",
+                "+task.synthetic.transition_weight=1.5",
+            ],
+        )
+    with pytest.raises(ConfigError, match="task.synthetic: transition_weight must be in"):
+        prepare_sequences(cfg, log=lambda _: None)
+
+
 def _lengths_tensor(lengths, width: int) -> torch.Tensor:
     """Left-padded (n, width) rows of the given lengths (item codes 1..)."""
     cols = torch.arange(width)[None]
@@ -239,3 +292,40 @@ def test_a_table_reports_the_users_it_leaves_out_and_its_repeated_rows(tmp_path,
     assert any(m.startswith("1 events repeat an earlier event's user, item and time") for m in logs)
     code = {raw: k + 1 for k, raw in enumerate(data.raw_items)}
     assert data.splits["val"]["target"][0] == data.splits["test"]["target"][0] == code["4"]
+
+
+def test_the_record_lists_the_cut_offs_the_run_computes():
+    """task.ks=[1,10,50] without sampled negatives: the record (and so the results table and
+    the report) names @1 and @50, not the default @5/@20 or sampled metrics it never logs."""
+    from omegaconf import OmegaConf
+
+    from recbench.tasks.next_item import NextItemTask
+
+    cfg = OmegaConf.load(Path(__file__).parents[2] / "configs" / "task" / "next_item.yaml").task
+    assert NextItemTask.describe(cfg)["metrics"] == list(NextItemTask.metrics)  # the defaults
+    cfg.ks, cfg.eval.sampled = [1, 10, 50], 0
+    d = NextItemTask.describe(cfg)
+    assert d["metrics"] == ["ndcg@10", "hr@10", "mrr", "ndcg@1", "hr@1", "ndcg@50", "hr@50"]
+    assert d["bootstrap"] == {m: "mean" for m in d["metrics"]}
+    assert set(d["metrics"]) <= set(NextItemTask.val_keys(cfg))
+
+
+def test_the_synthetic_oracle_is_prepared_at_the_runs_cut_offs(tmp_path, monkeypatch):
+    """The oracle's metrics are stored with the prepared world: a run at task.ks=[1,10,50] used to
+    reuse a world prepared at the default cut-offs and record an oracle without @1 or @50."""
+    from hydra import compose, initialize_config_dir
+
+    from recbench.cli import config_dir
+    from recbench.data.sequences import prepare_sequences, sequence_key
+
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    base = ["dataset=synthetic", "task=next_item", "model=sasrec", "++dataset.world.n_users=200"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        default = compose("train", overrides=base)
+        other = compose("train", overrides=[*base, "task.ks=[1,10,50]"])
+    key, material, _ = sequence_key(default)
+    assert "oracle_ks" not in material  # the default cut-offs keep the key they always had
+    assert sequence_key(other)[0] != key
+    prepare_sequences(default, log=lambda _: None)
+    oracle = prepare_sequences(other, log=lambda _: None).info["oracle"]["test"]
+    assert {"hr@1", "ndcg@50"} <= set(oracle) and "hr@5" not in oracle

@@ -189,6 +189,30 @@ def test_sasrec_rejects_unknown_blocks_and_inits():
         SASRec(schema(), init="kaiming")
 
 
+def test_models_refuse_settings_that_leave_nothing_to_learn_or_crash():
+    """BERT4Rec at task.max_len=1 built fine and then crashed in evaluation (IndexError: the
+    window kept no column for the [mask]); ρ = 1 (every item masked) and mask_last_prob
+    outside [0, 1] were accepted; heads=0 or hidden_units=0 gave a ZeroDivisionError traceback,
+    blocks=-1 ran as 0 blocks and sampled_softmax with 0 negatives trained on a loss of 0."""
+    from recbench.errors import ConfigError
+
+    for kwargs in ({"mask_prob": 1.0}, {"mask_prob": 0.0}, {"mask_last_prob": 1.5}):
+        with pytest.raises(ConfigError, match="mask"):
+            BERT4Rec(schema(), **kwargs)
+    with pytest.raises(ConfigError, match="task.max_len"):
+        BERT4Rec(schema(max_len=1))
+    for make in (SASRec, BERT4Rec):
+        with pytest.raises(ValueError, match="heads"):
+            make(schema(), heads=0)
+        for kwargs in ({"hidden_units": 0}, {"blocks": -1}):
+            with pytest.raises(ConfigError, match="hidden_units"):
+                make(schema(), **kwargs)
+    with pytest.raises(ConfigError, match="model.negatives"):
+        SASRec(schema(), loss="sampled_softmax", negatives=0)
+    BERT4Rec(schema(max_len=2), mask_last_prob=1.0)  # the smallest window that reads history
+    SASRec(schema(max_len=1), blocks=0)  # a last-item model without attention is allowed
+
+
 def test_chunked_cross_entropy_equals_the_plain_one(monkeypatch):
     torch.manual_seed(0)
     h = torch.randn(37, 5, requires_grad=True)

@@ -47,6 +47,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, dropout: float, out_proj: bool = False) -> None:
         super().__init__()
+        if heads < 1:
+            raise ValueError(f"attention needs heads >= 1, got {heads}")
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by {heads} heads")
         self.heads = heads
