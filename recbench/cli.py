@@ -176,7 +176,7 @@ def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
     so it costs nothing unless a command has already failed."""
     import difflib
 
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
     keys = [a.split("=", 1)[0] for a in args if "=" in a and not a.startswith(("+", "~", "-"))]
     keys = [k for k in keys if not k.startswith("hydra")]
@@ -201,14 +201,19 @@ def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
         for depth, part in enumerate(parts):
             if not isinstance(node, DictConfig):
                 break
-            if part not in node:
+            if part not in node.keys():  # `in node` is False for a mandatory (???) value too
                 close = difflib.get_close_matches(part, [str(k) for k in node], n=3, cutoff=0.6)
                 if close:
                     head = ".".join(parts[:depth])
                     names = " or ".join(f"{head}.{c}" if head else c for c in close)
                     console.print(f"[yellow]hint:[/] {key} is not a key; did you mean {names}?")
                 break
-            node = node[part]
+            if OmegaConf.is_missing(node, part):  # a mandatory value: a key, with nothing below
+                break
+            try:
+                node = node[part]
+            except Exception:  # noqa: BLE001 - an interpolation the hint cannot resolve here
+                break
 
 
 def _compose_quiet(config_name: str, overrides: list[str]):
@@ -559,7 +564,9 @@ def main(argv: list[str] | None = None) -> None:
         print(HELP[cmd]())
         return
     if cmd == "compare":  # a flag for the common case of rebuilding a report from the store
-        rest = ["report_only=true" if a == "--report-only" else a for a in rest]
+        from recbench.compare import normalise_args  # --report-only, unquoted extra=[...]
+
+        rest = normalise_args(rest)
         _check_compare_model_keys(rest)
     if cmd not in COMMANDS:
         console.print(

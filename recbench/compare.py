@@ -29,6 +29,7 @@ from recbench.compare_plan import (
     _model_names,
     _part_dir,
     _refuse_unknown,
+    _refuse_unreported,
     _serving,
     compare_label,
     plan,
@@ -44,7 +45,7 @@ from recbench.compare_runs import (
     start_fork_servers,
     train_all,
 )
-from recbench.errors import ConfigError
+from recbench.errors import ConfigError, RecbenchError
 from recbench.report import (
     ReportInput,
     Table,
@@ -217,6 +218,8 @@ def run(cfg: DictConfig) -> None:
     try:
         configs = TrainConfigs(common, hydra_passed)
         models = _serving(names, cfg, configs)
+        if not cfg.report_only:
+            _refuse_unreported(models, configs)
         jobs = plan(models, seeds, common, hydra_passed, out_dir, configs)
         _refuse_unknown(jobs)
         failures: list[dict[str, Any]] = []
@@ -288,7 +291,14 @@ def run(cfg: DictConfig) -> None:
         bootstrap_seed=int(cfg.bootstrap.seed),
         level=float(cfg.bootstrap.level),
     )
-    write_report(report, out_dir)
+    try:
+        write_report(report, out_dir)
+    except OSError as exc:  # a full disk after hours of training: the runs themselves are kept
+        raise RecbenchError(
+            f"the report could not be written to {out_dir}: {exc.strerror or exc}. The runs are "
+            f"in the results store {root}; once there is room, rebuild the report with: "
+            + _command_line(task_overrides, list(hc.overrides.hydra), True)
+        ) from exc
     before = set(out_dir.iterdir())
     run_report_hooks([r for rs in runs.values() for r in rs], out_dir, console)
     # what a task's hook added beside the report (the RL task: rl_pairs.md, rl_curves.png)

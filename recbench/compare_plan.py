@@ -263,6 +263,29 @@ def _refuse_unknown(jobs: list[Job]) -> None:
         )
 
 
+def _refuse_unreported(models: list[str], configs: TrainConfigs) -> None:
+    """A compare finds the runs it trains in the results store and reports their test metrics:
+    under ``record=false`` each run would train, miss the store and be reported failed; under
+    ``test=false`` the report would be empty and every run trained again by the next compare."""
+    why = {
+        "record": "keeps the runs out of the results store, where compare finds them (each "
+        "would be reported failed after training)",
+        "test": "leaves the runs without the test metrics compare reports (the report would be "
+        "empty, and every run trained again next time)",
+    }
+    for m in models:
+        try:
+            cfg = configs.base(m)
+        except Exception:  # noqa: BLE001 - a config that does not compose is reported by plan
+            continue
+        for key, what in why.items():
+            if not cfg.get(key, True):
+                raise ConfigError(
+                    f"compare cannot train with {key}=false (model={m}): it {what}; drop "
+                    f"{key}=false, or use recbench train for single runs"
+                )
+
+
 def _refuse_twins(jobs: list[Job]) -> None:
     """Two models whose runs are one run (same config and data, so the same run key): the
     overrides made them the same model (``extra=['model.gamma=0.4']`` turns DN into DDQN). The

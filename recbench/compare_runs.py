@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from recbench.errors import RecbenchError
 from recbench.forkserver import ForkServer, ForkServerError
 from recbench.report import error_line, metric_value
 from recbench.results import (
@@ -323,6 +324,12 @@ def train_all(
         server = free.get() if started else None
         try:
             rc, command, log_path = train_job(job, hydra_overrides, threads, server)
+        except OSError as exc:  # a full disk, a read-only folder: no run could start
+            raise RecbenchError(
+                f"could not start {job.model} seed {job.seed} in {job.run_dir}: "
+                f"{exc.strerror or exc}; runs that finished are in the store, and rerunning "
+                "the same command trains the rest"
+            ) from exc
         finally:
             if server is not None:
                 free.put(server)
@@ -361,7 +368,13 @@ def train_all(
         (another compare trained it), None while another live compare trains it."""
         name = f"{job.model} seed {job.seed}"
         lock = RunLock(root, str(job.key), f"{name} ({job.run_dir})")
-        if not lock.acquire():
+        try:
+            free_to_train = lock.acquire()
+        except OSError as exc:
+            raise RecbenchError(
+                f"could not mark {name} as being trained ({lock.path}): {exc.strerror or exc}"
+            ) from exc
+        if not free_to_train:
             if name not in waiting:
                 waiting.add(name)
                 say(
@@ -426,8 +439,9 @@ def train_all(
                 # the main thread only raises KeyboardInterrupt once it runs again
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
-                    job = running.pop(future)
-                    result = future.result()
+                    job = running[future]
+                    result = future.result()  # raising, it leaves the run's lock to be released
+                    del running[future]
                     seconds_of.setdefault(job.model, result[-1])
                     finish(job, *result)
                     progress.advance(bar)

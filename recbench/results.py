@@ -372,8 +372,9 @@ def repair_store(root: str | os.PathLike) -> Repair:
     """Rewrite the store with every whole record on its own line and the fragments of torn writes
     left out. The new store is written to a temporary file, synced and renamed over the old one,
     under the store's lock; the old file is kept as ``results.jsonl.bak`` (``.bak2``... when
-    that exists). A store without damaged lines is not touched."""
-    path = store_path(root)
+    that exists). A store without damaged lines is not touched. A store that is a symlink (one
+    store shared by several outputs roots) is repaired where it points, and stays a link."""
+    path = store_path(root).resolve()
     if not path.exists():
         raise StoreError(f"there is no results store at {path}")
     try:
@@ -495,15 +496,16 @@ def latest(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return records[-1] if records else None
 
 
-# config keys that change where a run writes or what it prints, never its numbers
-_VOLATILE = ("paths", "logger", "hydra", "record", "test", "overwrite")
+# config keys that change where a run writes, what it prints or how fast it runs, never its
+# numbers: a compare with another `threads` (or none) reuses the runs it finds
+_VOLATILE = ("paths", "logger", "hydra", "record", "test", "overwrite", "threads")
 _VOLATILE_TRAINER = ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")
 
 
 def run_key(cfg, data_key: str) -> str:
-    """Hash of what determines a run's numbers: the config without paths, loggers and display
-    options (unresolved, so output folders never enter it), the prepared data's cache key, and
-    the code version."""
+    """Hash of what determines a run's numbers: the config without paths, loggers, display
+    options and thread count (unresolved, so output folders never enter it), the prepared
+    data's cache key, and the code version."""
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=False)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from recbench.cli import config_dir
-from recbench.results import FAILED, FINISHED, read_records
+from recbench.results import FAILED, FINISHED, code_version, read_records
 from tests import cli
 
 # a small world, a few batches, no event files: each run costs little more than its imports
@@ -177,6 +177,52 @@ def test_a_failing_model_is_recorded_and_the_others_finish(single_go: Path, tmp_
     assert "no_such_module" in failed["error"]
 
 
+@pytest.mark.parametrize("off", ["record=false", "extra=['test=false']"])
+def test_a_compare_that_could_not_report_its_runs_is_refused_before_training(
+    tmp_path: Path, off: str
+) -> None:
+    """record=false kept every run out of the store (each was reported failed after training);
+    test=false gave an empty report and trained every run again next time."""
+    proc = recbench("compare", "models=[lr]", "seeds=1", *TINY, off, outputs=tmp_path, check=False)
+    assert proc.returncode == 2
+    key = off.split("=")[-2].strip("['")
+    assert f"compare cannot train with {key}=false" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.jsonl").exists()  # nothing trained, nothing recorded
+    assert not list(tmp_path.glob("compare/*/runs"))
+
+
+def test_a_report_the_disk_cannot_hold_ends_in_one_line_naming_the_rebuild(tmp_path: Path) -> None:
+    """A full disk at the report, after the runs trained, used to end in an OSError traceback;
+    the message now says the runs are kept and gives the report_only command. (In a child
+    process: the CLI configures Hydra's and logging's global state.)"""
+    from recbench.compare_plan import plan
+    from recbench.results import append_record
+
+    common = ["dataset=synthetic", *TINY]
+    (job,) = plan(["lr"], [1], common, [], tmp_path)
+    failed = {"status": FAILED, "model": "lr", "seed": 1, "run_key": job.key, "error": "boom"}
+    append_record({**failed, "versions": {"recbench": code_version()}}, tmp_path)
+    args = ["compare", "models=[lr]", "seeds=1", *TINY, "report_only=true"]
+    child = (
+        "import errno, sys\n"
+        "import recbench.compare\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "recbench.compare.write_report = full\n"
+        "from recbench.cli import main\n"
+        f"main({args!r})\n"
+    )
+    env = {**os.environ, "RECBENCH_OUTPUTS": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", child], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    err = " ".join(proc.stderr.split())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "No space left on device" in err and "Traceback" not in err
+    assert "report_only=true" in err and f"results store {tmp_path}" in err
+
+
 def test_multirun_grid_gives_each_job_its_directory(tmp_path: Path) -> None:
     recbench("train", "-m", "model=lr,fm", *TINY, outputs=tmp_path)
     (sweep,) = (tmp_path / "multiruns").iterdir()
@@ -266,3 +312,11 @@ def test_parallel_jobs_train_side_by_side(tmp_path: Path) -> None:
     assert {m: v["seeds"] for m, v in summary["models"].items()} == {"lr": [1, 2], "fm": [1, 2]}
     assert "jobs=2" in summary["command"]
     assert proc.stderr.count("✓") == 4
+
+
+def test_extra_takes_unquoted_overrides_on_the_command_line(tmp_path: Path) -> None:
+    """``extra=[trainer.max_epochs=1,model.dropout=0.1]`` as typed in a shell (no quotes around
+    each item, which Hydra's grammar would need) reaches the compare as two overrides."""
+    args = ("compare", "models=[lr]", "seeds=1", "extra=[trainer.max_epochs=1,model.dropout=0.1]")
+    proc = recbench(*args, "--cfg", "job", outputs=tmp_path)
+    assert "extra:\n- trainer.max_epochs=1\n- model.dropout=0.1\n" in proc.stdout, proc.stdout

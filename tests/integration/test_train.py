@@ -278,6 +278,12 @@ def test_bad_input_gets_a_clear_error_not_a_traceback(tmp_path):
     text = " ".join(key.stderr.split())
     assert key.returncode == 1 and "Could not override 'model.embd_dim'" in text
     assert "hint: model.embd_dim is not a key; did you mean model.embed_dim?" in text
+    # a key whose value is mandatory (???) is a key: no hint for it beside the real typo
+    both = recbench("train", "dataset=table", "dataset.adapter.path=x.csv", "trainer.max_epoch=3",
+                    cwd=tmp_path, check=False)  # fmt: skip
+    text = " ".join(both.stderr.split())
+    assert "hint: trainer.max_epoch is not a key; did you mean trainer.max_epochs" in text
+    assert "dataset.adapter.path is not a key" not in text
     top = recbench("train", "batchsize=512", cwd=tmp_path, check=False)
     assert "hint: batchsize is not a key; did you mean batch_size" in " ".join(top.stderr.split())
     env = recbench(

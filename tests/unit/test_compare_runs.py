@@ -214,3 +214,20 @@ def test_a_compare_is_named_by_its_lineage_or_custom_for_a_bare_model_list() -> 
     )
     assert compare_label("cf", ["pop", "mf"], ["lineage=cf", "models=[pop,mf]"]) == "cf"
     assert compare_label("rl", None, ["+lineage=rl"]) == "rl"
+
+
+def test_a_run_folder_that_cannot_be_made_stops_the_compare_in_one_line(tmp_path: Path) -> None:
+    """A full disk (here: a file where the run's folder goes) used to end the compare in an
+    OSError traceback from its worker thread, leaving the run's lock marked as held."""
+    import pytest
+    from rich.console import Console
+
+    from recbench.compare_runs import train_all
+    from recbench.errors import RecbenchError
+
+    (tmp_path / "full").write_text("")
+    job = Job("lr", 1, [], tmp_path / "full" / "lr" / "seed_1", key="k1")
+    console = Console(file=io.StringIO())
+    with pytest.raises(RecbenchError, match=r"could not start lr seed 1 in .*full/lr/seed_1"):
+        train_all([job], tmp_path, [], console)
+    assert job.lock is None and not list((tmp_path / ".running").iterdir())

@@ -117,6 +117,23 @@ def test_records_glued_by_an_old_torn_write_are_read_and_repaired(tmp_path: Path
     assert len(read_records(tmp_path)) == 4
 
 
+def test_a_store_shared_through_a_symlink_is_repaired_where_it_points(tmp_path: Path) -> None:
+    shared, root = tmp_path / "shared", tmp_path / "root"
+    shared.mkdir()
+    root.mkdir()
+    append_record({"model": "lr", "status": FINISHED}, shared)
+    with open(shared / STORE_NAME, "a") as fh:
+        fh.write('{"model": "x", "stat')  # a torn last line
+    (root / STORE_NAME).symlink_to(shared / STORE_NAME)
+
+    done = repair_store(root)
+    assert (root / STORE_NAME).is_symlink()  # still the shared store, not a copy beside it
+    assert done.backup == shared / f"{STORE_NAME}.bak"
+    assert scan_store(shared) == ([{"model": "lr", "status": FINISHED}], [])
+    append_record({"model": "fm", "status": FINISHED}, root)
+    assert [r["model"] for r in read_records(shared)] == ["lr", "fm"]
+
+
 def test_a_short_write_is_completed(tmp_path: Path, monkeypatch) -> None:
     append_record({"model": "lr", "status": FINISHED}, tmp_path)
     real = os.write
@@ -227,6 +244,13 @@ def test_run_key_ignores_outputs_and_follows_what_changes_numbers(compose_train)
     assert run_key(compose_train("model=lr", "seed=2"), "data-a") != base
     assert run_key(compose_train("model=lr", "seed=1"), "data-b") != base
     assert run_key(compose_train("model=lr", "seed=1", "trainer.max_epochs=3"), "data-a") != base
+
+
+def test_run_key_ignores_the_thread_count(compose_train) -> None:
+    # threads only changes the speed: a compare with threads=1 reuses a run trained with auto
+    base = run_key(compose_train("model=lr", "seed=1"), "data-a")
+    assert run_key(compose_train("model=lr", "seed=1", "threads=1"), "data-a") == base
+    assert run_key(compose_train("model=lr", "seed=1", "threads=null"), "data-a") == base
 
 
 def test_run_key_includes_the_code_version(compose_train, monkeypatch) -> None:
