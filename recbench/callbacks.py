@@ -137,7 +137,46 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` that never leaves a partial file under a checkpoint's name: each
     checkpoint is written to ``<name>.tmp`` and renamed over ``<name>`` only once complete
     (``os.replace`` is atomic on one file system). A failed write (a full disk) removes the
-    partial file and stops the run with a message naming the path."""
+    partial file and stops the run with a message naming the path.
+
+    A resumed fit goes on from the run it resumes: each checkpoint holds the task's
+    ``val_history``, so the record's best epoch is ranked over every epoch as the best
+    checkpoint is, and a fit resumed into another folder still ranks its epochs against the
+    best checkpoint it resumed after (Lightning forgets that score when ``dirpath`` changes)."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        history = getattr(pl_module, "val_history", None)
+        if history is not None:
+            checkpoint["val_history"] = [dict(h) for h in history]
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # only a resumed fit: a test of the best checkpoint loads it too, and keeps the fit's
+        if trainer.state.fn == "fit" and "val_history" in checkpoint:
+            pl_module.val_history = [dict(h) for h in checkpoint["val_history"]]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("dirpath", self.dirpath)
+        if saved != self.dirpath and state_dict.get("monitor") == self.monitor:
+            # the earlier folder's best checkpoints stay ranked (and in place: Lightning
+            # never removes a file outside dirpath); last.ckpt is the earlier folder's own
+            kept = {
+                p: s
+                for p, s in (state_dict.get("best_k_models") or {}).items()
+                if s is not None and os.path.isfile(p)
+            }
+            if kept:
+                best_first = sorted(kept, key=lambda p: float(kept[p]), reverse=self.mode == "max")
+                if self.save_top_k > 0:
+                    best_first = best_first[: self.save_top_k]
+                self.best_k_models = {p: kept[p] for p in best_first}
+                self.best_model_path = best_first[0]
+                self.best_model_score = kept[best_first[0]]
+                self.kth_best_model_path = best_first[-1]
+                self.kth_value = kept[best_first[-1]]
+                return
+        super().load_state_dict(state_dict)
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"

@@ -119,6 +119,19 @@ class LossGuard:
         value = float(self._value)
         epoch, step = int(self._epoch), int(self._step)
         where = f"at epoch {epoch}, {self.unit} {step}"
+        if self.unit == "step" and epoch == step == 0:
+            # the first batch's loss comes from the initial weights: no learning rate made it
+            raise TrainingDivergedError(
+                f"the {self.what} was {value:.4g} on the first batch, before any weight "
+                "update, so the learning rate is not the cause: the model's initial weights "
+                "(e.g. a large model.init_std) or the batch's inputs give non-finite or huge "
+                "scores. Check the model's settings and the dataset's numeric columns."
+                + (
+                    f" If such values are expected, raise {self.limit_key}={self.max_loss:g}."
+                    if math.isfinite(value)
+                    else ""
+                )
+            )
         if math.isfinite(value):
             raise TrainingDivergedError(
                 f"the {self.what} became {value:.4g} {where}, above {self.limit_key}="

@@ -28,7 +28,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from recbench.validate.earlier_runs import HYDRA_ARTEFACTS, earlier_run, move_aside, overwrite_flag
+from recbench.validate.earlier_runs import (
+    HYDRA_ARTEFACTS,
+    earlier_run,
+    last_checkpoint,
+    move_aside,
+    overwrite_flag,
+)
 from recbench.validate.folders import _check_folders, _check_run_dir, system_folder
 from recbench.validate.problems import Problems
 from recbench.validate.targets import _check_targets
@@ -103,18 +109,23 @@ def check(
         if rd is not None and not early and not _launched_rank():
             _remove_fresh(rd)
         raise problems.error(command)
-    if rd is not None and found and _resumes_within(cfg, rd):
-        # resuming the killed run from its own checkpoint: its files stay where they are
-        log(f"resuming the run in {rd} from {cfg.get('ckpt_path')}; its files stay in place")
+    if rd is not None and found and _uses_checkpoint_within(cfg, rd):
+        # resuming the killed run from its own checkpoint (or evaluating it): moving its files
+        # aside would move the checkpoint away from under ckpt_path
+        what = "resuming the run" if cfg.get("fit", True) else "evaluating the checkpoint"
+        log(f"{what} in {rd} from {cfg.get('ckpt_path')}; its files stay in place")
         return
     if rd is not None:
         move_aside(rd, found, log)
 
 
-def _resumes_within(cfg: DictConfig, run_dir: Path) -> bool:
-    """Whether ``ckpt_path`` (with ``fit``) is a checkpoint inside ``run_dir``."""
+def _uses_checkpoint_within(cfg: DictConfig, run_dir: Path) -> bool:
+    """Whether ``ckpt_path`` is a checkpoint inside ``run_dir`` (``last``: the last checkpoint
+    the run directory's checkpoint folder holds)."""
     ckpt = cfg.get("ckpt_path")
-    if not ckpt or not cfg.get("fit", True) or ckpt in ("last", "best", "hpc", "registry"):
+    if ckpt == "last":
+        ckpt = last_checkpoint(cfg, run_dir)
+    if not ckpt or ckpt in ("best", "hpc", "registry"):
         return False
     try:
         Path(str(ckpt)).expanduser().resolve().relative_to(run_dir.resolve())

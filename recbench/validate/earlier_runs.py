@@ -23,9 +23,55 @@ def overwrite_flag(cfg: DictConfig) -> str:
     return "overwrite=true" if "overwrite" in cfg else "++overwrite=true"
 
 
+def _checkpoint_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    """Where this run's checkpoint callback writes (and Lightning looks for ``last``)."""
+    try:
+        dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
+    except Exception:  # an unresolvable value: listed by the value walk
+        dirpath = None
+    return Path(str(dirpath)).expanduser() if dirpath else run_dir / "checkpoints"
+
+
+def last_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint ``ckpt_path=last`` resumes: the newest ``last*.ckpt`` in the checkpoint
+    folder (as Lightning picks it), or None."""
+    folder = _checkpoint_dir(cfg, run_dir)
+    found = [p for p in folder.glob("last*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def _check_named_checkpoint(cfg: DictConfig, run_dir: Path, problems: Problems) -> None:
+    """``ckpt_path=best`` names no file before a fit, and ``ckpt_path=last`` without a last
+    checkpoint would make Lightning warn and start from the initial weights: a resumed run
+    trained from scratch, or an untrained model evaluated and recorded."""
+    ckpt = cfg.get("ckpt_path")
+    folder = _checkpoint_dir(cfg, run_dir)
+    if ckpt == "best":
+        problems.add(
+            "ckpt_path",
+            "ckpt_path=best names no checkpoint before a run has trained: give the file, "
+            f"e.g. ckpt_path={folder}/best-<epoch>.ckpt (an earlier run's metrics.json names "
+            "its best in `checkpoint`)",
+        )
+    elif ckpt == "last" and last_checkpoint(cfg, run_dir) is None:
+        held = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        instead = (
+            f"; it holds {', '.join(held)}: give one, e.g. ckpt_path={folder / held[-1]}"
+            if held
+            else ""
+        )
+        problems.add(
+            "ckpt_path",
+            f"ckpt_path=last: {folder} holds no last checkpoint (last.ckpt is written with "
+            "callbacks.model_checkpoint.save_last=true), so the run would start from the "
+            f"initial weights{instead}",
+        )
+
+
 def earlier_run(cfg: DictConfig, run_dir: Path, problems: Problems, early: bool) -> list[Path]:
     """What of an earlier run ``run_dir`` holds that must move aside before this run starts.
     A finished run is a problem unless ``overwrite=true``."""
+    _check_named_checkpoint(cfg, run_dir, problems)
     if not run_dir.is_dir():
         return []
     names = RUN_ARTEFACTS + (HYDRA_ARTEFACTS if early else ())

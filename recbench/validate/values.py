@@ -4,6 +4,7 @@ optimizer, trainer, callbacks, task, dataset ...), over every resolved leaf of t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,22 @@ def _seed(v: Any) -> str | None:
     return None
 
 
+def _duration(v: Any) -> bool:
+    """A Lightning time span written as text: DD:HH:MM:SS."""
+    return isinstance(v, str) and re.fullmatch(r"\d+:\d\d:\d\d:\d\d", v.strip()) is not None
+
+
+def _val_check_interval(v: Any) -> str | None:
+    if v is None or (_is_int(v) and v >= 1) or _duration(v):
+        return None
+    if isinstance(v, float) and 0.0 < v <= 1.0:
+        return None
+    return (
+        "must be a number of training batches >= 1, a fraction of an epoch in (0, 1], or a "
+        "time span DD:HH:MM:SS"
+    )
+
+
 def _max_epochs(v: Any) -> str | None:
     # -1: until a stopping callback says so; 0 is refused by _check_fit unless fit=false
     if v is None or (_is_int(v) and v >= -1):
@@ -151,6 +168,12 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "max_len": _int_at_least(0),  # a history's or sequence's length (0: none)
     "hash_buckets": _int_at_least(0),  # rows each field is hashed into (0: a vocabulary)
     "min_len": _int_at_least(0),
+    "check_val_every_n_epoch": _int_at_least(1),
+    "val_check_interval": _val_check_interval,
+    "accumulate_grad_batches": _int_at_least(1, none_ok=False),
+    "max_time": lambda v: (
+        None if v is None or _duration(v) else "must be a time span DD:HH:MM:SS, e.g. 00:12:00:00"
+    ),
     "limit_train_batches": _limit_batches,
     "limit_val_batches": _limit_batches,
     "limit_test_batches": _limit_batches,
@@ -243,6 +266,89 @@ def _check_values(cfg: DictConfig, problems: Problems) -> None:
 
     _walk(cfg, "", problems, visit)
     _check_sampled(cfg, problems)
+    _check_validation(cfg, problems)
+    _check_callback_monitors(cfg, problems)
+
+
+def _check_validation(cfg: DictConfig, problems: Problems) -> None:
+    """A fit whose trainer never validates: early stopping and the best checkpoint follow a
+    ``val/`` metric, so Lightning would fail after the first epoch, or the run would end
+    unvalidated and record the test of its last weights without a best epoch."""
+    t = cfg.get("trainer")
+    monitor = str(cfg.get("monitor") or "")
+    if not (isinstance(t, DictConfig) and cfg.get("fit", True) and monitor.startswith("val/")):
+        return
+    try:
+        limit = t.get("limit_val_batches")
+        every = t.get("check_val_every_n_epoch")
+        epochs = t.get("max_epochs")
+    except Exception:  # an unresolvable value: listed by the walk already
+        return
+    follows = f"which early stopping and the best checkpoint follow (monitor={monitor})"
+    if _is_number(limit) and limit == 0:
+        problems.add(
+            "trainer.limit_val_batches",
+            f"trainer.limit_val_batches={_fmt(limit)} skips validation, {follows}: drop it (all "
+            "batches), or give some, e.g. trainer.limit_val_batches=0.25",
+        )
+    elif _is_int(every) and _is_int(epochs) and 1 <= epochs < every:
+        problems.add(
+            "trainer.check_val_every_n_epoch",
+            f"trainer.check_val_every_n_epoch={every} validates first after epoch {every}, past "
+            f"trainer.max_epochs={epochs}, so the run would never validate, {follows}: set "
+            f"trainer.check_val_every_n_epoch={epochs} or fewer",
+        )
+
+
+def _check_callback_monitors(cfg: DictConfig, problems: Problems) -> None:
+    """Every callback's ``mode`` is min or max; the checkpoint callback ranks epochs as
+    ``monitor`` / ``monitor_mode`` do (the record's best epoch follows those, the tested
+    checkpoint the callback); early stopping on the same metric follows the same direction."""
+    callbacks = cfg.get("callbacks")
+    if not isinstance(callbacks, DictConfig):
+        return
+    monitor, mode = cfg.get("monitor"), cfg.get("monitor_mode")
+    for name in callbacks:
+        try:
+            node = callbacks[name]
+            if not isinstance(node, DictConfig) or not {"mode", "monitor"} <= set(node):
+                continue
+            target, its_monitor, its_mode = (
+                str(node.get("_target_", "")),
+                node.get("monitor"),
+                node.mode,
+            )
+        except Exception:  # an unresolvable value: listed by the walk already
+            continue
+        key = f"callbacks.{name}"
+        if its_mode not in ("min", "max"):
+            problems.add(f"{key}.mode", f"{key}.mode={_fmt(its_mode)}: must be min or max")
+            continue
+        if monitor is None or mode not in ("min", "max"):
+            continue
+        checkpoint = target.endswith("ModelCheckpoint")
+        if checkpoint and node.get("save_top_k") == 0 and cfg.get("fit", True):
+            problems.add(
+                f"{key}.save_top_k",
+                f"{key}.save_top_k=0 keeps no best checkpoint, so the test would run on the last "
+                "epoch's weights while the record reports the best epoch's: keep one "
+                f"({key}.save_top_k=1)",
+            )
+        if checkpoint and (its_monitor, its_mode) != (monitor, mode):
+            problems.add(
+                f"{key}.monitor",
+                f"{key} ranks epochs by {its_monitor} ({its_mode}) but monitor={monitor} "
+                f"monitor_mode={mode}: the record would report one epoch and test another. Set "
+                f"monitor={its_monitor} monitor_mode={its_mode} instead (the callbacks follow "
+                "them)",
+            )
+        elif its_monitor == monitor and its_mode != mode:
+            problems.add(
+                f"{key}.mode",
+                f"{key}.mode={its_mode} follows {monitor} the other way from monitor_mode="
+                f"{mode}: it would stop the run while {monitor} improves. Drop {key}.mode "
+                "(it follows monitor_mode)",
+            )
 
 
 # the ranking tasks whose sampled protocol may be switched off with task.eval.sampled=0

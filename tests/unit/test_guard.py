@@ -213,6 +213,21 @@ def test_nan_loss_in_a_short_epoch_stops_the_run_naming_its_step(tmp_path):
         trainer(tmp_path).fit(task(), batches(10, poison=poison), batches(2))
 
 
+def test_a_bad_loss_on_the_first_batch_does_not_blame_the_learning_rate(tmp_path):
+    """The first batch's loss comes from the initial weights: lowering optimizer.lr cannot
+    help, the inputs or the model's initialisation are the cause."""
+    poison = {0: lambda x, y: torch.where(torch.arange(len(x)) == 0, float("nan"), x)}
+    with pytest.raises(TrainingDivergedError) as err:
+        trainer(tmp_path).fit(task(), batches(4, poison=poison), batches(2))
+    msg = str(err.value)
+    assert "was nan on the first batch, before any weight update" in msg
+    assert "Lower optimizer.lr" not in msg
+    guard = LossGuard(max_loss=1000.0)
+    guard.update(torch.tensor(5e6), epoch=0, step=0)
+    with pytest.raises(TrainingDivergedError, match=r"before any .* raise task\.max_loss=1000"):
+        guard.check()
+
+
 def test_exploding_loss_stops_at_task_max_loss(tmp_path):
     poison = {2: lambda x, y: (1 - 2 * y) * 1e6}  # confidently wrong: BCE ≈ 1e6
     with pytest.raises(TrainingDivergedError, match=r"epoch 0, step 2, above task\.max_loss=1000"):

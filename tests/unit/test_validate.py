@@ -220,6 +220,44 @@ def test_max_epochs_zero_is_refused_unless_evaluating_only(tmp_path):
     assert "no such checkpoint file" in msg
 
 
+@pytest.mark.parametrize(
+    ("overrides", "refused"),
+    [  # Lightning's ZeroDivisionError or MisconfigurationException after the data was read
+        (["+trainer.check_val_every_n_epoch=0"], "check_val_every_n_epoch=0: must be >= 1"),
+        (["+trainer.val_check_interval=0"], "val_check_interval=0: must be a number"),
+        (["+trainer.val_check_interval=1.5"], "val_check_interval=1.5: must be a number"),
+        (["+trainer.accumulate_grad_batches=0"], "accumulate_grad_batches=0: must be >= 1"),
+        (["+trainer.max_time=abc"], "max_time='abc': must be a time span DD:HH:MM:SS"),
+        (["callbacks.model_checkpoint.mode=mx"], "model_checkpoint.mode='mx': must be min or"),
+        # a fit that never validates: a monitor error after an epoch, or a record with no
+        # best epoch whose test ran on the last weights
+        (["trainer.limit_val_batches=0"], "limit_val_batches=0 skips validation"),
+        (["trainer.max_epochs=2", "+trainer.check_val_every_n_epoch=3"], "never validate"),
+        # the tested checkpoint and the record's best epoch would follow different epochs
+        (["callbacks.model_checkpoint.monitor=val/logloss"], "report one epoch and test another"),
+        (["callbacks.model_checkpoint.save_top_k=0"], "keeps no best checkpoint"),
+        (["callbacks.early_stopping.mode=min"], "stop the run while val/auc improves"),
+    ],
+)
+def test_validation_schedule_and_callback_monitors_are_checked_before_any_work(
+    tmp_path, overrides, refused
+):
+    (msg,) = messages(overrides, tmp_path)
+    assert refused in msg
+
+
+def test_valid_validation_schedules_pass(tmp_path):
+    for overrides in (
+        ["+trainer.val_check_interval=0.5"],
+        ["+trainer.val_check_interval=200"],
+        ["+trainer.max_time=00:00:25:00", "+trainer.check_val_every_n_epoch=5"],
+        ["trainer.max_epochs=400", "+trainer.check_val_every_n_epoch=5"],
+        ["trainer.limit_val_batches=0", "fit=false", "record=false"],
+        ["task=rating"],  # monitor=val/rmse, monitor_mode=min: the callbacks follow both
+    ):
+        assert messages(overrides, tmp_path) == [], overrides
+
+
 def test_several_devices_without_ddp_get_the_command_that_works(tmp_path):
     (msg,) = messages(["model=lr", "trainer.devices=2"], tmp_path)
     assert "several devices need the DDP strategy" in msg
@@ -322,6 +360,30 @@ def test_a_finished_run_is_kept_unless_overwrite(tmp_path):
     check(cfg_of(["overwrite=true"], tmp_path), run_dir=tmp_path, log=lambda m: None)
     (stale,) = tmp_path.glob("stale-*")
     assert (stale / "metrics.json").exists() and not (tmp_path / "metrics.json").exists()
+
+
+def test_ckpt_path_last_resumes_the_killed_run_in_place_or_is_refused(tmp_path):
+    """``ckpt_path=last`` in a killed run's folder: its checkpoints stay where Lightning looks
+    for them (moved aside, the fit started from scratch); without a last checkpoint (the
+    default save_last=false), or ``best`` before any fit, one line instead of a silent start
+    from the initial weights or Lightning's traceback."""
+    earlier(tmp_path, finished=False)
+    with pytest.raises(ConfigError, match=r"ckpt_path=last: .* holds no last checkpoint.*best-7"):
+        check(cfg_of(["ckpt_path=last"], tmp_path), run_dir=tmp_path)
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("last")
+    lines: list[str] = []
+    check(cfg_of(["ckpt_path=last"], tmp_path), run_dir=tmp_path, log=lines.append)
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and not list(tmp_path.glob("stale-*"))
+    assert "its files stay in place" in lines[0]
+    with pytest.raises(ConfigError, match=r"ckpt_path=best names no checkpoint"):
+        check(cfg_of(["ckpt_path=best"], tmp_path), run_dir=tmp_path)
+
+
+def test_evaluating_a_checkpoint_of_the_run_folder_leaves_it_in_place(tmp_path):
+    earlier(tmp_path, finished=False)
+    ckpt = tmp_path / "checkpoints" / "best-7.ckpt"
+    check(cfg_of(["fit=false", f"ckpt_path={ckpt}"], tmp_path), run_dir=tmp_path, log=print)
+    assert ckpt.exists() and not list(tmp_path.glob("stale-*"))
 
 
 def test_a_launched_rank_leaves_the_run_directory_alone(tmp_path, monkeypatch):
