@@ -217,10 +217,11 @@ def prepare(cfg: DictConfig, force: bool = False, log=print) -> PreparedData:
             resample = bool((cfg.get("sampler") or {}).get("resample_each_epoch", False))
             if data.key != key:
                 log(f"rebuilding {cfg.name}: the cache {path} holds other data (key {data.key})")
-            elif data.negatives or not resample:
+            elif not resample or "sparse_attr" in data.negatives:
                 return data
             else:
                 # an older cache of the same data, without the tables redrawing negatives needs
+                # (or, written before they held them, without the items' sparse attributes)
                 log(f"rebuilding {cfg.name}: the cache predates per-epoch negatives")
     t0 = time.perf_counter()
     log(f"preparing {cfg.name} (cache: {path})")
@@ -421,19 +422,29 @@ def _negative_tables(
     widths: dict[str, int],
 ) -> dict[str, torch.Tensor]:
     """The sampler's (user, item) keys and, per raw item index, its item code and the codes of
-    its multi-valued attributes: enough to redraw training negatives without the raw data."""
+    its attributes: enough to redraw training negatives without the raw data. The sparse
+    attributes are one table, ``sparse_attr`` (items, k), of the ``sparse_attr_columns``."""
+    sparse_cols = ["user_id", "item_id", *raw.sparse]
+    singles = [c for c in raw.item_attributes if c in raw.sparse]
+    attrs = [c for c in raw.item_attributes if c in raw.multi]
+    # row i describes raw item index i: the join keeps the order of ``items``
+    table = pl.DataFrame({"item_id": items}).join(
+        _item_table(ev, [*singles, *attrs]), on="item_id", how="left", maintain_order="left"
+    )
+    codes = np.zeros((len(items), len(singles)), dtype=np.int32)
+    for j, c in enumerate(singles):
+        codes[:, j] = _encode(table[c], vocabs[c])
     out = {
         "keys": torch.from_numpy(sampler.keys),
         "n_items": torch.tensor(sampler.n_items),
         "item_code": torch.from_numpy(_encode(items, vocabs["item_id"]).copy()),
+        "sparse_attr_columns": torch.tensor(
+            [sparse_cols.index(c) for c in singles], dtype=torch.long
+        ),
+        "sparse_attr": torch.from_numpy(codes),
     }
-    attrs = [c for c in raw.item_attributes if c in raw.multi]
-    if attrs:
-        table = pl.DataFrame({"item_id": items}).join(
-            _item_table(ev, attrs), on="item_id", how="left"
-        )
-        for c in attrs:
-            out[f"attr_{c}"] = torch.from_numpy(_encode_lists(table[c], vocabs[c], widths[c]))
+    for c in attrs:
+        out[f"attr_{c}"] = torch.from_numpy(_encode_lists(table[c], vocabs[c], widths[c]))
     return out
 
 
@@ -485,11 +496,14 @@ class EpochNegatives:
             )
         self.seed = seed
         self.sampler = NegativeSampler(neg["keys"].numpy(), int(neg["n_items"]))
-        self.item_code = neg["item_code"]
         self.attributes = {k[5:]: t for k, t in neg.items() if k.startswith("attr_")}
         self.rows = neg["train_rows"]
         self.users = data.splits["train"]["group"][self.rows].numpy()
-        self.item_column = data.schema.sparse_index(data.schema.item)
+        # per raw item: its code and its sparse attributes' codes, in these ``sparse`` columns
+        item = torch.tensor([data.schema.sparse_index(data.schema.item)])
+        self.columns = torch.cat([item, neg.get("sparse_attr_columns", item[:0])])
+        single = neg.get("sparse_attr", torch.zeros((len(neg["item_code"]), 0), dtype=torch.int32))
+        self.codes = torch.cat([neg["item_code"][:, None].to(single.dtype), single], 1)
 
     def __call__(self, tensors: dict[str, torch.Tensor], epoch: int) -> None:
         """Rewrite the negative rows of the training ``tensors`` in place for ``epoch``."""
@@ -501,8 +515,8 @@ class EpochNegatives:
         raw = torch.from_numpy(drawn[drawn >= 0])
         device = tensors["sparse"].device
         rows_d = rows.to(device)
-        codes = self.item_code[raw].to(device, tensors["sparse"].dtype)
-        tensors["sparse"][rows_d, self.item_column] = codes
+        codes = self.codes[raw].to(device, tensors["sparse"].dtype)  # (R, 1 + sparse attributes)
+        tensors["sparse"][rows_d[:, None], self.columns.to(device)] = codes
         for name, table in self.attributes.items():
             if name in tensors:
                 tensors[name][rows_d] = table[raw].to(device, tensors[name].dtype)
@@ -534,7 +548,7 @@ def _add_negatives(
                 pl.Series("item_id", neg, dtype=items.dtype),  # typed even when empty
                 pl.lit(0, dtype=pl.Int64).alias("label"),
             )
-            rows = rows.join(item_table, on="item_id", how="left")
+            rows = rows.join(item_table, on="item_id", how="left", maintain_order="left")
             if raw.context and raw.negative_context == "resample" and rows.height:
                 # the context of another event of the same split, drawn with the same stream
                 donor = pos.select(raw.context)[rng.integers(0, pos.height, rows.height)]

@@ -341,3 +341,38 @@ def test_resampling_negatives_of_explicit_data_is_a_config_error():
     data = build(raw(), cfg())
     with pytest.raises(ConfigError, match="implicit"):
         EpochNegatives(data, seed=1)
+
+
+def test_redrawn_negatives_take_their_new_items_sparse_attributes():
+    """An item's sparse attribute (a brand) moves with the item when a negative is redrawn: a
+    negative row whose brand is another item's would be a label the model can read off."""
+    from recbench.data.datamodule import RecDataModule
+    from recbench.data.pipeline import EpochNegatives
+
+    frame = toy_events().with_columns(
+        pl.lit(1).alias("label"), (pl.col("item_id") % 7).alias("brand")
+    )
+    frame = frame.unique(["user_id", "item_id"])
+    data = build(
+        RawData(
+            frame,
+            sparse=("gender", "brand"),
+            multi=("genres",),
+            item_attributes=("brand", "genres"),
+            implicit=True,
+        ),
+        cfg(kind="leave_one_out", sampler={"seed": 5, "per_positive": 1}),
+    )
+    brand = data.schema.sparse_index("brand")
+    dm = RecDataModule(data, batch_size=10_000, negatives=EpochNegatives(data, seed=5))
+    loader = dm.train_dataloader()
+    for epoch in range(3):
+        next(iter(loader))
+        t = dm.splits["train"]
+        items = data.decode("item_id", t["sparse"][:, 1])
+        brands = data.decode("brand", t["sparse"][:, brand])
+        known = [
+            (i, b) for i, b in zip(items, brands, strict=True) if i is not None and b is not None
+        ]
+        assert len(known) > 300
+        assert all(b == i % 7 for i, b in known), epoch

@@ -201,3 +201,46 @@ def test_an_interrupted_preparation_leaves_no_cache(generated, tmp_path, monkeyp
     (data.path / "train" / "label-00000.npy").write_bytes(b"garbage")
     again = prepare(criteo_cfg(generated), log=lambda m: None)
     assert again.splits["train"]["label"].numpy().shape == (data.info["rows"]["train"],)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: (path / "train" / "label-00000.npy").write_bytes(b""),  # EOFError
+        lambda path: (path / "shards.json").write_text("[]"),  # AttributeError
+    ],
+    ids=["empty-shard", "json-list"],
+)
+def test_any_unreadable_shard_cache_is_rebuilt(generated, tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    data = prepare(criteo_cfg(generated), log=lambda m: None)
+    damage(data.path)
+    said = []
+    again = prepare(criteo_cfg(generated), log=said.append)
+    assert any("unreadable" in m for m in said)
+    assert again.splits["train"]["label"].numpy().shape == (data.info["rows"]["train"],)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_training_steps_per_epoch_do_not_change_with_the_block_order(sharded, world):
+    """Lightning reads a training loader's length once and stops every epoch there: an epoch
+    whose block order gave a rank more rows would lose its last batches."""
+    split = sharded.splits["train"]
+    for rank in range(world):
+        loader = ShardLoader(split, 7, shuffle=True, seed=1, rank=rank, world_size=world)
+        first = len(loader)
+        for epoch in range(8):
+            loader.set_epoch(epoch)
+            assert len(loader) == first, epoch
+            assert sum(1 for _ in loader) == first, epoch
+
+
+def test_a_training_rank_without_blocks_of_its_own_runs_the_same_steps(sharded):
+    """More ranks than blocks (a small file under DDP): a rank that DDP waits on must not run
+    out of batches while the others train."""
+    split = sharded.splits["train"]
+    world = len(split.blocks()) + 2
+    loaders = [ShardLoader(split, 50, True, 5, rank=r, world_size=world) for r in range(world)]
+    steps = [sum(1 for _ in ld) for ld in loaders]
+    assert steps == [len(ld) for ld in loaders]
+    assert len(set(steps)) == 1 and steps[0] > 0

@@ -133,8 +133,10 @@ class MovieLens100K:
         items = items.select(
             "item_id", flags.list.drop_nulls().cast(pl.List(pl.Int64)).alias("genres")
         )
-        events = _label(ratings, self.label_threshold).join(users, on="user_id", how="left")
-        events = events.join(items, on="item_id", how="left")
+        events = _label(ratings, self.label_threshold).join(
+            users, on="user_id", how="left", maintain_order="left"
+        )
+        events = events.join(items, on="item_id", how="left", maintain_order="left")
         return RawData(
             events=events,
             sparse=("age", "gender", "occupation", "zip"),
@@ -198,8 +200,10 @@ class MovieLens1M:
             encoding=self.encoding,
         )
         movies = movies.select("item_id", pl.col("genres").str.split("|").alias("genres"))
-        events = _label(ratings, self.label_threshold).join(users, on="user_id", how="left")
-        events = events.join(movies, on="item_id", how="left")
+        events = _label(ratings, self.label_threshold).join(
+            users, on="user_id", how="left", maintain_order="left"
+        )
+        events = events.join(movies, on="item_id", how="left", maintain_order="left")
         return RawData(
             events=events,
             sparse=("age", "gender", "occupation", "zip"),
@@ -255,7 +259,9 @@ class MovieLensCSV:
             pl.col("movieId").alias("item_id"),
             pl.col("genres").str.split("|").list.filter(pl.element() != "(no genres listed)"),
         )
-        events = _label(ratings, self.label_threshold).join(movies, on="item_id", how="left")
+        events = _label(ratings, self.label_threshold).join(
+            movies, on="item_id", how="left", maintain_order="left"
+        )
         return RawData(
             events=events,
             multi=("genres",),

@@ -20,8 +20,9 @@ class ShardLoader(EpochBatching):
     ``(seed, epoch)``, the same on every rank; rank ``r`` of ``w`` reads blocks ``r::w`` of that
     order (disjoint blocks). ``buffer_blocks`` blocks at a time fill a buffer whose rows are
     permuted (generator ``(seed, epoch, rank)``) and served in batches; the rest carries into
-    the next fill. A rank with fewer rows than the largest share re-reads the start of its own
-    blocks, so all ranks run the same number of steps (as DDP needs). Memory: one buffer.
+    the next fill. Every rank serves the most rows a rank can draw (the same in every epoch),
+    re-reading the start of its own blocks to make up the difference, so all ranks run the same
+    number of steps in every epoch (as DDP needs). Memory: one buffer.
     Evaluation (``shuffle=False``): rank ``r`` reads blocks ``r::w`` in row order, unpadded, so
     over all ranks every row is seen exactly once; a rank left without rows yields one batch of
     zero rows (see ``BatchLoader``).
@@ -59,10 +60,16 @@ class ShardLoader(EpochBatching):
         return sum(b - a for _, a, b in blocks[rank :: self.world_size])
 
     def rows_per_rank(self) -> int:
-        blocks = self._order(self.epoch)
-        if self.shuffle:  # the largest share: the block sizes are the same in every order
-            return max(self._share(blocks, r) for r in range(self.world_size))
-        return self._share(blocks, self.rank)
+        if self.shuffle:
+            return self._padded_share()
+        return self._share(self._order(self.epoch), self.rank)
+
+    def _padded_share(self) -> int:
+        """What every training rank serves, in every epoch: the most rows any rank can draw (its
+        share of blocks, the largest ones). The largest share of one epoch's order would change
+        with the order, and Lightning reads a loader's length once, for every epoch."""
+        sizes = sorted((b - a for _, a, b in self._blocks), reverse=True)
+        return sum(sizes[: math.ceil(len(sizes) / self.world_size)])
 
     def empty_rank(self) -> bool:
         return not self.shuffle and self.world_size > 1 and self.rows_per_rank() == 0
@@ -74,18 +81,17 @@ class ShardLoader(EpochBatching):
         return rows // self.batch_size if self.drop_last else math.ceil(rows / self.batch_size)
 
     def rank_blocks(self, epoch: int) -> list[tuple[int, int, int]]:
-        """This rank's blocks for ``epoch``, padded (training) to the largest share."""
+        """This rank's blocks for ``epoch``, padded (training) to ``_padded_share``."""
         order = self._order(epoch)
         mine = order[self.rank :: self.world_size]
-        if not self.shuffle or not mine:
+        if not self.shuffle or not order:
             return mine
-        missing = max(self._share(order, r) for r in range(self.world_size)) - self._share(
-            order, self.rank
-        )
+        missing = self._padded_share() - self._share(order, self.rank)
+        source = mine or order  # a rank left without blocks (more ranks than blocks) reads others'
         padded = list(mine)
         i = 0
         while missing > 0:
-            s, a, b = mine[i % len(mine)]
+            s, a, b = source[i % len(source)]
             take = min(b - a, missing)
             padded.append((s, a, a + take))
             missing -= take
