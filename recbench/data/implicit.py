@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,12 @@ def _options(task: DictConfig) -> dict[str, Any]:
     split = OmegaConf.to_container(task.split, resolve=True)
     split.setdefault("ties", "row")  # a config without the key means the default, never "item"
     ev = task.get("eval") or {}
+    for name, default in (("sampled", 99), ("seed", 0)):
+        if ev.get(name, default) is None:  # int(None) would be a traceback
+            raise ConfigError(
+                f"task.eval.{name}=null: top-K ranking needs a number here "
+                f"(task.eval.{name}={default} is the default)"
+            )
     return {
         "positive_threshold": task.get("positive_threshold"),
         "split": split,
@@ -127,6 +133,13 @@ def _synthetic(cfg: DictConfig, adapter: Any):
 
     knobs = cfg.dataset.get("topk")
     knobs = OmegaConf.to_container(knobs, resolve=True) if knobs else {}
+    known = [f.name for f in fields(TopKParams)]
+    unknown = sorted(set(knobs) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"dataset.topk.{unknown[0]} is not a knob of the synthetic top-K world; it has "
+            f"{', '.join(known)}"
+        )
     return TopKWorld(adapter.params, adapter.seed, TopKParams(**knobs))
 
 
@@ -161,6 +174,7 @@ def prepare(
     path = cache_root() / "prepared" / f"{cfg.dataset.name}-topk-{key[:16]}"
     cached = None if force else load_or_discard(path, "data.pt", ImplicitData.load, log)
     if cached is not None:
+        check_sampled(_options(cfg.task)["sampled"], cached.schema.num_items)  # cached before
         return cached
     t0 = time.perf_counter()
     log(f"preparing {cfg.dataset.name} for top-K ranking (cache: {path})")
@@ -241,6 +255,17 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, n
     return indptr, cols[order]
 
 
+def check_sampled(sampled: int, n_items: int) -> None:
+    """Refuse ``task.eval.sampled`` negatives a catalogue of ``n_items`` cannot give any user:
+    every list would be short (padded), not the protocol its name says."""
+    if sampled >= n_items:
+        raise ConfigError(
+            f"task.eval.sampled={sampled} negatives per user, and the catalogue has "
+            f"{n_items:,} items: beside its held-out item a user has at most {n_items - 1:,} to "
+            f"draw from. Set task.eval.sampled={min(99, n_items - 1)} or fewer (task.ks below it)"
+        )
+
+
 def build(
     events: pl.DataFrame,
     task: DictConfig,
@@ -265,6 +290,7 @@ def build(
     users = np.unique(ev["user_id"].to_numpy())
     items = np.unique(ev["item_id"].to_numpy())
     n_users, n_items = len(users), len(items)
+    check_sampled(opts["sampled"], n_items)
     u = _codes(ev["user_id"], users)
     i = _codes(ev["item_id"], items)
     s = ev["split"].to_numpy()

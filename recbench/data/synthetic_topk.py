@@ -79,7 +79,8 @@ class TopKWorld:
         a, rng = self._draw()
         U, I = a.shape
         mean = min(p.events_per_user, I - 1)
-        n = rng.integers(max(3, round(mean * 0.5)), min(I - 1, round(mean * 1.5)) + 1, U)
+        low = max(3, round(mean * 0.5))  # three events: one to train on, one val, one test
+        n = rng.integers(low, max(low, min(I - 1, round(mean * 1.5))) + 1, U)
         order = np.argsort(-(a + rng.gumbel(size=a.shape)), axis=1)[:, : n.max()]
         valid = np.arange(n.max())[None, :] < n[:, None]
         uid = np.broadcast_to(np.arange(U)[:, None], order.shape)[valid]

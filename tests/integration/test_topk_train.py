@@ -123,6 +123,7 @@ def test_movielens_1m_layout_under_the_ncf_protocol(tmp_path):
         "model=gmf",
         "dataset=movielens-1m",
         f"dataset.root={tmp_path / 'ml-1m'}",
+        "task.eval.sampled=20",  # 60 films: 99 negatives would be refused
         "debug=fast",
         "logger=none",
         "record=false",
@@ -192,6 +193,7 @@ def test_a_table_of_clicks_reports_the_users_it_cannot_evaluate(tmp_path):
             (("user", "user"), ("item", "item"), ("time", "time"), ("label", "click"))]  # fmt: skip
     args = ["train", "task=topk", "model=pop", "dataset=table", f"dataset.root={tmp_path}",
             "dataset.adapter.path=log.csv", *cols, "threads=1", "trainer.max_epochs=1",
+            "task.eval.sampled=20",  # 60 items: 99 negatives would be refused
             "trainer.enable_progress_bar=false", *run_dir_of(tmp_path, "p")]  # fmt: skip
     proc = cli.run(args, tmp_path, env={"RECBENCH_CACHE_DIR": str(tmp_path / "cache")})
     out = " ".join((proc.stdout + proc.stderr).split())

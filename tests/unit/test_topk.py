@@ -151,6 +151,21 @@ def test_sampled_negatives_are_fixed_and_never_an_interacted_item():
             assert not {int(items[i - 1]) for i in row} & touched
 
 
+def test_sampled_negatives_beyond_the_catalogue_or_null_are_refused_in_one_line():
+    """99 negatives from a catalogue of 40 items was a silently shorter list (every unseen
+    item, padded), reported under the name of the 99-negative protocol; a null count or seed
+    was a TypeError traceback."""
+    ev = random_events(n_items=40)  # 40 items: at most 39 negatives beside the held-out item
+    assert build(ev, task_cfg(sampled=39)).eval["test"]["neg"].shape[1] == 39
+    with pytest.raises(ConfigError, match=r"task\.eval\.sampled=40 .* 40 items.*=39 or fewer"):
+        build(ev, task_cfg(sampled=40))
+    for key in ("sampled", "seed"):
+        cfg = task_cfg()
+        cfg.eval[key] = None
+        with pytest.raises(ConfigError, match=rf"task\.eval\.{key}=null"):
+            build(ev, cfg)
+
+
 def compose_topk(overrides: list[str]):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("train", overrides=["task=topk", *overrides])
@@ -168,6 +183,20 @@ def test_evaluation_negatives_are_shared_by_every_model_and_seed(tmp_path, monke
     other = prepare(compose_topk(["model=gmf", "task.eval.seed=5", *small]), log=lambda _: None)
     assert other.key != one.key
     assert not torch.equal(other.eval["test"]["neg"], one.eval["test"]["neg"])
+
+
+def test_the_synthetic_top_k_knobs_refuse_a_misspelling_and_take_few_events(tmp_path, monkeypatch):
+    """``dataset.topk.*``: a misspelt knob was TopKParams' TypeError traceback, and a mean of
+    one event per user numpy's "low >= high"; every user now has at least three events (one
+    to train on, one val, one test)."""
+    monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
+    small = ["model=gmf", "++dataset.world.n_users=60", "++dataset.world.n_items=200"]
+    quiet = {"log": lambda _: None}
+    with pytest.raises(ConfigError, match="dataset.topk.tastes is not a knob.*taste"):
+        prepare(compose_topk([*small, "++dataset.topk.tastes=2"]), **quiet)
+    few = [*small, "++dataset.topk.events_per_user=1", "task.eval.sampled=20"]
+    data = prepare(compose_topk(few), **quiet)
+    assert data.info["positives"] == 3 * 60 and data.info["units"]["test"] == 60
 
 
 def test_training_negatives_avoid_training_items_and_are_redrawn_per_epoch():
@@ -301,6 +330,20 @@ def test_blocked_evaluation_gives_the_whole_matrix_metrics(monkeypatch, chunk):
     with torch.no_grad():
         values = chunk_metrics(gmf, split["user"], split, units, ks, 40, True)
     assert values["hr@20"].sum() == 0 and values["sampled.hr@5"].sum() == 0
+
+
+def test_an_empty_chunk_of_a_ddp_rank_is_ranked_by_every_blocked_model():
+    """A DDP rank without evaluation users gets one zero-row batch (it must join the gather):
+    the NCF MLP and NeuMF, ranked block by block, failed it with torch.cat's "expected a
+    non-empty list of Tensors" (their tower scored zero items)."""
+    data = build(random_events(), task_cfg(sampled=9))
+    split = data.eval["test"]
+    none = torch.arange(0)
+    for name, model in blocked_models(data.schema).items():
+        for mode in (True, False):
+            with torch.no_grad():
+                values = chunk_metrics(model, split["user"][none], split, none, [10], 40, mode)
+            assert values["ndcg@10"].shape == (0,) == values["sampled.hr@10"].shape, name
 
 
 def test_a_ctr_model_under_task_topk_names_the_tasks_it_serves():

@@ -71,7 +71,7 @@ class PairTower(nn.Module):
         hu = F.linear(p, first.weight[:, :d], first.bias)  # (B, h1)
         hi = F.linear(q_all, first.weight[:, d:])  # (I, h1)
         block = max(1, PAIRS_PER_BLOCK // max(1, p.shape[0]))
-        out = []
+        out = [hu.new_zeros(p.shape[0], 0)]  # no items (an empty DDP rank's chunk): (B, 0)
         for start in range(0, hi.shape[0], block):
             x = F.relu(hu[:, None, :] + hi[None, start : start + block, :])  # (B, n, h1)
             for layer in self.layers[1:]:
