@@ -39,21 +39,24 @@ def saved_record() -> tuple[Path, bool] | None:
     return _SAVED[-1] if _SAVED else None
 
 
-def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> None:
-    """Refuse a checkpoint whose weights do not fit this run's model in one line (Lightning
-    would end in a traceback of every missing and unexpected key)."""
+def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> int | None:
+    """The epoch a checkpoint was saved at; a checkpoint whose weights do not fit this run's
+    model is refused in one line (Lightning would end in a traceback of every missing and
+    unexpected key)."""
     import torch
 
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+        blob = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # not a checkpoint torch can read
         raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint: {exc}") from exc
+    saved = blob.get("state_dict", {})
     want = task.state_dict()
     missing = [k for k in want if k not in saved]
     unexpected = [k for k in saved if k not in want]
     shape = [k for k in want if k in saved and tuple(saved[k].shape) != tuple(want[k].shape)]
     if not (missing or unexpected or shape):
-        return
+        epoch = blob.get("epoch")
+        return int(epoch) if isinstance(epoch, int) else None
     parts = [
         f"{len(names)} {what} (e.g. {names[0]})"
         for names, what in (
@@ -191,8 +194,9 @@ def run(cfg: DictConfig) -> float | None:
         trainer: pl.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
+        ckpt_epoch = None  # an evaluation's best epoch: the one its checkpoint holds
         if cfg.get("ckpt_path") not in (None, "last", "best", "hpc", "registry"):
-            check_checkpoint(task, str(cfg.ckpt_path), name)
+            ckpt_epoch = check_checkpoint(task, str(cfg.ckpt_path), name)
         if cfg.fit:
             try:
                 trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
@@ -220,7 +224,7 @@ def run(cfg: DictConfig) -> float | None:
         "val": {k: v for k, v in best_val.items() if k != "epoch"},
         "test": dict(task.test_result),
         "undefined": dict(task.undefined),
-        "best_epoch": best_val.get("epoch"),
+        "best_epoch": best_val.get("epoch") if cfg.fit or ckpt_epoch is None else ckpt_epoch,
         # epochs trained (validation may run every n-th epoch only); an evaluation trains none
         "epochs": int(trainer.current_epoch) if cfg.fit else 0,
         "val_history": history,

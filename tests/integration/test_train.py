@@ -576,3 +576,16 @@ def test_a_ranking_monitor_at_a_cut_off_the_task_leaves_out_says_which_to_add():
     check("task=topk", "model=gmf", "monitor=val/sampled.hr@10")
     with pytest.raises(ConfigError, match=r"monitor=test/ndcg@10: .* set monitor=val/ndcg@10"):
         check("task=topk", "model=gmf", "monitor=test/ndcg@10")
+
+
+def test_evaluating_a_checkpoint_records_the_epoch_it_holds(tmp_path):
+    """fit=false ckpt_path=<best-N.ckpt> recorded best epoch 0 (validation ran at epoch 0);
+    the record now names the epoch the checkpoint was saved at, with the fit's test metrics."""
+    recbench("train", "model=fm", *SMALL, "trainer.max_epochs=3", "logger=none",
+             *run_dir_of(tmp_path, "fit"), cwd=tmp_path)  # fmt: skip
+    fit = metrics(tmp_path, "fit")
+    recbench("train", "model=fm", *SMALL, "logger=none", "fit=false", "record=false",
+             f"ckpt_path={fit['checkpoint']}", *run_dir_of(tmp_path, "eval"), cwd=tmp_path)  # fmt: skip
+    ev = metrics(tmp_path, "eval")
+    assert ev["best_epoch"] == fit["best_epoch"] == int(Path(fit["checkpoint"]).stem.split("-")[1])
+    assert ev["test"]["auc"] == fit["test"]["auc"]
