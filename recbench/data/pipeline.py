@@ -25,6 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from recbench.data.adapters.base import RawData, cache_root
 from recbench.data.atomic import temporary_sibling
+from recbench.data.encoding import (
+    bucket_codes,
+    encode,
+    encode_lists,
+    fit_vocab,
+    quantile_edges,
+)
 from recbench.data.hashmemo import file_digests
 from recbench.data.histories import history_positions
 from recbench.data.schema import OOV, FeatureSchema, Field
@@ -303,9 +310,9 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     sparse_cols = ["user_id", "item_id", *raw.sparse]
     vocabs: dict[str, pl.Series] = {}
     for col in sparse_cols:
-        vocabs[col] = _fit_vocab(train[col].drop_nulls(), min_count)
+        vocabs[col] = fit_vocab(train[col].drop_nulls(), min_count)
     for col in raw.multi:
-        vocabs[col] = _fit_vocab(train[col].explode().drop_nulls(), min_count)
+        vocabs[col] = fit_vocab(train[col].explode().drop_nulls(), min_count)
     buckets = dict(feats.get("buckets") or {})
     unknown = [c for c in buckets if c not in raw.dense]
     if unknown:
@@ -313,7 +320,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
             f"features.buckets names {unknown}, which are not dense columns "
             f"(dense: {list(raw.dense)})"
         )
-    edges = {c: _quantile_edges(train[c], int(n)) for c, n in buckets.items()}
+    edges = {c: quantile_edges(train[c], int(n)) for c, n in buckets.items()}
     dense_cols = [c for c in raw.dense if c not in buckets]
     stats = {
         c: (float(train[c].mean() or 0.0), float(train[c].std() or 1.0) or 1.0) for c in dense_cols
@@ -336,9 +343,9 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
         ]
 
     # item code of every source event (histories index source events, dropped ones included)
-    enc_item = _encode(pl.Series(items.to_numpy()[item_idx]), vocabs["item_id"])
+    enc_item = encode(pl.Series(items.to_numpy()[item_idx]), vocabs["item_id"])
     neg_items = sampler.sample(user_idx, np.random.default_rng([seed, 1]))  # one per event
-    enc_neg = _encode(pl.Series(items.to_numpy()[neg_items]), vocabs["item_id"]).copy()
+    enc_neg = encode(pl.Series(items.to_numpy()[neg_items]), vocabs["item_id"]).copy()
     enc_neg[neg_items < 0] = 0  # no negative exists: padding
 
     tensors: dict[str, dict[str, torch.Tensor]] = {}
@@ -358,8 +365,8 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
     for sid, name in enumerate(SPLIT_NAMES):
         part = ev.filter(pl.col("split") == sid)
         t: dict[str, torch.Tensor] = {}
-        sparse = [_encode(part[c], vocabs[c]) for c in sparse_cols]
-        sparse += [_bucket_codes(part[c], edges[c]) for c in buckets]
+        sparse = [encode(part[c], vocabs[c]) for c in sparse_cols]
+        sparse += [bucket_codes(part[c], edges[c]) for c in buckets]
         t["sparse"] = torch.from_numpy(np.stack(sparse, 1).astype(np.int32))
         if dense_cols:
             d = np.stack(
@@ -371,7 +378,7 @@ def build(raw: RawData, cfg: DictConfig, key: str = "") -> PreparedData:
             )
             t["dense"] = torch.from_numpy(d.astype(np.float32))
         for c in raw.multi:
-            arr = _encode_lists(part[c], vocabs[c], widths[c])
+            arr = encode_lists(part[c], vocabs[c], widths[c])
             t[c] = torch.from_numpy(arr)
             if c in item_tables and sid == 0:
                 codes = t["sparse"][:, 1].numpy()
@@ -433,18 +440,18 @@ def _negative_tables(
     )
     codes = np.zeros((len(items), len(singles)), dtype=np.int32)
     for j, c in enumerate(singles):
-        codes[:, j] = _encode(table[c], vocabs[c])
+        codes[:, j] = encode(table[c], vocabs[c])
     out = {
         "keys": torch.from_numpy(sampler.keys),
         "n_items": torch.tensor(sampler.n_items),
-        "item_code": torch.from_numpy(_encode(items, vocabs["item_id"]).copy()),
+        "item_code": torch.from_numpy(encode(items, vocabs["item_id"]).copy()),
         "sparse_attr_columns": torch.tensor(
             [sparse_cols.index(c) for c in singles], dtype=torch.long
         ),
         "sparse_attr": torch.from_numpy(codes),
     }
     for c in attrs:
-        out[f"attr_{c}"] = torch.from_numpy(_encode_lists(table[c], vocabs[c], widths[c]))
+        out[f"attr_{c}"] = torch.from_numpy(encode_lists(table[c], vocabs[c], widths[c]))
     return out
 
 
@@ -560,42 +567,3 @@ def _add_negatives(
 def _item_table(ev: pl.DataFrame, attributes) -> pl.DataFrame:
     """One row per item: its id and its attribute columns (constant per item)."""
     return ev.select(["item_id", *attributes]).unique("item_id", keep="first", maintain_order=True)
-
-
-def _fit_vocab(values: pl.Series, min_count: int) -> pl.Series:
-    counts = values.value_counts()
-    return counts.filter(pl.col("count") >= min_count)[values.name].sort()
-
-
-def _encode(values: pl.Series, vocab: pl.Series) -> np.ndarray:
-    codes = pl.int_range(2, len(vocab) + 2, eager=True, dtype=pl.Int32)
-    out = values.cast(vocab.dtype, strict=False).replace_strict(
-        vocab, codes, default=OOV, return_dtype=pl.Int32
-    )
-    return out.fill_null(OOV).to_numpy()
-
-
-def _encode_lists(values: pl.Series, vocab: pl.Series, width: int) -> np.ndarray:
-    """Right-padded (N, width) codes of a list column."""
-    frame = pl.DataFrame({"v": values.list.head(width)}).with_row_index("r")
-    flat = frame.explode("v").drop_nulls("v")
-    flat = flat.with_columns(pl.int_range(pl.len()).over("r").alias("p"))
-    out = np.zeros((len(values), width), dtype=np.int32)
-    if flat.height:
-        out[flat["r"].to_numpy(), flat["p"].to_numpy()] = _encode(flat["v"], vocab)
-    return out
-
-
-def _bucket_codes(values: pl.Series, edges: np.ndarray) -> np.ndarray:
-    """Codes of a bucketed numeric column: 2 + the bucket of each value, ``OOV`` for a
-    missing one (as a missing categorical value), never the top bucket NaN would sort into."""
-    v = values.cast(pl.Float64).to_numpy()
-    codes = np.searchsorted(edges, v, side="right").astype(np.int32) + 2
-    codes[np.isnan(v)] = OOV
-    return codes
-
-
-def _quantile_edges(values: pl.Series, n: int) -> np.ndarray:
-    qs = np.linspace(0, 1, n + 1)[1:-1]
-    v = values.drop_nulls().to_numpy()
-    return np.unique(np.quantile(v, qs)) if len(v) else np.array([])
