@@ -136,6 +136,23 @@ def build(cfg: DictConfig, data: Any) -> tuple[pl.LightningModule, pl.LightningD
     return task, task.datamodule(cfg, data)
 
 
+def _validated_once(cfg: DictConfig, task: pl.LightningModule, trainer: pl.Trainer) -> None:
+    """A fit that stopped before its first validation (``max_steps``, ``max_time``) has no best
+    checkpoint: its test would score the last weights and be recorded as a finished run."""
+    if task.val_history or not str(cfg.monitor).startswith("val/"):
+        return
+    t = cfg.trainer
+    limits = [
+        f"trainer.{k}={t.get(k)}" for k in ("max_steps", "max_time") if t.get(k) not in (None, -1)
+    ]
+    raise ConfigError(
+        f"the fit stopped after {trainer.global_step} steps, before its first validation "
+        f"({', '.join(limits) or 'a limit of the trainer'}), so no epoch was ranked by "
+        f"{cfg.monitor} and there is no best checkpoint to test; nothing is recorded. Let it "
+        "train to the end of an epoch, or validate sooner (trainer.val_check_interval=<steps>)"
+    )
+
+
 def best_epoch(history: list[dict[str, Any]], monitor: str, mode: str) -> dict[str, Any]:
     """The validation epoch the run reports: best by ``monitor`` (``val/<metric>``, as the
     checkpoint callback ranks epochs); the last epoch where the metric is undefined in every
@@ -204,9 +221,12 @@ def run(cfg: DictConfig) -> float | None:
                 err = _unlogged_monitor(exc)
                 if err is None:
                     raise
+                _validated_once(cfg, task, trainer)  # a monitor never logged: no validation ran?
                 raise err from exc
             ckpt = trainer.checkpoint_callback
             best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+            if not trainer.interrupted:
+                _validated_once(cfg, task, trainer)
         else:
             best = cfg.get("ckpt_path")
             trainer.validate(task, datamodule=dm, ckpt_path=best, verbose=False)

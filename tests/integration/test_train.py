@@ -589,3 +589,15 @@ def test_evaluating_a_checkpoint_records_the_epoch_it_holds(tmp_path):
     ev = metrics(tmp_path, "eval")
     assert ev["best_epoch"] == fit["best_epoch"] == int(Path(fit["checkpoint"]).stem.split("-")[1])
     assert ev["test"]["auc"] == fit["test"]["auc"]
+
+
+def test_a_fit_stopped_before_its_first_validation_is_not_recorded(tmp_path):
+    """trainer.max_steps=1 ends the fit inside epoch 0: Lightning then blamed the monitor ("not
+    a metric this run logs"); the message now names the step limit, and nothing is recorded."""
+    proc = recbench("train", "model=fm", *SMALL, "logger=none", "++trainer.max_steps=1",
+                    "batch_size=64", *run_dir_of(tmp_path, "s"), cwd=tmp_path, check=False)  # fmt: skip
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode != 0 and "Traceback" not in text
+    assert "stopped after 1 steps, before its first validation (trainer.max_steps=1)" in text
+    assert "is not a metric this run logs" not in text
+    assert not (tmp_path / "s" / "metrics.json").exists()
