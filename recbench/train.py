@@ -39,6 +39,18 @@ def saved_record() -> tuple[Path, bool] | None:
     return _SAVED[-1] if _SAVED else None
 
 
+def _epoch_of(blob: dict) -> int | None:
+    epoch = blob.get("epoch")
+    return int(epoch) if isinstance(epoch, int) else None
+
+
+def saved_epoch(path: str) -> int | None:
+    """The epoch a Lightning checkpoint was saved at."""
+    import torch
+
+    return _epoch_of(torch.load(path, map_location="cpu", weights_only=False))
+
+
 def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> int | None:
     """The epoch a checkpoint was saved at; a checkpoint whose weights do not fit this run's
     model is refused in one line (Lightning would end in a traceback of every missing and
@@ -55,8 +67,7 @@ def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> int | N
     unexpected = [k for k in saved if k not in want]
     shape = [k for k in want if k in saved and tuple(saved[k].shape) != tuple(want[k].shape)]
     if not (missing or unexpected or shape):
-        epoch = blob.get("epoch")
-        return int(epoch) if isinstance(epoch, int) else None
+        return _epoch_of(blob)
     parts = [
         f"{len(names)} {what} (e.g. {names[0]})"
         for names, what in (
@@ -211,7 +222,7 @@ def run(cfg: DictConfig) -> float | None:
         trainer: pl.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
-        ckpt_epoch = None  # an evaluation's best epoch: the one its checkpoint holds
+        ckpt_epoch = None  # the tested epoch where the checkpoint, not validation, knows it
         if cfg.get("ckpt_path") not in (None, "last", "best", "hpc", "registry"):
             ckpt_epoch = check_checkpoint(task, str(cfg.ckpt_path), name)
         if cfg.fit:
@@ -227,6 +238,11 @@ def run(cfg: DictConfig) -> float | None:
             best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
             if not trainer.interrupted:
                 _validated_once(cfg, task, trainer)
+            # a monitor outside validation (train/loss): the checkpoint, not the validation
+            # history, knows which epoch is tested
+            ckpt_epoch = None
+            if best and not str(cfg.monitor).startswith("val/"):
+                ckpt_epoch = saved_epoch(best)
         else:
             best = cfg.get("ckpt_path")
             trainer.validate(task, datamodule=dm, ckpt_path=best, verbose=False)
@@ -240,11 +256,13 @@ def run(cfg: DictConfig) -> float | None:
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     history = task.val_history
     best_val = best_epoch(history, cfg.monitor, str(cfg.get("monitor_mode", "max")))
+    if ckpt_epoch is not None and cfg.fit:
+        best_val = next((h for h in history if h.get("epoch") == ckpt_epoch), best_val)
     result = {
         "val": {k: v for k, v in best_val.items() if k != "epoch"},
         "test": dict(task.test_result),
         "undefined": dict(task.undefined),
-        "best_epoch": best_val.get("epoch") if cfg.fit or ckpt_epoch is None else ckpt_epoch,
+        "best_epoch": best_val.get("epoch") if ckpt_epoch is None else ckpt_epoch,
         # epochs trained (validation may run every n-th epoch only); an evaluation trains none
         "epochs": int(trainer.current_epoch) if cfg.fit else 0,
         "val_history": history,

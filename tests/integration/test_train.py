@@ -601,3 +601,14 @@ def test_a_fit_stopped_before_its_first_validation_is_not_recorded(tmp_path):
     assert "stopped after 1 steps, before its first validation (trainer.max_steps=1)" in text
     assert "is not a metric this run logs" not in text
     assert not (tmp_path / "s" / "metrics.json").exists()
+
+
+def test_a_monitor_outside_validation_records_the_epoch_its_checkpoint_holds(tmp_path):
+    """monitor=train/loss_epoch (max: the first epoch's loss is the highest) tests best-0.ckpt;
+    the record used to name the last epoch and its validation metrics."""
+    recbench("train", "model=fm", *SMALL, "trainer.max_epochs=3", "logger=none",
+             "monitor=train/loss_epoch", "monitor_mode=max", *run_dir_of(tmp_path, "t"),
+             cwd=tmp_path)  # fmt: skip
+    m = metrics(tmp_path, "t")
+    assert Path(m["checkpoint"]).name == "best-0.ckpt"
+    assert m["best_epoch"] == 0 and m["val"]["auc"] == m["val_history"][0]["auc"]
