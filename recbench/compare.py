@@ -204,6 +204,12 @@ def run(cfg: DictConfig) -> None:
     lineage = compare_label(hc.runtime.choices.get("lineage"), cfg.get("models"), task_overrides)
     # a test-only or user config folder must be visible to the runs as it is to this process
     hydra_passed = [o for o in hc.overrides.hydra if _key_of(o) == "hydra.searchpath"]
+    for o in cfg.extra:  # the runs would write to a store this compare does not read
+        if _key_of(str(o)).startswith("paths."):
+            raise ConfigError(
+                f"{o} inside extra=[...] moves the runs' outputs away from the results store "
+                f"this compare reads ({root}): give it on the command line, outside extra"
+            )
     common = [
         f"dataset={hc.runtime.choices['dataset']}",
         *train_overrides(task_overrides),

@@ -314,6 +314,16 @@ def test_parallel_jobs_train_side_by_side(tmp_path: Path) -> None:
     assert proc.stderr.count("✓") == 4
 
 
+def test_an_outputs_folder_inside_extra_is_refused(tmp_path: Path) -> None:
+    """The runs would write to another results store than the one the compare reads, and every
+    run would then be reported missing after training."""
+    args = ("compare", "models=[lr]", "seeds=1", f"extra=[paths.root={tmp_path / 'elsewhere'}]")
+    proc = recbench(*args, *TINY, outputs=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "inside extra=[...] moves the runs' outputs away" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_extra_takes_unquoted_overrides_on_the_command_line(tmp_path: Path) -> None:
     """``extra=[trainer.max_epochs=1,model.dropout=0.1]`` as typed in a shell (no quotes around
     each item, which Hydra's grammar would need) reaches the compare as two overrides."""
