@@ -188,8 +188,13 @@ def prepare(
     if data.info["train_only_users"]:
         log(
             f"{data.info['train_only_users']:,} of {data.info['users']:,} users have no "
-            f"positive held out under task.split.kind={cfg.task.split.kind} (too few "
-            "positives): they are trained on and not evaluated"
+            f"positive held out under task.split.kind={cfg.task.split.kind} ("
+            + (
+                "the random split drew none of theirs into validation or test"
+                if cfg.task.split.kind == "random"
+                else "too few positives"
+            )
+            + "): they are trained on and not evaluated"
         )
     data.info["name"] = str(cfg.dataset.name)
     data.info["prepare_seconds"] = round(time.perf_counter() - t0, 2)
@@ -353,6 +358,14 @@ def build(
         info.setdefault("cold_targets", {})[name] = int((counts[i[held]] == 0).sum())
         excluded_u = np.r_[excluded_u, u[held]]
         excluded_i = np.r_[excluded_i, i[held]]
+    empty = [name for name in ("val", "test") if not info["units"][name]]
+    if empty:  # a monitor that never gets a value, or a test of nobody
+        ratios = list(task.split.get("ratios") or [])
+        raise ConfigError(
+            f"task.split (kind={task.split.get('kind')}, ratios={ratios}) leaves no user a"
+            f" {' or '.join(empty)} positive to rank: give validation and test a"
+            " share (task.split.ratios=[0.8,0.1,0.1]), or use task.split.kind=leave_one_out"
+        )
     # users without a held-out event (too few positives for the split): trained on, not ranked
     info["train_only_users"] = int(n_users - len(np.unique(u[~train])))
     train_t = {"user": torch.from_numpy(u[train]), "item": torch.from_numpy(i[train])}

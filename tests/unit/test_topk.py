@@ -442,3 +442,13 @@ def test_a_run_reports_the_epoch_its_monitor_chose_including_a_sampled_metric():
     assert best_epoch(history, "val/sampled.ndcg@10", "min")["epoch"] == 1
     # a monitor no epoch defines: the last epoch, as before
     assert best_epoch(history, "val/auc", "max")["epoch"] == 2
+
+
+def test_a_split_that_leaves_validation_or_test_empty_is_refused():
+    """ratios [0.9, 0, 0.1]: the run used to stop after an epoch with "monitor=val/ndcg@10 is
+    not a metric this run logs", which did not name the split."""
+    ev = random_events()
+    with pytest.raises(ConfigError, match=r"leaves no user a val positive to rank"):
+        build(ev, task_cfg("random", ratios=[0.9, 0.0, 0.1]))
+    with pytest.raises(ConfigError, match=r"leaves no user a test positive to rank"):
+        build(ev, task_cfg("random", ratios=[0.9, 0.1, 0.0]))
