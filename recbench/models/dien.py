@@ -62,10 +62,14 @@ class DIEN(nn.Module):
             raise ValueError(f"aux_alpha must be >= 0, got {aux_alpha}")
         if mba_reg < 0:
             raise ValueError(f"mba_reg must be >= 0, got {mba_reg}")
+        if gru_dim is not None and gru_dim < 1:
+            raise ValueError(
+                f"gru_dim must be >= 1, or null for the item vector's size; got {gru_dim}"
+            )
         self.mba_reg = mba_reg
         self.inputs = BehaviourHistory(schema, embed_dim, history)
         item = self.inputs.item_dim
-        dim = gru_dim or item  # hidden size of both GRUs
+        dim = item if gru_dim is None else gru_dim  # hidden size of both GRUs
         if evolution not in EVOLUTIONS:
             raise ValueError(
                 f"unknown interest evolution {evolution!r}; choose one of {EVOLUTIONS}"

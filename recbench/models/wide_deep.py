@@ -37,6 +37,8 @@ class CrossProduct(nn.Module):
         self, schema: FeatureSchema, crosses: Sequence[Sequence[str]], max_vocab: int = 10**6
     ) -> None:
         super().__init__()
+        if max_vocab < 1:
+            raise ValueError(f"max_cross_vocab must be >= 1, got {max_vocab}")
         if any(isinstance(c, str) for c in crosses):
             raise ValueError(f"crosses is a list of lists of field names, got {crosses}")
         crossable = [f.name for f in schema.fields if f.kind != "dense"]

@@ -162,3 +162,36 @@ def test_wide_deep_hashes_large_crosses() -> None:
     model(batch).sum().backward()
     touched = model.crosses.weight.weight.grad.squeeze(1) != 0
     assert touched.sum() > 25  # ids spread over the buckets and stay inside them
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "match"),
+    [
+        ("mlp", {"hidden": [64, 0]}, "widths must be >= 1"),
+        ("mlp", {"dropout": -0.1}, "dropout must be in"),
+        ("din", {"dropout": -0.5}, "dropout must be in"),
+        ("deep_crossing", {"hidden": [0]}, "inner width"),
+        ("dcn", {"num_cross": -1}, "cross layers must be >= 0"),
+        ("dcn_v2", {"num_cross": -1}, "cross layers must be >= 0"),
+        ("dcn_v2", {"cross": "low_rank", "rank": 0}, "rank must be >= 1"),
+        ("dcn_v2", {"cross": "mixture", "num_experts": 0}, "num_experts >= 1"),
+        ("afm", {"attention_dim": 0}, "attention_dim must be >= 1"),
+        ("xdeepfm", {"cin": [0]}, "feature map"),
+        ("autoint", {"num_layers": -1}, "num_layers must be >= 0"),
+        ("autoint", {"num_heads": 0}, "num_heads must be >= 1"),
+        ("dien", {"gru_dim": 0}, "gru_dim must be >= 1"),
+        ("dien", {"gru_dim": -3}, "gru_dim must be >= 1"),
+        ("wide_deep", {"max_cross_vocab": 0}, "max_cross_vocab must be >= 1"),
+    ],
+)
+def test_out_of_range_settings_are_refused_in_one_line(name, overrides, match) -> None:
+    """Each of these once trained silently as another model (a constant MLP, no dropout, a
+    uniform attention, DIEN's GRU at the item size for 0) or failed with a traceback."""
+    from recbench.errors import ConfigError
+    from recbench.models import build_model
+
+    cfg = OmegaConf.create({"dataset": {"wide_crosses": [["gender", "age"]]}})
+    cfg.model = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    cfg.model.update(overrides)
+    with pytest.raises(ConfigError, match=match):
+        build_model(cfg.model, toy_schema())

@@ -88,3 +88,48 @@ def test_interacting_layer_equals_per_head_form_forward_and_gradient(
     torch.testing.assert_close(out, ref)
     for got, want in zip(grads(out, upstream, e, w), grads(ref, upstream, e, w)):
         torch.testing.assert_close(got, want)
+
+
+def test_interacting_layer_ignores_fields_without_a_value() -> None:
+    """A multi field with no value (an empty bag, embedded as zero) takes no attention weight
+    and outputs a zero row: the present fields' rows are those of the layer run on them alone."""
+    torch.manual_seed(0)
+    layer = InteractingLayer(4, attention_dim=3, num_heads=2).double()
+    e = seeded(3, 5, 4)
+    present = torch.ones(3, 5, dtype=torch.bool)
+    present[0, 4] = False  # row 0's last field has no value
+    present[2, 1] = False
+    with torch.no_grad():
+        e[~present] = 0.0
+    out = layer(e, present)
+    for n in range(3):
+        keep = present[n]
+        torch.testing.assert_close(
+            out[n, keep], interacting_reference(layer, e[n : n + 1, keep])[0]
+        )
+        assert (out[n, ~keep] == 0).all()
+    torch.testing.assert_close(layer(e, torch.ones_like(present)), layer(e))
+
+
+def test_autoint_scores_a_row_with_an_empty_field_from_its_present_fields() -> None:
+    from recbench.models.autoint import AutoInt
+    from recbench.testing import random_batch, toy_schema
+
+    torch.manual_seed(0)
+    schema = toy_schema(with_history=False)
+    model = AutoInt(schema, embed_dim=4, num_layers=2, num_heads=2, attention_dim=3).double()
+    model.eval()
+    batch = random_batch(schema, 4)
+    batch = {k: t.double() if t.is_floating_point() else t for k, t in batch.items()}
+    batch["genres"][0] = 0  # row 0 has no genre
+    batch["genres"][1:, 0] = 2  # the others have at least one
+    e = model.embedding(batch)
+    genres = len(schema.sparse)  # the multi field follows the sparse ones
+    keep = [i for i in range(e.shape[1]) if i != genres]
+    x = e[:1, keep]
+    for layer in model.interacting:
+        x = interacting_reference(layer, x)
+    full = torch.zeros(1, e.shape[1], x.shape[-1], dtype=x.dtype)
+    full[:, keep] = x
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch)[0], model.out(full.flatten(1))[0, 0])

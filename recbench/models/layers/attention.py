@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -15,6 +16,8 @@ class AttentionalPooling(nn.Module):
 
     def __init__(self, dim: int, attention_dim: int = 16) -> None:
         super().__init__()
+        if attention_dim < 1:
+            raise ValueError(f"attention_dim must be >= 1, got {attention_dim}")
         self.project = nn.Linear(dim, attention_dim)  # W, b
         self.h = nn.Linear(attention_dim, 1, bias=False)
 
@@ -36,16 +39,24 @@ class InteractingLayer(nn.Module):
     ``α_mk = softmax_k(<W_Q e_m, W_K e_k>)``, ``ẽ_m = Σ_k α_mk W_V e_k``; heads concatenated, then
     ``ReLU(ẽ_m + W_Res e_m)``. Similarity is the plain inner product of the paper (no 1/√d
     scaling). (B, F, D) → (B, F, num_heads · attention_dim).
+
+    ``present`` (B, F) bool, when given, marks the fields that have a value (a multi field with
+    no value embeds to a zero vector that stands for no feature): the others are no keys (no
+    attention weight) and their own output rows are zero, as their input rows were.
     """
 
     def __init__(self, dim: int, attention_dim: int = 32, num_heads: int = 2) -> None:
         super().__init__()
+        if attention_dim < 1 or num_heads < 1:
+            raise ValueError(
+                f"attention_dim and num_heads must be >= 1, got {attention_dim} and {num_heads}"
+            )
         self.heads = num_heads
         self.out_dim = num_heads * attention_dim
         # Q, K, V and the residual projection of every head, stacked: (4·H·d', D)
         self.project = nn.Linear(dim, 4 * self.out_dim, bias=False)
 
-    def forward(self, e: Tensor) -> Tensor:
+    def forward(self, e: Tensor, present: Tensor | None = None) -> Tensor:
         b, f, _ = e.shape
         # four products with row blocks of the one weight rather than one product split four
         # ways: the same dot products, and backward adds four input gradients instead of
@@ -54,6 +65,11 @@ class InteractingLayer(nn.Module):
         q, k, v = (t.view(b, f, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, F, d')
         # α transposed, keys on rows: a softmax over a handful of fields along the last dim runs
         # one short row at a time (several times slower on CPU than along dim -2)
-        alpha_t = (k @ q.transpose(-1, -2)).softmax(dim=-2)  # (B, H, F_k, F_q)
+        scores = k @ q.transpose(-1, -2)  # (B, H, F_k, F_q)
+        if present is not None:  # the dtype's minimum, not -inf: a row of no keys stays finite
+            absent = ~present[:, None, :, None]
+            scores = scores.masked_fill(absent, torch.finfo(scores.dtype).min)
+        alpha_t = scores.softmax(dim=-2)
         heads = (alpha_t.transpose(-1, -2) @ v).transpose(1, 2).reshape(b, f, self.out_dim)
-        return (heads + res).relu()
+        out = (heads + res).relu()
+        return out if present is None else out * present.unsqueeze(-1).to(out.dtype)

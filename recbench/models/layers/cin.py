@@ -24,6 +24,8 @@ class CompressedInteraction(nn.Module):
         super().__init__()
         if not layer_sizes:
             raise ValueError("a CIN needs at least one layer (layer_sizes is empty)")
+        if any(h < 1 for h in layer_sizes):
+            raise ValueError(f"every CIN layer needs >= 1 feature map, got {list(layer_sizes)}")
         self.weights = nn.ParameterList()
         prev = num_fields
         for h in layer_sizes:

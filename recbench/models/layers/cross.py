@@ -17,6 +17,8 @@ class CrossNetwork(nn.Module):
 
     def __init__(self, dim: int, num_layers: int = 3) -> None:
         super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"the number of cross layers must be >= 0, got {num_layers}")
         self.weight = nn.Parameter(torch.randn(num_layers, dim) / math.sqrt(dim))
         self.bias = nn.Parameter(torch.zeros(num_layers, dim))
 
@@ -85,6 +87,14 @@ class CrossNetworkV2(nn.Module):
         num_experts: int = 4,
     ) -> None:
         super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"the number of cross layers must be >= 0, got {num_layers}")
+        if kind in ("low_rank", "mixture") and rank < 1:
+            raise ValueError(f"the cross layers' rank must be >= 1, got {rank}")
+        if kind == "mixture" and num_experts < 1:
+            raise ValueError(
+                f"a mixture of cross experts needs num_experts >= 1, got {num_experts}"
+            )
         layers: list[nn.Module]
         if kind == "full":
             layers = [CrossLayerV2(dim) for _ in range(num_layers)]

@@ -60,6 +60,12 @@ class MLP(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        # a zero-width layer would make the output a constant and a negative rate no dropout:
+        # both train without an error, so they are refused here
+        if any(int(h) < 1 for h in hidden):
+            raise ValueError(f"hidden layer widths must be >= 1, got {list(hidden)}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
         layers: list[nn.Module] = []
         d = input_dim
         for h in hidden:

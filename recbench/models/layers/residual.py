@@ -27,6 +27,8 @@ class ResidualUnit(nn.Module):
         super().__init__()
         if form not in FORMS:
             raise ValueError(f"residual form must be one of {FORMS}, got {form!r}")
+        if hidden < 1:
+            raise ValueError(f"a residual unit's inner width must be >= 1, got {hidden}")
         self.inner = nn.Linear(dim, hidden)
         self.outer = nn.Linear(hidden, dim)
         self.post = form == "post"
