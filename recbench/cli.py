@@ -166,10 +166,6 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
     return command
 
 
-# config groups that only some configs bring in, and what brings them
-GROUP_NEEDS = {"env": "task=rl (the RL model configs set it)"}
-
-
 def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
     """After Hydra refused ``trainer.max_epoch=3`` (advising ``+trainer.max_epoch`` to add it),
     name the keys it was probably meant to be. Composes the config with the group choices only,
@@ -177,6 +173,9 @@ def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
     import difflib
 
     from omegaconf import DictConfig, OmegaConf
+    from rich.markup import escape
+
+    from recbench.sweeps import group_key_hint
 
     keys = [a.split("=", 1)[0] for a in args if "=" in a and not a.startswith(("+", "~", "-"))]
     keys = [k for k in keys if not k.startswith("hydra")]
@@ -188,15 +187,15 @@ def _hint_misspelt_keys(args: list[str], config_name: str) -> None:
         cfg = _compose_quiet(config_name, groups)
     except Exception:  # noqa: BLE001 - the hint is a courtesy; Hydra has said what failed
         return
+
+    def more(extra: list[str]):
+        return _compose_quiet(config_name, [*groups, *extra])
+
     for key in keys:
         node, parts = cfg, key.split(".")
-        if parts[0] in group_dirs and parts[0] not in cfg and len(parts) > 1:
-            needs = GROUP_NEEDS.get(parts[0], f"the config that uses {parts[0]}")
-            console.print(
-                f"[yellow]hint:[/] {key}: this run's config has no {parts[0]}; it comes with "
-                f"{needs}, which must be on the command line (a -m sweep over models composes "
-                "the command line once without them)"
-            )
+        hint = group_key_hint(key, args, group_dirs, cfg, more)  # a group's option, not a typo
+        if hint:
+            console.print(f"[yellow]hint:[/] {escape(hint)}")
             continue
         for depth, part in enumerate(parts):
             if not isinstance(node, DictConfig):
@@ -391,10 +390,10 @@ def _data(args: list[str]) -> None:
     from recbench.validate import check
 
     rest, show_cfg = list(args[1:]), False
-    while "--cfg" in rest:  # Hydra's --cfg job: the composed config, nothing prepared
-        i = rest.index("--cfg")
+    cfg_flags = [i for i, a in enumerate(rest) if a in ("--cfg", "-c") or a.startswith("--cfg=")]
+    for i in reversed(cfg_flags):  # Hydra's --cfg job (or =job, -c): the config, nothing prepared
         show_cfg = True
-        del rest[i : i + 2]
+        del rest[i : i + (1 if "=" in rest[i] else 2)]
     for flag in ("--config-dir", "-cd"):  # Hydra's flag: a folder searched beside the packaged
         while flag in rest or any(a.startswith(f"{flag}=") for a in rest):
             i = next(j for j, a in enumerate(rest) if a == flag or a.startswith(f"{flag}="))
@@ -472,12 +471,13 @@ def _results(args: list[str]) -> None:
 
 
 def _completion(args: list[str]) -> None:
-    from recbench.completion import HYDRA_CONFIGS, SHELLS, script
+    from recbench.completion import HYDRA_CONFIGS, SHELLS, hydra_query, script
     from recbench.lineage import NODES
 
     if len(args) == 2 and args[0] == "query" and args[1] in HYDRA_CONFIGS:
         # Hydra's completion of that config; the shell script passes the line in COMP_LINE
-        _hydra_command(HYDRA_CONFIGS[args[1]], lambda cfg: None)(["-sc", "query=bash"])
+        query = _hydra_command(HYDRA_CONFIGS[args[1]], lambda cfg: None)
+        hydra_query(HYDRA_CONFIGS[args[1]], lambda: query(["-sc", "query=bash"]))
         return
     if len(args) != 1 or args[0] not in SHELLS:
         _fail(

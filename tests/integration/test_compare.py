@@ -231,6 +231,27 @@ def test_multirun_grid_gives_each_job_its_directory(tmp_path: Path) -> None:
     assert {r["model"] for r in read_records(tmp_path, status=FINISHED)} == {"lr", "fm"}
 
 
+def test_a_sweep_over_models_says_which_option_a_shared_key_misses(tmp_path: Path) -> None:
+    """Hydra refuses ``model.<key>=`` in a ``-m`` sweep over models with "use +model.<key>",
+    advice that fails for the models that have the key. The hint names the cause: a swept model
+    without the key, or (every swept model has it) the default model, which a sweep composes
+    first, with the command that runs them together."""
+    lacking = recbench("train", "-m", "model=deepfm,lr", "model.dropout=0.2", *TINY,
+                       outputs=tmp_path, check=False)  # fmt: skip
+    assert lacking.returncode == 1, lacking.stderr[-2000:]
+    text = " ".join(lacking.stderr.split())
+    assert "hint: model.dropout: model=lr (of the sweep's model=deepfm,lr) has no dropout" in text
+    default = recbench("train", "-m", "model=dcn,dcn_v2", "model.num_cross=2", *TINY,
+                       outputs=tmp_path, check=False)  # fmt: skip
+    assert default.returncode == 1, default.stderr[-2000:]
+    text = " ".join(default.stderr.split())
+    assert "every option of model=dcn,dcn_v2 has it" in text and "default model" in text
+    assert 'recbench compare "models=[dcn,dcn_v2]" seeds=1 "extra=[model.num_cross=2]"' in text
+    typo = recbench("train", "-m", "model=dcn,dcn_v2", "model.num_crss=2", *TINY,
+                    outputs=tmp_path, check=False)  # fmt: skip
+    assert "did you mean model.num_cross?" in typo.stderr
+
+
 @pytest.mark.slow
 def test_multirun_with_ddp_on_two_cpu_ranks(tmp_path: Path) -> None:
     recbench(

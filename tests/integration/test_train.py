@@ -370,6 +370,9 @@ def test_a_run_refused_after_hydra_made_its_folder_leaves_none(tmp_path):
 def test_data_takes_cfg_job_and_config_dir_and_refuses_a_task(tmp_path):
     shown = recbench("data", "info", "--cfg", "job", "dataset=movielens-100k", cwd=tmp_path)
     assert "name: movielens-100k" in shown.stdout and "preparing" not in shown.stdout
+    for flag in (["--cfg=job"], ["-c", "job"]):  # Hydra's other spellings of the flag
+        shown = recbench("data", "info", *flag, "dataset=movielens-100k", cwd=tmp_path)
+        assert "name: movielens-100k" in shown.stdout and "preparing" not in shown.stdout
     own = tmp_path / "conf" / "dataset"
     own.mkdir(parents=True)
     (own / "mine.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nname: mine\n")
@@ -584,8 +587,9 @@ def test_evaluating_a_checkpoint_records_the_epoch_it_holds(tmp_path):
     recbench("train", "model=fm", *SMALL, "trainer.max_epochs=3", "logger=none",
              *run_dir_of(tmp_path, "fit"), cwd=tmp_path)  # fmt: skip
     fit = metrics(tmp_path, "fit")
-    recbench("train", "model=fm", *SMALL, "logger=none", "fit=false", "record=false",
-             f"ckpt_path={fit['checkpoint']}", *run_dir_of(tmp_path, "eval"), cwd=tmp_path)  # fmt: skip
+    evaluate = ["fit=false", "record=false", f"ckpt_path={fit['checkpoint']}"]
+    recbench("train", "model=fm", *SMALL, "logger=none", *evaluate,
+             *run_dir_of(tmp_path, "eval"), cwd=tmp_path)  # fmt: skip
     ev = metrics(tmp_path, "eval")
     assert ev["best_epoch"] == fit["best_epoch"] == int(Path(fit["checkpoint"]).stem.split("-")[1])
     assert ev["test"]["auc"] == fit["test"]["auc"]
@@ -595,7 +599,8 @@ def test_a_fit_stopped_before_its_first_validation_is_not_recorded(tmp_path):
     """trainer.max_steps=1 ends the fit inside epoch 0: Lightning then blamed the monitor ("not
     a metric this run logs"); the message now names the step limit, and nothing is recorded."""
     proc = recbench("train", "model=fm", *SMALL, "logger=none", "++trainer.max_steps=1",
-                    "batch_size=64", *run_dir_of(tmp_path, "s"), cwd=tmp_path, check=False)  # fmt: skip
+                    "batch_size=64", *run_dir_of(tmp_path, "s"),
+                    cwd=tmp_path, check=False)  # fmt: skip
     text = " ".join(proc.stderr.split())
     assert proc.returncode != 0 and "Traceback" not in text
     assert "stopped after 1 steps, before its first validation (trainer.max_steps=1)" in text

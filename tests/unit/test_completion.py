@@ -68,6 +68,18 @@ def test_overrides_complete_from_the_commands_hydra_config(tmp_path: Path) -> No
     assert "lineage=" in complete("recbench compare lin", tmp_path)
 
 
+def test_only_the_groups_the_commands_config_composes_are_offered(tmp_path: Path) -> None:
+    """Hydra offers every folder of the configs; the command would refuse a group its config
+    does not compose ("Could not override 'logger'. No match in the defaults list")."""
+    data = complete("recbench data info ", tmp_path)
+    assert "dataset=" in data and "force=" in data
+    assert not {"task=", "logger=", "model=", "trainer=", "lineage="} & set(data)
+    assert complete("recbench data info log", tmp_path) == []
+    assert complete("recbench train lin", tmp_path) == []  # compare's group
+    # a group a typed override brings in: model=drn composes task=rl and its env
+    assert "env=" in complete("recbench train model=drn en", tmp_path)
+
+
 def test_zsh_gets_the_same_function_through_bashcompinit() -> None:
     z = script("zsh", COMMANDS, ["ctr"])
     assert z.startswith("autoload -U +X bashcompinit && bashcompinit\n")
@@ -87,3 +99,52 @@ def test_the_command_prints_the_script_and_refuses_other_shells(capsys) -> None:
         main(["completion", "fish"])
     assert stop.value.code == 2
     assert 'eval "$(recbench completion bash)"' in " ".join(capsys.readouterr().err.split())
+
+
+# what zsh's bashcompinit does on <TAB> (its _bash_complete, less compadd, which only a
+# completion widget may call): the COMP_* variables from zsh's words, then its compgen -F
+_ZSH_PROBE = r"""
+autoload -U compinit && compinit -u -D
+source "$1"
+line="$2"
+words=( ${=line} ); [[ $line == *" " ]] && words+=("")
+CURRENT=${#words}
+PREFIX=${words[CURRENT]}
+local -x COMP_POINT COMP_CWORD
+local -a COMP_WORDS COMPREPLY
+local -x COMP_LINE="$words"
+(( COMP_POINT = 1 + ${#${(j. .)words[1,CURRENT-1]}} + $#PREFIX ))
+(( COMP_CWORD = CURRENT - 1 ))
+COMP_WORDS=( "${words[@]}" )
+print -l -r -- ${(f)"$(compgen -F _recbench_complete -- ${words[CURRENT]})"}
+"""
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="needs zsh")
+def test_zsh_completes_past_the_command_word(tmp_path: Path) -> None:
+    """zsh runs the bash function in sh emulation, where ``read -a`` is no option and a line's
+    trailing blank reads as one more word: every line used to complete to the command list."""
+    shim = tmp_path / "bin" / "recbench"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m recbench.cli "$@"\n')
+    shim.chmod(0o755)
+    (tmp_path / "complete.zsh").write_text(script("zsh", COMMANDS, ["ctr", "topk"]))
+    (tmp_path / "probe.zsh").write_text(_ZSH_PROBE)
+
+    def offered(line: str) -> list[str]:
+        proc = subprocess.run(
+            ["zsh", "-f", str(tmp_path / "probe.zsh"), str(tmp_path / "complete.zsh"), line],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": f"{shim.parent}:/usr/bin:/bin", "PYTHONWARNINGS": "ignore"},
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0 and "bad option" not in proc.stderr, proc.stderr
+        return [w for w in proc.stdout.splitlines() if w]
+
+    assert offered("recbench data ") == ["prepare", "info"]
+    assert offered("recbench completion ") == ["bash", "zsh"]
+    assert offered("recbench results check -") == ["--repair"]
+    # zsh keeps 'model=' in the word, and matches the whole choice against it
+    assert offered("recbench train model=deep") == ["model=deep_crossing", "model=deepfm"]
