@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from recbench.data.schema import FeatureSchema
@@ -45,6 +46,13 @@ class AutoInt(nn.Module):
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         e = self.embedding(batch)  # (B, F, D)
         present = self.embedding.present(batch)  # (B, F); None: every field always has a value
+        if (
+            present is not None
+            and present.device.type == "cpu"
+            and not torch.compiler.is_compiling()  # a data-dependent branch breaks the graph
+            and bool(present.all())
+        ):
+            present = None  # no empty bag in this batch (a free check on the host): no mask
         x = e
         for layer in self.interacting:
             x = layer(x, present)  # (B, F, H*d')
