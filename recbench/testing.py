@@ -79,27 +79,33 @@ def rl_trajectory(
     return out
 
 
-def table_config(
-    root: Any, task: str, model: str, *extra: str, columns: dict[str, str] | None = None
-) -> Any:
-    """The train config of ``task`` and ``model`` on ``root``/log.csv through ``dataset=table``,
-    its user and item columns ``u`` and ``i`` unless ``columns`` names the roles (``extra``:
-    more overrides)."""
+def train_config(*overrides: str) -> Any:
+    """The composed ``train`` config with ``overrides``, as ``recbench train`` would see it."""
     from hydra import compose, initialize_config_dir
 
     from recbench.cli import config_dir
 
-    roles = columns or {"user": "u", "item": "i"}
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "dataset=table",
-                f"dataset.root={root}",
-                "dataset.adapter.path=log.csv",
-                *(f"dataset.adapter.columns.{role}={col}" for role, col in roles.items()),
-                f"task={task}",
-                f"model={model}",
-                *extra,
-            ],
-        )
+        return compose("train", overrides=list(overrides))
+
+
+def table_config(
+    root: Any,
+    task: str | None,
+    model: str | None,
+    *extra: str,
+    columns: dict[str, str] | None = None,
+) -> Any:
+    """The train config of ``task`` and ``model`` (None: the train config's default, which
+    ``extra`` may set) on ``root``/log.csv through ``dataset=table``, its user and item columns
+    ``u`` and ``i`` unless ``columns`` names the roles (``extra``: more overrides)."""
+    roles = columns or {"user": "u", "item": "i"}
+    return train_config(
+        "dataset=table",
+        f"dataset.root={root}",
+        "dataset.adapter.path=log.csv",
+        *(f"dataset.adapter.columns.{role}={col}" for role, col in roles.items()),
+        *([f"task={task}"] if task else []),
+        *([f"model={model}"] if model else []),
+        *extra,
+    )

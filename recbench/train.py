@@ -39,35 +39,33 @@ def saved_record() -> tuple[Path, bool] | None:
     return _SAVED[-1] if _SAVED else None
 
 
-def _epoch_of(blob: dict) -> int | None:
-    epoch = blob.get("epoch")
-    return int(epoch) if isinstance(epoch, int) else None
+# ckpt_path values Lightning resolves itself, not files
+NAMED_CHECKPOINTS = (None, "last", "best", "hpc", "registry")
 
 
 def saved_epoch(path: str) -> int | None:
     """The epoch a Lightning checkpoint was saved at."""
     import torch
 
-    return _epoch_of(torch.load(path, map_location="cpu", weights_only=False))
+    epoch = torch.load(path, map_location="cpu", weights_only=False).get("epoch")
+    return int(epoch) if isinstance(epoch, int) else None
 
 
-def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> int | None:
-    """The epoch a checkpoint was saved at; a checkpoint whose weights do not fit this run's
-    model is refused in one line (Lightning would end in a traceback of every missing and
-    unexpected key)."""
+def check_checkpoint(task: pl.LightningModule, path: str, model: str) -> None:
+    """Refuse a checkpoint whose weights do not fit this run's model in one line (Lightning
+    would end in a traceback of every missing and unexpected key)."""
     import torch
 
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
     except Exception as exc:  # not a checkpoint torch can read
         raise ConfigError(f"ckpt_path={path} cannot be read as a checkpoint: {exc}") from exc
-    saved = blob.get("state_dict", {})
     want = task.state_dict()
     missing = [k for k in want if k not in saved]
     unexpected = [k for k in saved if k not in want]
     shape = [k for k in want if k in saved and tuple(saved[k].shape) != tuple(want[k].shape)]
     if not (missing or unexpected or shape):
-        return _epoch_of(blob)
+        return
     parts = [
         f"{len(names)} {what} (e.g. {names[0]})"
         for names, what in (
@@ -222,9 +220,8 @@ def run(cfg: DictConfig) -> float | None:
         trainer: pl.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
-        ckpt_epoch = None  # the tested epoch where the checkpoint, not validation, knows it
-        if cfg.get("ckpt_path") not in (None, "last", "best", "hpc", "registry"):
-            ckpt_epoch = check_checkpoint(task, str(cfg.ckpt_path), name)
+        if cfg.get("ckpt_path") not in NAMED_CHECKPOINTS:
+            check_checkpoint(task, str(cfg.ckpt_path), name)
         if cfg.fit:
             try:
                 trainer.fit(task, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
@@ -238,11 +235,6 @@ def run(cfg: DictConfig) -> float | None:
             best = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
             if not trainer.interrupted:
                 _validated_once(cfg, task, trainer)
-            # a monitor outside validation (train/loss): the checkpoint, not the validation
-            # history, knows which epoch is tested
-            ckpt_epoch = None
-            if best and not str(cfg.monitor).startswith("val/"):
-                ckpt_epoch = saved_epoch(best)
         else:
             best = cfg.get("ckpt_path")
             trainer.validate(task, datamodule=dm, ckpt_path=best, verbose=False)
@@ -256,7 +248,9 @@ def run(cfg: DictConfig) -> float | None:
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None)
     history = task.val_history
     best_val = best_epoch(history, cfg.monitor, str(cfg.get("monitor_mode", "max")))
-    if ckpt_epoch is not None and cfg.fit:
+    ckpt_epoch = None  # where validation did not rank the tested checkpoint, it says its epoch
+    if best not in NAMED_CHECKPOINTS and (not cfg.fit or not str(cfg.monitor).startswith("val/")):
+        ckpt_epoch = saved_epoch(str(best))  # an evaluation, or a monitor such as train/loss
         best_val = next((h for h in history if h.get("epoch") == ckpt_epoch), best_val)
     result = {
         "val": {k: v for k, v in best_val.items() if k != "epoch"},

@@ -60,6 +60,12 @@ def metric_names(ks: tuple[int, ...] = KS, sampled: bool = True) -> tuple[str, .
     return tuple(names)
 
 
+def _ks(task_cfg: Mapping[str, Any]) -> tuple[int, ...]:
+    """The cut-offs ``task.ks`` names (the default ``KS`` when absent)."""
+    ks = task_cfg.get("ks")
+    return KS if ks is None else tuple(int(k) for k in ks)
+
+
 def unit_names(ks: Sequence[int], sampled: int) -> tuple[str, ...]:
     """The per-user values an evaluation computes (and logs as their means), in unit order:
     HR and NDCG at each of ``ks``, MRR, and with ``sampled`` negatives the same under
@@ -226,9 +232,7 @@ class NextItemTask(Task):
 
     @classmethod
     def val_keys(cls, task_cfg: Mapping[str, Any]) -> tuple[str, ...]:
-        ks = task_cfg.get("ks")
-        ks = KS if ks is None else tuple(int(k) for k in ks)
-        return unit_names(ks, int((task_cfg.get("eval") or {}).get("sampled") or 0))
+        return unit_names(_ks(task_cfg), int((task_cfg.get("eval") or {}).get("sampled") or 0))
 
     @classmethod
     def metrics_of(cls, task_cfg: Mapping[str, Any] | None = None) -> tuple[str, ...]:
@@ -236,10 +240,8 @@ class NextItemTask(Task):
         in report order: what the results table and the report show."""
         if task_cfg is None:
             return tuple(cls.metrics)
-        ks = task_cfg.get("ks")
-        ks = KS if ks is None else tuple(int(k) for k in ks)
         logged = set(cls.val_keys(task_cfg))
-        return tuple(n for n in metric_names(ks) if n in logged)
+        return tuple(n for n in metric_names(_ks(task_cfg)) if n in logged)
 
     @classmethod
     def bootstrap_of(cls, metrics: tuple[str, ...]) -> dict[str, str]:

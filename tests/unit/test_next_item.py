@@ -183,24 +183,18 @@ def test_a_causal_model_without_a_training_pair_is_refused_not_evaluated_untrain
 def test_the_synthetic_world_refuses_a_transition_weight_that_is_not_a_share(tmp_path, monkeypatch):
     """task.synthetic.transition_weight=1.5 mixed the two parts into negative "probabilities":
     the world was generated anyway and its oracle reported as the ceiling."""
-    from hydra import compose, initialize_config_dir
-
-    from recbench.cli import config_dir
     from recbench.data.sequences import prepare_sequences
+    from recbench.testing import train_config
 
     with pytest.raises(ValueError, match="successors"):
         SeqWorldParams(successors=0)
     monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                "dataset=synthetic",
-                "task=next_item",
-                "model=sasrec",
-                "+task.synthetic.transition_weight=1.5",
-            ],
-        )
+    cfg = train_config(
+        "dataset=synthetic",
+        "task=next_item",
+        "model=sasrec",
+        "+task.synthetic.transition_weight=1.5",
+    )
     with pytest.raises(ConfigError, match="task.synthetic: transition_weight must be in"):
         prepare_sequences(cfg, log=lambda _: None)
 
@@ -313,16 +307,12 @@ def test_the_record_lists_the_cut_offs_the_run_computes():
 def test_the_synthetic_oracle_is_prepared_at_the_runs_cut_offs(tmp_path, monkeypatch):
     """The oracle's metrics are stored with the prepared world: a run at task.ks=[1,10,50] used to
     reuse a world prepared at the default cut-offs and record an oracle without @1 or @50."""
-    from hydra import compose, initialize_config_dir
-
-    from recbench.cli import config_dir
     from recbench.data.sequences import prepare_sequences, sequence_key
+    from recbench.testing import train_config
 
     monkeypatch.setenv("RECBENCH_CACHE_DIR", str(tmp_path))
     base = ["dataset=synthetic", "task=next_item", "model=sasrec", "++dataset.world.n_users=200"]
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        default = compose("train", overrides=base)
-        other = compose("train", overrides=[*base, "task.ks=[1,10,50]"])
+    default, other = train_config(*base), train_config(*base, "task.ks=[1,10,50]")
     key, material, _ = sequence_key(default)
     assert "oracle_ks" not in material  # the default cut-offs keep the key they always had
     assert sequence_key(other)[0] != key

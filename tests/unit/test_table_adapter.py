@@ -6,12 +6,11 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from recbench.cli import config_dir
 from recbench.data.adapters.table import Table
 from recbench.data.pipeline import prepare
 from recbench.errors import ConfigError, DataNotFoundError, MalformedDataError
+from recbench.testing import table_config
 
 
 def _log(n: int = 600, seed: int = 0) -> pl.DataFrame:
@@ -141,20 +140,8 @@ def test_clear_errors(tmp_path):
 
 
 def _compose(tmp_path, *extra):
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "dataset=table",
-                f"dataset.root={tmp_path}",
-                "dataset.adapter.path=log.csv",
-                "dataset.adapter.columns.user=uid",
-                "dataset.adapter.columns.item=iid",
-                "dataset.adapter.columns.time=ts",
-                "dataset.adapter.columns.sparse=[hour,city]",
-                *extra,
-            ],
-        )
+    cols = {"user": "uid", "item": "iid", "time": "ts", "sparse": "[hour,city]"}
+    return table_config(tmp_path, None, None, *extra, columns=cols)
 
 
 def test_yaml_only_table_prepares_with_context_kept_or_resampled(tmp_path, monkeypatch):
