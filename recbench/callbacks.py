@@ -142,7 +142,12 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     A resumed fit goes on from the run it resumes: each checkpoint holds the task's
     ``val_history``, so the record's best epoch is ranked over every epoch as the best
     checkpoint is, and a fit resumed into another folder still ranks its epochs against the
-    best checkpoint it resumed after (Lightning forgets that score when ``dirpath`` changes)."""
+    best checkpoint it resumed after (Lightning forgets that score when ``dirpath`` changes).
+
+    ``save_last`` keeps ``last.ckpt`` at the latest epoch (or validation), not only at the
+    latest new best one, so ``ckpt_path=last`` resumes where the fit stopped."""
+
+    _last_step_written: int | None = None  # the global step ``last.ckpt`` holds
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module, checkpoint: dict) -> None:
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
@@ -177,6 +182,40 @@ class AtomicModelCheckpoint(ModelCheckpoint):
                 self.kth_value = kept[best_first[-1]]
                 return
         super().load_state_dict(state_dict)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_behind(trainer)
+
+    def _save_last_if_behind(self, trainer: pl.Trainer) -> None:
+        """``save_last``: ``last.ckpt`` holds the latest epoch at which the callback checks
+        (every ``every_n_epochs``), which ``ckpt_path=last`` resumes from. Lightning (2.6)
+        writes it only when a top-k checkpoint is saved at the same step, so after an epoch
+        that did not improve it would hold an earlier epoch and a resumed fit would train the
+        epochs since again."""
+        every = self._every_n_epochs
+        if (
+            not self.save_last
+            or every < 1
+            or (trainer.current_epoch + 1) % every != 0
+            or trainer.fast_dev_run
+            or trainer.sanity_checking
+            or trainer.state.fn != "fit"
+            or self._last_step_written == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_step_written = trainer.global_step
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = f"{filepath}.tmp"

@@ -5,13 +5,18 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
 
 from recbench.errors import RecbenchError, recbench_cause
-from recbench.sweeps import NoTrialCompleted, searches_without_a_best_trial
+from recbench.sweeps import (
+    NoTrialCompleted,
+    plain_model_keys,
+    remove_empty_sweep_dir,
+    searches_without_a_best_trial,
+)
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -138,7 +143,9 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
 
         _check_group_options(args, config_name)
         _FAILED_JOBS.clear()
-        sys.argv = [f"recbench {config_name}", *_with_checks(user_search_path(args), config_name)]
+        swept, model_keys = plain_model_keys(args)  # composes with the default model too
+        checked = _with_checks(user_search_path(swept), config_name, model_keys)
+        sys.argv = [f"recbench {config_name}", *checked]
         try:
             with searches_without_a_best_trial():
                 entry()
@@ -155,6 +162,8 @@ def _hydra_command(config_name: str, body: Callable) -> Callable[[list[str]], No
             if exc.code == 1:  # Hydra reported an error: a misspelt key gets a hint after it
                 _hint_misspelt_keys(args, config_name)
             raise
+        finally:
+            remove_empty_sweep_dir()  # a sweep refused before any job ran, or at each job's start
         if _FAILED_JOBS:  # a sweep whose every job ran, some refused or failed
             console.print(
                 f"[bold red]{len(_FAILED_JOBS)} job(s) of the sweep failed:[/] "
@@ -277,12 +286,13 @@ def _interrupted_after_record() -> None:
     sys.exit(130)
 
 
-def _with_checks(args: list[str], command: str) -> list[str]:
+def _with_checks(args: list[str], command: str, model_keys: Sequence[str] = ()) -> list[str]:
     """``args`` plus the overrides that run recbench's config checks before Hydra makes the run
-    directory, placed beside the user's overrides (Hydra takes them as one block)."""
+    directory, placed beside the user's overrides (Hydra takes them as one block).
+    ``model_keys``: the keys ``plain_model_keys`` wrote ``++``."""
     from recbench.validate import hydra_overrides
 
-    ours = hydra_overrides(command)
+    ours = hydra_overrides(command, model_keys)
     at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), None)
     return [*ours, *args] if at is None else [*args[:at], *ours, *args[at:]]
 
@@ -312,7 +322,22 @@ def _compose(config_name: str, overrides: list[str]):
     try:
         return _compose_quiet(config_name, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
-        _fail(exc)
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
+        if config_name == "data":  # a key of a group only train composes: say where it goes
+            groups = {p.name for p in Path(config_dir()).iterdir() if p.is_dir()} - {"dataset"}
+            top = [a.lstrip("+~").split("=", 1)[0].split(".", 1)[0] for a in overrides]
+            foreign = [a for a, t in zip(overrides, top, strict=True) if t in groups]
+            if foreign:
+                keys = ", ".join(a.split("=", 1)[0] for a in foreign)
+                console.print(
+                    f"[yellow]hint:[/] {escape(keys)}: recbench data takes dataset=<name>, "
+                    "dataset.<key>=<value> and force=; training settings go to recbench train"
+                )
+            overrides = [a for a in overrides if a not in foreign]
+        _hint_misspelt_keys(overrides, config_name)  # the key a misspelt one was meant to be
+        sys.exit(2)
 
 
 def _keys_of_no_model(overrides: list[str]) -> list[str]:

@@ -348,7 +348,7 @@ def train_all(
                 late = f"; exit {rc} after its record was stored" if rc != 0 else ""
                 say(
                     f"[green]✓[/] {job.model} seed {job.seed}: test {primary} {shown} "
-                    f"({seconds:.0f} s{late})"
+                    f"({seconds:.{1 if seconds < 10 else 0}f} s{late})"
                 )
             else:
                 tail = _tail(log_path) or f"exit status {rc}, no output"

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +30,8 @@ ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK
 SLURM_INTERACTIVE = ("bash", "interactive")
 # after rank 0 fails: how long the other ranks get to end by themselves before they are stopped
 STOP_GRACE_S = 3.0
+# how a rank that SIGTERM stopped exits (128 + 15, as a shell reports it)
+SIGTERM_STATUS = 143
 
 
 def started_outside() -> tuple[str, int | None] | None:
@@ -168,6 +171,11 @@ def local_ranks(cfg: DictConfig, run_dir: Path) -> Iterator[None]:
             else:
                 os.environ[k] = v
         failed = [s for s in statuses if s]
+        if SIGTERM_STATUS in failed and not interrupted:
+            # a rank was stopped by SIGTERM, and this one failed in a collective it left
+            from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException
         if failed and not interrupted:
             raise RecbenchError(
                 f"a DDP rank exited with status {max(failed)}; its own message is above"
@@ -197,6 +205,27 @@ def _stop(children: list[subprocess.Popen], grace: float) -> list[int | None]:
     return own
 
 
+def sigterm_without_collectives(trainer: Any) -> None:
+    """Make a SIGTERM to one rank of a multi-process job only mark the trainer as stopping.
+
+    Lightning's SIGTERM handler broadcasts from rank 0 inside the handler. Unless every rank
+    received the signal at the same moment, that broadcast meets another collective on the
+    other ranks (a gradient all-reduce, the per-step stop broadcast) and the job hangs: a
+    ``kill`` of rank 0 alone left every rank waiting until the group's 30-minute timeout.
+    With the flag alone, the rank that received the signal ends after its current batch
+    (Lightning checks it there), and the ranks left waiting on it are stopped as after any
+    failure of rank 0 (``local_ranks``) or fail when its group goes away.
+    """
+    connector = getattr(trainer, "_signal_connector", None)
+    if connector is None or not hasattr(connector, "_sigterm_notifier_fn"):
+        return  # another Lightning: its own handler stays
+
+    def mark(signum: int, frame: Any) -> None:
+        connector.received_sigterm = True
+
+    connector._sigterm_notifier_fn = mark
+
+
 def leave_group(only_gloo: bool = False) -> None:
     """Destroy this process's default process group, if it has one. ``only_gloo``: only a
     Gloo group, whose destruction is local to the process (after an error, NCCL's can wait on
@@ -210,11 +239,17 @@ def leave_group(only_gloo: bool = False) -> None:
 
 
 def main() -> None:
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     from recbench.train import run
 
     cfg = OmegaConf.load(sys.argv[1])
     try:
         run(cfg)
+    except SIGTERMException:  # Lightning's exit of status 0: rank 0 must not read it as done
+        print(f"stopped (rank {os.environ.get('RANK', '?')}): SIGTERM arrived", file=sys.stderr)
+        leave_group(only_gloo=True)
+        sys.exit(SIGTERM_STATUS)
     except Exception as exc:
         cause = recbench_cause(exc)  # a constructor's refusal comes wrapped by instantiate
         if cause is None:

@@ -6,7 +6,10 @@ through ``read_records``.
 
 A finished record is never lost: each append writes its whole line under an exclusive lock,
 checks every byte went out (a full disk raises ``StoreWriteError`` and the partial line is cut
-off again), and starts on a fresh line when a writer killed mid-write left a torn one. Readers
+off again), and starts on a fresh line when a writer killed mid-write left a torn one. Every
+writer (a run's record, compare's failures, ``results add``, ``results check --repair``) takes
+the same lock, the store file's own ``flock``, so ``results add`` checks for a record and appends
+it as one step; a lock still taken after ``LOCK_TIMEOUT_S`` raises ``StoreLockError``. Readers
 report every line they cannot read (file and line number) and carry on; a line where an older
 torn write glued records together is split back into its whole records. ``recbench results
 check --repair`` rewrites the store without its damaged lines, keeping the original as a backup.
@@ -26,6 +29,8 @@ import logging
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ from typing import Any
 from recbench.errors import RecbenchError
 
 STORE_NAME = "results.jsonl"
+LOCK_TIMEOUT_S = 60.0  # how long any reader or writer waits for the store's lock
 
 FINISHED = "finished"
 FAILED = "failed"
@@ -48,6 +54,20 @@ class StoreError(RecbenchError):
 
 class StoreWriteError(StoreError):
     """A record could not be appended; the store is left as it was before the append."""
+
+
+class StoreLockError(StoreError):
+    """The store's lock stayed taken for ``LOCK_TIMEOUT_S``: nothing was read or written."""
+
+    def __init__(self, path: Path, waited: float, holder: str) -> None:
+        self.path = path
+        real = path.resolve()
+        where = f"{path} (a link to {real})" if real != path.absolute() else str(path)
+        self.strerror = f"its lock was held by {holder} for over {waited:g} s"
+        super().__init__(
+            f"the results store {where} is locked: {self.strerror}; let that process finish or "
+            "stop it, then try again"
+        )
 
 
 def code_version() -> str:
@@ -64,15 +84,77 @@ def store_path(root: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------------------- locking
 
 
+def _holder(st: os.stat_result) -> str:
+    """Who holds a ``flock`` on the file ``st`` describes, from ``/proc/locks`` (Linux), for a
+    message; "another process" where that cannot tell."""
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return "another process"
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == ident:
+            pid = fields[4]
+            if not pid.isdigit() or pid == "0":  # a process outside this pid namespace
+                return "another process"
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                command = " ".join(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+            except OSError:
+                return f"pid {pid}"
+            return f"pid {pid} ({_shorten(command.encode(), 80)})"
+    return "another process"
+
+
+def _flock(fd: int, how: int, path: Path, deadline: float) -> None:
+    """``flock`` ``fd``, waiting until ``deadline`` (``time.monotonic``) at most: a process that
+    hangs holding the lock (stopped, or on a stuck file system) never hangs its waiters.
+
+    The wait is the kernel's own blocking ``flock``, in a helper thread on a duplicate of ``fd``
+    (the lock belongs to the open file, which both share): waiters queue as they would without
+    a deadline. Polling instead let a writer that had just released the lock take it again at
+    once, so one of several parallel writers appended all its records while the rest slept."""
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    waiter = os.dup(fd)
+    got, gave_up, guard = threading.Event(), threading.Event(), threading.Lock()
+
+    def wait() -> None:
+        try:
+            fcntl.flock(waiter, how)
+            with guard:
+                if gave_up.is_set():  # too late: let go of it again
+                    fcntl.flock(waiter, fcntl.LOCK_UN)
+                else:
+                    got.set()
+        finally:
+            os.close(waiter)  # the lock stays with ``fd``'s open file where it was taken
+
+    threading.Thread(target=wait, name="results-store-lock", daemon=True).start()
+    if got.wait(max(0.0, deadline - time.monotonic())):
+        return
+    with guard:
+        if got.is_set():
+            return
+        gave_up.set()
+    raise StoreLockError(path, LOCK_TIMEOUT_S, _holder(os.fstat(fd)))
+
+
 @contextmanager
 def _locked(path: Path, flags: int, how: int) -> Iterator[int]:
-    """``path`` opened with ``flags`` and ``flock``-ed with ``how``. A repair swaps the store's
-    file while others wait for its lock: whoever then gets the old file's lock opens the new
-    one, so no append lands in the replaced file."""
+    """``path`` opened with ``flags`` and ``flock``-ed with ``how`` (``StoreLockError`` after
+    ``LOCK_TIMEOUT_S``). A repair swaps the store's file while others wait for its lock: whoever
+    then gets the old file's lock opens the new one, so no append lands in the replaced file.
+    The lock is the file's own, so every outputs root that links to one store shares it."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
     while True:
         fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, how)
+            _flock(fd, how, path, deadline)
             st = os.fstat(fd)
             try:
                 now = os.stat(path)
@@ -105,31 +187,66 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make the entry of ``path`` in its folder durable, so a new or renamed file outlives a
+    power loss as its contents do (a folder this user cannot open, or a file system that cannot
+    sync one, is left as it is)."""
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except PermissionError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(dir_fd)
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+
+
+def _append_at(fd: int, path: Path, line: bytes) -> None:
+    """Append ``line`` to the store open as ``fd``, whose exclusive lock the caller holds. On any
+    failure, an interrupt included, the store is cut back to what it was."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        line = b"\n" + line  # a writer was killed mid-line: never glue onto its fragment
+    try:
+        _write_all(fd, line)
+        os.fsync(fd)
+        if not size:
+            _fsync_dir(path.resolve())  # a new store: its name is as durable as its first line
+    except BaseException:
+        try:  # cut the partial line off again; the lock keeps everyone else out meanwhile
+            os.ftruncate(fd, size)
+        except OSError:
+            pass  # left torn: the next append starts a fresh line, readers report it
+        raise
+
+
 def _append_line(path: Path, line: bytes) -> None:
     with _locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, fcntl.LOCK_EX) as fd:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # a writer was killed mid-line: never glue onto its fragment
-        try:
-            _write_all(fd, line)
-            os.fsync(fd)
-        except OSError:
-            try:  # cut the partial line off again; the lock keeps everyone else out meanwhile
-                os.ftruncate(fd, size)
-            except OSError:
-                pass  # left torn: the next append starts a fresh line, readers report it
-            raise
+        _append_at(fd, path, line)
 
 
 def append_record(record: dict[str, Any], root: str | os.PathLike) -> Path:
     """Append one record as one whole line under an exclusive lock, so parallel writers (sweep
     jobs, compares sharing one outputs root) never interleave lines. Raises ``StoreWriteError``
-    (and leaves the store as it was) when the line cannot be written in full."""
+    (and leaves the store as it was) when the line cannot be written in full or the lock stays
+    taken."""
     path = store_path(root)
-    line = (json.dumps(record, sort_keys=True, default=str) + "\n").encode()
+    line = _encode(record)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _append_line(path, line)
+    except StoreLockError as exc:
+        raise StoreWriteError(
+            f"could not append a record to the results store {path}: {exc.strerror}. The store "
+            "is as it was before; let that process finish or stop it, then add the record again."
+        ) from exc
     except OSError as exc:
         raise StoreWriteError(
             f"could not append a record to the results store {path}: "
@@ -153,6 +270,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path)
 
 
 def save_run_record(
@@ -279,9 +397,13 @@ def scan_store(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Dama
     """Every record of the store in written order, and the lines that are not one whole record
     (whatever whole records those still hold are among the records)."""
     path = store_path(root)
+    return _scan(path, _read_lines(path))
+
+
+def _scan(path: Path, lines: list[bytes]) -> tuple[list[dict[str, Any]], list[DamagedLine]]:
     records: list[dict[str, Any]] = []
     damaged: list[DamagedLine] = []
-    for lineno, raw in enumerate(_read_lines(path), 1):
+    for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
         rec = _parse_line(raw)
@@ -396,7 +518,7 @@ def repair_store(root: str | os.PathLike) -> Repair:
                 if fragment:  # a torn write's text beside (or instead of) whole records
                     result.dropped.append(d)
                 for rec in found:
-                    out.append((json.dumps(rec, sort_keys=True, default=str) + "\n").encode())
+                    out.append(_encode(rec))
                 result.recovered += len(found)
             if not result.damaged:
                 return result
@@ -415,11 +537,7 @@ def repair_store(root: str | os.PathLike) -> Repair:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(path)
             result.backup = backup
             return result
     except OSError as exc:
@@ -428,27 +546,53 @@ def repair_store(root: str | os.PathLike) -> Repair:
         ) from exc
 
 
+def _ident(record: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """What makes two records one run's: its run key, run directory and finish time."""
+    return record.get("run_key"), record.get("run_dir"), record.get("finished_at")
+
+
+def _run_record(path: Path) -> dict[str, Any]:
+    try:
+        rec = json.loads(path.read_text())
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise StoreError(f"{path} is not JSON ({exc}); give a run's metrics.json") from exc
+    if not isinstance(rec, dict) or "status" not in rec or "model" not in rec:
+        raise StoreError(f"{path} is not a run record (no status or model); give a metrics.json")
+    return rec
+
+
 def add_records(paths: list[str | os.PathLike], root: str | os.PathLike) -> list[tuple[Path, str]]:
     """Append the records in ``paths`` (each a run's ``metrics.json``) to the store, skipping any
-    already there (same run key, run directory and finish time). Returns (path, what happened)."""
-    have = {(r.get("run_key"), r.get("run_dir"), r.get("finished_at")) for r in scan_store(root)[0]}
-    done = []
-    for p in map(Path, paths):
-        try:
-            rec = json.loads(p.read_text())
-        except OSError as exc:
-            raise StoreError(f"cannot read {p}: {exc.strerror or exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise StoreError(f"{p} is not JSON ({exc}); give a run's metrics.json") from exc
-        if not isinstance(rec, dict) or "status" not in rec or "model" not in rec:
-            raise StoreError(f"{p} is not a run record (no status or model); give a metrics.json")
-        ident = (rec.get("run_key"), rec.get("run_dir"), rec.get("finished_at"))
-        if ident in have:
-            done.append((p, "already in the store"))
-            continue
-        append_record(rec, root)
-        have.add(ident)
-        done.append((p, "added"))
+    already there (same run key, run directory and finish time). Returns (path, what happened).
+
+    Every file is read first, so one that is not a run record stops with nothing added. The
+    store is then read and appended to under one exclusive lock: two ``results add`` of one run
+    at the same time store it once."""
+    todo = [(p, _run_record(p)) for p in map(Path, paths)]
+    path = store_path(root)
+    done: list[tuple[Path, str]] = []
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, fcntl.LOCK_EX) as fd:
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                have = {_ident(r) for r in _scan(path, fh.read().splitlines(keepends=True))[0]}
+            for p, rec in todo:
+                if _ident(rec) in have:
+                    done.append((p, "already in the store"))
+                    continue
+                _append_at(fd, path, _encode(rec))
+                have.add(_ident(rec))
+                done.append((p, "added"))
+    except OSError as exc:
+        added = [str(p) for p, what in done if what == "added"]
+        kept = f"added before that: {', '.join(added)}" if added else "nothing was added"
+        raise StoreWriteError(
+            f"could not add to the results store {path}: {exc.strerror or exc} (errno "
+            f"{exc.errno}); {kept}. Free space or fix permissions, then run the same command "
+            "again: records already in the store are skipped."
+        ) from exc
     return done
 
 
@@ -514,6 +658,8 @@ def run_key(cfg, data_key: str) -> str:
     trainer = c.get("trainer") or {}
     for k in _VOLATILE_TRAINER:
         trainer.pop(k, None)
+    # last.ckpt is what a killed run resumes from, never part of its numbers
+    ((c.get("callbacks") or {}).get("model_checkpoint") or {}).pop("save_last", None)
     material = json.dumps(
         {"cfg": c, "data": data_key, "code": code_version()}, sort_keys=True, default=str
     )
@@ -523,10 +669,12 @@ def run_key(cfg, data_key: str) -> str:
 __all__ = [
     "FAILED",
     "FINISHED",
+    "LOCK_TIMEOUT_S",
     "STORE_NAME",
     "DamagedLine",
     "Repair",
     "StoreError",
+    "StoreLockError",
     "StoreWriteError",
     "add_records",
     "append_record",

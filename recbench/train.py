@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from recbench import __version__
 from recbench.callbacks import Throughput, peak_rss_mb, reset_peak_rss
 from recbench.errors import ConfigError
-from recbench.launch import local_ranks
+from recbench.launch import local_ranks, sigterm_without_collectives
 from recbench.models import build_model
 from recbench.results import run_key, save_run_record
 from recbench.threads import apply_threads
@@ -220,6 +220,8 @@ def run(cfg: DictConfig) -> float | None:
         trainer: pl.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir)
         )
+        if trainer.world_size > 1:
+            sigterm_without_collectives(trainer)
         if cfg.get("ckpt_path") not in NAMED_CHECKPOINTS:
             check_checkpoint(task, str(cfg.ckpt_path), name)
         if cfg.fit:
@@ -274,7 +276,8 @@ def run(cfg: DictConfig) -> float | None:
             "unseen": data.info.get("unseen"),
         },
         "checkpoint": best,
-        "outputs": task.test_outputs() if cfg.test else {},
+        "test_coverage": task.test_coverage() if cfg.test else None,
+        "outputs": task.test_outputs() if cfg.test and task.test_result else {},
         "extra": task.record_extra(data),
         "loggers": loggers,
     }
@@ -321,6 +324,7 @@ def _record_run(
             "threads": torch.get_num_threads(),  # intra-op threads the run trained with
         },
         "data": result.get("data", {}),
+        **_coverage(result.get("test_coverage"), task_cls.bootstrap_unit, cfg),
         "run_dir": str(run_dir),
         "checkpoint": result.get("checkpoint"),
         "versions": versions(),
@@ -341,6 +345,20 @@ def _record_run(
     # user ids): None, which a search's sweeper marks as a failed trial before going on
     value = _metric_value(record["val"], cfg.optimized_metric.split("/", 1)[-1])
     return float(value) if value is not None else None
+
+
+def _coverage(counts: tuple[int, int] | None, unit: str, cfg: DictConfig) -> dict[str, Any]:
+    """The record's ``test_coverage``: the test units (rows or users) the test scored and the
+    test split's, and whether that is part of them (``trainer.limit_test_batches``: the first
+    batches, not a random sample); its metrics and ``predictions.npz`` hold those units only."""
+    if counts is None:
+        return {}
+    tested, total = counts
+    coverage = {"unit": unit, "tested": int(tested), "of": int(total)}
+    if tested < total:
+        limit = (cfg.get("trainer") or {}).get("limit_test_batches")
+        coverage |= {"partial": True, "limit_test_batches": limit}
+    return {"test_coverage": coverage}
 
 
 def _log_hparams(loggers: list, cfg: DictConfig, record: dict) -> None:
@@ -390,7 +408,9 @@ def _print_summary(record: dict) -> None:
         if m:
             cells = [_metric_value(m, k) for k in names]
             table.add_row(split, *("undefined" if v is None else f"{float(v):.4f}" for v in cells))
-    oracle = record.get("oracle") or {}
+    # the oracle scores the whole test split: no row beside a test of its first batches
+    partial = (record.get("test_coverage") or {}).get("partial")
+    oracle = {} if partial else record.get("oracle") or {}
     if any(oracle.get(k) is not None for k in names):
         table.add_row(
             "oracle (test)",
@@ -399,6 +419,14 @@ def _print_summary(record: dict) -> None:
     perf = record["perf"]
     console = Console(soft_wrap=True)
     console.print(table)
+    if partial:
+        coverage = record["test_coverage"]
+        console.print(
+            f"partial test: {coverage['tested']:,} of {coverage['of']:,} test "
+            f"{coverage['unit']}s, the first batches (trainer.limit_test_batches="
+            f"{coverage['limit_test_batches']}), not a sample of them; the test metrics and "
+            "predictions.npz hold those only (test_coverage in metrics.json)"
+        )
     for key, why in (record.get("undefined") or {}).items():
         console.print(f"{key} is undefined: {why}")
     sps = perf.get("train_samples_per_sec")

@@ -185,6 +185,15 @@ def fit(
             dist.destroy_process_group()
 
 
+def scored_rows(n: int, counts: list[int]) -> torch.Tensor:
+    """The rows of an ``n``-row split that an evaluation scored, in the split's order, when
+    rank ``r`` (of ``len(counts)``) scored the first ``counts[r]`` rows of its share ``r::w``:
+    all ``n`` rows, or fewer under ``limit_<split>_batches``."""
+    world = len(counts)
+    parts = [torch.arange(r, n, world)[:c] for r, c in enumerate(counts)]
+    return torch.cat(parts).sort().values if parts else torch.zeros(0, dtype=torch.long)
+
+
 class _QuietKernels(logging.Filter):
     """TorchRec and FBGEMM log every table's kernel arguments at INFO: keep their warnings."""
 
@@ -217,6 +226,7 @@ class _Loop:
         stopping = (cfg.get("callbacks") or {}).get("early_stopping") or {}
         self.patience = stopping.get("patience") if stopping else None
         self.epochs: list[tuple[int, int, float]] = []  # (rows, steps, seconds)
+        self.scored_rows = torch.zeros(0, dtype=torch.long)  # the last evaluation's rows
 
     def _to(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -273,6 +283,7 @@ class _Loop:
         stand_in = self._to({k: v[:1] for k, v in tensors.items()})
         metrics = CTRMetrics(split).to(self.device)
         it = iter(loader)
+        scored = 0  # this rank's rows scored: the first of its share r::w
         for i in range(int(steps)):
             batch = next(it, None) if i < self.trainer.batches(split, mine) else None
             if batch is None or len(batch["label"]) == 0:
@@ -280,18 +291,22 @@ class _Loop:
                 continue
             batch = self._to(batch)
             metrics.update(self.task(batch), batch["label"], batch["group"])
+            scored += len(batch["label"])
+        counts = [0] * self.world
+        dist.all_gather_object(counts, scored)
+        self.scored_rows = scored_rows(len(tensors["label"]), counts)
         values = {k: float(v) for k, v in metrics.compute().items()}  # gathered from all ranks
         undefined = dict(metrics.undefined)
         clean = {k: None if k in undefined or math.isnan(v) else v for k, v in values.items()}
         return clean, undefined
 
     @torch.no_grad()
-    def test_logits(self) -> torch.Tensor:
-        """Test logits in row order: every rank runs the same batches (the lookup is a
-        collective), rank 0 keeps them."""
+    def test_logits(self, rows: torch.Tensor) -> torch.Tensor:
+        """Test logits of ``rows`` (the rows the test scored), in that order: every rank runs
+        the same batches (the lookup is a collective), rank 0 keeps them."""
         self.dmp.eval()
-        split = self.splits["test"]
-        n, step = len(split["label"]), int(self.cfg.eval_batch_size)
+        split = {k: v[rows] for k, v in self.splits["test"].items()}
+        n, step = len(rows), int(self.cfg.eval_batch_size)
         out = []
         for start in range(0, n, step):
             batch = self._to({k: v[start : start + step] for k, v in split.items()})
@@ -343,17 +358,18 @@ class _Loop:
         ckpt_dir = run_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         torch.save(best_state, ckpt_dir / f"best-rank{self.rank}.pt")  # this rank's shards
-        test, outputs = {}, {}
+        test, outputs, coverage = {}, {}, None
         if self.cfg.test:
             test, why = self.evaluate("test")
             undefined.update({f"test.{k}": v for k, v in why.items()})
-            logits = self.test_logits()
+            rows = self.scored_rows  # all of them, or the first batches of each rank's share
             split = self.splits["test"]
             outputs = {
-                "logits": logits.numpy(),
-                "label": split["label"].numpy(),
-                "group": split["group"].numpy(),
+                "logits": self.test_logits(rows).numpy(),
+                "label": split["label"][rows].numpy(),
+                "group": split["group"][rows].numpy(),
             }
+            coverage = (len(rows), len(split["label"]))
         if self.rank != 0:
             return None
         best_val = next((h for h in history if h["epoch"] == best_epoch), history[-1])
@@ -384,6 +400,7 @@ class _Loop:
                 "unseen": data.info.get("unseen"),
             },
             "checkpoint": None,  # per-rank shards, not a Lightning checkpoint: see "torchrec"
+            "test_coverage": coverage,
             "outputs": outputs,
             "extra": {
                 **self.task.record_extra(data),
@@ -398,4 +415,4 @@ class _Loop:
         }
 
 
-__all__ = ["TorchRecTrainer", "fit", "run_sharded", "settings"]
+__all__ = ["TorchRecTrainer", "fit", "run_sharded", "scored_rows", "settings"]

@@ -14,6 +14,11 @@ so the integral has a closed form). Window metrics, each the mean over all users
 - ``activeness``: the user's time-averaged activeness over the window;
 - ``reward``: the sum of ``clicks + beta · activeness`` over the user's requests in the window.
 
+The per-request metrics (``PER_REQUEST``) are ratios whose denominator, the users' requests,
+is as random as the numerator (a user returns sooner or later, or not at all in the window), so
+each user's requests are kept beside the metrics (``Tracker.requests``): an interval over users
+resamples them with the numerators (``recbench.envs.report``).
+
 Cumulative metrics (``cum_clicks``, ``cum_activeness``) take the same per-user values over a
 span from the first request to the window's end: what an online learner gathered while it
 learned, the cold start included (``Tracker.cumulative``).
@@ -29,6 +34,8 @@ import numpy as np
 
 SUMS = ("clicks", "requests", "precision@5", "ndcg@5", "reward", "oracle_clicks", "exp_clicks")
 WINDOW_METRICS = ("clicks", "ctr", "precision@5", "ndcg@5", "activeness", "reward")
+# ratios over the window's requests: a resample's value is Σ unit / Σ (requests / mean requests)
+PER_REQUEST = ("ctr", "precision@5", "ndcg@5")
 # from the first request to a window's end: (metric name, the window metric it accumulates)
 CUMULATIVE = {"cum_clicks": "clicks", "cum_activeness": "activeness"}
 
@@ -139,6 +146,10 @@ class Tracker:
             "reward": s["reward"],
         }
 
+    def requests(self, name: str) -> np.ndarray:
+        """Per-user requests in window ``name``: the denominators of the ``PER_REQUEST`` metrics."""
+        return self.windows[name].sums["requests"].copy()
+
     def metrics(self, name: str) -> dict[str, float]:
         return {k: float(v.mean()) for k, v in self.units(name).items()}
 
@@ -178,4 +189,11 @@ class Tracker:
         }
 
 
-__all__ = ["CUMULATIVE", "SUMS", "WINDOW_METRICS", "Tracker", "activeness_integral"]
+__all__ = [
+    "CUMULATIVE",
+    "PER_REQUEST",
+    "SUMS",
+    "WINDOW_METRICS",
+    "Tracker",
+    "activeness_integral",
+]

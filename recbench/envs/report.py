@@ -6,9 +6,12 @@ keeps those of ``task: rl``) and writes into ``out_dir``:
 - ``rl_curves.png``: CTR and mean user activeness over simulated time for every policy (mean over
   its seeds), from each run's saved ``curves.json``;
 - ``rl_pairs.md`` / ``rl_pairs.json``: for chosen pairs of policies, the delta of every window
-  metric with a 95% interval from a paired bootstrap over users: per user, the delta is averaged
-  over the seeds both policies ran (users are paired by their index, which every policy of one
-  seed shares), and users are resampled.
+  metric with a 95% interval from a paired bootstrap over users: users are resampled (paired by
+  their index, which every policy of one seed shares), and each resample's delta is averaged
+  over the seeds both policies ran. A per-request metric (``ctr``, ``precision@5``, ``ndcg@5``)
+  is a ratio over the users' requests, which vary with the policy and the users' returns: each
+  resample recomputes each run's Σ numerator / Σ requests over the resampled users, so the
+  interval carries the randomness of the requests too.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from recbench.envs.metrics import PER_REQUEST
+from recbench.report.bootstrap import resample_counts
 
 # (a, b): the report shows b - a; pairs whose policies did not both run are skipped
 DEFAULT_PAIRS = (
@@ -65,6 +71,25 @@ def _units(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return {k[len("unit__") :]: np.asarray(z[k]) for k in z.files if k.startswith("unit__")}
 
 
+def ratio_parts(units: Mapping[str, np.ndarray], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user numerator and denominator of ``metric`` in one run, the metric being their
+    sums' ratio: for a per-request metric its unit values (the user's sums over the window's
+    mean requests) over the user's requests as a share of that mean; for the others the unit
+    values over ones."""
+    v = np.asarray(units[metric], np.float64)
+    if metric not in PER_REQUEST:
+        return v, np.ones(len(v))
+    req = np.asarray(units["requests"], np.float64)
+    return v, req / max(float(req.mean()), 1e-12)
+
+
+NO_REQUESTS = (
+    "no interval for ctr, precision@5 and ndcg@5: these runs saved no per-user requests "
+    "(unit__requests, the ratios' denominators; runs recorded before it was saved); rerun them "
+    "into a new results store (RECBENCH_OUTPUTS=<new folder>) for the intervals"
+)
+
+
 def paired_delta(
     a: Sequence[Mapping[str, Any]],
     b: Sequence[Mapping[str, Any]],
@@ -74,7 +99,11 @@ def paired_delta(
     level: float = 0.95,
 ) -> dict[str, Any] | None:
     """Delta b - a of ``metric`` over the seeds both ran, with a bootstrap interval over users
-    and the per-seed deltas; None when they share no seed or world."""
+    and the per-seed deltas; None when they share no seed or world. Each resample draws users
+    (the same for both policies and every seed) and takes, per seed, b's ratio of the drawn
+    users' summed numerators and denominators (``ratio_parts``) minus a's, averaged over the
+    seeds. Without the requests a per-request metric's interval is None, with ``note`` saying
+    why."""
     by_seed_a = {int(r["seed"]): r for r in a}
     by_seed_b = {int(r["seed"]): r for r in b}
     seeds = sorted(set(by_seed_a) & set(by_seed_b))
@@ -83,25 +112,40 @@ def paired_delta(
         ra, rb = by_seed_a[s], by_seed_b[s]
         if (ra.get("data") or {}).get("key") != (rb.get("data") or {}).get("key"):
             continue
-        ua, ub = _units(ra).get(metric), _units(rb).get(metric)
-        if ua is None or ub is None or len(ua) != len(ub):
+        ua, ub = _units(ra), _units(rb)
+        if metric not in ua or metric not in ub or len(ua[metric]) != len(ub[metric]):
             continue
-        rows.append(ub - ua)
+        rows.append((ua, ub))
     if not rows:
         return None
-    d = np.mean(rows, axis=0)  # per user, averaged over seeds
-    rng = np.random.default_rng(seed)
-    boot = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(resamples)])
-    q = (1 - level) / 2
-    return {
+    deltas = [ub[metric] - ua[metric] for ua, ub in rows]
+    n = len(deltas[0])
+    out = {
         "metric": metric,
-        "delta": float(d.mean()),
-        "low": float(np.quantile(boot, q)),
-        "high": float(np.quantile(boot, 1 - q)),
-        "per_seed": [float(r.mean()) for r in rows],
+        "delta": float(np.mean(deltas, axis=0).mean()),
+        "low": None,
+        "high": None,
+        "per_seed": [float(d.mean()) for d in deltas],
         "seeds": len(rows),
-        "users": len(d),
+        "users": n,
     }
+    if metric in PER_REQUEST and any("requests" not in u for pair in rows for u in pair):
+        return out | {"note": NO_REQUESTS}
+    parts = [(ratio_parts(ua, metric), ratio_parts(ub, metric)) for ua, ub in rows]
+    counts = resample_counts(np.random.default_rng(seed), n, resamples)  # (resamples, users)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = np.mean(
+            [
+                (counts @ nb) / (counts @ db) - (counts @ na) / (counts @ da)
+                for (na, da), (nb, db) in parts
+            ],
+            axis=0,
+        )
+    boot = boot[np.isfinite(boot)]  # a resample of users without a request in some run
+    q = (1 - level) / 2
+    if len(boot):
+        out["low"], out["high"] = (float(x) for x in np.quantile(boot, [q, 1 - q]))
+    return out
 
 
 def summary(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
@@ -195,9 +239,12 @@ def pairs_markdown(pairs: Sequence[dict[str, Any]], metrics: Sequence[str]) -> s
         cells = []
         for m in metrics:
             d = p["metrics"].get(m)
-            cells.append(
-                "—" if d is None else f"{d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-            )
+            if d is None:
+                cells.append("—")
+            elif d["low"] is None:
+                cells.append(f"{d['delta']:+.4f} [—]")
+            else:
+                cells.append(f"{d['delta']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]")
         lines.append(f"| {p['b']} − {p['a']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -218,6 +265,12 @@ def summary_markdown(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> 
             + f" | {r['oracle_ctr']:.4f} | {r['requests_per_sec']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _notes(pairs: Sequence[dict[str, Any]]) -> list[str]:
+    """Why an interval is missing, once per reason."""
+    notes = (d.get("note") for p in pairs for d in p["metrics"].values() if d)
+    return list(dict.fromkeys(n for n in notes if n))
 
 
 def write_rl_report(
@@ -244,9 +297,11 @@ def write_rl_report(
         "# RL policies in the simulated news world\n\n"
         "Test window; mean ± std over seeds.\n\n"
         + summary_markdown(rows, metrics)
-        + "\n\nPaired deltas (b − a), 95% bootstrap interval over users (per-user deltas "
-        "averaged over the shared seeds).\n\n"
+        + "\n\nPaired deltas (b − a), 95% bootstrap interval over users (each resample's "
+        "delta averaged over the shared seeds; ctr, precision@5 and ndcg@5 as ratios of the "
+        "resampled users' sums over their requests).\n\n"
         + pairs_markdown(result, metrics)
+        + "".join(f"\n\n[—] {note}." for note in _notes(result))
         + ("\n\n![CTR and activeness over simulated time](rl_curves.png)\n" if plot else "\n")
     )
     (out / "rl_pairs.md").write_text(text)
@@ -259,6 +314,7 @@ __all__ = [
     "line_styles",
     "paired_delta",
     "plot_curves",
+    "ratio_parts",
     "rl_records",
     "write_rl_report",
 ]

@@ -77,6 +77,7 @@ class ModelSummary:
     undefined: dict[str, list[str]] = field(default_factory=dict)  # metric → "seed 2: why"
     oracle: dict[str, float] = field(default_factory=dict)  # metric → oracle's, mean over seeds
     bootstrap_unit: str = "row"
+    partial: list[str] = field(default_factory=list)  # "seed 1: 256 of 2,847 test rows"
 
     @property
     def oracle_auc(self) -> float | None:
@@ -161,6 +162,11 @@ def summarise_model(model: str, records: Sequence[Mapping[str, Any]]) -> ModelSu
         k: _mean_std([number((r.get("perf") or {}).get(k)) for r in records]) for k, _ in PERF_KEYS
     }
     oracle = _oracle_means(records, names)
+    partial = [
+        f"seed {r.get('seed')}: {c['tested']:,} of {c['of']:,} test {c['unit']}s"
+        for r in records
+        if (c := r.get("test_coverage") or {}).get("partial")
+    ]
     return ModelSummary(
         model=model,
         title=title_of(model),
@@ -180,6 +186,7 @@ def summarise_model(model: str, records: Sequence[Mapping[str, Any]]) -> ModelSu
         undefined=undefined,
         oracle=oracle,
         bootstrap_unit=bootstrap_unit(first),
+        partial=partial,
     )
 
 

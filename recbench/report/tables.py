@@ -43,6 +43,27 @@ def _big(ms: tuple[float, float | None] | None) -> str:
     return f"{ms[0]:,.0f}" + (f" ± {ms[1]:,.0f}" if ms[1] is not None else "")
 
 
+def _seconds_digits(v: float) -> int:
+    """Decimals for a time in seconds: two significant digits below 10 s (0.42, 3.1), whole
+    seconds from there on (12, 1,234)."""
+    a = abs(v)
+    if a == 0 or a >= 10:
+        return 0
+    digits = min(3, 1 - math.floor(math.log10(a)))
+    if round(a, digits) >= 10 ** (2 - digits):  # 0.996 → 1.0, 9.96 → 10
+        digits -= 1
+    return max(digits, 0)
+
+
+def _seconds(ms: tuple[float, float | None] | None) -> str:
+    """A time in seconds, mean ± std, both to the mean's precision: a sub-second run reads
+    0.42, never 0."""
+    if ms is None or not math.isfinite(ms[0]):
+        return "—"
+    digits = _seconds_digits(ms[0])
+    return f"{ms[0]:,.{digits}f}" + (f" ± {ms[1]:,.{digits}f}" if ms[1] is not None else "")
+
+
 def _arrow(name: str, mode: str) -> str:
     return f"{name} {'↑' if mode == 'max' else '↓'}"
 
@@ -191,14 +212,22 @@ def undefined_notes(summaries: Sequence[ModelSummary]) -> list[str]:
     ]
 
 
+def partial_notes(summaries: Sequence[ModelSummary]) -> list[str]:
+    """One line per model whose runs tested only the first test batches
+    (``trainer.limit_test_batches``), naming the seeds and how many units each scored."""
+    return [f"{s.model}, " + "; ".join(s.partial) for s in summaries if s.partial]
+
+
+def _perf_cell(key: str, ms: tuple[float, float | None]) -> str:
+    if key == "step_ms":
+        return _fmt(ms[0], 2)
+    if key == "wall_seconds":
+        return _seconds(ms)
+    return _big(ms)
+
+
 def cost_table(summaries: Sequence[ModelSummary]) -> Table:
-    rows = [
-        [
-            s.model,
-            *(_fmt(s.perf[k][0], 2) if k == "step_ms" else _big(s.perf[k]) for k, _ in PERF_KEYS),
-        ]
-        for s in summaries
-    ]
+    rows = [[s.model, *(_perf_cell(k, s.perf[k]) for k, _ in PERF_KEYS)] for s in summaries]
     return Table(["model", *(label for _, label in PERF_KEYS)], rows)
 
 
@@ -297,13 +326,21 @@ _HINTS = (
 
 def error_line(text: str) -> str:
     """The line of a run's output that says what went wrong: the last one naming an error,
-    skipping Hydra's hints; else the last line."""
+    skipping Hydra's hints; else the last line. A heading that lists problems below it
+    ("... has 2 problems; nothing was run:" then "- ..." lines) comes with them, joined by "; "."""
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     lines = [ln for ln in lines if not ln.startswith(_HINTS)] or lines
-    for ln in reversed(lines):
-        if "Error" in ln or "Exception" in ln or "error" in ln:
-            return ln[:300]
-    return lines[-1][:300] if lines else ""
+    entries: list[list[str]] = []  # a line, or a heading ending in ":" and the items below it
+    for ln in lines:
+        if ln.startswith("- ") and entries and entries[-1][0].endswith(":"):
+            entries[-1].append(ln[2:])
+        else:
+            entries.append([ln])
+    texts = [e[0] if len(e) == 1 else f"{e[0]} {'; '.join(e[1:])}" for e in entries]
+    for entry, shown in zip(reversed(entries), reversed(texts), strict=True):
+        if any("Error" in ln or "Exception" in ln or "error" in ln for ln in entry):
+            return shown[:300] if len(entry) == 1 else shown[:600]
+    return texts[-1][:300] if texts else ""
 
 
 __all__ = [
@@ -319,5 +356,6 @@ __all__ = [
     "oracle_varies",
     "stale_table",
     "sweep_table",
+    "partial_notes",
     "undefined_notes",
 ]

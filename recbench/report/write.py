@@ -30,6 +30,7 @@ from recbench.report.tables import (
     oracle_table,
     oracle_text,
     oracle_varies,
+    partial_notes,
     stale_table,
     sweep_table,
     undefined_notes,
@@ -149,6 +150,15 @@ def _sections(
             f"Undefined values are left out of the means, standard deviations and deltas;{PARTLY} "
             "marks a mean over fewer seeds than the model ran."
         ] + [f"Undefined: {u}." for u in undefined]
+    partial = partial_notes(summaries)
+    if partial:
+        metrics.after = [
+            *metrics.after,
+            "Partial tests: these runs scored only the first batches of the test split "
+            "(trainer.limit_test_batches), not a sample of it; their figures and intervals "
+            "describe those units alone and do not compare with a full test.",
+            *(f"Partial: {p}." for p in partial),
+        ]
     out.append(metrics)
     if oracle is not None:
         out.append(

@@ -96,8 +96,15 @@ class Task(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must build its data module")
 
     def test_outputs(self) -> dict[str, np.ndarray]:
-        """Per-unit arrays saved to ``predictions.npz`` for the report's paired bootstrap."""
+        """Per-unit arrays saved to ``predictions.npz`` for the report's paired bootstrap: the
+        units the test scored, no others (``trainer.limit_test_batches`` tests the first
+        batches only)."""
         return {}
+
+    def test_coverage(self) -> tuple[int, int] | None:
+        """(units the last test scored, units of the test split), in ``bootstrap_unit``s;
+        None where the task cannot tell."""
+        return None
 
     def record_extra(self, data: Any) -> dict[str, Any]:
         """Task-specific record fields (``oracle``, fallback counts, ...)."""

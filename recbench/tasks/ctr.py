@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,7 @@ class CTRTask(Task):
         self.loss_guard = LossGuard(max_loss, LOSS_CHECK_EVERY, "training loss")
         self.val_guard = LossGuard(check_every=0, what="validation scores", unit="batch")
         self.test_guard = LossGuard(check_every=0, what="test scores", unit="batch")
+        self._tested_rows: int | None = None  # rows the last test scored
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         out = self.model(batch)
@@ -142,6 +144,7 @@ class CTRTask(Task):
 
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_metrics)
+        self._tested_rows = int(self.test_result["rows"] or 0)
 
     # ------------------------------------------------------------------ train.py hooks
 
@@ -172,21 +175,41 @@ class CTRTask(Task):
             negatives=negatives,
         )
 
+    def test_coverage(self) -> tuple[int, int] | None:
+        if self._tested_rows is None:
+            return None
+        return self._tested_rows, len(self._test_split["label"])
+
     @torch.no_grad()
     def test_outputs(self) -> dict[str, Any]:
-        """Test logits in row order (one process), with labels and users, for the bootstrap."""
+        """Test logits in row order (one process), with labels and users, for the bootstrap:
+        the rows the test scored. A test of the first batches (``trainer.limit_test_batches``)
+        scores the first rows, on every rank together (rank r of w serves rows r::w); over
+        memory-mapped shards under DDP its rows are not the first ones: nothing is saved."""
+        from recbench.data.shards import ShardSplit
+
         split = self._test_split
+        n, total = self.test_coverage() or (len(split["label"]),) * 2
+        if n < total and isinstance(split, ShardSplit) and self.trainer.world_size > 1:
+            log.warning(
+                "predictions.npz is not written: a test of some batches on %d ranks over "
+                "memory-mapped shards scores rows that are not the first %d",
+                self.trainer.world_size,
+                n,
+            )
+            return {}
         self.eval()
         device = next(self.parameters()).device
         out = []
-        n, step = len(split["label"]), self._eval_batch_size
+        step = self._eval_batch_size
         for start in range(0, n, step):
-            batch = {k: v[start : start + step].to(device) for k, v in split.items()}
+            end = min(start + step, n)
+            batch = {k: v[start:end].to(device) for k, v in split.items()}
             out.append(self(batch).float().cpu())
         return {
-            "logits": torch.cat(out).numpy(),
-            "label": split["label"].numpy(),
-            "group": split["group"].numpy(),
+            "logits": torch.cat(out).numpy() if out else np.zeros(0, np.float32),
+            "label": split["label"][:n].numpy(),
+            "group": split["group"][:n].numpy(),
         }
 
     def record_extra(self, data: Any) -> dict[str, Any]:

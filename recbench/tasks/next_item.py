@@ -393,8 +393,8 @@ class NextItemTask(Task):
             sync_dist=False,
             prog_bar=False,
         )
-        if stage == "test":
-            self._test_units = {
+        if stage == "test":  # the users the test scored (all, unless it tested some batches)
+            self._test_units = {"user": units["_index"].cpu().numpy()} | {
                 f"unit__{k}": v.cpu().numpy() for k, v in units.items() if k != "_index"
             }
         nested: dict[str, Any] = {}
@@ -432,6 +432,7 @@ class NextItemTask(Task):
         from recbench.data.sequences import SequenceDataModule
 
         self._seen = data.seen
+        self._test_users = len(data.splits["test"]["user"])
         seq = data.splits["train"]["seq"]
         if (
             self.trainable
@@ -458,9 +459,16 @@ class NextItemTask(Task):
             trim=bool(self.loader.get("trim", True)),
         )
 
+    def test_coverage(self) -> tuple[int, int] | None:
+        if not self._test_units:
+            return None
+        return len(self._test_units["user"]), self._test_users
+
     def test_outputs(self) -> dict[str, np.ndarray]:
-        """Per-user test values (``unit__ndcg@10``, ``unit__sampled.hr@10``, ...) in user
-        order."""
+        """Per-user test values (``unit__ndcg@10``, ``unit__sampled.hr@10``, ...) of the users
+        the test scored, in user order, and the users. A test of the first batches
+        (``trainer.limit_test_batches``) scores the users of the shortest histories first (the
+        batches are ordered by length)."""
         return dict(self._test_units)
 
     def record_extra(self, data: Any) -> dict[str, Any]:

@@ -261,29 +261,40 @@ class RatingTask(Task):
     def on_test_epoch_end(self) -> None:
         self.test_result = self._epoch_end("test", self.test_metrics)
 
+    def test_coverage(self) -> tuple[int, int] | None:
+        if "rows" not in self.test_result:
+            return None
+        return int(self.test_result["rows"]), len(self._test_split["rating"])
+
     @torch.no_grad()
     def test_outputs(self) -> dict[str, np.ndarray]:
-        """Per test row, in row order (one process): the prediction, the rating, and the
-        squared (``unit__rmse``) and absolute (``unit__mae``) errors for the bootstrap."""
+        """Per test row the test scored, in row order (one process): the prediction, the
+        rating, and the squared (``unit__rmse``) and absolute (``unit__mae``) errors for the
+        bootstrap. A test of the first batches (``trainer.limit_test_batches``) scores the first
+        rows, on every rank together (rank r of w serves rows r::w)."""
         self.eval()
         device = next(self.parameters()).device
         split = self._test_split
+        n = (self.test_coverage() or (len(split["rating"]),))[0]
         if self.rows_mode:
             loader = self._dm.eval_loader("test")
         else:
             loader = BatchLoader(split, self._eval_batch_size)
-        preds = []
+        preds, scored = [], 0
         for batch in loader:
+            if scored >= n:
+                break
             batch = {k: v.to(device) for k, v in batch.items()}
             if self.rows_mode:
                 batch = self._dm.densify(batch)
             preds.append(self(batch)[0].cpu())
-        pred = torch.cat(preds).double().numpy()
-        rating = split["rating"].double().numpy()
+            scored += len(preds[-1])
+        pred = torch.cat(preds).double().numpy()[:n] if preds else np.zeros(0)
+        rating = split["rating"][:n].double().numpy()
         return {
             "prediction": pred.astype(np.float32),
             "rating": rating.astype(np.float32),
-            "user": split["user"].numpy(),
+            "user": split["user"][:n].numpy(),
             "unit__rmse": (pred - rating) ** 2,
             "unit__mae": np.abs(pred - rating),
         }

@@ -7,7 +7,11 @@ cumulative ones (``cum_clicks``, ``cum_activeness``) from the first request to t
 end: the test window's are the whole run's, what the policy gathered while it learned. Every
 policy of one seed faces the same world and the same random numbers (``recbench.envs.news``),
 and the per-user results are saved over the same user order, so the report pairs policies over
-seeds and users (``bootstrap_unit: user``).
+seeds and users (``bootstrap_unit: user``); each user's requests in the test window are saved
+with them (``unit__requests``), the denominators of the per-request metrics. Those metrics
+(``PER_REQUEST``) are ratios, not means of per-user values, so the task declares no bootstrap
+recipe for them: the compare report gives them no interval, ``rl_pairs.md`` resamples them as
+ratios (``recbench.envs.report``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from recbench.envs.metrics import CUMULATIVE, WINDOW_METRICS, Tracker
+from recbench.envs.metrics import CUMULATIVE, PER_REQUEST, WINDOW_METRICS, Tracker
 from recbench.envs.news import NewsEnv
 from recbench.envs.world import DAY, HOUR, NewsParams
 from recbench.errors import ConfigError
@@ -64,7 +68,9 @@ class RLTask(Task):
     primary: ClassVar[str] = "clicks"
     primary_mode: ClassVar[str] = "max"
     bootstrap_unit: ClassVar[str] = "user"
-    bootstrap: ClassVar[dict[str, str]] = {m: "mean" for m in (*WINDOW_METRICS, *CUMULATIVE)}
+    bootstrap: ClassVar[dict[str, str]] = {
+        m: "mean" for m in (*WINDOW_METRICS, *CUMULATIVE) if m not in PER_REQUEST
+    }
 
     @classmethod
     def data_key(cls, cfg: Any) -> str:
@@ -182,7 +188,7 @@ class RLTask(Task):
             for w in ("val", "test")
         )
         _log_curves(loggers, curves, val, test)
-        units = tracker.units("test") | cum["test"]
+        units = tracker.units("test") | cum["test"] | {"requests": tracker.requests("test")}
         rows = {w: int(tracker.windows[w].sums["requests"].sum()) for w in ("val", "test")}
         stats = getattr(policy, "stats", None)
         return {

@@ -390,8 +390,14 @@ class TopKTask(Task):
         self.test_result, values = self._epoch_end("test", self.test_units)
         self._test_values = {k: v.cpu().numpy() for k, v in values.items()}
 
+    def test_coverage(self) -> tuple[int, int] | None:
+        if not self._test_values:
+            return None
+        return len(self._test_values["_index"]), len(self._eval["test"]["user"])
+
     def test_outputs(self) -> dict[str, np.ndarray]:
-        """Per-user values ``unit__<metric>`` (units: test users in code order) and the users."""
+        """Per-user values ``unit__<metric>`` (units: the test users the test scored, in code
+        order) and the users."""
         v = self._test_values
         if not v:
             return {}

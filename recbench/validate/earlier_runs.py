@@ -40,6 +40,22 @@ def last_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def checkpoint_within(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint ``ckpt_path`` names when it is one inside ``run_dir`` (``last``: the last
+    checkpoint the run directory's checkpoint folder holds), else None."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        ckpt = last_checkpoint(cfg, run_dir)
+    if not ckpt or ckpt in ("best", "hpc", "registry"):
+        return None
+    path = Path(str(ckpt)).expanduser().resolve()
+    try:
+        path.relative_to(run_dir.resolve())
+    except ValueError:
+        return None
+    return path
+
+
 def _check_named_checkpoint(cfg: DictConfig, run_dir: Path, problems: Problems) -> None:
     """``ckpt_path=best`` names no file before a fit, and ``ckpt_path=last`` without a last
     checkpoint would make Lightning warn and start from the initial weights: a resumed run
@@ -62,9 +78,9 @@ def _check_named_checkpoint(cfg: DictConfig, run_dir: Path, problems: Problems) 
         )
         problems.add(
             "ckpt_path",
-            f"ckpt_path=last: {folder} holds no last checkpoint (last.ckpt is written with "
-            "callbacks.model_checkpoint.save_last=true), so the run would start from the "
-            f"initial weights{instead}",
+            f"ckpt_path=last: {folder} holds no last checkpoint (last.ckpt is written at the "
+            "end of every epoch unless callbacks.model_checkpoint.save_last=false), so the run "
+            f"would start from the initial weights{instead}",
         )
 
 
@@ -81,6 +97,16 @@ def earlier_run(cfg: DictConfig, run_dir: Path, problems: Problems, early: bool)
     if not any(p.name in RUN_ARTEFACTS for p in found):
         return []  # only Hydra's bookkeeping, which the new run replaces
     if (run_dir / "metrics.json").exists() and not cfg.get("overwrite", False):
+        within = checkpoint_within(cfg, run_dir) if cfg.get("fit", True) else None
+        if within is not None:  # training a finished run on (a larger trainer.max_epochs)
+            problems.add(
+                "overwrite",
+                f"{run_dir} holds a finished run (metrics.json): to train it on from "
+                f"ckpt_path={cfg.get('ckpt_path')} in place, pass {overwrite_flag(cfg)} (the "
+                "folder then holds this run instead), or train on into another folder with "
+                f"ckpt_path={within} hydra.run.dir=<another folder>",
+            )
+            return []
         problems.add(
             "overwrite",
             f"{run_dir} holds a finished run (metrics.json): choose another hydra.run.dir, or "

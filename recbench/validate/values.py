@@ -3,6 +3,7 @@ optimizer, trainer, callbacks, task, dataset ...), over every resolved leaf of t
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable
@@ -113,6 +114,39 @@ def _max_epochs(v: Any) -> str | None:
     return "must be an integer >= 1 (or -1: until early stopping stops it)"
 
 
+# the split kinds of recbench.data.splits (named here: importing it imports polars)
+SPLIT_KINDS = ("random", "temporal", "user_temporal", "leave_one_out")
+
+
+def _split_kind(v: Any) -> str | None:
+    if v in SPLIT_KINDS:
+        return None
+    close = difflib.get_close_matches(str(v), SPLIT_KINDS, n=1, cutoff=0.6)
+    mean = f" (did you mean {close[0]}?)" if close else ""
+    return f"must be one of {', '.join(SPLIT_KINDS)}{mean}"
+
+
+def _split_ratios(v: Any) -> str | None:
+    if v is None:
+        return None
+    if (
+        isinstance(v, list | tuple)
+        and len(v) == 3
+        and all(_is_number(r) and r >= 0 for r in v)
+        and abs(sum(v) - 1.0) <= 1e-6
+    ):
+        return None
+    return "must be three shares >= 0 of train, val and test summing to 1, e.g. [0.8, 0.1, 0.1]"
+
+
+def _model_names(v: Any) -> str | None:
+    if v is None or (isinstance(v, list) and all(isinstance(m, str) and m for m in v)):
+        return None
+    if isinstance(v, str) and v:
+        return f"must be a list of model names, e.g. models=[{v}]"
+    return "must be a list of model names, e.g. models=[lr,fm]"
+
+
 # Rules by the key's own name, wherever it appears (model, optimizer, trainer, callbacks, task,
 # dataset ...). Suffix rules follow.
 NAME_RULES: dict[str, Callable[[Any], str | None]] = {
@@ -178,6 +212,8 @@ NAME_RULES: dict[str, Callable[[Any], str | None]] = {
     "limit_val_batches": _limit_batches,
     "limit_test_batches": _limit_batches,
     "monitor_mode": lambda v: None if v in ("min", "max") else "must be min or max",
+    "models": _model_names,  # compare's models and a lineage's
+    "force": lambda v: None if isinstance(v, bool) else "must be true or false",
     "device_resident": lambda v: (
         None if v in ("auto", True, False) else "must be auto, true or false"
     ),
@@ -199,6 +235,10 @@ EXAMPLES = {"lr": "1e-3", "dropout": "0.1", "weight_decay": "0.0", "patience": "
 PREFIX_RULES: tuple[tuple[str, Callable[[Any], str | None]], ...] = (
     ("bootstrap.resamples", _int_at_least(1, none_ok=False)),
     ("bootstrap.level", _number(0.0, 1.0, lo_open=True, hi_open=True)),  # a coverage
+    ("dataset.split.kind", _split_kind),
+    ("task.split.kind", _split_kind),
+    ("dataset.split.ratios", _split_ratios),
+    ("task.split.ratios", _split_ratios),
     (
         "task.eval.blocked",
         lambda v: None if v in ("auto", True, False) else "must be auto, true or false",

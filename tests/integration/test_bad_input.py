@@ -169,3 +169,63 @@ def test_a_report_from_a_store_without_the_runs_is_refused(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in text, text
     assert f"the results store {empty} holds none of this comparison's 1 runs" in text, text
     assert not list(empty.glob("compare/*/report.md"))
+
+
+def test_a_key_of_a_sweep_over_models_is_checked_against_each_model_before_any_job(tmp_path):
+    """``++model.num_cross=2`` in a ``-m`` sweep over models was checked against the default
+    model only (DIN, which has no num_cross) and refused for every sweep. Each swept model is
+    checked now: one without the key is named before any job, and when all have it every job
+    starts (each then stops at its own start here, for its swept dropout, so nothing trains)."""
+    sweep = tmp_path / "sw"
+    for key in ("++model.num_cross=2", "model.num_cross=2"):
+        proc = recbench("train", "-m", "model=dcn,lr", key, *TINY[1:],
+                        f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+        refused(proc, "model.num_cross: model=lr (of the sweep's model=dcn,lr) has no num_cross")
+        assert "Launching" not in proc.stderr and not sweep.exists()
+    typo = recbench("train", "-m", "model=dcn,dcn_v2", "++model.num_crss=2", *TINY[1:],
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    refused(typo, "no option of the sweep's model=dcn,dcn_v2 has num_crss; did you mean "
+            "model.num_cross?")  # fmt: skip
+    proc = recbench("train", "-m", "model=dcn,dcn_v2", "++model.num_cross=2",
+                    "model.dropout=choice(1.5)", *TINY[1:], f"hydra.sweep.dir={sweep}",
+                    cwd=tmp_path)  # fmt: skip
+    text = " ".join(proc.stderr.split())
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert "2 job(s) of the sweep failed: #0 (model=dcn ++model.num_cross=2" in text
+    assert "#1 (model=dcn_v2 ++model.num_cross=2" in text
+    assert text.count("model.dropout=1.5: must be in [0, 1)") == 2 and "has no" not in text
+
+
+def test_a_search_objective_the_task_does_not_log_is_refused_before_any_trial(tmp_path):
+    """``optimized_metric=val/nonsense`` was refused by each trial in turn (and the search then
+    ended with no best trial); it is refused once, before any trial, and leaves no folder."""
+    before = records()
+    for sweep in (["hparams_search=deepfm_optuna", "hydra.sweeper.n_trials=2"], ["-m", "seed=1,2"]):
+        proc = recbench("train", *sweep, *TINY[1:], "optimized_metric=val/nonsense",
+                        f"hydra.sweep.dir={tmp_path / 'sw'}", cwd=tmp_path)  # fmt: skip
+        text = refused(
+            proc,
+            "optimized_metric=val/nonsense is not a metric this run logs (task=ctr",
+            "It logs: val/auc,",
+            "Set optimized_metric=val/<one of those>",
+        )
+        assert proc.stderr.count("val/nonsense is not") == 1 and "Launching" not in text
+        assert not (tmp_path / "sw").exists() and records() == before
+
+
+def test_a_search_whose_every_trial_is_refused_leaves_no_empty_sweep_folder(tmp_path):
+    """Hydra makes the sweep directory before the first trial; each refused trial removes its
+    own folder, and the sweep directory, left empty, went unremoved."""
+    sweep = tmp_path / "multiruns" / "search"
+    proc = recbench("train", "hparams_search=deepfm_optuna", "hydra.sweeper.n_trials=1",
+                    "model.dropout=interval(1.5,2.0)", *TINY[1:], f"hydra.sweep.dir={sweep}",
+                    cwd=tmp_path)  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "every trial of the search failed" in text, text
+    assert not (tmp_path / "multiruns").exists()
+    kept = tmp_path / "kept"  # a folder of the user's own stays, empty or not
+    kept.mkdir()
+    proc = recbench("train", "hparams_search=deepfm_optuna", "hydra.sweeper.n_trials=1",
+                    "model.dropout=interval(1.5,2.0)", *TINY[1:], f"hydra.sweep.dir={kept}",
+                    cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1 and kept.is_dir()

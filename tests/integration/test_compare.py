@@ -231,22 +231,25 @@ def test_multirun_grid_gives_each_job_its_directory(tmp_path: Path) -> None:
     assert {r["model"] for r in read_records(tmp_path, status=FINISHED)} == {"lr", "fm"}
 
 
-def test_a_sweep_over_models_says_which_option_a_shared_key_misses(tmp_path: Path) -> None:
-    """Hydra refuses ``model.<key>=`` in a ``-m`` sweep over models with "use +model.<key>",
-    advice that fails for the models that have the key. The hint names the cause: a swept model
-    without the key, or (every swept model has it) the default model, which a sweep composes
-    first, with the command that runs them together."""
-    lacking = recbench("train", "-m", "model=deepfm,lr", "model.dropout=0.2", *TINY,
-                       outputs=tmp_path, check=False)  # fmt: skip
-    assert lacking.returncode == 1, lacking.stderr[-2000:]
-    text = " ".join(lacking.stderr.split())
-    assert "hint: model.dropout: model=lr (of the sweep's model=deepfm,lr) has no dropout" in text
+def test_a_sweep_over_models_takes_a_key_every_swept_model_has(tmp_path: Path) -> None:
+    """``model.<key>=`` in a ``-m`` sweep over models that all have the key: Hydra composes the
+    config the jobs share with the default model, which lacks it, and refused the sweep; every
+    job now trains with the value. A swept model without the key is named before any job, and a
+    key no swept model has gets the nearest name."""
     default = recbench("train", "-m", "model=dcn,dcn_v2", "model.num_cross=2", *TINY,
-                       outputs=tmp_path, check=False)  # fmt: skip
-    assert default.returncode == 1, default.stderr[-2000:]
-    text = " ".join(default.stderr.split())
-    assert "every option of model=dcn,dcn_v2 has it" in text and "default model" in text
-    assert 'recbench compare "models=[dcn,dcn_v2]" seeds=1 "extra=[model.num_cross=2]"' in text
+                       "trainer.max_epochs=1", outputs=tmp_path)  # fmt: skip
+    (sweep,) = (tmp_path / "multiruns").iterdir()
+    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0_dcn", "1_dcn_v2"]
+    for job in ("0_dcn", "1_dcn_v2"):
+        assert "num_cross: 2\n" in (sweep / job / ".hydra" / "config.yaml").read_text()
+    assert "Traceback" not in default.stderr
+    (tmp_path / "lacking").mkdir()
+    lacking = recbench("train", "-m", "model=deepfm,lr", "model.dropout=0.2", *TINY,
+                       outputs=tmp_path / "lacking", check=False)  # fmt: skip
+    assert lacking.returncode == 2, lacking.stderr[-2000:]
+    text = " ".join(lacking.stderr.split())
+    assert "model.dropout: model=lr (of the sweep's model=deepfm,lr) has no dropout" in text
+    assert "Traceback" not in text and not (tmp_path / "lacking" / "multiruns").exists()
     typo = recbench("train", "-m", "model=dcn,dcn_v2", "model.num_crss=2", *TINY,
                     outputs=tmp_path, check=False)  # fmt: skip
     assert "did you mean model.num_cross?" in typo.stderr

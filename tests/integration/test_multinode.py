@@ -177,3 +177,58 @@ def test_num_nodes_without_torchrun_names_the_launcher(tmp_path):
     )
     assert proc.returncode != 0
     assert "torchrun" in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def _pids_running(config: str) -> list[int]:
+    """Processes whose command line ends with ``config`` (the ranks recbench started)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if cmd.endswith(config):
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow  # a DDP job stopped mid-fit (about 25 s)
+@pytest.mark.parametrize("target", ["rank 0", "rank 1"])
+def test_sigterm_to_one_rank_stops_the_whole_ddp_job(tmp_path, target):
+    """``kill`` of one rank of a DDP job (rank 0: the process the user started) ends every
+    rank within seconds with exit 143, as a SIGTERM to the whole group does. Lightning's own
+    handler broadcast from inside the signal handler on rank 0 and the job hung until the
+    group's 30-minute timeout; a stopped rank 1 left rank 0 with a collective's traceback."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = ["train", "model=mlp", "++dataset.world.n_users=3000", "logger=none", "record=false"]
+    args += ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "threads=1"]
+    args += ["trainer.max_epochs=200", "callbacks.early_stopping.patience=200"]
+    args += ["trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "RECBENCH_OUTPUTS": str(tmp_path / "out")}
+    log = tmp_path / "log.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen(recbench_cmd(*args), cwd=tmp_path, env=env, stdout=out, stderr=out)
+    try:
+        config = str(run_dir / "ddp_config.yaml")
+        deadline = time.monotonic() + 240
+        while "epoch 1:" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        ranks = _pids_running(config)
+        assert len(ranks) == 1, log.read_text()
+        os.kill(proc.pid if target == "rank 0" else ranks[0], signal.SIGTERM)
+        t0 = time.monotonic()
+        status = proc.wait(timeout=60)
+        assert time.monotonic() - t0 < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert status == 143, text
+    assert "stopped: SIGTERM arrived before the run finished; nothing recorded" in text
+    assert "Traceback" not in text
+    assert not _pids_running(config), "a rank was left running"
+    assert not (run_dir / "metrics.json").exists()

@@ -97,6 +97,10 @@ def test_drn_run_is_a_recbench_run(tmp_path):
     assert units["unit__clicks"].shape == (40,)
     for k in m["metrics"]:  # the metric is the mean of its per-user units
         assert units[f"unit__{k}"].mean() == pytest.approx(m["test"][k])
+    # each user's requests, the per-request metrics' denominators: CTR is Σ clicks / Σ lists of 5
+    req = units["unit__requests"]
+    assert req.sum() == m["data"]["rows"]["test"] and req.min() < req.max()
+    assert m["test"]["ctr"] == pytest.approx(units["unit__clicks"].sum() / (5 * req.sum()))
     curves = json.loads((run_dir / "curves.json").read_text())
     assert len(curves["ctr"]) == 6 and max(curves["activeness"]) <= 1
     # cumulative: from the first request to the window's end (test: the whole run of 3 days)

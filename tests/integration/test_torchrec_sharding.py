@@ -122,6 +122,18 @@ def test_the_torchrec_trainer_config_passes_the_checks(tmp_path):
 # ---------------------------------------------------------------- two gloo ranks (TorchRec)
 
 
+def test_a_limited_test_on_two_ranks_names_the_rows_it_scored():
+    """Rank r scores the first rows of its share r::w; predictions.npz and test_coverage hold
+    exactly those rows, so a partial test never claims the whole split."""
+    from recbench.distributed.train import scored_rows
+
+    assert scored_rows(7, [4, 3]).tolist() == list(range(7))  # every row once
+    assert scored_rows(10, [2, 2]).tolist() == [0, 1, 2, 3]  # the first batches of each share
+    assert scored_rows(9, [3, 2]).tolist() == [0, 1, 2, 3, 4]
+    assert scored_rows(9, [3, 0]).tolist() == [0, 2, 4]  # a rank that scored none
+    assert scored_rows(5, [5]).tolist() == list(range(5))
+
+
 def test_the_tables_optimizer_follows_the_run_or_is_refused_with_the_fix():
     needs_torchrec()
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -328,3 +340,21 @@ def test_two_sharded_ranks_score_like_the_plain_single_process_run(tmp_path):
                 )
         np.testing.assert_allclose(np.load(run / "predictions.npz")["logits"], logits, atol=1e-4)
         assert got["test"]["auc"] > 0.55  # it learned something in 12 steps
+
+
+def test_a_sharded_run_limited_to_its_first_test_batches_records_a_partial_test(tmp_path):
+    """``trainer.limit_test_batches=1`` on two ranks: the record says which share of the test
+    rows was scored, and predictions.npz holds those rows, whose AUC is the recorded one."""
+    needs_torchrec()
+    from torchmetrics.functional.classification import binary_auroc
+
+    run = tmp_path / "partial"
+    args = ["trainer=torchrec", "trainer.devices=2", "eval_batch_size=16"]
+    recbench(*SMALL, *args, "trainer.limit_test_batches=1", f"hydra.run.dir={run}", cwd=tmp_path)
+    got = json.loads((run / "metrics.json").read_text())
+    coverage = got["test_coverage"]
+    assert coverage["tested"] == 32 and coverage["of"] > 32 and coverage["partial"]
+    saved = np.load(run / "predictions.npz")
+    assert len(saved["logits"]) == len(saved["label"]) == 32
+    auc = binary_auroc(torch.from_numpy(saved["logits"]), torch.from_numpy(saved["label"]).long())
+    assert float(auc) == pytest.approx(got["test"]["auc"], abs=1e-5)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recbench import __version__ as recbench_version
@@ -105,6 +106,62 @@ def test_the_record_counts_epochs_trained_not_validations(tmp_path):
     m = metrics(tmp_path, "a")
     assert m["epochs"] == 4
     assert [h["epoch"] for h in m["val_history"]] == [1, 3]
+
+
+PARTIAL_TESTS = {
+    "ctr": (["model=lr", "++dataset.world.n_users=300", "eval_batch_size=256"], "auc", "auc",
+            "row"),
+    "rating": (["task=rating", "model=mf", "dataset=movielens-100k", "eval_batch_size=16"],
+               "rmse", "sqrt_mean", "row"),
+    "topk": (["task=topk", "model=gmf", "++dataset.world.n_users=150",
+              "++dataset.world.n_items=300", "batch_size=1024", "++task.eval.chunk_users=16"],
+             "ndcg@10", "mean", "user"),
+    "next_item": (["task=next_item", "model=sasrec", "++dataset.world.n_users=200",
+                   "++dataset.world.n_items=120", "++dataset.world.events_per_user=20",
+                   "eval_batch_size=64"], "ndcg@10", "mean", "user"),
+}  # fmt: skip
+ONE_EPOCH = [
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "threads=1",
+    "logger=none",
+]
+
+
+@pytest.mark.parametrize("task", list(PARTIAL_TESTS))
+def test_a_test_of_the_first_batches_is_recorded_as_partial_with_its_units_only(tmp_path, task):
+    """trainer.limit_test_batches tests the first batches: the record says how many test units
+    of how many, and predictions.npz holds those units only, so the report's bootstrap
+    resamples the units the recorded metrics were computed on (the CTR and rating tasks
+    saved every test row beside metrics of the first ones)."""
+    from recbench.report.bootstrap import full_metric
+    from tests.unit.test_rating import write_ml100k
+
+    args, metric, kind, unit = PARTIAL_TESTS[task]
+    if task == "rating":
+        write_ml100k(tmp_path / "ml", n_users=60, n_items=50)
+        args = [*args, f"dataset.root={tmp_path / 'ml'}"]
+    out = recbench("train", *args, *ONE_EPOCH, "trainer.limit_test_batches=2",
+                   *run_dir_of(tmp_path, "part"), cwd=tmp_path)  # fmt: skip
+    m = metrics(tmp_path, "part")
+    coverage = m["test_coverage"]
+    assert coverage["unit"] == unit and coverage["partial"] is True
+    assert coverage["limit_test_batches"] == 2 and 0 < coverage["tested"] < coverage["of"]
+    assert f"partial test: {coverage['tested']:,} of {coverage['of']:,} test {unit}s" in (
+        " ".join(out.stdout.split())
+    )
+    with np.load(tmp_path / "part" / "predictions.npz") as z:
+        units = {len(z[k]) for k in z.files}
+        scores = z["logits"] if kind == "auc" else z[f"unit__{metric}"]
+        label = z["label"] if kind == "auc" else None
+    assert units == {coverage["tested"]}
+    assert full_metric(scores, label, kind) == pytest.approx(m["test"][metric], abs=1e-6)
+    # the store keeps it apart from a full test of the same config (compare reuses by run key)
+    full = recbench("train", *args, *ONE_EPOCH, *run_dir_of(tmp_path, "full"), cwd=tmp_path)
+    whole = metrics(tmp_path, "full")
+    assert "partial test" not in full.stdout and "partial" not in whole["test_coverage"]
+    assert whole["test_coverage"]["tested"] == whole["test_coverage"]["of"] == coverage["of"]
+    assert whole["run_key"] != m["run_key"]
 
 
 @pytest.mark.parametrize("model", [pytest.param("lr", marks=pytest.mark.slow), "din"])
@@ -219,25 +276,34 @@ def test_bf16_mixed_training_reaches_the_float32_metrics(tmp_path, args, metric,
 
 
 def test_a_resumed_fit_continues_the_uninterrupted_ones_epochs(tmp_path):
-    """Training 2 epochs, then resuming to 3 from the last checkpoint, gives the third epoch of
-    an uninterrupted 3-epoch fit exactly: the loader draws epoch 2's shuffle, not epoch 0's."""
+    """Training 2 epochs, then resuming to 3 from the last checkpoint (written by default),
+    gives the third epoch of an uninterrupted 3-epoch fit exactly: the loader draws epoch 2's
+    shuffle, not epoch 0's."""
     base = ["model=fm", *SMALL, "record=false", "logger=none",
-            "callbacks.model_checkpoint.save_last=true",
             "callbacks.early_stopping.patience=9"]  # fmt: skip
     recbench("train", *base, "trainer.max_epochs=3", *run_dir_of(tmp_path, "three"), cwd=tmp_path)
     recbench("train", *base, "trainer.max_epochs=2", *run_dir_of(tmp_path, "two"), cwd=tmp_path)
     last = tmp_path / "two" / "checkpoints" / "last.ckpt"
+    best = f"best-{metrics(tmp_path, 'two')['best_epoch']}.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == [best, "last.ckpt"]
     recbench("train", *base, "trainer.max_epochs=3", f"ckpt_path={last}",
              *run_dir_of(tmp_path, "resumed"), cwd=tmp_path)  # fmt: skip
     three, resumed = metrics(tmp_path, "three"), metrics(tmp_path, "resumed")
     assert resumed["val_history"][-1]["auc"] == three["val_history"][2]["auc"]
-    # a killed run resumed in its own folder from its own checkpoint: the files stay in place
+    # a killed run resumed in its own folder with ckpt_path=last: the files stay in place, and
+    # it trains the epoch after its last one only
     (tmp_path / "two" / "metrics.json").unlink()  # as if killed after its second epoch
-    again = recbench("train", *base, "trainer.max_epochs=3", f"ckpt_path={last}",
+    again = recbench("train", *base, "trainer.max_epochs=3", "ckpt_path=last",
                      *run_dir_of(tmp_path, "two"), cwd=tmp_path)  # fmt: skip
     assert "its files stay in place" in again.stdout
-    assert metrics(tmp_path, "two")["val_history"][-1]["auc"] == three["val_history"][2]["auc"]
+    assert "epoch 2: val" in again.stdout and "epoch 1: val" not in again.stdout
+    two = metrics(tmp_path, "two")
+    assert two["val_history"][-1]["auc"] == three["val_history"][2]["auc"]
+    assert two["checkpoint"] == str(last.parent / f"best-{three['best_epoch']}.ckpt")
     assert not list((tmp_path / "two").glob("stale-*"))
+    assert sorted(p.name for p in last.parent.iterdir()) == sorted(
+        {f"best-{three['best_epoch']}.ckpt", "last.ckpt"}
+    )
 
 
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path):

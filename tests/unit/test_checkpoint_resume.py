@@ -11,9 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from recbench.callbacks import AtomicModelCheckpoint
+from recbench.results import run_key
 from recbench.train import best_epoch
 
-SCORES = [0.50, 0.90, 0.60, 0.70]  # val/score by epoch: epoch 1 is the best
+SCORES = [0.50, 0.90, 0.60, 0.70, 0.65]  # val/score by epoch: epoch 1 is the best
 
 
 class Scripted(pl.LightningModule):
@@ -24,6 +25,10 @@ class Scripted(pl.LightningModule):
         super().__init__()
         self.lin = nn.Linear(2, 1)
         self.val_history: list[dict] = []
+        self.trained: list[int] = []  # the epochs this fit trained
+
+    def on_train_epoch_start(self):
+        self.trained.append(self.current_epoch)
 
     def training_step(self, batch, batch_idx):
         (x,) = batch
@@ -79,3 +84,32 @@ def test_a_fit_resumed_into_another_folder_still_tests_the_best_epoch(tmp_path):
     assert ckpt.best_model_path == str(tmp_path / "first" / "best-1.ckpt")
     assert (tmp_path / "first" / "best-1.ckpt").is_file()  # another folder's file: kept
     assert best_epoch(model.val_history, "val/score", "max")["epoch"] == 1
+
+
+def test_last_checkpoint_holds_the_last_epoch_so_a_resumed_fit_trains_only_the_rest(tmp_path):
+    """Lightning (2.6) writes last.ckpt only beside a new best checkpoint: after epochs 2 and 3
+    (below epoch 1) it still held epoch 1, and ckpt_path=last trained epochs 2 and 3 again."""
+    fit(tmp_path / "ckpt", epochs=4)
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 3
+    model, _, ckpt = fit(tmp_path / "ckpt", epochs=5, ckpt_path=last)
+    assert model.trained == [4]
+    assert [h["epoch"] for h in model.val_history] == [0, 1, 2, 3, 4]
+    assert Path(ckpt.best_model_path).name == "best-1.ckpt"  # what the run tests
+    # one best and one last checkpoint, the last one now at epoch 4
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["best-1.ckpt", "last.ckpt"]
+    assert torch.load(last, weights_only=False)["epoch"] == 4
+
+
+def test_writing_last_ckpt_or_not_keeps_the_run_key(tmp_path):
+    """save_last decides what a killed run resumes from, not its numbers: a compare reuses a
+    stored run whichever it was trained with (the default changed from false to true)."""
+    from tests.unit.test_validate import cfg_of
+
+    key = {
+        flag: run_key(cfg_of([f"callbacks.model_checkpoint.save_last={flag}"], tmp_path), "d")
+        for flag in ("true", "false")
+    }
+    assert key["true"] == key["false"] == run_key(cfg_of([], tmp_path), "d")
+    patience = cfg_of(["callbacks.early_stopping.patience=5"], tmp_path)
+    assert run_key(patience, "d") != key["true"]  # other callback settings still count

@@ -540,6 +540,28 @@ def test_the_data_command_lists_config_problems_before_reading_data(capsys):
     assert "Traceback" not in out
 
 
+def test_the_data_command_names_the_key_a_misspelt_one_was_meant_to_be(capsys):
+    """`recbench data` printed Hydra's advice to add the misspelt key with `+` (which nothing
+    reads) and no hint; a training key got the same advice instead of where it goes."""
+    from recbench.cli import main
+
+    def refused(*overrides: str) -> str:
+        with pytest.raises(SystemExit) as ended:
+            main(["data", "info", *overrides])
+        assert ended.value.code == 2
+        captured = capsys.readouterr()
+        return " ".join((captured.out + captured.err).split())
+
+    out = refused("dataset=movielens-100k", "dataset.split.sed=3")
+    assert "hint: dataset.split.sed is not a key; did you mean dataset.split.seed?" in out
+    out = refused("trainer.max_epochs=1")
+    assert (
+        "hint: trainer.max_epochs: recbench data takes dataset=<name>, dataset.<key>=<value> "
+        "and force=; training settings go to recbench train"
+    ) in out
+    assert "Traceback" not in out
+
+
 def test_cli_data_refusal_of_an_adapter_setting_is_one_line(tmp_path):
     """A setting the adapter's constructor refuses (raised inside Hydra's instantiate) is one
     line from `recbench data`, as from `recbench train`, not Hydra's wrapped traceback."""

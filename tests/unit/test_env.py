@@ -527,3 +527,123 @@ def test_greedy_ranker_without_ids_reads_the_features_only():
     assert np.array_equal(without["sparse"][:, 2:], with_ids["sparse"][:, 2:])
     for key in ("genres", "dense"):
         assert np.array_equal(without[key], with_ids[key])
+
+
+def saved_run(tmp_path, model: str, seed: int, clicks, requests, with_requests=True) -> dict:
+    """An RL record whose ``predictions.npz`` holds what the task saves, from a Tracker fed one
+    list of 5 at a time: user u asks ``requests[u]`` times and clicks ``clicks[u]`` items."""
+    tr = Tracker(len(clicks), 5, 1e-5, 0.5, 1.0, {"test": (0.0, DAY)}, DAY, DAY)
+    t = 0.0
+    for u, (c, r) in enumerate(zip(clicks, requests)):
+        left = int(c)
+        for _ in range(int(r)):
+            hit = min(left, 5)
+            left -= hit
+            info = {"user": u, "time": t, "activeness": 0.5, "clicks": 1.0 * (np.arange(5) < hit)}
+            zero = ("precision@5", "ndcg@5", "oracle_expected_clicks", "expected_clicks")
+            tr.add(info | dict.fromkeys(zero, 0.0))
+            t += 1.0
+    run_dir = tmp_path / f"{model}_{seed}"
+    run_dir.mkdir()
+    units = tr.units("test") | ({"requests": tr.requests("test")} if with_requests else {})
+    np.savez(run_dir / "predictions.npz", **{f"unit__{k}": v for k, v in units.items()})
+    return {
+        "task": "rl",
+        "model": model,
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "data": {"key": "news-test"},
+        "metrics": ["clicks", "ctr"],
+        "test": tr.metrics("test"),
+    }
+
+
+def direct_intervals(pairs, n: int, fixed: bool) -> np.ndarray:
+    """Percentile interval of b's CTR minus a's, averaged over seeds, over the resamples of
+    users that ``paired_delta`` draws; ``fixed``: the impressions held at the full sample's."""
+    rng, out = np.random.default_rng(0), []
+    for _ in range(1000):
+        i = rng.integers(0, n, n)
+        d = []
+        for (ca, ra), (cb, rb) in pairs:
+            if fixed:
+                d.append(cb[i].sum() / (5 * rb.sum()) - ca[i].sum() / (5 * ra.sum()))
+            else:
+                d.append(cb[i].sum() / (5 * rb[i].sum()) - ca[i].sum() / (5 * ra[i].sum()))
+        out.append(np.mean(d))
+    return np.quantile(out, [0.025, 0.975])
+
+
+def test_ctr_interval_resamples_the_impressions_with_the_clicks(tmp_path):
+    """CTR is clicks / impressions, and a user's impressions vary as much as the clicks (users
+    who leave early see one list, others twenty). Its paired interval is the ratio's: each
+    resample of users recomputes Σ clicks / Σ impressions for each policy and seed. Where every
+    user clicks about as often whatever they saw, holding the impressions fixed made the
+    interval several times too narrow; where every user has the same CTR, the ratio does not
+    move at all, however the clicks per user vary."""
+    from recbench.envs.report import paired_delta
+
+    n, u = 40, np.arange(40)
+    worlds = [  # per seed: (clicks, requests) of a, then of b
+        (
+            (np.where(u % 4 < 2, 2, 3), np.where(u % 2 == 0, 1, 20)),
+            (np.where(u % 4 < 2, 3, 4), np.where(u % 2 == 0, 2, 12)),
+        ),
+        (
+            (np.where(u % 3 == 0, 1, 3), np.where(u % 2 == 0, 1, 25)),
+            (np.where(u % 3 == 0, 3, 4), np.where(u % 2 == 0, 3, 10)),
+        ),
+    ]
+    a = [saved_run(tmp_path, "a", s, *w[0]) for s, w in enumerate(worlds, 1)]
+    b = [saved_run(tmp_path, "b", s, *w[1]) for s, w in enumerate(worlds, 1)]
+    d = paired_delta(a, b, "ctr")
+    pairs = [tuple((c.astype(float), r.astype(float)) for c, r in w) for w in worlds]
+    want = np.mean(
+        [cb.sum() / (5 * rb.sum()) - ca.sum() / (5 * ra.sum()) for (ca, ra), (cb, rb) in pairs]
+    )
+    assert d["delta"] == pytest.approx(want)
+    assert d["delta"] == pytest.approx(
+        np.mean([rb["test"]["ctr"] - ra["test"]["ctr"] for ra, rb in zip(a, b)])
+    )
+    ratio, fixed = direct_intervals(pairs, n, False), direct_intervals(pairs, n, True)
+    assert [d["low"], d["high"]] == pytest.approx(list(ratio), rel=1e-9)
+    assert d["high"] - d["low"] > 3 * (fixed[1] - fixed[0])
+    assert d["low"] < fixed[0] and d["high"] > fixed[1]
+
+    # every user at a's CTR 0.4 or b's 0.6: the ratios are the same on every resample
+    r_a, r_b = np.where(u % 2 == 0, 1, 20), np.where(u % 2 == 0, 2, 12)
+    same = [(2 * r_a, r_a), (3 * r_b, r_b)]
+    a = [saved_run(tmp_path, "c", 1, *same[0])]
+    b = [saved_run(tmp_path, "d", 1, *same[1])]
+    d = paired_delta(a, b, "ctr")
+    fixed = direct_intervals([tuple((c.astype(float), r.astype(float)) for c, r in same)], n, True)
+    assert fixed[1] - fixed[0] > 0.03
+    assert [d["delta"], d["low"], d["high"]] == pytest.approx([0.2] * 3, abs=1e-12)
+    # clicks per user are a plain mean: the interval over users is the mean's, as it was
+    c = paired_delta(a, b, "clicks")
+    rng = np.random.default_rng(0)
+    diff = same[1][0] - same[0][0]
+    boot = [diff[rng.integers(0, n, n)].mean() for _ in range(1000)]
+    assert [c["low"], c["high"]] == pytest.approx(list(np.quantile(boot, [0.025, 0.975])))
+
+
+def test_rl_report_gives_no_ctr_interval_for_runs_without_their_requests(tmp_path):
+    """Runs recorded before the users' requests were saved cannot resample CTR's denominator:
+    the report shows the delta without an interval and says why, rather than the
+    fixed-impressions interval; clicks keep theirs."""
+    from recbench.envs.report import write_rl_report
+
+    u = np.arange(20)
+    recs = [
+        saved_run(tmp_path, m, 1, np.where(u % 2 == 0, c, 1), np.where(u % 2 == 0, 1, 9), False)
+        for m, c in (("random_policy", 2), ("oracle_policy", 4))
+    ]
+    out = write_rl_report(recs, tmp_path / "report", pairs=[("random_policy", "oracle_policy")])
+    (pair,) = out["pairs"]
+    assert pair["metrics"]["ctr"]["low"] is None and pair["metrics"]["clicks"]["low"] < 1.0
+    text = (tmp_path / "report" / "rl_pairs.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| oracle_policy −"))
+    assert row.endswith(" [—] |") and "+1.0000 [+" in row
+    assert (
+        "no interval for ctr, precision@5 and ndcg@5: these runs saved no per-user requests" in text
+    )

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from recbench.errors import ConfigError, RecbenchError
-from recbench.launch import local_ranks, needs_launch
+from recbench.launch import local_ranks, needs_launch, sigterm_without_collectives
 
 LAUNCH_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS")
 SLURM_ENV = ("SLURM_JOB_NAME", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES")
@@ -125,6 +125,44 @@ def test_ctrl_c_ends_a_ddp_run_as_it_ends_one_process(monkeypatch, tmp_path):
             ranks[0].wait(timeout=60)
             raise SystemExit(1)
     assert type(stop.value) is SystemExit and stop.value.code == 1
+
+
+def test_a_rank_stopped_by_sigterm_ends_the_job_as_stopped_not_failed(monkeypatch, tmp_path):
+    """A SIGTERM to rank 1 alone: it exits 143 and rank 0 then fails in a collective it left.
+    The job ends as a stopped run (exit 143 at the CLI), not with the collective's traceback."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    ranks = _fake_ranks(monkeypatch, {"1": "raise SystemExit(143)"})
+    with pytest.raises(SIGTERMException):
+        with local_ranks(_cfg(strategy="ddp", devices=2), tmp_path):
+            ranks[0].wait(timeout=60)
+            raise RuntimeError("Connection closed by peer")  # what rank 0 then sees
+
+
+def test_sigterm_to_one_rank_only_marks_its_trainer_as_stopping(monkeypatch):
+    """Lightning's handler broadcasts from rank 0 inside the handler, which meets another
+    collective on the other ranks unless they got the signal too: a kill of rank 0 alone hung
+    the job. recbench's handler only sets the flag Lightning checks after each batch."""
+    import signal
+
+    import pytorch_lightning as pl
+
+    calls = []
+    monkeypatch.setattr(dist, "broadcast", lambda *a, **k: calls.append(a))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    sigterm_without_collectives(trainer)
+    before = signal.getsignal(signal.SIGTERM)
+    trainer._signal_connector.register_signal_handlers()  # as a fit does
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        monkeypatch.setattr(dist, "is_initialized", lambda: True)
+        monkeypatch.setattr(pl.Trainer, "world_size", property(lambda self: 2))
+        handler(signal.SIGTERM, None)
+        assert trainer.received_sigterm
+        assert calls == []  # no collective from inside the handler
+    finally:
+        trainer._signal_connector.teardown()
+        signal.signal(signal.SIGTERM, before)
 
 
 @pytest.fixture

@@ -318,6 +318,25 @@ def test_report_lists_stale_records_and_the_best_sweep_trial(tmp_path: Path) -> 
     assert best[5] == "optimizer.lr=1e-3 model=fm"
 
 
+def test_wall_time_shows_sub_second_and_short_runs_to_two_digits(tmp_path: Path) -> None:
+    models = ["lr", "fm", "mlp", "deepfm"]
+    runs = _fake_runs(tmp_path / "runs", models, [1, 2])
+    walls = {
+        "lr": (0.41, 0.43),
+        "fm": (3.08, 3.12),
+        "mlp": (12.2, 12.4),
+        "deepfm": (1234.0, 1236.0),
+    }
+    for m, seconds in walls.items():
+        for run, s in zip(runs[m], seconds, strict=True):
+            run["perf"]["wall_seconds"] = s
+    write_report(ReportInput("ctr", "synthetic", models, runs, resamples=50), tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| model | train samples/s | step ms | peak RSS MB | wall s |" in md
+    wall = {r[0]: r[4] for r in _table_rows(md, "Cost")}
+    assert wall == {"lr": "0.42 ± 0.01", "fm": "3.1 ± 0.0", "mlp": "12 ± 0", "deepfm": "1,235 ± 1"}
+
+
 # ---------------------------------------------------------------------------- declared metrics
 
 
@@ -550,6 +569,47 @@ def test_an_oracle_that_differs_by_run_is_averaged_over_each_models_seeds(
     assert "<td>0.3800–0.4000</td>" in html
 
 
+@pytest.mark.parametrize("compared", ["clicks", "ctr"])
+def test_rl_ratio_metrics_get_no_mean_of_users_interval(tmp_path: Path, compared: str) -> None:
+    """CTR, precision@5 and nDCG@5 are ratios over each user's requests, which vary with the
+    policy; resampled as a mean of per-user values, the requests held at the full sample's,
+    their interval would be wrong (``rl_pairs.md`` resamples them as ratios). The RL task
+    declares no recipe for them, so an edge on CTR has no interval and says why; clicks, a mean
+    over users, keeps its own."""
+    from recbench.tasks.rl import RLTask
+
+    declared = RLTask.describe()
+    assert sorted(declared["bootstrap"]) == [
+        "activeness",
+        "clicks",
+        "cum_activeness",
+        "cum_clicks",
+        "reward",
+    ]
+    rng = np.random.default_rng(4)
+    task = declared | {"metrics": ["clicks", "ctr"], "primary_metric": compared}
+    runs: dict[str, list[dict]] = {}
+    for m, lift in (("lr", 0.0), ("fm", 0.5)):
+        for s in (1, 2):
+            requests = rng.integers(1, 20, size=200).astype(np.float64)
+            clicks = rng.binomial(5 * requests.astype(int), 0.3 + 0.1 * lift).astype(np.float64)
+            units = {"clicks": clicks, "ctr": clicks / (5 * requests.mean()), "requests": requests}
+            test = {"clicks": clicks.mean(), "ctr": clicks.sum() / (5 * requests.sum())}
+            runs.setdefault(m, []).append(_declared_record(tmp_path, m, s, task, units, test))
+    summary = write_report(
+        ReportInput("rl", "synthetic", ["lr", "fm"], runs, resamples=50), tmp_path / "out"
+    )
+    md = (tmp_path / "out" / "report.md").read_text()
+    (edge,) = summary["edges"]
+    assert edge["metric"] == compared and edge["delta"] > 0
+    if compared == "clicks":
+        assert edge["verdict"] == "gain" and edge["interval"]["low"] > 0
+    else:
+        assert edge["interval"] is None and edge["verdict"] == "no paired test"
+        assert edge["note"] == "no bootstrap recipe for ctr"
+        assert "no paired test (no bootstrap recipe for ctr)" in md
+
+
 # ---------------------------------------------------------------------------- undefined, failed
 
 
@@ -584,6 +644,21 @@ def test_undefined_values_are_shown_and_left_out_of_means_and_deltas(tmp_path: P
     assert mlp["delta"] is None and mlp["interval"] is None
     assert "undefined" in mlp["note"] and mlp["verdict"] == "n/a"
     json.loads((tmp_path / "out" / "report.json").read_text())  # strict JSON: no NaN
+
+
+def test_runs_that_tested_only_their_first_batches_are_named_as_partial(tmp_path: Path) -> None:
+    """A compare of runs with trainer.limit_test_batches (debug=fast) says so below the test
+    metrics, per model and seed, so its figures are not read as a full test's."""
+    runs = _fake_runs(tmp_path / "runs", ["lr", "fm"], [1, 2])
+    for r in runs["fm"]:
+        r["test_coverage"] = {"unit": "row", "tested": 256, "of": 2847, "partial": True}
+    for r in runs["lr"]:
+        r["test_coverage"] = {"unit": "row", "tested": 2847, "of": 2847}
+    write_report(ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=50), tmp_path / "o")
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "Partial: fm, seed 1: 256 of 2,847 test rows; seed 2: 256 of 2,847 test rows." in md
+    assert "Partial: lr" not in md
+    assert "first batches of the test split" in md
 
 
 def test_an_edge_whose_shared_seeds_all_leave_the_metric_undefined_has_no_delta(
@@ -687,3 +762,28 @@ def test_every_model_config_is_a_lineage_node_or_a_named_variant_of_one() -> Non
         model = path.stem
         assert model in BY_MODEL or variant_base(model), model
         assert family_of(model) != "other", model
+
+
+def test_a_run_refused_by_its_config_checks_is_listed_with_its_problems(tmp_path: Path) -> None:
+    """A run that stopped on the config checks prints a heading and the problems below it: the
+    failure's line (compare's console and report.md) gives the problems, not the heading alone."""
+    from recbench.report import error_line
+    from recbench.validate.problems import Problems
+
+    problems = Problems()
+    problems.add("trainer.max_epochs", "trainer.max_epochs=0 trains nothing")
+    problems.add("optimizer.lr", "optimizer.lr=-1: must be > 0")
+    log = f"some warning\nerror: {problems.error('train')}\n"
+    line = error_line(log)
+    assert line == (
+        "error: recbench train: the configuration has 2 problems; nothing was run: "
+        "trainer.max_epochs=0 trains nothing; optimizer.lr=-1: must be > 0"
+    )
+    runs = _fake_runs(tmp_path / "runs", ["lr", "fm"], [1])
+    runs["fm"].append({"model": "fm", "seed": 2, "status": FAILED, "error": log})
+    write_report(ReportInput("ctr", "synthetic", ["lr", "fm"], runs, resamples=50), tmp_path / "o")
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "trainer.max_epochs=0 trains nothing; optimizer.lr=-1: must be > 0" in md
+    assert error_line("Traceback\nValueError: bad\n- not a list item of a heading") == (
+        "ValueError: bad"
+    )

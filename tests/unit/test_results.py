@@ -8,16 +8,21 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+import recbench.results as results
 from recbench.cli import config_dir
 from recbench.results import (
     FAILED,
     FINISHED,
     STORE_NAME,
+    StoreError,
+    StoreLockError,
     StoreWriteError,
     add_records,
     append_record,
@@ -28,6 +33,7 @@ from recbench.results import (
     run_key,
     save_run_record,
     scan_store,
+    write_json,
 )
 
 # ---------------------------------------------------------------------------- store
@@ -206,6 +212,175 @@ def test_a_run_whose_record_cannot_be_stored_fails_and_says_how_to_add_it(
     assert add_records([metrics], tmp_path) == [(metrics, "added")]
     assert add_records([metrics], tmp_path) == [(metrics, "already in the store")]
     assert read_records(tmp_path) == [record]
+
+
+def _slow_adder(metrics: str, root: str, start, out) -> None:
+    real = Path.read_text
+
+    def slow(self: Path, *args, **kwargs) -> str:
+        text = real(self, *args, **kwargs)
+        time.sleep(0.5)  # a slow disk: the other add runs meanwhile
+        return text
+
+    Path.read_text = slow
+    start.wait(30)
+    out.put(add_records([metrics], root)[0][1])
+
+
+def test_two_adds_of_one_run_at_once_store_it_once(tmp_path: Path) -> None:
+    record = {
+        "model": "fm",
+        "status": FINISHED,
+        "run_key": "k",
+        "run_dir": "/r",
+        "finished_at": "t",
+    }
+    metrics = tmp_path / "run" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps(record))
+    ctx = mp.get_context("fork")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    procs = [
+        ctx.Process(target=_slow_adder, args=(str(metrics), str(tmp_path), start, out))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    said = sorted(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert said == ["added", "already in the store"]
+    assert read_records(tmp_path) == [record]
+
+
+def _hold_lock(path: str, held, release) -> None:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held.set()
+    release.wait(60)
+
+
+def test_a_lock_held_too_long_fails_each_store_use_in_one_line_naming_the_store(
+    tmp_path: Path, monkeypatch
+) -> None:
+    shared, root = tmp_path / "shared", tmp_path / "root"
+    root.mkdir()
+    append_record({"model": "lr", "status": FINISHED}, shared)
+    (root / STORE_NAME).symlink_to(shared / STORE_NAME)  # one store, the same lock
+    metrics = tmp_path / "run" / "metrics.json"
+    metrics.parent.mkdir()
+    record = {"model": "fm", "status": FINISHED, "run_key": "k", "run_dir": "/r", "seed": 1}
+    ctx = mp.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_lock, args=(str(shared / STORE_NAME), held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        monkeypatch.setattr(results, "LOCK_TIMEOUT_S", 0.3)
+        t0 = time.monotonic()
+        with pytest.raises(StoreWriteError) as run:
+            save_run_record(record, metrics, root)
+        assert time.monotonic() - t0 < 10
+        message = str(run.value)
+        assert f"lock was held by pid {holder.pid}" in message and "for over 0.3 s" in message
+        assert f"recbench results add {metrics}" in message and "\n" not in message
+        for use in (
+            lambda: add_records([metrics], root),
+            lambda: read_records(root),
+            lambda: repair_store(root),
+        ):
+            with pytest.raises(StoreLockError) as info:
+                use()
+            message = str(info.value)
+            assert f"{(shared / STORE_NAME).resolve()}" in message and " is locked: " in message
+            assert f"pid {holder.pid}" in message and "let that process finish" in message
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert add_records([metrics], root) == [(metrics, "added")]
+    assert [r["model"] for r in read_records(shared)] == ["lr", "fm"]
+
+
+def test_an_interrupt_mid_write_leaves_the_store_as_it_was(tmp_path: Path, monkeypatch) -> None:
+    append_record({"model": "lr", "status": FINISHED}, tmp_path)
+    before = _store_bytes(tmp_path)
+    real = os.write
+
+    def interrupted(fd: int, data) -> int:
+        real(fd, bytes(data[:100]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        append_record({"model": "fm", "status": FINISHED, "pad": "x" * 1000}, tmp_path)
+    monkeypatch.undo()
+    assert _store_bytes(tmp_path) == before  # no torn line for readers to trip over
+    assert scan_store(tmp_path)[1] == []
+
+
+def test_a_new_store_and_a_metrics_file_are_durable_in_their_folders(
+    tmp_path: Path, monkeypatch
+) -> None:
+    real = os.fsync
+    synced_dirs = []
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            synced_dirs.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store, run = tmp_path / "store", tmp_path / "run"
+    run.mkdir()
+    append_record({"model": "lr", "status": FINISHED}, store)
+    write_json(run / "metrics.json", {"model": "lr"})
+    # a power loss right after must not take away the new names with their contents
+    assert synced_dirs == [store, run]
+
+
+def test_add_reads_every_file_before_it_adds_any(tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"model": "lr", "status": FINISHED, "run_key": "a"}))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(StoreError, match=f"{bad} is not JSON"):
+        add_records([good, bad], tmp_path)
+    assert read_records(tmp_path) == []
+
+
+def test_an_add_the_disk_stops_half_way_says_what_it_added_and_reruns_cleanly(
+    tmp_path: Path, monkeypatch
+) -> None:
+    paths = []
+    for m in ("lr", "fm", "mlp"):
+        paths.append(tmp_path / f"{m}.json")
+        paths[-1].write_text(json.dumps({"model": m, "status": FINISHED, "run_key": m}))
+    real = os.write
+    writes = []
+
+    def fills_up(fd: int, data) -> int:
+        writes.append(fd)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data)
+
+    monkeypatch.setattr(os, "write", fills_up)
+    with pytest.raises(StoreWriteError) as info:
+        add_records(paths, tmp_path)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert "No space left on device" in message and f"added before that: {paths[0]}" in message
+    assert "run the same command again" in message
+    assert [r["model"] for r in read_records(tmp_path)] == ["lr"]
+    assert [what for _, what in add_records(paths, tmp_path)] == [
+        "already in the store",
+        "added",
+        "added",
+    ]
+    assert [r["model"] for r in read_records(tmp_path)] == ["lr", "fm", "mlp"]
 
 
 def test_filters_and_stale_records(tmp_path: Path) -> None:

@@ -81,6 +81,18 @@ def test_history_items_carry_their_side_features_and_padding_is_zero():
         BehaviourHistory(schema, 4, history="genres")
 
 
+def test_a_dataset_without_histories_names_the_setting_that_builds_them():
+    """DIN on a table of one's own (history max_len 0 by default) said "features.history.max_len
+    > 0", not the override to type."""
+    schema = toy_schema()
+    with pytest.raises(ConfigError) as err:
+        BehaviourHistory(schema, 4, history="hist_price")
+    assert "build histories with dataset.features.history.max_len=<length, e.g. 50>" in str(
+        err.value
+    )
+    assert str(err.value).endswith("or pick a model without one, e.g. model=deepfm")
+
+
 # ---------------------------------------------------------------- DIN
 
 

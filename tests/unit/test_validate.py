@@ -161,6 +161,56 @@ def test_compare_seeds_and_bootstrap_settings_are_checked_before_any_run(tmp_pat
     assert "bootstrap.level=1.5: must be in (0, 1)" in text
 
 
+def test_compare_models_given_as_one_name_are_refused_with_the_list_to_write(tmp_path):
+    """models=deepfm (no brackets) was read letter by letter: "models repeat: ['d', 'e', ...]",
+    or for models=lr "names l, r, which no model config matches"."""
+    (msg,) = messages(["models=deepfm"], tmp_path, "compare")
+    assert msg == "models='deepfm': must be a list of model names, e.g. models=[deepfm]"
+    assert messages(["models=[lr,fm]"], tmp_path, "compare") == []
+    assert messages(["lineage=rl"], tmp_path, "compare") == []
+
+
+def test_split_kinds_and_shares_are_checked_by_their_full_key_before_any_data_is_read(tmp_path):
+    """A misspelt split kind or malformed shares stopped the run only once the data were being
+    prepared, naming ``split.kind`` without saying which split (dataset.split or task.split)."""
+    (msg,) = messages(["dataset.split.kind=tempral"], tmp_path)
+    assert msg == (
+        "dataset.split.kind='tempral': must be one of random, temporal, user_temporal, "
+        "leave_one_out (did you mean temporal?)"
+    )
+    (msg,) = messages(["task=topk", "model=mf", "task.split.kind=leave-one-out"], tmp_path)
+    assert msg.startswith("task.split.kind='leave-one-out': must be one of random, temporal")
+    assert msg.endswith("(did you mean leave_one_out?)")
+    (msg,) = messages(["dataset.split.ratios=[0.8,0.1]"], tmp_path)
+    assert msg == (
+        "dataset.split.ratios=[0.8, 0.1]: must be three shares >= 0 of train, val and test "
+        "summing to 1, e.g. [0.8, 0.1, 0.1]"
+    )
+    (msg,) = messages(["task=topk", "model=mf", "task.split.ratios=[0.5,0.6,0.1]"], tmp_path)
+    assert msg.startswith("task.split.ratios=[0.5, 0.6, 0.1]: must be three shares")
+    assert messages(["dataset.split.kind=user_temporal"], tmp_path) == []
+
+
+def test_split_kinds_the_check_names_are_those_the_split_knows():
+    """The check names them to avoid importing polars before a refusal; keep in step."""
+    from recbench.data.splits import KINDS
+    from recbench.validate.values import SPLIT_KINDS
+
+    assert SPLIT_KINDS == KINDS
+
+
+def test_data_force_is_a_boolean():
+    """``recbench data prepare force=no`` took a non-empty string for true and rebuilt."""
+
+    def data_messages(overrides: list[str]) -> list[str]:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("data", overrides=overrides)
+        return list(problems_of(cfg, "data").items.values())
+
+    assert data_messages(["force=no"]) == ["force='no': must be true or false"]
+    assert data_messages(["force=true"]) == []
+
+
 def test_the_standalone_tasks_the_check_names_are_those_whose_class_says_so():
     """The config check names them to avoid importing torch before a refusal; keep in step."""
     from hydra.utils import get_class
@@ -364,11 +414,13 @@ def test_a_finished_run_is_kept_unless_overwrite(tmp_path):
 
 def test_ckpt_path_last_resumes_the_killed_run_in_place_or_is_refused(tmp_path):
     """``ckpt_path=last`` in a killed run's folder: its checkpoints stay where Lightning looks
-    for them (moved aside, the fit started from scratch); without a last checkpoint (the
-    default save_last=false), or ``best`` before any fit, one line instead of a silent start
-    from the initial weights or Lightning's traceback."""
+    for them (moved aside, the fit started from scratch); without a last checkpoint (killed
+    before its first epoch ended, or save_last=false), or ``best`` before any fit, one line
+    instead of a silent start from the initial weights or Lightning's traceback."""
     earlier(tmp_path, finished=False)
     with pytest.raises(ConfigError, match=r"ckpt_path=last: .* holds no last checkpoint.*best-7"):
+        check(cfg_of(["ckpt_path=last"], tmp_path), run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"written at the end of every epoch unless .*=false"):
         check(cfg_of(["ckpt_path=last"], tmp_path), run_dir=tmp_path)
     (tmp_path / "checkpoints" / "last.ckpt").write_text("last")
     lines: list[str] = []
@@ -377,6 +429,27 @@ def test_ckpt_path_last_resumes_the_killed_run_in_place_or_is_refused(tmp_path):
     assert "its files stay in place" in lines[0]
     with pytest.raises(ConfigError, match=r"ckpt_path=best names no checkpoint"):
         check(cfg_of(["ckpt_path=best"], tmp_path), run_dir=tmp_path)
+
+
+def test_training_a_finished_run_on_from_its_last_checkpoint_says_how(tmp_path):
+    """A run stopped by ``trainer.max_epochs``, trained on with ``ckpt_path=last`` and more
+    epochs: overwrite=true resumes it in place (not moved aside), or the file names another
+    folder's start; ``another hydra.run.dir`` alone would find no last checkpoint there."""
+    earlier(tmp_path, finished=True)
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("last")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as err:
+        check(cfg_of(["ckpt_path=last"], tmp_path), run_dir=tmp_path)
+    assert (
+        f"to train it on from ckpt_path=last in place, pass overwrite=true (the folder then "
+        f"holds this run instead), or train on into another folder with ckpt_path={last} "
+        "hydra.run.dir=<another folder>"
+    ) in " ".join(str(err.value).split())
+    lines: list[str] = []
+    check(cfg_of(["ckpt_path=last", "overwrite=true"], tmp_path), run_dir=tmp_path,
+          log=lines.append)  # fmt: skip
+    assert last.exists() and not list(tmp_path.glob("stale-*"))
+    assert "resuming the run" in lines[0]
 
 
 def test_evaluating_a_checkpoint_of_the_run_folder_leaves_it_in_place(tmp_path):

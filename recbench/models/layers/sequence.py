@@ -58,8 +58,9 @@ class BehaviourHistory(nn.Module):
         if history not in schema or schema[history].kind != "sequence":
             raise ConfigError(
                 f"this model reads the behaviour history {history!r}, which the dataset does not "
-                "have: use a dataset with histories (features.history.max_len > 0 and a time "
-                "order), or a model without one"
+                "have: build histories with dataset.features.history.max_len=<length, e.g. 50> "
+                "(each event's earlier events of its user, in time order), or pick a model "
+                "without one, e.g. model=deepfm"
             )
         if schema[history].shares != schema.item:
             raise ValueError(f"history {history!r} must share the item field {schema.item!r}")
