@@ -455,6 +455,16 @@ def _models(args: list[str]) -> None:
     for a in args:
         if a.startswith("task=") and a.removeprefix("task=") in tasks:
             task = a.removeprefix("task=")
+        elif a.startswith("task="):
+            import difflib
+
+            close = difflib.get_close_matches(a.removeprefix("task="), tasks, n=1, cutoff=0.5)
+            near = f" (did you mean task={close[0]}?)" if close else ""
+            _fail(
+                RecbenchError(
+                    f"recbench models: there is no {a}{near}; the tasks are {', '.join(tasks)}"
+                )
+            )
         elif a not in ("-v", "--verbose"):
             _fail(
                 RecbenchError(

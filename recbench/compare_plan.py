@@ -258,8 +258,9 @@ def _refuse_unknown(jobs: list[Job]) -> None:
     if unknown:
         raise ConfigError(
             f"models=[...] names {', '.join(unknown)}, which no model config matches; nothing "
-            "was trained. `recbench models` lists the models; a config of your own goes in a "
-            "folder given by hydra.searchpath=[file://<folder>] (as <folder>/model/<name>.yaml)"
+            "was trained. `recbench models` lists the models; a config of your own goes in "
+            "<folder>/model/<name>.yaml, <folder> in RECBENCH_CONFIG_PATH (or "
+            "hydra.searchpath=[file://<folder>])"
         )
 
 

@@ -52,7 +52,9 @@ class NeuMF(nn.Module):
                     "(run directories of a gmf and an ncf_mlp run on the same data); "
                     "`recbench compare` trains and fills them in, or use model=neumf"
                 )
-            self.load_parts(run_state(gmf), run_state(mlp), float(pretrained.get("alpha", 0.5)))
+            self.load_parts(
+                run_state(gmf), run_state(mlp), float(pretrained.get("alpha", 0.5)), (gmf, mlp)
+            )
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
         u, i = batch["user"], batch["item"]
@@ -77,24 +79,41 @@ class NeuMF(nn.Module):
         return self.score_items(batch)
 
     @torch.no_grad()
-    def load_parts(self, gmf: dict[str, Tensor], mlp: dict[str, Tensor], alpha: float) -> None:
-        """Copy a GMF's and an NCF MLP's weights (state dicts) in; α-weighted output layer."""
-        pairs = {
-            "gmf_user.weight": (gmf, "user.weight"),
-            "gmf_item.weight": (gmf, "item.weight"),
-            "mlp_user.weight": (mlp, "user.weight"),
-            "mlp_item.weight": (mlp, "item.weight"),
-            **{f"tower.{k}": (mlp, f"tower.{k}") for k in self.tower.state_dict()},
+    def load_parts(
+        self,
+        gmf: dict[str, Tensor],
+        mlp: dict[str, Tensor],
+        alpha: float,
+        runs: tuple[str | Path, str | Path] = ("gmf", "mlp"),
+    ) -> None:
+        """Copy a GMF's and an NCF MLP's weights (state dicts) in; α-weighted output layer.
+        ``runs``: where each came from, for a message."""
+        parts = {"gmf": (gmf, runs[0], "gmf"), "mlp": (mlp, runs[1], "ncf_mlp")}
+        pairs = {  # NeuMF's weight → (the part it comes from, that part's weight)
+            "gmf_user.weight": ("gmf", "user.weight"),
+            "gmf_item.weight": ("gmf", "item.weight"),
+            "mlp_user.weight": ("mlp", "user.weight"),
+            "mlp_item.weight": ("mlp", "item.weight"),
+            **{f"tower.{k}": ("mlp", f"tower.{k}") for k in self.tower.state_dict()},
         }
+        for part, (src, run, model) in parts.items():
+            needs = [k for p, k in pairs.values() if p == part] + ["out.weight", "out.bias"]
+            missing = [k for k in needs if k not in src]
+            if missing:
+                held = ", ".join(sorted(src)[:4]) + (", ..." if len(src) > 4 else "")
+                raise ConfigError(
+                    f"model.pretrained.{part}={run} is not a run of model={model}: its weights have no "
+                    f"{missing[0]!r} (they hold {held}); give the folder of a finished "
+                    f"`recbench train task=topk model={model}` run on the same data"
+                )
         own = self.state_dict()
-        for name, (src, key) in pairs.items():
-            if key not in src:
-                raise ConfigError(f"the pretrained run has no {key!r}: is it the right model?")
+        for name, (part, key) in pairs.items():
+            src, run = parts[part][0], parts[part][1]
             if src[key].shape != own[name].shape:
                 raise ConfigError(
-                    f"pretrained {key} has shape {tuple(src[key].shape)}, NeuMF's {name} needs "
-                    f"{tuple(own[name].shape)}: pretrain on the same data with matching "
-                    "model.dim / model.layers"
+                    f"model.pretrained.{part}={run}: its {key} has shape "
+                    f"{tuple(src[key].shape)}, NeuMF's {name} needs {tuple(own[name].shape)}: "
+                    "pretrain on the same data with matching model.dim / model.layers"
                 )
             own[name].copy_(src[key])
         self.out.weight.copy_(

@@ -381,7 +381,11 @@ def test_help_lists_commands(tmp_path):
     ranking = recbench("models", "task=topk", cwd=tmp_path).stdout
     assert "neumf_pretrained" in ranking and "DeepFM" not in ranking and "rating, topk" in ranking
     bad = recbench("models", "task=ranking", cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "task=<ctr|topk|rating|next_item|rl>" in bad.stderr
+    assert bad.returncode == 2
+    assert "there is no task=ranking" in bad.stderr
+    assert "the tasks are ctr, topk, rating, next_item, rl" in bad.stderr
+    near = recbench("models", "task=top", cwd=tmp_path, check=False)
+    assert near.returncode == 2 and "(did you mean task=topk?)" in near.stderr
     # every command takes --help, those Hydra does not parse too
     for cmd, says in (
         (["data", "info"], "usage: recbench data prepare|info"),

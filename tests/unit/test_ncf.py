@@ -138,3 +138,12 @@ def test_pretrained_neumf_refuses_missing_or_mismatched_parts(tmp_path):
         NeuMF(SCHEMA, pretrained={"gmf": None, "mlp": None, "from_models": {"gmf": "gmf"}})
     with pytest.raises(ConfigError, match="no finished run"):
         NeuMF(SCHEMA, pretrained={"gmf": str(tmp_path / "nope"), "mlp": str(mlp)})
+    # the parts swapped: the message names the part and the model its run must be
+    with pytest.raises(ConfigError) as swapped:
+        NeuMF(SCHEMA, dim=4, layers=[8, 4, 2], pretrained={"gmf": str(gmf), "mlp": str(gmf)})
+    assert str(swapped.value).startswith(
+        f"model.pretrained.mlp={gmf} is not a run of model=ncf_mlp: its weights have no 'tower."
+    )
+    assert "recbench train task=topk model=ncf_mlp" in str(swapped.value)
+    with pytest.raises(ConfigError, match=f"model.pretrained.gmf={gmf}: its user.weight has"):
+        NeuMF(SCHEMA, dim=3, layers=[8, 4, 2], pretrained={"gmf": str(gmf), "mlp": str(mlp)})
