@@ -320,7 +320,7 @@ def _compose(config_name: str, overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        return _compose_quiet(config_name, overrides)
+        cfg = _compose_quiet(config_name, overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         from rich.markup import escape
 
@@ -338,6 +338,15 @@ def _compose(config_name: str, overrides: list[str]):
             overrides = [a for a in overrides if a not in foreign]
         _hint_misspelt_keys(overrides, config_name)  # the key a misspelt one was meant to be
         sys.exit(2)
+    from recbench.validate.added import misspelt_additions
+    from recbench.validate.problems import Problems
+
+    problems = Problems()
+    for key, message in misspelt_additions(cfg, overrides).items():
+        problems.add(key, message)
+    if problems:
+        _fail(problems.error(config_name))
+    return cfg
 
 
 def _keys_of_no_model(overrides: list[str]) -> list[str]:

@@ -22,12 +22,13 @@ import copy
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from recbench.validate.added import misspelt_additions
 from recbench.validate.earlier_runs import (
     HYDRA_ARTEFACTS,
     checkpoint_within,
@@ -47,9 +48,17 @@ except ImportError:  # pragma: no cover
     Callback = object  # type: ignore[misc,assignment]
 
 
-def problems_of(cfg: DictConfig, command: str = "train", run_dir: Path | None = None) -> Problems:
-    """Every problem of ``cfg`` that can be found without data (nothing is changed)."""
+def problems_of(
+    cfg: DictConfig,
+    command: str = "train",
+    run_dir: Path | None = None,
+    added: Mapping[str, str] | None = None,
+) -> Problems:
+    """Every problem of ``cfg`` that can be found without data (nothing is changed).
+    ``added``: those of the command line's ``+key=value`` overrides (``misspelt_additions``)."""
     problems = Problems()
+    for key, message in (added or {}).items():
+        problems.add(key, message)
     _check_values(cfg, problems)
     skip = {"model"} if command == "compare" else set()  # each lineage model has its own keys
     _check_targets(cfg, problems, skip)
@@ -89,6 +98,7 @@ def check(
     run_dir: Path | str | None = None,
     early: bool = False,
     log: Callable[[str], None] = _print,
+    added: Mapping[str, str] | None = None,
 ) -> None:
     """Refuse ``cfg`` with one ``ConfigError`` listing every problem, or prepare its run
     directory (an earlier run's leftovers moved aside). ``early``: called before Hydra made the
@@ -101,7 +111,7 @@ def check(
         except Exception:
             run_dir = None
     rd = Path(run_dir) if run_dir is not None else None
-    problems = problems_of(cfg, command, rd)
+    problems = problems_of(cfg, command, rd, added)
     found: list[Path] = []
     if rd is not None and command == "train" and not _launched_rank():
         found = earlier_run(cfg, rd, problems, early)
@@ -164,12 +174,14 @@ class EarlyChecks(Callback):
         else:
             run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
         task = self._task_config(config, run_dir or Path.cwd())
+        # a +key=value adding a near-spelling of a key, which nothing would read
+        added = misspelt_additions(task, list(OmegaConf.select(config, "hydra.overrides.task")))
         if self.command == "compare":
-            problems = problems_of(task, "compare", run_dir)
+            problems = problems_of(task, "compare", run_dir, added)
             if problems:
                 raise problems.error("compare")
             return
-        check(task, self.command, run_dir, early=True)
+        check(task, self.command, run_dir, early=True, added=added)
 
     def _multirun_start(self, config: DictConfig) -> None:
         from recbench.sweeps import note_sweep_dir

@@ -539,3 +539,56 @@ def test_an_unknown_group_option_is_named_with_the_nearest_ones(tmp_path) -> Non
     (shop,) = unknown_options(["dataset=shops"], dirs)
     assert "(did you mean shop?)" in shop and "dataset/shops.yaml" in shop
     assert unknown_options(["dataset=shop"], [packaged]) != []  # only where the folder is given
+
+
+def test_an_added_key_that_is_a_near_spelling_of_one_beside_it_is_refused():
+    """Hydra suggests ``+key=value`` for a key the config lacks, which adds it where nothing
+    reads it: ``+dataset.splt.kind=random`` ran with the default split. A new key that is a
+    near-spelling of one beside it is refused with the key meant; a new option unlike any
+    (a bucketed column), a ``++`` of a value that may have been there, and a constructor's
+    parameter (checked against its signature elsewhere) pass."""
+    from omegaconf import OmegaConf
+
+    from recbench.validate.added import misspelt_additions
+
+    cfg = OmegaConf.create(
+        {
+            "dataset": {
+                "split": {"kind": "random", "seed": 1, "sed": 3},
+                "splt": {"kind": "temporal"},
+                "world": {"n_users": 300, "n_items": 50},
+                "features": {"buckets": {"price": 8}},
+            },
+            "model": {"_target_": "x.Y", "embed_dim": 8, "embeding_dim": 4},
+        }
+    )
+    found = misspelt_additions(
+        cfg,
+        [
+            "+dataset.splt.kind=temporal",
+            "+dataset.split.sed=3",
+            "++dataset.world.n_users=300",
+            "+dataset.features.buckets.price=8",
+            "+model.embeding_dim=4",
+            "+experiment=foo",
+            "seed=1",
+        ],
+    )
+    assert found == {
+        "dataset.splt.kind": "+dataset.splt.kind: dataset has no 'splt', so the value would "
+        "sit where nothing reads it; did you mean dataset.split.kind?",
+        "dataset.split.sed": "+dataset.split.sed: dataset.split has no 'sed', so the value "
+        "would sit where nothing reads it; did you mean dataset.split.seed?",
+    }
+
+
+@pytest.mark.parametrize("command", ["train", "data"])
+def test_the_command_line_refuses_an_added_misspelt_key_before_any_work(tmp_path, command):
+    from tests import cli
+
+    args = ["info"] if command == "data" else ["debug=fast", f"hydra.run.dir={tmp_path / 'r'}"]
+    env = {"RECBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    proc = cli.run([command, *args, "+dataset.split.sed=3"], tmp_path, env, 120)
+    assert proc.returncode == 2
+    assert "did you mean dataset.split.seed?" in proc.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "cache").exists()
